@@ -1,0 +1,263 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Membrane datapath map layouts. This header is the single definition of every
+ * map key and value; the TypeScript codecs in src/datapath/maps.gen.ts are
+ * generated from the BTF of the compiled objects (scripts/gen-codecs.js) and a
+ * test checks they agree.
+ *
+ * Addresses are always {family, 16 bytes}: IPv4 uses the first 4 bytes of addr,
+ * the rest zero. Family values are MB_FAMILY_IPV4 / MB_FAMILY_IPV6.
+ *
+ * Global maps are pinned by name under the agent's --bpf-root (LIBBPF_PIN_BY_NAME),
+ * so every object loaded by one agent shares them and two agents never do.
+ */
+#ifndef MEMBRANE_MAPS_H
+#define MEMBRANE_MAPS_H
+
+#include <linux/types.h>
+#include <bpf/bpf_helpers.h>
+
+#define MB_FAMILY_IPV4 4
+#define MB_FAMILY_IPV6 6
+
+#define MB_MAX_ENDPOINTS 4096 /* endpoint ids 1..4095 */
+
+/* ---- endpoints: local endpoint address -> where and who it is ---- */
+struct endpoint_key {
+	__u8 addr[16];
+	__u8 family;
+	__u8 pad[3];
+};
+
+#define ENDPOINT_F_HOST 1 /* the address belongs to the node itself */
+
+struct endpoint_info {
+	__u32 ifindex;     /* host-side veth */
+	__u16 ep_id;
+	__u16 pad;
+	__u32 flags;       /* ENDPOINT_F_* */
+	__u32 sec_id;      /* security identity */
+	__u8 mac[6];       /* pod-side MAC */
+	__u8 node_mac[6];  /* host-side veth MAC (the pod's router MAC) */
+};
+
+/* ---- ipcache: address/prefix -> security identity (and tunnel endpoint) ---- */
+struct ipcache_key {
+	__u32 prefixlen;   /* LPM prefix: 32 (family+pad) + CIDR bits */
+	__u8 family;
+	__u8 pad[3];
+	__u8 addr[16];
+};
+
+#define IPCACHE_F_HAS_TUNNEL 1
+
+struct ipcache_value {
+	__u32 sec_id;
+	__u8 tunnel_family;
+	__u8 flags;        /* IPCACHE_F_* */
+	__u16 pad;
+	__u8 tunnel_addr[16];
+};
+
+/* ---- per-endpoint policy (LPM on identity, direction, protocol, port) ---- */
+struct policy_key {
+	__u32 prefixlen;   /* 0..64 bits of the fields below */
+	__u32 sec_id;      /* remote identity, host byte order; 0 = any */
+	__u8 egress;       /* 0 ingress, 1 egress */
+	__u8 protocol;     /* IPPROTO_*, 0 = any */
+	__be16 dport;      /* network byte order; 0 = any (ICMP: type << 8) */
+};
+
+#define POLICY_F_DENY 1
+
+struct policy_value {
+	__u64 packets;
+	__u64 bytes;
+	__be16 proxy_port; /* network byte order; 0 = no L7 redirect */
+	__u8 flags;        /* POLICY_F_* */
+	__u8 prefix_len;   /* prefix length of the rule that produced this entry */
+	__u32 pad;
+};
+
+/* ---- connection tracking ---- */
+#define CT_EGRESS 0        /* tracked from the endpoint's egress (it opened the flow) */
+#define CT_INGRESS 1       /* tracked from the endpoint's ingress */
+#define CT_RELATED 2
+#define CT_SERVICE 4
+
+struct ct_key {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__be16 sport;
+	__be16 dport;
+	__u8 nexthdr;
+	__u8 flags;        /* CT_* */
+	__u8 family;
+	__u8 pad;
+};
+
+#define CT_F_RX_CLOSING 1
+#define CT_F_TX_CLOSING 2
+#define CT_F_SEEN_NON_SYN 4
+#define CT_F_PROXY_REDIRECT 8
+
+struct ct_value {
+	__u64 tx_packets;
+	__u64 tx_bytes;
+	__u64 rx_packets;
+	__u64 rx_bytes;
+	__u32 lifetime;    /* seconds, bpf_ktime_get_ns() / 1e9 based */
+	__u32 src_sec_id;
+	__u16 rev_nat_index;
+	__u8 tx_flags_seen;
+	__u8 rx_flags_seen;
+	__u8 flags;        /* CT_F_* */
+	__u8 pad[3];
+	__u32 last_report;
+};
+
+/* ---- metrics: (reason, direction) -> packets, bytes; per CPU ---- */
+#define METRIC_DIR_INGRESS 1
+#define METRIC_DIR_EGRESS 2
+#define METRIC_DIR_SERVICE 3
+
+struct metrics_key {
+	__u8 reason;       /* 0 = forwarded, else drop reason */
+	__u8 dir;          /* METRIC_DIR_* */
+	__u16 pad;
+};
+
+struct metrics_value {
+	__u64 count;
+	__u64 bytes;
+};
+
+/* ---- node configuration, written by the agent at start (ARRAY, 1 entry) ---- */
+struct node_config {
+	__u32 host_ifindex;   /* host side of the host device pair (carries the router address) */
+	__u32 net_ifindex;    /* peer of host_ifindex: pod->host traffic is sent out of it */
+	__u8 host_mac[6];
+	__u8 net_mac[6];
+	__u8 router_ipv4[4];
+	__u8 router_ipv6[16];
+	__u32 flags;
+};
+
+/* ---- events (ring buffer) ---- */
+#define EVENT_DROP 1
+#define EVENT_DEBUG 2
+#define EVENT_TRACE 4
+#define EVENT_POLICY_VERDICT 5
+
+#define EVENT_CAPTURE_LEN 128
+
+struct event_hdr {
+	__u8 type;         /* EVENT_* */
+	__u8 subtype;      /* drop reason / observation point */
+	__u16 source;      /* endpoint id */
+	__u32 hash;
+};
+
+struct drop_event {
+	struct event_hdr hdr;
+	__u32 src_label;
+	__u32 dst_label;
+	__u16 dst_id;
+	__u16 line;
+	__u8 file;
+	__s8 ext_error;
+	__u16 pad;
+	__u32 ifindex;
+	__u32 orig_len;
+	__u16 cap_len;
+	__u16 pad2;
+	__u8 data[EVENT_CAPTURE_LEN];
+};
+
+/* Drop reasons (positive codes, as users know them) */
+#define DROP_INVALID_SMAC 130
+#define DROP_INVALID_SIP 132
+#define DROP_POLICY 133
+#define DROP_INVALID 134
+#define DROP_CT_INVALID_HDR 135
+#define DROP_CT_UNKNOWN_PROTO 137
+#define DROP_UNKNOWN_L3 139
+#define DROP_MISSED_TAIL_CALL 140
+#define DROP_WRITE_ERROR 141
+#define DROP_UNKNOWN_L4 142
+#define DROP_UNROUTABLE 151
+#define DROP_CSUM_L3 153
+#define DROP_CSUM_L4 154
+#define DROP_CT_CREATE_FAILED 155
+#define DROP_FRAG_NOSUPPORT 157
+#define DROP_NO_SERVICE 158
+#define DROP_UNSUPPORTED_L2 166
+#define DROP_NO_FIB 169
+#define DROP_INVALID_IDENTITY 171
+#define DROP_UNKNOWN_SENDER 172
+#define DROP_POLICY_DENY 181
+#define DROP_TTL_EXCEEDED 196
+#define DROP_EP_NOT_READY 203
+
+/* ---- map definitions ---- */
+#ifndef MB_NO_MAP_DEFS
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct endpoint_key);
+	__type(value, struct endpoint_info);
+	__uint(max_entries, 65535);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mb_endpoints SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct ipcache_key);
+	__type(value, struct ipcache_value);
+	__uint(max_entries, 512000);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mb_ipcache SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct ct_key);
+	__type(value, struct ct_value);
+	__uint(max_entries, 262144);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mb_ct SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__type(key, struct metrics_key);
+	__type(value, struct metrics_value);
+	__uint(max_entries, 1024);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mb_metrics SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct node_config);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mb_node SEC(".maps");
+
+/* Tail calls into each endpoint's ingress-policy program, keyed by endpoint id. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(__u32));
+	__uint(max_entries, MB_MAX_ENDPOINTS);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mb_call_policy SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mb_events SEC(".maps");
+
+#endif /* MB_NO_MAP_DEFS */
+#endif /* MEMBRANE_MAPS_H */
