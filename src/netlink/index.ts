@@ -1,0 +1,6 @@
+export * from './constants';
+export * from './errors';
+export * from './message';
+export { Netns } from './netns';
+export * from './rtnetlink';
+export { setSysctl, getSysctl, sysctlPath } from './sysctl';

@@ -1,0 +1,41 @@
+/**
+ * Loader for the native addon functions used by src/netlink (netns + raw
+ * netlink sockets). Kept separate from src/bpf/native.ts on purpose: this
+ * interface lists only the functions implemented in native/src/netns.c and
+ * native/src/netlink.c (plus util's close).
+ */
+import * as path from 'node:path';
+
+export interface NetlinkNative {
+  /** open(path, O_RDONLY|O_CLOEXEC); the error names the path. */
+  nsOpen(path: string): number;
+  /** fd of the calling thread's current netns (/proc/thread-self/ns/net). */
+  nsCurrent(): number;
+  /**
+   * setns(fd, CLONE_NEWNET) on the calling (main JS) thread, call fn
+   * synchronously, always switch back (rethrowing fn's exception). Only
+   * synchronous work inside fn runs in the namespace; libuv threadpool work
+   * (async fs, dns.lookup, ...) does not.
+   */
+  nsRun<T>(fd: number, fn: () => T): T;
+  /** fstat() of a namespace fd: equal {dev, ino} means the same namespace. */
+  nsIdentity(fd: number): { dev: number; ino: number };
+  /** AF_NETLINK raw socket created inside netnsFd (-1 = current), bound, EXT_ACK + CAP_ACK on. */
+  nlOpen(protocol: number, netnsFd: number): number;
+  nlSend(fd: number, buf: Buffer): void;
+  /** One datagram, or null when nothing arrived within timeoutMs (-1 = wait forever). */
+  nlRecv(fd: number, timeoutMs: number): Buffer | null;
+  close(fd: number): void;
+}
+
+let cached: NetlinkNative | undefined;
+
+export function netlinkNative(): NetlinkNative {
+  if (!cached) {
+    // dist/src/netlink -> repo root
+    const repoRoot = path.resolve(__dirname, '..', '..', '..');
+    // eslint-disable-next-line @typescript-eslint/no-var-requires
+    cached = require(path.join(repoRoot, 'native/build/Release/membrane.node')) as NetlinkNative;
+  }
+  return cached;
+}
