@@ -1,0 +1,129 @@
+/**
+ * The agent's REST API (basePath /v1) on a Unix socket, owner-only (0600).
+ * Every request body is validated against a JSON schema; a bad body gets a 400
+ * naming the field. Paths and shapes follow the reference system's API.
+ */
+import Fastify, { FastifyError, FastifyInstance } from 'fastify';
+import type { Agent } from './agent';
+import { EndpointError } from '../endpoint/manager';
+
+const attachment = {
+  type: 'object',
+  required: ['containerId', 'ifname'],
+  additionalProperties: false,
+  properties: {
+    containerId: { type: 'string', minLength: 1, maxLength: 256 },
+    ifname: { type: 'string', minLength: 1, maxLength: 15, pattern: '^[^/\\s:]+$' },
+  },
+} as const;
+
+const createBody = {
+  type: 'object',
+  required: ['containerId', 'ifname', 'netns'],
+  additionalProperties: false,
+  properties: {
+    containerId: { type: 'string', minLength: 1, maxLength: 256 },
+    ifname: { type: 'string', minLength: 1, maxLength: 15, pattern: '^[^/\\s:]+$' },
+    netns: { type: 'string', minLength: 1, maxLength: 4096, pattern: '^/' },
+    args: { type: 'object', additionalProperties: { type: 'string' } },
+    mtu: { type: 'integer', minimum: 576, maximum: 65535 },
+  },
+} as const;
+
+const checkBody = {
+  type: 'object',
+  required: ['containerId', 'ifname'],
+  additionalProperties: false,
+  properties: {
+    containerId: { type: 'string', minLength: 1 },
+    ifname: { type: 'string', minLength: 1 },
+    netns: { type: 'string' },
+  },
+} as const;
+
+const gcBody = {
+  type: 'object',
+  required: ['validAttachments'],
+  additionalProperties: false,
+  properties: { validAttachments: { type: 'array', items: attachment } },
+} as const;
+
+const STATUS_OF: Record<EndpointError['kind'], number> = {
+  conflict: 409,
+  invalid: 400,
+  'not-found': 404,
+  exhausted: 507,
+  internal: 500,
+};
+
+export function buildApi(agent: Agent): FastifyInstance {
+  const app = Fastify({ logger: false, bodyLimit: 8 * 1024 * 1024 });
+
+  app.setErrorHandler((err: FastifyError, req, reply) => {
+    if (err instanceof EndpointError) {
+      return reply.status(STATUS_OF[err.kind]).send({ error: err.message, kind: err.kind });
+    }
+    if (err.validation) {
+      const where = err.validationContext ?? 'body';
+      const details = err.validation.map((v) => {
+        const field = (v.instancePath || '').replace(/^\//, '').replace(/\//g, '.');
+        const extra = (v.params as Record<string, unknown>)?.missingProperty ?? (v.params as Record<string, unknown>)?.additionalProperty;
+        const name = [field, extra].filter(Boolean).join('.');
+        return `${where}${name ? '.' + name : ''}: ${v.message}`;
+      });
+      return reply.status(400).send({ error: `invalid request: ${details.join('; ')}`, kind: 'invalid', details });
+    }
+    const status = err.statusCode && err.statusCode >= 400 ? err.statusCode : 500;
+    if (status >= 500) agent.log.error('API request failed', { method: req.method, url: req.url, error: err });
+    return reply.status(status).send({ error: err.message, kind: status >= 500 ? 'internal' : 'invalid' });
+  });
+
+  app.addHook('onResponse', async (req, reply) => {
+    agent.recordApiLatency(req.method, req.routeOptions.url ?? req.url, reply.statusCode, reply.elapsedTime);
+  });
+
+  app.get('/v1/healthz', async () => ({ status: 'ok' }));
+  app.get('/v1/status', async () => agent.status());
+
+  app.get('/v1/endpoint', async () => agent.endpoints.list());
+  app.get<{ Params: { id: string } }>('/v1/endpoint/:id', async (req, reply) => {
+    const ep = agent.endpoints.get(Number(req.params.id));
+    if (!ep) return reply.status(404).send({ error: `endpoint ${req.params.id} not found`, kind: 'not-found' });
+    return ep;
+  });
+  app.put('/v1/endpoint', { schema: { body: createBody } }, async (req, reply) => {
+    const t0 = process.hrtime.bigint();
+    const ep = agent.endpoints.create(req.body as any);
+    const durationMs = Number(process.hrtime.bigint() - t0) / 1e6;
+    return reply.status(201).send({ endpoint: ep, router: agent.routerAddress(), durationMs });
+  });
+  app.delete('/v1/endpoint', { schema: { body: attachment } }, async (req) => {
+    const b = req.body as { containerId: string; ifname: string };
+    return agent.endpoints.delete(b.containerId, b.ifname);
+  });
+  app.post('/v1/endpoint/check', { schema: { body: checkBody } }, async (req) => {
+    const b = req.body as { containerId: string; ifname: string; netns?: string };
+    const problems = agent.endpoints.check(b.containerId, b.ifname, b.netns);
+    return { ok: problems.length === 0, problems };
+  });
+  app.post('/v1/gc', { schema: { body: gcBody } }, async (req) => {
+    return agent.endpoints.gc((req.body as { validAttachments: { containerId: string; ifname: string }[] }).validAttachments);
+  });
+
+  app.get('/v1/identity', async () => agent.endpoints.identities.list());
+  app.get<{ Params: { id: string } }>('/v1/identity/:id', async (req, reply) => {
+    const ident = agent.endpoints.identities.get(Number(req.params.id));
+    if (!ident) return reply.status(404).send({ error: `identity ${req.params.id} not found`, kind: 'not-found' });
+    return ident;
+  });
+  app.get('/v1/ipam', async () => ({ cidr: agent.cfg.podCidr, router: agent.routerAddress(), allocations: agent.endpoints.ipam.list() }));
+
+  app.get('/v1/map', async () => agent.mapNames());
+  app.get<{ Params: { name: string } }>('/v1/map/:name', async (req, reply) => {
+    const dump = agent.dumpMap(req.params.name);
+    if (!dump) return reply.status(404).send({ error: `map ${req.params.name} not found (known: ${agent.mapNames().join(', ')})`, kind: 'not-found' });
+    return dump;
+  });
+
+  return app;
+}

@@ -1,0 +1,155 @@
+/**
+ * Agent configuration: flags > config file > defaults. Every name the agent
+ * creates in the kernel (devices, routes, pins) is derived from these values, so
+ * two agents started with different flags never collide.
+ */
+import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { parseArgs } from 'node:util';
+import YAML from 'yaml';
+import { parseCidr, formatCidr } from '../util/ip';
+
+export interface AgentConfig {
+  stateDir: string;
+  bpfRoot: string;
+  socket: string;
+  podCidr: string;
+  nodeName: string;
+  mtu: number;
+  bpfObjDir: string;
+  logLevel: 'debug' | 'info' | 'warn' | 'error';
+  /** Host device pair names (host side carries the router address). */
+  hostDevice: string;
+  netDevice: string;
+  /** Short tag that scopes per-agent names (veth names, ...). */
+  instance: string;
+}
+
+export const DEFAULTS = {
+  stateDir: '/var/run/membrane',
+  bpfRoot: '/sys/fs/bpf/membrane',
+  socket: '/var/run/membrane/membrane.sock',
+  podCidr: '10.200.0.0/24',
+  mtu: 1500,
+};
+
+export function repoRoot(): string {
+  // dist/src/agent -> repo root
+  return path.resolve(__dirname, '..', '..', '..');
+}
+
+const USAGE = `Usage: membrane-agent [flags]
+  --state-dir DIR     state directory (${DEFAULTS.stateDir})
+  --bpf-root DIR      bpffs directory for pinned maps and links (${DEFAULTS.bpfRoot})
+  --socket PATH       API Unix socket (${DEFAULTS.socket})
+  --pod-cidr CIDR     this node's pod CIDR (${DEFAULTS.podCidr})
+  --node-name NAME    node name (hostname)
+  --mtu N             pod interface MTU (${DEFAULTS.mtu})
+  --config FILE       YAML or JSON file with any of the above (camelCase or kebab-case keys)
+  --log-level LEVEL   debug|info|warn|error (info)
+`;
+
+export class ConfigError extends Error {}
+
+export function parseAgentArgs(argv: string[]): AgentConfig | 'help' {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      'state-dir': { type: 'string' },
+      'bpf-root': { type: 'string' },
+      socket: { type: 'string' },
+      'pod-cidr': { type: 'string' },
+      'node-name': { type: 'string' },
+      mtu: { type: 'string' },
+      config: { type: 'string' },
+      'log-level': { type: 'string' },
+      'bpf-obj-dir': { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
+    strict: true,
+  });
+  if (values.help) return 'help';
+  let file: Record<string, unknown> = {};
+  if (values.config) {
+    let text: string;
+    try {
+      text = fs.readFileSync(values.config, 'utf8');
+    } catch (e) {
+      throw new ConfigError(`--config: cannot read ${values.config}: ${(e as Error).message}`);
+    }
+    const parsed = YAML.parse(text);
+    if (parsed !== null && (typeof parsed !== 'object' || Array.isArray(parsed))) {
+      throw new ConfigError(`--config: ${values.config} must hold a mapping of settings`);
+    }
+    for (const [k, v] of Object.entries(parsed ?? {})) file[k.replace(/-([a-z])/g, (_, c) => c.toUpperCase())] = v;
+    const known = ['stateDir', 'bpfRoot', 'socket', 'podCidr', 'nodeName', 'mtu', 'logLevel', 'bpfObjDir'];
+    for (const k of Object.keys(file)) {
+      if (!known.includes(k)) throw new ConfigError(`--config: unknown setting "${k}" in ${values.config} (known: ${known.join(', ')})`);
+    }
+  }
+  const pick = (flag: string | undefined, key: string, def: string): string => {
+    const v = flag ?? (file[key] as string | undefined) ?? def;
+    if (typeof v !== 'string' && typeof v !== 'number') throw new ConfigError(`${key}: expected a string, got ${JSON.stringify(v)}`);
+    return String(v);
+  };
+  return buildConfig({
+    stateDir: pick(values['state-dir'], 'stateDir', DEFAULTS.stateDir),
+    bpfRoot: pick(values['bpf-root'], 'bpfRoot', DEFAULTS.bpfRoot),
+    socket: values.socket ?? (file.socket as string | undefined),
+    podCidr: pick(values['pod-cidr'], 'podCidr', DEFAULTS.podCidr),
+    nodeName: pick(values['node-name'], 'nodeName', os.hostname()),
+    mtu: pick(values.mtu, 'mtu', String(DEFAULTS.mtu)),
+    logLevel: pick(values['log-level'], 'logLevel', 'info'),
+    bpfObjDir: pick(values['bpf-obj-dir'], 'bpfObjDir', path.join(repoRoot(), 'bpf')),
+  });
+}
+
+export function buildConfig(o: {
+  stateDir: string;
+  bpfRoot: string;
+  socket?: string;
+  podCidr: string;
+  nodeName: string;
+  mtu: string | number;
+  logLevel: string;
+  bpfObjDir: string;
+}): AgentConfig {
+  const stateDir = path.resolve(o.stateDir);
+  const bpfRoot = path.resolve(o.bpfRoot);
+  let podCidr: string;
+  try {
+    podCidr = formatCidr(parseCidr(o.podCidr, 'pod-cidr'));
+  } catch (e) {
+    throw new ConfigError((e as Error).message);
+  }
+  const mtu = Number(o.mtu);
+  if (!Number.isInteger(mtu) || mtu < 576 || mtu > 65535) throw new ConfigError(`mtu: "${o.mtu}" must be an integer between 576 and 65535`);
+  if (!['debug', 'info', 'warn', 'error'].includes(o.logLevel)) throw new ConfigError(`log-level: "${o.logLevel}" must be debug, info, warn or error`);
+  if (!bpfRoot.startsWith('/sys/fs/bpf/')) throw new ConfigError(`bpf-root: "${o.bpfRoot}" must be a directory under /sys/fs/bpf`);
+  const isDefault = stateDir === DEFAULTS.stateDir && bpfRoot === DEFAULTS.bpfRoot;
+  const instance = isDefault ? '' : crypto.createHash('sha256').update(`${bpfRoot}\0${stateDir}`).digest('hex').slice(0, 6);
+  return {
+    stateDir,
+    bpfRoot,
+    socket: path.resolve(o.socket ?? path.join(stateDir, 'membrane.sock')),
+    podCidr,
+    nodeName: o.nodeName,
+    mtu,
+    bpfObjDir: path.resolve(o.bpfObjDir),
+    logLevel: o.logLevel as AgentConfig['logLevel'],
+    hostDevice: isDefault ? 'mb_host' : `mbh_${instance}`,
+    netDevice: isDefault ? 'mb_net' : `mbn_${instance}`,
+    instance,
+  };
+}
+
+export function usage(): string {
+  return USAGE;
+}
+
+/** Host-side veth name for an attachment: "lxc" + 12 hex chars (IFNAMSIZ-safe). */
+export function hostVethName(cfg: AgentConfig, containerId: string, ifname: string): string {
+  return 'lxc' + crypto.createHash('sha256').update(`${cfg.instance}\0${containerId}\0${ifname}`).digest('hex').slice(0, 12);
+}

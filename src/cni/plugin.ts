@@ -1,0 +1,262 @@
+/**
+ * membrane-cni: a CNI 1.1 plugin (ADD, DEL, CHECK, STATUS, GC, VERSION).
+ *
+ * The plugin validates its inputs and asks the agent, over the agent's Unix
+ * socket, to do the work: the agent owns every kernel object of the node
+ * (veths, addresses, routes, programs, maps) so that creation is synchronous,
+ * rolled back on failure, and the plugin itself stays small and fast to start.
+ */
+import { AgentClient, AgentUnreachable, ApiError } from '../agent/client';
+
+export const SUPPORTED_VERSIONS = ['0.1.0', '0.2.0', '0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0'];
+export const DEFAULT_SOCKET = '/var/run/membrane/membrane.sock';
+
+/** Error codes of the CNI spec, plus Membrane's own (100+). */
+export const Code = {
+  IncompatibleVersion: 1,
+  UnsupportedField: 2,
+  UnknownContainer: 3,
+  InvalidEnv: 4,
+  IoFailure: 5,
+  DecodeFailure: 6,
+  InvalidConfig: 7,
+  TryAgainLater: 11,
+  NotAvailable: 50,
+  EndpointConflict: 100,
+  AddressExhausted: 101,
+  AgentFailure: 102,
+  CheckFailed: 103,
+} as const;
+
+export class CniError extends Error {
+  constructor(readonly code: number, msg: string, readonly details = '') {
+    super(msg);
+  }
+}
+
+export interface NetConf {
+  cniVersion: string;
+  name: string;
+  type: string;
+  socket?: string;
+  mtu?: number;
+  prevResult?: any;
+  runtimeConfig?: Record<string, unknown>;
+  dns?: Record<string, unknown>;
+  'cni.dev/valid-attachments'?: { containerID: string; ifname: string }[];
+  [k: string]: unknown;
+}
+
+export interface Invocation {
+  env: Record<string, string | undefined>;
+  stdin: string;
+}
+
+export interface Outcome {
+  stdout: string;
+  exitCode: number;
+}
+
+function versionAtLeast(v: string, min: string): boolean {
+  const a = v.split('.').map(Number);
+  const b = min.split('.').map(Number);
+  for (let i = 0; i < 3; i++) if ((a[i] ?? 0) !== (b[i] ?? 0)) return (a[i] ?? 0) > (b[i] ?? 0);
+  return true;
+}
+
+export function parseConf(stdin: string, command: string): NetConf {
+  let conf: unknown;
+  try {
+    conf = JSON.parse(stdin);
+  } catch (e) {
+    throw new CniError(Code.DecodeFailure, `failed to decode network configuration from stdin: ${(e as Error).message}`);
+  }
+  if (!conf || typeof conf !== 'object' || Array.isArray(conf)) throw new CniError(Code.DecodeFailure, 'network configuration must be a JSON object');
+  const c = conf as NetConf;
+  if (typeof c.cniVersion !== 'string' || c.cniVersion === '') throw new CniError(Code.InvalidConfig, 'network configuration: field "cniVersion" is required (a string such as "1.1.0")');
+  if (!SUPPORTED_VERSIONS.includes(c.cniVersion)) {
+    throw new CniError(Code.IncompatibleVersion, `network configuration: cniVersion "${c.cniVersion}" is not supported (supported: ${SUPPORTED_VERSIONS.join(', ')})`);
+  }
+  if (command === 'VERSION') return c;
+  if (typeof c.name !== 'string' || c.name === '') throw new CniError(Code.InvalidConfig, 'network configuration: field "name" is required');
+  if (c.socket !== undefined && (typeof c.socket !== 'string' || !c.socket.startsWith('/'))) {
+    throw new CniError(Code.InvalidConfig, `network configuration: field "socket" must be an absolute path, got ${JSON.stringify(c.socket)}`);
+  }
+  if (c.mtu !== undefined && (!Number.isInteger(c.mtu) || (c.mtu as number) < 576 || (c.mtu as number) > 65535)) {
+    throw new CniError(Code.InvalidConfig, `network configuration: field "mtu" must be an integer between 576 and 65535, got ${JSON.stringify(c.mtu)}`);
+  }
+  if ((command === 'STATUS' || command === 'GC') && !versionAtLeast(c.cniVersion, '1.1.0')) {
+    throw new CniError(Code.IncompatibleVersion, `${command} needs cniVersion 1.1.0 or later, the configuration says "${c.cniVersion}"`);
+  }
+  return c;
+}
+
+const IFNAME_RE = /^[^/\s:]{1,15}$/;
+
+function requireEnv(env: Invocation['env'], names: string[]): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const n of names) {
+    const v = env[n];
+    if (v === undefined || v === '') throw new CniError(Code.InvalidEnv, `environment variable ${n} is required for ${env.CNI_COMMAND}`);
+    out[n] = v;
+  }
+  if (out.CNI_IFNAME !== undefined && !IFNAME_RE.test(out.CNI_IFNAME)) {
+    throw new CniError(Code.InvalidEnv, `environment variable CNI_IFNAME: "${out.CNI_IFNAME}" is not a valid interface name (1-15 characters, no '/', ':' or spaces)`);
+  }
+  if (out.CNI_NETNS !== undefined && !out.CNI_NETNS.startsWith('/')) {
+    throw new CniError(Code.InvalidEnv, `environment variable CNI_NETNS: "${out.CNI_NETNS}" must be an absolute path`);
+  }
+  return out;
+}
+
+const KNOWN_ARGS = ['IgnoreUnknown', 'K8S_POD_NAMESPACE', 'K8S_POD_NAME', 'K8S_POD_UID', 'K8S_POD_INFRA_CONTAINER_ID'];
+
+export function parseCniArgs(text: string | undefined): Record<string, string> {
+  const out: Record<string, string> = {};
+  if (!text) return out;
+  for (const pair of text.split(';')) {
+    if (pair === '') continue;
+    const eq = pair.indexOf('=');
+    if (eq <= 0) throw new CniError(Code.InvalidEnv, `environment variable CNI_ARGS: "${pair}" is not KEY=VALUE`);
+    out[pair.slice(0, eq)] = pair.slice(eq + 1);
+  }
+  const ignore = /^(1|true)$/i.test(out.IgnoreUnknown ?? '');
+  if (!ignore) {
+    for (const k of Object.keys(out)) {
+      if (!KNOWN_ARGS.includes(k)) throw new CniError(Code.InvalidEnv, `environment variable CNI_ARGS: unknown key "${k}" (set IgnoreUnknown=1 to ignore it)`);
+    }
+  }
+  delete out.IgnoreUnknown;
+  return out;
+}
+
+interface CreateResponse {
+  endpoint: { id: number; ifname: string; ipv4: string; mac: string; hostIfname: string; hostMac: string; mtu: number; netns: string };
+  router: string;
+  durationMs: number;
+}
+
+/** The ADD result in the requested version's shape (chained: appended to prevResult). */
+export function buildResult(conf: NetConf, r: CreateResponse): any {
+  const prev = conf.prevResult && typeof conf.prevResult === 'object' ? conf.prevResult : undefined;
+  const interfaces = [...(prev?.interfaces ?? [])];
+  const base = interfaces.length;
+  interfaces.push({ name: r.endpoint.hostIfname, mac: r.endpoint.hostMac, mtu: r.endpoint.mtu });
+  interfaces.push({ name: r.endpoint.ifname, mac: r.endpoint.mac, mtu: r.endpoint.mtu, sandbox: r.endpoint.netns });
+  const ips = [...(prev?.ips ?? []), { address: `${r.endpoint.ipv4}/32`, gateway: r.router, interface: base + 1 }];
+  const routes = [...(prev?.routes ?? []), { dst: '0.0.0.0/0', gw: r.router }];
+  const dns = prev?.dns ?? conf.dns ?? {};
+  return convertResult({ cniVersion: conf.cniVersion, interfaces, ips, routes, dns }, conf.cniVersion);
+}
+
+export function convertResult(res: any, version: string): any {
+  if (versionAtLeast(version, '1.0.0')) return { ...res, cniVersion: version };
+  if (versionAtLeast(version, '0.3.0')) {
+    return { ...res, cniVersion: version, ips: res.ips.map((ip: any) => ({ version: ip.address.includes(':') ? '6' : '4', ...ip })) };
+  }
+  const v4 = res.ips.find((ip: any) => !ip.address.includes(':'));
+  return {
+    cniVersion: version,
+    ip4: v4 ? { ip: v4.address, gateway: v4.gateway, routes: res.routes } : undefined,
+    dns: res.dns,
+  };
+}
+
+function mapApiError(e: unknown, command: string): CniError {
+  if (e instanceof CniError) return e;
+  if (e instanceof AgentUnreachable) {
+    return new CniError(command === 'STATUS' ? Code.NotAvailable : Code.TryAgainLater, e.message, 'is membrane-agent running and is "socket" in the network configuration right?');
+  }
+  if (e instanceof ApiError) {
+    const msg = `membrane agent: ${e.message}`;
+    if (e.kind === 'conflict') return new CniError(Code.EndpointConflict, msg);
+    if (e.kind === 'exhausted') return new CniError(Code.AddressExhausted, msg);
+    if (e.kind === 'invalid') {
+      const m = /^netns: (.*)$/.exec(e.message);
+      if (m) return new CniError(Code.InvalidEnv, `environment variable CNI_NETNS: ${m[1]}`);
+      return new CniError(Code.InvalidConfig, msg);
+    }
+    return new CniError(Code.AgentFailure, msg);
+  }
+  return new CniError(Code.AgentFailure, (e as Error).message ?? String(e));
+}
+
+export async function run(inv: Invocation): Promise<Outcome> {
+  const env = inv.env;
+  const command = env.CNI_COMMAND;
+  let cniVersion = '1.1.0';
+  try {
+    if (!command) throw new CniError(Code.InvalidEnv, 'environment variable CNI_COMMAND is required (ADD, DEL, CHECK, STATUS, GC or VERSION)');
+    if (!['ADD', 'DEL', 'CHECK', 'STATUS', 'GC', 'VERSION'].includes(command)) {
+      throw new CniError(Code.InvalidEnv, `environment variable CNI_COMMAND: "${command}" is not one of ADD, DEL, CHECK, STATUS, GC, VERSION`);
+    }
+    if (command === 'VERSION') {
+      let v = '1.1.0';
+      try {
+        const c = JSON.parse(inv.stdin || '{}');
+        if (typeof c.cniVersion === 'string' && c.cniVersion) v = c.cniVersion;
+      } catch {
+        /* VERSION answers even without a config */
+      }
+      return { stdout: JSON.stringify({ cniVersion: v, supportedVersions: SUPPORTED_VERSIONS }), exitCode: 0 };
+    }
+    const conf = parseConf(inv.stdin, command);
+    cniVersion = conf.cniVersion;
+    const client = new AgentClient(conf.socket ?? DEFAULT_SOCKET);
+    try {
+      switch (command) {
+        case 'ADD': {
+          const e = requireEnv(env, ['CNI_CONTAINERID', 'CNI_NETNS', 'CNI_IFNAME']);
+          const args = parseCniArgs(env.CNI_ARGS);
+          const r = await client.request<CreateResponse>('PUT', '/v1/endpoint', {
+            containerId: e.CNI_CONTAINERID,
+            ifname: e.CNI_IFNAME,
+            netns: e.CNI_NETNS,
+            args,
+            ...(conf.mtu ? { mtu: conf.mtu } : {}),
+          });
+          return { stdout: JSON.stringify(buildResult(conf, r)), exitCode: 0 };
+        }
+        case 'DEL': {
+          const e = requireEnv(env, ['CNI_CONTAINERID', 'CNI_IFNAME']);
+          await client.request('DELETE', '/v1/endpoint', { containerId: e.CNI_CONTAINERID, ifname: e.CNI_IFNAME });
+          return { stdout: '', exitCode: 0 };
+        }
+        case 'CHECK': {
+          const e = requireEnv(env, ['CNI_CONTAINERID', 'CNI_NETNS', 'CNI_IFNAME']);
+          if (!conf.prevResult) throw new CniError(Code.InvalidConfig, 'network configuration: field "prevResult" is required for CHECK');
+          const r = await client.request<{ ok: boolean; problems: string[] }>('POST', '/v1/endpoint/check', {
+            containerId: e.CNI_CONTAINERID,
+            ifname: e.CNI_IFNAME,
+            netns: e.CNI_NETNS,
+          });
+          if (!r.ok) throw new CniError(Code.CheckFailed, `CHECK failed: ${r.problems.join('; ')}`);
+          return { stdout: '', exitCode: 0 };
+        }
+        case 'STATUS': {
+          await client.get('/v1/healthz');
+          return { stdout: '', exitCode: 0 };
+        }
+        case 'GC': {
+          const valid = conf['cni.dev/valid-attachments'] ?? [];
+          if (!Array.isArray(valid)) throw new CniError(Code.InvalidConfig, 'network configuration: field "cni.dev/valid-attachments" must be an array');
+          const attachments = valid.map((a, i) => {
+            if (!a || typeof a.containerID !== 'string' || typeof a.ifname !== 'string') {
+              throw new CniError(Code.InvalidConfig, `network configuration: "cni.dev/valid-attachments[${i}]" needs string fields containerID and ifname`);
+            }
+            return { containerId: a.containerID, ifname: a.ifname };
+          });
+          const r = await client.request<{ removed: string[]; errors: string[] }>('POST', '/v1/gc', { validAttachments: attachments });
+          if (r.errors.length) throw new CniError(Code.AgentFailure, `GC finished with errors: ${r.errors.join('; ')}`);
+          return { stdout: '', exitCode: 0 };
+        }
+      }
+    } catch (e) {
+      throw mapApiError(e, command);
+    }
+    throw new CniError(Code.InvalidEnv, `unhandled command ${command}`);
+  } catch (e) {
+    const err = e instanceof CniError ? e : new CniError(Code.AgentFailure, (e as Error).message);
+    return { stdout: JSON.stringify({ cniVersion, code: err.code, msg: err.message, ...(err.details ? { details: err.details } : {}) }), exitCode: 1 };
+  }
+}

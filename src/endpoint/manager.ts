@@ -1,0 +1,301 @@
+/**
+ * Endpoint manager: creates, restores, checks and deletes endpoints.
+ *
+ * Creation is synchronous: when create() returns, the endpoint's veth, address,
+ * routes, programs, links and map entries are in place (the CNI result is sent
+ * only then). Each step registers its inverse; a failure undoes what was done.
+ * Records are persisted atomically under <state-dir>/endpoints/<id>.json after
+ * the datapath is ready, so a restart restores exactly the endpoints that exist.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { AgentConfig } from '../agent/config';
+import { hostVethName } from '../agent/config';
+import { Datapath, EndpointConflict, endpointKey, ipcacheKey } from '../datapath/datapath';
+import { Undo } from '../datapath/reconciler';
+import { IdentityAllocator, ReservedIdentity } from '../identity/identity';
+import { podSecurityLabels } from '../identity/labels';
+import { Ipam } from '../ipam/ipam';
+import { formatIp, parseIp, parseMac, IpAddr } from '../util/ip';
+import { mkdirp, readJson, writeJsonAtomic } from '../util/fsutil';
+import type { Logger } from '../util/log';
+import { ENDPOINT_F_HOST, FAMILY_IPV4, MB_MAX_ENDPOINTS } from '../datapath/constants';
+import type { EndpointInfo } from '../datapath/datapath';
+
+export type EndpointState = 'ready' | 'restoring' | 'not-ready' | 'disconnecting';
+
+export interface Endpoint {
+  id: number;
+  containerId: string;
+  ifname: string;
+  netns: string;
+  namespace: string;
+  podName?: string;
+  podUid?: string;
+  labels: string[];
+  identity: number;
+  ipv4: string;
+  mac: string;
+  hostIfname: string;
+  hostIfindex: number;
+  hostMac: string;
+  mtu: number;
+  state: EndpointState;
+  problems?: string[];
+  createdAt: string;
+}
+
+export interface CreateRequest {
+  containerId: string;
+  ifname: string;
+  netns: string;
+  args?: Record<string, string>;
+  mtu?: number;
+}
+
+export class EndpointError extends Error {
+  constructor(message: string, readonly kind: 'conflict' | 'invalid' | 'not-found' | 'internal' | 'exhausted') {
+    super(message);
+  }
+}
+
+export function attachmentKey(containerId: string, ifname: string): string {
+  return `${containerId}/${ifname}`;
+}
+
+export class EndpointManager {
+  private readonly byId = new Map<number, Endpoint>();
+  private readonly dir: string;
+  readonly createDurationsMs: number[] = [];
+
+  constructor(
+    private readonly cfg: AgentConfig,
+    private readonly log: Logger,
+    private readonly dp: Datapath,
+    readonly ipam: Ipam,
+    readonly identities: IdentityAllocator,
+  ) {
+    this.dir = path.join(cfg.stateDir, 'endpoints');
+    mkdirp(this.dir);
+  }
+
+  list(): Endpoint[] {
+    return [...this.byId.values()].sort((a, b) => a.id - b.id);
+  }
+
+  get(id: number): Endpoint | undefined {
+    return this.byId.get(id);
+  }
+
+  findByAttachment(containerId: string, ifname: string): Endpoint | undefined {
+    for (const ep of this.byId.values()) if (ep.containerId === containerId && ep.ifname === ifname) return ep;
+    return undefined;
+  }
+
+  /** Node addresses into the ipcache (identity host) and the endpoints map (HOST flag). */
+  syncHostEntries(): void {
+    const router = this.ipam.router;
+    const addrs = [router, ...this.dp.hostAddresses()];
+    for (const a of addrs) {
+      this.dp.ipcache.upsert(ipcacheKey(a, 32), ipcacheValue(ReservedIdentity.host));
+      this.dp.endpoints.upsert(endpointKey(a), {
+        ifindex: 0,
+        ep_id: 0,
+        pad: 0,
+        flags: ENDPOINT_F_HOST,
+        sec_id: ReservedIdentity.host,
+        mac: Buffer.alloc(6),
+        node_mac: Buffer.alloc(6),
+      } as unknown as EndpointInfo);
+    }
+  }
+
+  /** Restore endpoints from disk; their kernel state (veths, pinned links and maps) is reused, not re-created. */
+  restore(): void {
+    for (const f of fs.readdirSync(this.dir)) {
+      if (!/^\d+\.json$/.test(f)) continue;
+      const ep = readJson<Endpoint>(path.join(this.dir, f));
+      if (!ep) continue;
+      const ident = this.identities.acquire(ep.labels);
+      if (ident.id !== ep.identity) {
+        this.log.warn('restored endpoint identity changed', { endpoint: ep.id, old: ep.identity, new: ident.id });
+        ep.identity = ident.id;
+      }
+      try {
+        this.ipam.reserve(ep.ipv4, attachmentKey(ep.containerId, ep.ifname));
+      } catch (e) {
+        this.log.error('restore: address conflict', { endpoint: ep.id, error: e });
+      }
+      const problems = this.dp.checkEndpoint(ep.id, ep.hostIfname);
+      ep.state = problems.length ? 'not-ready' : 'ready';
+      ep.problems = problems.length ? problems : undefined;
+      if (problems.length) this.log.warn('restored endpoint is not intact', { endpoint: ep.id, problems });
+      this.byId.set(ep.id, ep);
+      this.desire(ep);
+    }
+    this.identities.pruneUnreferenced();
+    this.log.info('restored endpoints', { count: this.byId.size });
+  }
+
+  private desire(ep: Endpoint): void {
+    const ip = parseIp(ep.ipv4);
+    this.dp.endpoints.upsert(endpointKey(ip), {
+      ifindex: ep.hostIfindex,
+      ep_id: ep.id,
+      pad: 0,
+      flags: 0,
+      sec_id: ep.identity,
+      mac: parseMac(ep.mac),
+      node_mac: parseMac(ep.hostMac),
+    } as unknown as EndpointInfo);
+    this.dp.ipcache.upsert(ipcacheKey(ip, 32), ipcacheValue(ep.identity));
+  }
+
+  private undesire(ep: Endpoint): void {
+    const ip = parseIp(ep.ipv4);
+    this.dp.endpoints.delete(endpointKey(ip));
+    this.dp.ipcache.delete(ipcacheKey(ip, 32));
+  }
+
+  private allocateId(): number {
+    for (let id = 1; id < MB_MAX_ENDPOINTS; id++) if (!this.byId.has(id)) return id;
+    throw new EndpointError(`endpoint ids 1..${MB_MAX_ENDPOINTS - 1} are exhausted`, 'exhausted');
+  }
+
+  create(req: CreateRequest): Endpoint {
+    const t0 = process.hrtime.bigint();
+    const owner = attachmentKey(req.containerId, req.ifname);
+    if (this.findByAttachment(req.containerId, req.ifname)) {
+      throw new EndpointError(`an endpoint for container ${req.containerId} interface ${req.ifname} already exists`, 'conflict');
+    }
+    if (!fs.existsSync(req.netns)) throw new EndpointError(`netns: "${req.netns}" does not exist`, 'invalid');
+    const args = req.args ?? {};
+    const namespace = args.K8S_POD_NAMESPACE || 'default';
+    const labels = podSecurityLabels({ namespace });
+    const undo = new Undo();
+    const log = this.log.child({ containerId: req.containerId, ifname: req.ifname });
+    try {
+      const ip: IpAddr = this.ipam.allocate(owner);
+      undo.push(`release ${formatIp(ip)}`, () => void this.ipam.release(formatIp(ip)));
+      const id = this.allocateId();
+      const ident = this.identities.acquire(labels);
+      undo.push(`release identity ${ident.id}`, () => this.identities.release(ident.id));
+      const hostIfname = hostVethName(this.cfg, req.containerId, req.ifname);
+      const mtu = req.mtu ?? this.cfg.mtu;
+      const res = this.dp.createEndpoint(
+        { id, identity: ident.id, ipv4: ip, hostIfname, podIfname: req.ifname, netnsPath: req.netns, mtu },
+        this.ipam.router,
+        undo,
+      );
+      const ep: Endpoint = {
+        id,
+        containerId: req.containerId,
+        ifname: req.ifname,
+        netns: req.netns,
+        namespace,
+        podName: args.K8S_POD_NAME || undefined,
+        podUid: args.K8S_POD_UID || undefined,
+        labels: ident.labels,
+        identity: ident.id,
+        ipv4: formatIp(ip),
+        mac: res.podMac,
+        hostIfname,
+        hostIfindex: res.hostIfindex,
+        hostMac: res.hostMac,
+        mtu,
+        state: 'ready',
+        createdAt: new Date().toISOString(),
+      };
+      this.desire(ep);
+      undo.push('remove map entries', () => {
+        this.undesire(ep);
+        this.dp.endpoints.flush();
+        this.dp.ipcache.flush();
+      });
+      this.dp.endpoints.flush();
+      this.dp.ipcache.flush();
+      writeJsonAtomic(path.join(this.dir, `${id}.json`), ep);
+      this.byId.set(id, ep);
+      undo.clear();
+      const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+      this.createDurationsMs.push(ms);
+      if (this.createDurationsMs.length > 10000) this.createDurationsMs.splice(0, 5000);
+      log.info('endpoint created', { endpoint: id, ipv4: ep.ipv4, identity: ep.identity, hostIfname, durationMs: Math.round(ms * 100) / 100 });
+      return ep;
+    } catch (e) {
+      const undoErrors = undo.run();
+      if (undoErrors.length) log.error('undo after failed create left problems', { undoErrors });
+      log.warn('endpoint create failed', { error: e });
+      if (e instanceof EndpointError) throw e;
+      if (e instanceof EndpointConflict) throw new EndpointError(e.message, 'conflict');
+      const err = e as Error & { code?: string };
+      if (/exhausted/.test(err.message)) throw new EndpointError(err.message, 'exhausted');
+      throw new EndpointError(err.message, 'internal');
+    }
+  }
+
+  /** Delete by attachment. Idempotent: a missing endpoint is not an error. Addresses are released even if the netns is gone. */
+  delete(containerId: string, ifname: string): { deleted: boolean; errors: string[] } {
+    const owner = attachmentKey(containerId, ifname);
+    const ep = this.findByAttachment(containerId, ifname);
+    const errors: string[] = [];
+    if (ep) {
+      ep.state = 'disconnecting';
+      errors.push(...this.dp.deleteEndpoint(ep.id, ep.hostIfname));
+      this.undesire(ep);
+      try {
+        this.dp.endpoints.flush();
+        this.dp.ipcache.flush();
+      } catch (e) {
+        errors.push((e as Error).message);
+      }
+      this.identities.release(ep.identity);
+      fs.rmSync(path.join(this.dir, `${ep.id}.json`), { force: true });
+      this.byId.delete(ep.id);
+      this.log.info('endpoint deleted', { endpoint: ep.id, containerId, ifname, errors: errors.length ? errors : undefined });
+    } else {
+      // A failed ADD may have left a veth behind under the name this attachment would use.
+      const name = hostVethName(this.cfg, containerId, ifname);
+      if (this.dp.linkByName(name)) errors.push(...this.dp.deleteEndpoint(0, name).filter((x) => !x.includes('mb_call_policy')));
+    }
+    this.ipam.releaseOwner(owner);
+    return { deleted: !!ep, errors };
+  }
+
+  /** Verify what ADD created still exists. */
+  check(containerId: string, ifname: string, netns?: string): string[] {
+    const ep = this.findByAttachment(containerId, ifname);
+    if (!ep) return [`no endpoint for container ${containerId} interface ${ifname}`];
+    const problems = this.dp.checkEndpoint(ep.id, ep.hostIfname);
+    if (netns && netns !== ep.netns) problems.push(`netns ${netns} differs from the endpoint's ${ep.netns}`);
+    if (!this.ipam.ownedBy(attachmentKey(containerId, ifname))) problems.push(`address ${ep.ipv4} is not reserved for the attachment`);
+    problems.push(...this.dp.checkPodSide(ep.netns, ifname, ep.ipv4, formatIp(this.ipam.router)));
+    return problems;
+  }
+
+  /** Remove endpoints, addresses and veths of attachments not in the valid list. */
+  gc(valid: { containerId: string; ifname: string }[]): { removed: string[]; errors: string[] } {
+    const keep = new Set(valid.map((v) => attachmentKey(v.containerId, v.ifname)));
+    const removed: string[] = [];
+    const errors: string[] = [];
+    for (const ep of this.list()) {
+      const key = attachmentKey(ep.containerId, ep.ifname);
+      if (keep.has(key)) continue;
+      const r = this.delete(ep.containerId, ep.ifname);
+      removed.push(key);
+      errors.push(...r.errors);
+    }
+    for (const a of this.ipam.list()) {
+      if (a.owner === 'router' || keep.has(a.owner)) continue;
+      this.ipam.release(a.ip);
+      removed.push(`${a.owner} (address ${a.ip})`);
+    }
+    return { removed, errors };
+  }
+}
+
+function ipcacheValue(identity: number) {
+  return { sec_id: identity, tunnel_family: 0, flags: 0, pad: 0, tunnel_addr: Buffer.alloc(16) } as any;
+}
+
+export { FAMILY_IPV4 };

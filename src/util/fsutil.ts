@@ -1,0 +1,48 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+
+/**
+ * Write a file atomically: write a temporary file beside it, fsync, rename over
+ * the target, fsync the directory. A crash leaves either the old or the new file.
+ */
+export function writeFileAtomic(file: string, data: string | Buffer, mode = 0o600): void {
+  const dir = path.dirname(file);
+  const tmp = path.join(dir, `.${path.basename(file)}.${process.pid}.tmp`);
+  const fd = fs.openSync(tmp, 'w', mode);
+  try {
+    fs.writeSync(fd, typeof data === 'string' ? Buffer.from(data) : data);
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+  fs.renameSync(tmp, file);
+  const dfd = fs.openSync(dir, 'r');
+  try {
+    fs.fsyncSync(dfd);
+  } finally {
+    fs.closeSync(dfd);
+  }
+}
+
+export function writeJsonAtomic(file: string, value: unknown, mode = 0o600): void {
+  writeFileAtomic(file, JSON.stringify(value, null, 2) + '\n', mode);
+}
+
+export function readJson<T>(file: string): T | undefined {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw e;
+  }
+  try {
+    return JSON.parse(text) as T;
+  } catch (e) {
+    throw new Error(`state file ${file} is not valid JSON: ${(e as Error).message}`);
+  }
+}
+
+export function mkdirp(dir: string, mode = 0o700): void {
+  fs.mkdirSync(dir, { recursive: true, mode });
+}

@@ -1,0 +1,85 @@
+/**
+ * Tiny traffic tool run inside pod namespaces by the tests (`ip netns exec`):
+ *   tcp-echo PORT | udp-echo PORT                     echo servers, print "ready"
+ *   tcp-req HOST PORT MSG [TIMEOUT_MS]                one request, prints the reply, exit 1 on failure
+ *   udp-req HOST PORT MSG [TIMEOUT_MS]
+ *   tcp-stream HOST PORT [DURATION_MS]                 sends a line every 20 ms, prints "<sent> <echoed>" each 100 ms
+ * Every client is bounded in time.
+ */
+import * as dgram from 'node:dgram';
+import * as net from 'node:net';
+
+const [mode, ...args] = process.argv.slice(2);
+
+function fail(msg: string): never {
+  process.stderr.write(msg + '\n');
+  process.exit(1);
+}
+
+switch (mode) {
+  case 'tcp-echo': {
+    const srv = net.createServer((s) => {
+      s.on('error', () => {});
+      s.pipe(s);
+    });
+    srv.listen(Number(args[0]), () => process.stdout.write('ready\n'));
+    break;
+  }
+  case 'udp-echo': {
+    const sock = dgram.createSocket('udp4');
+    sock.on('message', (m, r) => sock.send(m, r.port, r.address));
+    sock.bind(Number(args[0]), () => process.stdout.write('ready\n'));
+    break;
+  }
+  case 'tcp-req': {
+    const [host, port, msg, t] = args;
+    const timer = setTimeout(() => fail(`tcp ${host}:${port}: timeout`), Number(t ?? 2000));
+    const s = net.connect(Number(port), host, () => s.write(msg));
+    let got = '';
+    s.on('data', (d) => {
+      got += d.toString();
+      if (got.length >= msg.length) {
+        clearTimeout(timer);
+        process.stdout.write(got + '\n');
+        s.destroy();
+      }
+    });
+    s.on('error', (e) => fail(`tcp ${host}:${port}: ${e.message}`));
+    break;
+  }
+  case 'udp-req': {
+    const [host, port, msg, t] = args;
+    const sock = dgram.createSocket('udp4');
+    const timer = setTimeout(() => fail(`udp ${host}:${port}: timeout`), Number(t ?? 2000));
+    sock.on('message', (m) => {
+      clearTimeout(timer);
+      process.stdout.write(m.toString() + '\n');
+      sock.close();
+    });
+    sock.send(msg, Number(port), host);
+    break;
+  }
+  case 'tcp-stream': {
+    const [host, port, d] = args;
+    let sent = 0;
+    let echoed = 0;
+    const s = net.connect(Number(port), host);
+    s.setNoDelay(true);
+    s.on('data', (b) => (echoed += b.toString().split('\n').length - 1));
+    s.on('error', (e) => fail(`stream error after ${sent} sent, ${echoed} echoed: ${e.message}`));
+    const tx = setInterval(() => {
+      s.write(`${sent}\n`);
+      sent++;
+    }, 20);
+    const report = setInterval(() => process.stdout.write(`${sent} ${echoed}\n`), 100);
+    setTimeout(() => {
+      clearInterval(tx);
+      clearInterval(report);
+      process.stdout.write(`${sent} ${echoed}\n`);
+      s.destroy();
+    }, Number(d ?? 10000));
+    break;
+  }
+  default:
+    fail(`netkit: unknown mode ${mode}`);
+}
