@@ -1,0 +1,219 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * Endpoint (pod) datapath. One object serves every endpoint: the agent sets
+ * CONFIG (.rodata) before load, loads it with the bpf root as pin root, puts
+ * policy_ingress into mb_call_policy[ep_id], and only then attaches
+ * from_container (tcx ingress of the host-side veth) and to_container (tcx
+ * egress of the host-side veth).
+ *
+ *   from_container  packets leaving the pod: ARP responder, anti-spoofing,
+ *                   local delivery (tail call into the destination's
+ *                   policy_ingress) or hand-off to the host stack through the
+ *                   host device pair.
+ *   policy_ingress  tail-call target for traffic *to* this endpoint (source
+ *                   identity in skb->cb[0]): ingress policy, L3 forward
+ *                   (MACs, TTL) and bpf_redirect_peer into the pod.
+ *   to_container    anything the host stack itself sends out of the host-side
+ *                   veth: ingress policy only.
+ */
+#define MB_FILE_ID MB_FILE_LXC
+
+#include "common.h"
+#include "config.h"
+#include "eth.h"
+#include "ipv4.h"
+#include "arp.h"
+#include "metrics.h"
+#include "drop.h"
+#include "endpoint.h"
+#include "identity.h"
+
+/* Per-endpoint values; the agent writes them before load (BpfObject.setConst). */
+volatile const struct ep_config CONFIG;
+
+/*
+ * Per-endpoint ingress/egress policy. Not pinned by libbpf (one per endpoint):
+ * the agent pins it under its bpf root per endpoint and fills it.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct policy_key);
+	__type(value, struct policy_value);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} mb_policy SEC(".maps");
+
+#define DROP_EGRESS(ctx, reason, dst_label) \
+	send_drop(ctx, reason, METRIC_DIR_EGRESS, CONFIG.sec_id, dst_label, CONFIG.ep_id, 0)
+#define DROP_INGRESS(ctx, reason, src_label) \
+	send_drop(ctx, reason, METRIC_DIR_INGRESS, src_label, CONFIG.sec_id, CONFIG.ep_id, CONFIG.ep_id)
+
+/*
+ * Ingress policy hook: may @src_identity send this packet to this endpoint?
+ * Returns 0 (allow) or a drop reason. Packet pointers are revalidated by callers.
+ *
+ * v1: with EP_CFG_F_NO_POLICY everything is allowed (the verifier prunes the
+ * rest). Otherwise an L3-only lookup {src identity, ingress} in mb_policy:
+ * default deny. The policy work item replaces this with L4 keys + conntrack.
+ */
+static __always_inline int ingress_policy(struct __sk_buff *ctx, __u32 src_identity)
+{
+	struct policy_key key = {
+		.prefixlen = 40,       /* sec_id + egress = 0 */
+		.sec_id = src_identity,
+		.egress = 0,
+	};
+	struct policy_value *pv;
+
+	if (CONFIG.flags & EP_CFG_F_NO_POLICY)
+		return 0;
+	pv = bpf_map_lookup_elem(&mb_policy, &key);
+	if (!pv)
+		return DROP_POLICY;
+	if (pv->flags & POLICY_F_DENY)
+		return DROP_POLICY_DENY;
+	__sync_fetch_and_add(&pv->packets, 1);
+	__sync_fetch_and_add(&pv->bytes, ctx->len);
+	return 0;
+}
+
+/* ---------------------------------------------------------------------------- */
+
+static __always_inline int handle_arp(struct __sk_buff *ctx)
+{
+	struct arp_eth_ipv4 *arp = arp_request(ctx);
+
+	/*
+	 * Not an Ethernet/IPv4 request, or a request for the pod's own address
+	 * (DAD probe / gratuitous ARP): let it go to the host-side veth, where the
+	 * stack has nothing to answer (no address lives on lxc devices).
+	 */
+	if (!arp || arp->tip == *(const volatile __be32 *)CONFIG.ipv4) {
+		metrics_count(METRIC_FORWARDED, METRIC_DIR_EGRESS, ctx->len);
+		return TC_ACT_OK;
+	}
+	/* Everything else on the pod's link is the router: answer with node_mac. */
+	arp_make_reply(arp, CONFIG.node_mac);
+	metrics_count(METRIC_FORWARDED, METRIC_DIR_EGRESS, ctx->len);
+	return bpf_redirect(CONFIG.ifindex, 0);
+}
+
+static __always_inline int handle_ipv4_from_lxc(struct __sk_buff *ctx)
+{
+	struct iphdr *ip = ipv4_hdr(ctx);
+	struct endpoint_info *ep;
+	struct node_config *node;
+	struct ethhdr *eth;
+
+	if (!ip)
+		return DROP_EGRESS(ctx, DROP_INVALID, 0);
+	eth = ipv4_eth(ip);
+	if (!mac_eq(eth->h_source, CONFIG.mac))
+		return DROP_EGRESS(ctx, DROP_INVALID_SMAC, 0);
+	if (ip->saddr != *(const volatile __be32 *)CONFIG.ipv4)
+		return DROP_EGRESS(ctx, DROP_INVALID_SIP, 0);
+
+	ep = lookup_ip4_local_endpoint(ip->daddr);
+	if (ep) {
+		/* Local delivery: the destination's policy_ingress does the rest. */
+		__u32 dst_id = ep->ep_id, dst_sec = ep->sec_id;
+
+		metrics_count(METRIC_FORWARDED, METRIC_DIR_EGRESS, ctx->len);
+		ctx->cb[0] = CONFIG.sec_id;
+		bpf_tail_call(ctx, &mb_call_policy, dst_id);
+		return send_drop(ctx, DROP_MISSED_TAIL_CALL, METRIC_DIR_EGRESS, CONFIG.sec_id,
+				 dst_sec, CONFIG.ep_id, dst_id);
+	}
+
+	/* Host or world: into the host stack via the host device pair. */
+	node = node_config();
+	if (!node || !node->net_ifindex)
+		return DROP_EGRESS(ctx, DROP_UNROUTABLE, 0);
+	eth_rewrite(eth, node->host_mac, node->net_mac);
+	metrics_count(METRIC_FORWARDED, METRIC_DIR_EGRESS, ctx->len);
+	return bpf_redirect(node->net_ifindex, 0);
+}
+
+SEC("tc")
+int from_container(struct __sk_buff *ctx)
+{
+	struct ethhdr *eth = ctx_data(ctx, ETH_HLEN);
+
+	if (!eth)
+		return DROP_EGRESS(ctx, DROP_INVALID, 0);
+	switch (eth->h_proto) {
+	case bpf_htons(ETH_P_IP):
+		return handle_ipv4_from_lxc(ctx);
+	case bpf_htons(ETH_P_ARP):
+		return handle_arp(ctx);
+	default:
+		/* Includes IPv6 (no v6 datapath in v1: the agent disables IPv6 in the pod). */
+		return DROP_EGRESS(ctx, DROP_UNKNOWN_L3, 0);
+	}
+}
+
+/* ---------------------------------------------------------------------------- */
+
+SEC("tc")
+int policy_ingress(struct __sk_buff *ctx)
+{
+	__u32 src_identity = ctx->cb[0];
+	struct iphdr *ip;
+	struct ethhdr *eth;
+	int ret;
+
+	ctx->cb[0] = 0;
+	ip = ipv4_hdr(ctx);
+	if (!ip)
+		return DROP_INGRESS(ctx, DROP_INVALID, src_identity);
+	ret = ingress_policy(ctx, src_identity);
+	if (ret)
+		return DROP_INGRESS(ctx, ret, src_identity);
+	ret = ipv4_dec_ttl(ctx, ip);
+	if (ret)
+		return DROP_INGRESS(ctx, ret, src_identity);
+
+	/* bpf_l3_csum_replace invalidated the packet pointers. */
+	eth = ctx_data(ctx, ETH_HLEN);
+	if (!eth)
+		return DROP_INGRESS(ctx, DROP_INVALID, src_identity);
+	eth_rewrite(eth, CONFIG.mac, CONFIG.node_mac);
+	metrics_count(METRIC_FORWARDED, METRIC_DIR_INGRESS, ctx->len);
+	return bpf_redirect_peer(CONFIG.ifindex, 0);
+}
+
+/* ---------------------------------------------------------------------------- */
+
+SEC("tc")
+int to_container(struct __sk_buff *ctx)
+{
+	struct ethhdr *eth = ctx_data(ctx, ETH_HLEN);
+	struct iphdr *ip;
+	__u32 src_identity;
+	int ret;
+
+	if (!eth)
+		return DROP_INGRESS(ctx, DROP_INVALID, 0);
+	switch (eth->h_proto) {
+	case bpf_htons(ETH_P_ARP):
+		/* Includes our own ARP replies (bpf_redirect to this device's egress). */
+		metrics_count(METRIC_FORWARDED, METRIC_DIR_INGRESS, ctx->len);
+		return TC_ACT_OK;
+	case bpf_htons(ETH_P_IP):
+		break;
+	default:
+		return DROP_INGRESS(ctx, DROP_UNKNOWN_L3, 0);
+	}
+
+	ip = ipv4_hdr(ctx);
+	if (!ip)
+		return DROP_INGRESS(ctx, DROP_INVALID, 0);
+	src_identity = ipcache_ip4_identity(ip->saddr);
+	ret = ingress_policy(ctx, src_identity);
+	if (ret)
+		return DROP_INGRESS(ctx, ret, src_identity);
+	metrics_count(METRIC_FORWARDED, METRIC_DIR_INGRESS, ctx->len);
+	return TC_ACT_OK;
+}
+
+char _license[] SEC("license") = "Dual BSD/GPL";

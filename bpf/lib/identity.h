@@ -1,0 +1,22 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Security identity of a remote address, from the ipcache (mb_ipcache, LPM). */
+#ifndef MB_LIB_IDENTITY_H
+#define MB_LIB_IDENTITY_H
+
+#include "common.h"
+
+/* Identity of an IPv4 address; MB_ID_WORLD when the ipcache has no covering prefix. */
+static __always_inline __u32 ipcache_ip4_identity(__be32 addr)
+{
+	struct ipcache_key key = {
+		.prefixlen = 32 + 32,   /* family + pad, then the full v4 address */
+		.family = MB_FAMILY_IPV4,
+	};
+	struct ipcache_value *v;
+
+	*(__be32 *)key.addr = addr;
+	v = bpf_map_lookup_elem(&mb_ipcache, &key);
+	return v ? v->sec_id : MB_ID_WORLD;
+}
+
+#endif
