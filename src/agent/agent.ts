@@ -13,10 +13,19 @@ import type { AgentConfig } from './config';
 import { buildApi } from './api';
 import { Datapath } from '../datapath/datapath';
 import { dropReasonText, metricDirName } from '../datapath/constants';
-import { EndpointManager } from '../endpoint/manager';
+import { Endpoint, EndpointManager, PodSource } from '../endpoint/manager';
 import { IdentityAllocator } from '../identity/identity';
+import { podSecurityLabels } from '../identity/labels';
 import { Ipam } from '../ipam/ipam';
-import { formatIp, ipFromBytes, formatMac } from '../util/ip';
+import { PolicyEngine } from '../policy/engine';
+import { lookupVerdict, NamedPort } from '../policy/mapstate';
+import { isPolicyKind } from '../policy/translate';
+import { EmbeddedStore } from '../store/embedded';
+import { validateResources } from '../store/kinds';
+import type { Resource, ResourceRef, WatchEvent } from '../store/types';
+import { formatIp, ipFromBytes, formatMac, parseCidr } from '../util/ip';
+import { ipcacheKey } from '../datapath/datapath';
+import { ReservedIdentity } from '../identity/identity';
 import { mkdirp } from '../util/fsutil';
 import type { Logger } from '../util/log';
 
@@ -24,15 +33,248 @@ const VERSION = '0.1.0';
 
 export class Agent {
   readonly endpoints: EndpointManager;
+  readonly store: EmbeddedStore;
+  readonly identities: IdentityAllocator;
+  readonly policy: PolicyEngine;
   private api?: FastifyInstance;
+  private pendingRefresh = false;
+  private pendingRegen = false;
+  private flushScheduled = false;
+  private revisionWaiters: { revision: number; resolve: () => void }[] = [];
   private resyncTimer?: NodeJS.Timeout;
   private readonly startedAt = Date.now();
   private readonly apiLatency = new Map<string, { count: number; sumMs: number }>();
 
   private constructor(readonly cfg: AgentConfig, readonly log: Logger, readonly dp: Datapath) {
     const ipam = new Ipam(cfg.podCidr, cfg.stateDir);
-    const identities = new IdentityAllocator(cfg.stateDir);
-    this.endpoints = new EndpointManager(cfg, log, dp, ipam, identities);
+    this.store = new EmbeddedStore(cfg.stateDir);
+    this.identities = new IdentityAllocator(cfg.stateDir);
+    this.policy = new PolicyEngine(this.identities, (prefix, id) => this.cidrIdentity(prefix, id), cfg.policyEnforcement);
+    this.endpoints = new EndpointManager(cfg, log, dp, ipam, this.identities, this.policy, this.podSource());
+  }
+
+  /** Security labels and named ports of a pod, from its Pod and Namespace objects, exactly as in a cluster. */
+  private podSource(): PodSource {
+    return {
+      podInfo: (namespace, podName) => {
+        const ns = this.store.get({ kind: 'Namespace', name: namespace });
+        const nsLabels = { ...(ns?.metadata.labels ?? {}), 'kubernetes.io/metadata.name': namespace };
+        const pod = podName ? this.store.get({ kind: 'Pod', namespace, name: podName }) : undefined;
+        const namedPorts: Record<string, NamedPort[]> = {};
+        for (const c of pod?.spec?.containers ?? []) {
+          for (const p of c.ports ?? []) {
+            if (!p.name) continue;
+            (namedPorts[p.name] ??= []).push({ port: p.containerPort, protocol: p.protocol ?? 'TCP' });
+          }
+        }
+        const labels = podSecurityLabels({
+          namespace,
+          podLabels: pod?.metadata.labels,
+          namespaceLabels: nsLabels,
+          serviceAccount: pod ? (pod.spec?.serviceAccountName ?? 'default') : undefined,
+        });
+        return { labels, namedPorts };
+      },
+    };
+  }
+
+  /** CIDR identities from policy become ipcache entries (prefix -> identity). */
+  private cidrIdentity(prefix: string, id: number | undefined): void {
+    const c = parseCidr(prefix);
+    const key = ipcacheKey(c.addr, c.prefixLen);
+    if (id === undefined) this.dp.ipcache.delete(key);
+    else this.dp.ipcache.upsert(key, { sec_id: id, tunnel_family: 0, flags: 0, pad: 0, tunnel_addr: Buffer.alloc(16) });
+    this.pendingMapFlush = true;
+  }
+  private pendingMapFlush = false;
+
+  /** Store changes: policies into the repository; pods and namespaces may change identities. */
+  private onStoreEvent(ev: WatchEvent): void {
+    const o = ev.object;
+    if (isPolicyKind(o.kind)) {
+      try {
+        if (ev.type === 'DELETED') this.policy.repo.delete(o);
+        else this.policy.repo.upsert(o);
+      } catch (e) {
+        this.log.error('policy could not be loaded into the repository', { policy: `${o.kind}/${o.metadata.namespace ?? ''}/${o.metadata.name}`, error: e });
+      }
+      this.pendingRegen = true;
+    } else if (o.kind === 'Pod' || o.kind === 'Namespace') {
+      this.pendingRefresh = true;
+    }
+    this.scheduleFlush();
+  }
+
+  private scheduleFlush(): void {
+    if (this.flushScheduled) return;
+    this.flushScheduled = true;
+    setImmediate(() => {
+      this.flushScheduled = false;
+      this.flushChanges();
+    });
+  }
+
+  /** Apply what changed: identities first, then maps, then every endpoint's policy. */
+  flushChanges(): void {
+    try {
+      if (this.pendingRefresh) {
+        this.pendingRefresh = false;
+        if (this.endpoints.refreshIdentities() > 0) this.pendingRegen = true;
+      }
+      if (this.pendingMapFlush) {
+        this.pendingMapFlush = false;
+        this.dp.ipcache.flush();
+      }
+      if (this.pendingRegen) {
+        this.pendingRegen = false;
+        const r = this.endpoints.regenerateAll();
+        this.log.info('endpoints regenerated', r);
+      }
+    } catch (e) {
+      this.log.error('applying changes failed', { error: e });
+    }
+    this.wakeRevisionWaiters();
+  }
+
+  private wakeRevisionWaiters(): void {
+    const reached = this.minEndpointRevision();
+    this.revisionWaiters = this.revisionWaiters.filter((w) => {
+      if (w.revision <= reached) {
+        w.resolve();
+        return false;
+      }
+      return true;
+    });
+  }
+
+  private minEndpointRevision(): number {
+    const eps = this.endpoints.list();
+    if (!eps.length) return this.policy.revision;
+    return Math.min(...eps.map((e) => (e.policy.error ? -1 : e.policy.revision)));
+  }
+
+  /** Resolve when every endpoint has reached `revision` (false on timeout). */
+  waitForRevision(revision: number, timeoutMs: number): Promise<boolean> {
+    if (this.minEndpointRevision() >= revision) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const w = { revision, resolve: () => resolve(true) };
+      this.revisionWaiters.push(w);
+      setTimeout(() => {
+        const i = this.revisionWaiters.indexOf(w);
+        if (i >= 0) {
+          this.revisionWaiters.splice(i, 1);
+          resolve(false);
+        }
+      }, timeoutMs).unref();
+    });
+  }
+
+  /** Validate every object, then store them all (nothing is applied if any is invalid). */
+  apply(objects: unknown[]) {
+    const valid = validateResources(objects);
+    const results = this.store.apply(valid);
+    return { results, policyRevision: this.policy.revision };
+  }
+
+  /** The kernel's policy map of an endpoint, decoded with identity labels (bpf policy get). */
+  endpointPolicy(id: number) {
+    const ep = this.endpoints.get(id);
+    if (!ep) return undefined;
+    const map = this.dp.openPolicyMap(id);
+    try {
+      const protoName: Record<number, string> = { 0: 'ANY', 1: 'ICMP', 6: 'TCP', 17: 'UDP', 58: 'ICMPv6', 132: 'SCTP' };
+      const rows = [...map.entries()].map(([k, v]) => {
+        const portBits = Math.max(0, k.prefixlen - 48);
+        const span = portBits >= 16 ? 1 : 2 ** (16 - portBits);
+        const port = k.prefixlen <= 48 ? 'ANY' : span > 1 ? `${k.dport}-${k.dport + span - 1}` : String(k.dport);
+        return {
+          verdict: v.flags & 1 ? 'Deny' : 'Allow',
+          direction: k.egress ? 'Egress' : 'Ingress',
+          identity: k.sec_id,
+          labels: k.sec_id === 0 ? ['ANY'] : this.identities.get(k.sec_id)?.labels ?? ['(unknown)'],
+          protocol: k.prefixlen <= 40 ? 'ANY' : protoName[k.protocol] ?? String(k.protocol),
+          port: k.prefixlen <= 40 ? 'ANY' : k.protocol === 1 || k.protocol === 58 ? `type ${k.dport}` : port,
+          prefixLen: k.prefixlen,
+          proxyPort: v.proxy_port,
+          packets: Number(v.packets),
+          bytes: Number(v.bytes),
+        };
+      });
+      rows.sort((a, b) => a.direction.localeCompare(b.direction) || a.identity - b.identity || a.prefixLen - b.prefixLen);
+      return { endpoint: id, identity: ep.identity, revision: ep.policy.revision, entries: rows };
+    } finally {
+      map.close();
+    }
+  }
+
+  /** Resolve "--src/--dst": an endpoint id, a pod "ns/name" or "name", or labels "k=v,k2=v2". */
+  private resolveSubject(spec: string): { identity: number; labels: string[]; endpoint?: Endpoint; release?: () => void; describe: string } {
+    const eps = this.endpoints.list();
+    if (/^\d+$/.test(spec)) {
+      const ep = this.endpoints.get(Number(spec));
+      if (!ep) throw new Error(`endpoint ${spec} not found`);
+      return { identity: ep.identity, labels: ep.labels, endpoint: ep, describe: `endpoint ${ep.id}` };
+    }
+    if (!spec.includes('=')) {
+      const [ns, name] = spec.includes('/') ? spec.split('/', 2) : ['default', spec];
+      const ep = eps.find((e) => e.namespace === ns && e.podName === name);
+      if (!ep) throw new Error(`no endpoint for pod ${ns}/${name}`);
+      return { identity: ep.identity, labels: ep.labels, endpoint: ep, describe: `pod ${ns}/${name} (endpoint ${ep.id})` };
+    }
+    const labels = spec.split(',').map((l) => l.trim()).filter(Boolean).map((l) => (/^[a-z0-9-]+:/.test(l) && !l.startsWith('http') ? l : `k8s:${l}`));
+    if (!labels.some((l) => l.startsWith('k8s:io.kubernetes.pod.namespace=')) && !labels.some((l) => l.startsWith('reserved:') || l.startsWith('cidr:'))) {
+      labels.push('k8s:io.kubernetes.pod.namespace=default');
+    }
+    if (labels.length === 1 && labels[0].startsWith('reserved:')) {
+      const name = labels[0].slice('reserved:'.length) as keyof typeof ReservedIdentity;
+      if (ReservedIdentity[name] !== undefined) return { identity: ReservedIdentity[name], labels, describe: labels[0] };
+    }
+    const ident = this.identities.acquire(labels);
+    return { identity: ident.id, labels: ident.labels, release: () => this.identities.release(ident.id), describe: `labels ${ident.labels.join(' ')}` };
+  }
+
+  /** Explain the verdict for src -> dst:port/proto: the egress side of src, then the ingress side of dst. */
+  trace(q: { src: string; dst: string; dport: number; protocol: string }) {
+    const proto = { TCP: 6, UDP: 17, SCTP: 132, ICMP: 1, ANY: 0 }[q.protocol.toUpperCase()];
+    if (proto === undefined) throw new Error(`protocol: "${q.protocol}" is not TCP, UDP, SCTP or ICMP`);
+    const src = this.resolveSubject(q.src);
+    const dst = this.resolveSubject(q.dst);
+    try {
+      const side = (who: typeof src, remote: number, egress: boolean) => {
+        if (who.identity < 256 || (who.identity & (1 << 24)) !== 0) return { enforced: false, verdict: 'ALLOWED', reason: 'not a managed endpoint: no policy applies here' };
+        const computed = this.policy.compute({ identity: who.identity, labels: who.labels, namedPorts: who.endpoint?.namedPorts ?? {} });
+        const v = lookupVerdict(computed.entries, remote, egress, proto, q.dport);
+        return {
+          enforced: computed[egress ? 'egress' : 'ingress'].enforced,
+          verdict: v.allowed ? 'ALLOWED' : 'DENIED',
+          dropReason: v.reason || undefined,
+          reason: v.entry
+            ? `${v.entry.deny ? 'denied' : 'allowed'} by ${v.entry.derivedFrom.join(', ')} (identity ${v.entry.identity === 0 ? 'ANY' : v.entry.identity}, prefix ${v.entry.prefixLen})`
+            : 'no rule allows it: default deny',
+        };
+      };
+      const egress = side(src, dst.identity, true);
+      const ingress = side(dst, src.identity, false);
+      const allowed = egress.verdict === 'ALLOWED' && ingress.verdict === 'ALLOWED';
+      return {
+        source: { describe: src.describe, identity: src.identity, labels: src.labels },
+        destination: { describe: dst.describe, identity: dst.identity, labels: dst.labels },
+        port: q.dport,
+        protocol: q.protocol.toUpperCase(),
+        policyRevision: this.policy.revision,
+        egress,
+        ingress,
+        verdict: allowed ? 'ALLOWED' : 'DENIED',
+      };
+    } finally {
+      src.release?.();
+      dst.release?.();
+    }
+  }
+
+  deleteResources(refs: ResourceRef[]) {
+    const results = this.store.delete(refs);
+    return { results, policyRevision: this.policy.revision };
   }
 
   static async start(cfg: AgentConfig, log: Logger): Promise<Agent> {
@@ -42,8 +284,21 @@ export class Agent {
     const dp = Datapath.open(cfg, log);
     const agent = new Agent(cfg, log, dp);
     dp.setupNode(agent.endpoints.ipam.router);
+    for (const kind of ['CiliumClusterwideNetworkPolicy', 'CiliumNetworkPolicy', 'NetworkPolicy']) {
+      for (const o of agent.store.list(kind)) {
+        try {
+          agent.policy.repo.upsert(o);
+        } catch (e) {
+          log.error('stored policy could not be loaded', { policy: `${kind}/${o.metadata.namespace ?? ''}/${o.metadata.name}`, error: e });
+        }
+      }
+    }
     agent.endpoints.restore();
     agent.endpoints.syncHostEntries();
+    agent.store.watch((ev) => agent.onStoreEvent(ev));
+    agent.pendingRefresh = true;
+    agent.pendingRegen = true;
+    agent.flushChanges();
     const r1 = dp.endpoints.resync();
     const r2 = dp.ipcache.resync();
     log.info('maps resynced', { endpoints: r1, ipcache: r2 });
@@ -111,6 +366,14 @@ export class Agent {
         notReady: eps.filter((e) => e.state !== 'ready').map((e) => ({ id: e.id, state: e.state, problems: e.problems })),
       },
       identities: this.endpoints.identities.list().length,
+      policy: {
+        revision: this.policy.revision,
+        enforcement: this.cfg.policyEnforcement,
+        policies: this.policy.repo.objects().length,
+        rules: this.policy.repo.rules().length,
+        endpointsBehind: eps.filter((e) => e.policy.revision < this.policy.revision).length,
+        failures: eps.filter((e) => e.policy.error).map((e) => ({ id: e.id, error: e.policy.error })),
+      },
       ipam: { allocated: this.endpoints.ipam.list().length - 1 },
       maps: [this.dp.endpoints.status(), this.dp.ipcache.status()],
       endpointCreateMs: { count: d.length, p50: pct(50), p99: pct(99) },

@@ -6,6 +6,7 @@
 import Fastify, { FastifyError, FastifyInstance } from 'fastify';
 import type { Agent } from './agent';
 import { EndpointError } from '../endpoint/manager';
+import { ResourceValidationError, kindInfo, KINDS } from '../store/kinds';
 
 const attachment = {
   type: 'object',
@@ -60,6 +61,9 @@ export function buildApi(agent: Agent): FastifyInstance {
   const app = Fastify({ logger: false, bodyLimit: 8 * 1024 * 1024 });
 
   app.setErrorHandler((err: FastifyError, req, reply) => {
+    if (err instanceof ResourceValidationError) {
+      return reply.status(400).send({ error: err.message, kind: 'invalid', details: err.problems });
+    }
     if (err instanceof EndpointError) {
       return reply.status(STATUS_OF[err.kind]).send({ error: err.message, kind: err.kind });
     }
@@ -123,6 +127,103 @@ export function buildApi(agent: Agent): FastifyInstance {
     const dump = agent.dumpMap(req.params.name);
     if (!dump) return reply.status(404).send({ error: `map ${req.params.name} not found (known: ${agent.mapNames().join(', ')})`, kind: 'not-found' });
     return dump;
+  });
+
+  const objectsBody = {
+    type: 'object',
+    required: ['objects'],
+    additionalProperties: false,
+    properties: { objects: { type: 'array', items: { type: 'object' }, maxItems: 100000 } },
+  } as const;
+  const refsBody = {
+    type: 'object',
+    required: ['refs'],
+    additionalProperties: false,
+    properties: {
+      refs: {
+        type: 'array',
+        items: {
+          type: 'object',
+          required: ['kind', 'name'],
+          additionalProperties: false,
+          properties: { kind: { type: 'string', minLength: 1 }, namespace: { type: 'string' }, name: { type: 'string', minLength: 1 } },
+        },
+      },
+    },
+  } as const;
+  const traceBody = {
+    type: 'object',
+    required: ['src', 'dst', 'dport'],
+    additionalProperties: false,
+    properties: {
+      src: { type: 'string', minLength: 1 },
+      dst: { type: 'string', minLength: 1 },
+      dport: { type: 'integer', minimum: 0, maximum: 65535 },
+      protocol: { type: 'string', enum: ['TCP', 'UDP', 'SCTP', 'ICMP', 'tcp', 'udp', 'sctp', 'icmp'] },
+    },
+  } as const;
+
+  const normaliseRefs = (refs: { kind: string; namespace?: string; name: string }[]) =>
+    refs.map((r, i) => {
+      const info = kindInfo(r.kind);
+      if (!info) throw Object.assign(new Error(`refs[${i}].kind: "${r.kind}" is not a known kind (${KINDS.map((k) => k.kind).join(', ')})`), { statusCode: 400 });
+      return { kind: info.kind, name: r.name, namespace: info.namespaced ? r.namespace || 'default' : undefined };
+    });
+
+  // Resources in Kubernetes shapes: apply (all or nothing), get, delete.
+  app.post('/v1/apply', { schema: { body: objectsBody } }, async (req) => agent.apply((req.body as { objects: unknown[] }).objects));
+  app.post('/v1/delete', { schema: { body: refsBody } }, async (req) => agent.deleteResources(normaliseRefs((req.body as any).refs)));
+  app.get<{ Params: { kind: string }; Querystring: { namespace?: string; name?: string } }>('/v1/resources/:kind', async (req, reply) => {
+    const info = kindInfo(req.params.kind);
+    if (!info) return reply.status(404).send({ error: `unknown kind "${req.params.kind}" (${KINDS.map((k) => k.kind).join(', ')})`, kind: 'not-found' });
+    const ns = info.namespaced ? req.query.namespace : undefined;
+    if (req.query.name) {
+      const o = agent.store.get({ kind: info.kind, namespace: info.namespaced ? ns || 'default' : undefined, name: req.query.name });
+      if (!o) return reply.status(404).send({ error: `${info.kind} ${ns ? ns + '/' : ''}${req.query.name} not found`, kind: 'not-found' });
+      return [o];
+    }
+    return agent.store.list(info.kind, ns);
+  });
+
+  // Policy.
+  app.get('/v1/policy', async () => ({ revision: agent.policy.revision, policies: agent.policy.repo.objects() }));
+  app.put('/v1/policy', { schema: { body: objectsBody } }, async (req) => {
+    const objects = (req.body as { objects: any[] }).objects;
+    objects.forEach((o, i) => {
+      if (!['NetworkPolicy', 'CiliumNetworkPolicy', 'CiliumClusterwideNetworkPolicy'].includes(o?.kind)) {
+        throw Object.assign(new Error(`objects[${i}].kind: ${JSON.stringify(o?.kind)} is not a policy kind`), { statusCode: 400 });
+      }
+    });
+    return agent.apply(objects);
+  });
+  app.delete('/v1/policy', { schema: { body: { type: 'object', additionalProperties: false, properties: { all: { type: 'boolean' }, refs: refsBody.properties.refs } } } }, async (req) => {
+    const b = req.body as { all?: boolean; refs?: { kind: string; namespace?: string; name: string }[] };
+    const refs = b.all
+      ? agent.policy.repo.objects().map((o) => ({ kind: o.kind, namespace: o.metadata.namespace, name: o.metadata.name }))
+      : normaliseRefs(b.refs ?? []);
+    return agent.deleteResources(refs);
+  });
+  app.get<{ Params: { revision: string }; Querystring: { timeout?: string } }>('/v1/policy/wait/:revision', async (req, reply) => {
+    const rev = Number(req.params.revision);
+    const timeoutS = Number(req.query.timeout ?? 30);
+    if (!Number.isInteger(rev) || rev < 0) return reply.status(400).send({ error: `revision: "${req.params.revision}" is not a revision number`, kind: 'invalid' });
+    const ok = await agent.waitForRevision(rev, Math.max(0, Math.min(timeoutS, 600)) * 1000);
+    if (!ok) return reply.status(504).send({ error: `timed out after ${timeoutS}s waiting for every endpoint to reach policy revision ${rev}`, kind: 'timeout' });
+    return { revision: rev, reached: true };
+  });
+  app.post('/v1/policy/trace', { schema: { body: traceBody } }, async (req, reply) => {
+    const b = req.body as { src: string; dst: string; dport: number; protocol?: string };
+    try {
+      return agent.trace({ ...b, protocol: b.protocol ?? 'TCP' });
+    } catch (e) {
+      return reply.status(400).send({ error: (e as Error).message, kind: 'invalid' });
+    }
+  });
+  app.get('/v1/policy/selectors', async () => agent.policy.cache.list());
+  app.get<{ Params: { id: string } }>('/v1/endpoint/:id/policy', async (req, reply) => {
+    const r = agent.endpointPolicy(Number(req.params.id));
+    if (!r) return reply.status(404).send({ error: `endpoint ${req.params.id} not found`, kind: 'not-found' });
+    return r;
   });
 
   return app;

@@ -20,6 +20,8 @@ export interface AgentConfig {
   mtu: number;
   bpfObjDir: string;
   logLevel: 'debug' | 'info' | 'warn' | 'error';
+  /** Policy enforcement mode: default (once a rule selects an endpoint), always, never. */
+  policyEnforcement: 'default' | 'always' | 'never';
   /** Host device pair names (host side carries the router address). */
   hostDevice: string;
   netDevice: string;
@@ -49,6 +51,7 @@ const USAGE = `Usage: membrane-agent [flags]
   --mtu N             pod interface MTU (${DEFAULTS.mtu})
   --config FILE       YAML or JSON file with any of the above (camelCase or kebab-case keys)
   --log-level LEVEL   debug|info|warn|error (info)
+  --policy-enforcement MODE   default|always|never (default)
 `;
 
 export class ConfigError extends Error {}
@@ -66,6 +69,7 @@ export function parseAgentArgs(argv: string[]): AgentConfig | 'help' {
       config: { type: 'string' },
       'log-level': { type: 'string' },
       'bpf-obj-dir': { type: 'string' },
+      'policy-enforcement': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
     strict: true,
@@ -84,7 +88,7 @@ export function parseAgentArgs(argv: string[]): AgentConfig | 'help' {
       throw new ConfigError(`--config: ${values.config} must hold a mapping of settings`);
     }
     for (const [k, v] of Object.entries(parsed ?? {})) file[k.replace(/-([a-z])/g, (_, c) => c.toUpperCase())] = v;
-    const known = ['stateDir', 'bpfRoot', 'socket', 'podCidr', 'nodeName', 'mtu', 'logLevel', 'bpfObjDir'];
+    const known = ['stateDir', 'bpfRoot', 'socket', 'podCidr', 'nodeName', 'mtu', 'logLevel', 'bpfObjDir', 'policyEnforcement'];
     for (const k of Object.keys(file)) {
       if (!known.includes(k)) throw new ConfigError(`--config: unknown setting "${k}" in ${values.config} (known: ${known.join(', ')})`);
     }
@@ -103,6 +107,7 @@ export function parseAgentArgs(argv: string[]): AgentConfig | 'help' {
     mtu: pick(values.mtu, 'mtu', String(DEFAULTS.mtu)),
     logLevel: pick(values['log-level'], 'logLevel', 'info'),
     bpfObjDir: pick(values['bpf-obj-dir'], 'bpfObjDir', path.join(repoRoot(), 'bpf')),
+    policyEnforcement: pick(values['policy-enforcement'], 'policyEnforcement', 'default'),
   });
 }
 
@@ -115,6 +120,7 @@ export function buildConfig(o: {
   mtu: string | number;
   logLevel: string;
   bpfObjDir: string;
+  policyEnforcement?: string;
 }): AgentConfig {
   const stateDir = path.resolve(o.stateDir);
   const bpfRoot = path.resolve(o.bpfRoot);
@@ -127,6 +133,8 @@ export function buildConfig(o: {
   const mtu = Number(o.mtu);
   if (!Number.isInteger(mtu) || mtu < 576 || mtu > 65535) throw new ConfigError(`mtu: "${o.mtu}" must be an integer between 576 and 65535`);
   if (!['debug', 'info', 'warn', 'error'].includes(o.logLevel)) throw new ConfigError(`log-level: "${o.logLevel}" must be debug, info, warn or error`);
+  const pe = o.policyEnforcement ?? 'default';
+  if (!['default', 'always', 'never'].includes(pe)) throw new ConfigError(`policy-enforcement: "${pe}" must be default, always or never`);
   if (!bpfRoot.startsWith('/sys/fs/bpf/')) throw new ConfigError(`bpf-root: "${o.bpfRoot}" must be a directory under /sys/fs/bpf`);
   const isDefault = stateDir === DEFAULTS.stateDir && bpfRoot === DEFAULTS.bpfRoot;
   const instance = isDefault ? '' : crypto.createHash('sha256').update(`${bpfRoot}\0${stateDir}`).digest('hex').slice(0, 6);
@@ -139,6 +147,7 @@ export function buildConfig(o: {
     mtu,
     bpfObjDir: path.resolve(o.bpfObjDir),
     logLevel: o.logLevel as AgentConfig['logLevel'],
+    policyEnforcement: pe as AgentConfig['policyEnforcement'],
     hostDevice: isDefault ? 'mb_host' : `mbh_${instance}`,
     netDevice: isDefault ? 'mb_net' : `mbn_${instance}`,
     instance,

@@ -3,6 +3,9 @@
  *   membrane [--socket PATH] [-o json] <command>
  * The socket defaults to $MEMBRANE_SOCKET, then /var/run/membrane/membrane.sock.
  */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import YAML from 'yaml';
 import { AgentClient, AgentUnreachable, ApiError } from '../agent/client';
 import { table } from './table';
 
@@ -12,6 +15,18 @@ const HELP = `Usage: membrane [--socket PATH] [-o json] COMMAND
 
 Commands:
   status                     agent and datapath status
+  apply -f FILE|DIR|-        create or update resources (multi-document YAML or JSON)
+  get KIND [NAME] [-n NS]    list resources (-o yaml|json); kinds: ns, pod, netpol, cnp, ccnp
+  delete -f FILE|DIR|-       delete the resources a file describes
+  delete KIND NAME [-n NS]   delete one resource
+  policy get                 the policies in force and the policy revision
+  policy import -f FILE      apply policy objects only
+  policy delete NAME [-n NS] [--kind K] | --all
+  policy wait REVISION       wait until every endpoint enforces REVISION (--timeout S)
+  policy trace --src S --dst D --dport N[/PROTO]
+                             explain the verdict; S, D: endpoint id, pod [ns/]name, or labels k=v,...
+  policy selectors           the selector cache
+  bpf policy get ENDPOINT    the endpoint's policy map in the kernel
   endpoint list              endpoints on this node
   endpoint get ID            one endpoint
   identity list              security identities
@@ -24,21 +39,27 @@ Commands:
 
 Flags:
   --socket PATH   agent API socket (env MEMBRANE_SOCKET; default ${DEFAULT_SOCKET})
-  -o, --output F  output format: table (default) or json
+  -o, --output F  output format: table (default), json, or yaml (get)
+  -n, --namespace NS   namespace (default: default; get lists all namespaces without it)
+  -f, --filename F     file, directory or - (stdin)
 `;
 
 export class UsageError extends Error {}
 
 interface Opts {
   socket: string;
-  output: 'table' | 'json';
+  output: 'table' | 'json' | 'yaml';
   args: string[];
+  flags: Record<string, string | true>;
 }
 
 export function parseCli(argv: string[], env: NodeJS.ProcessEnv): Opts | 'help' {
   let socket = env.MEMBRANE_SOCKET || DEFAULT_SOCKET;
   let output: Opts['output'] = 'table';
   const args: string[] = [];
+  const flags: Record<string, string | true> = {};
+  const valued: Record<string, string> = { '-n': 'namespace', '--namespace': 'namespace', '-f': 'filename', '--filename': 'filename', '--src': 'src', '--dst': 'dst', '--dport': 'dport', '--timeout': 'timeout', '--kind': 'kind' };
+  const booleans: Record<string, string> = { '--all': 'all', '-A': 'all-namespaces', '--all-namespaces': 'all-namespaces' };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const value = (name: string) => {
@@ -52,13 +73,15 @@ export function parseCli(argv: string[], env: NodeJS.ProcessEnv): Opts | 'help' 
     else if (a === '--socket' || a.startsWith('--socket=')) socket = value('--socket');
     else if (a === '-o' || a === '--output' || a.startsWith('--output=') || a.startsWith('-o=')) {
       const v = value('-o');
-      if (v !== 'json' && v !== 'table') throw new UsageError(`-o: unknown output format "${v}" (json or table)`);
+      if (v !== 'json' && v !== 'table' && v !== 'yaml') throw new UsageError(`-o: unknown output format "${v}" (table, json or yaml)`);
       output = v;
-    } else if (a.startsWith('-')) throw new UsageError(`unknown flag ${a}`);
+    } else if (valued[a.split('=')[0]]) flags[valued[a.split('=')[0]]] = value(a.split('=')[0]);
+    else if (booleans[a]) flags[booleans[a]] = true;
+    else if (a.startsWith('-') && a !== '-') throw new UsageError(`unknown flag ${a}`);
     else args.push(a);
   }
   if (!args.length) return 'help';
-  return { socket, output, args };
+  return { socket, output, args, flags };
 }
 
 type Handler = (c: AgentClient, o: Opts, rest: string[]) => Promise<string>;
@@ -71,7 +94,161 @@ function needId(rest: string[], what: string): number {
   return id;
 }
 
+/** Read resources from a file, a directory (*.yaml, *.yml, *.json) or stdin ("-"). */
+export function readResources(target: string): unknown[] {
+  const sources: { name: string; text: string }[] = [];
+  if (target === '-') sources.push({ name: 'stdin', text: fs.readFileSync(0, 'utf8') });
+  else {
+    let st: fs.Stats;
+    try {
+      st = fs.statSync(target);
+    } catch {
+      throw new UsageError(`-f: ${target} does not exist`);
+    }
+    if (st.isDirectory()) {
+      for (const f of fs.readdirSync(target).sort()) {
+        if (/\.(ya?ml|json)$/.test(f)) sources.push({ name: path.join(target, f), text: fs.readFileSync(path.join(target, f), 'utf8') });
+      }
+    } else sources.push({ name: target, text: fs.readFileSync(target, 'utf8') });
+  }
+  const out: unknown[] = [];
+  for (const src of sources) {
+    for (const doc of YAML.parseAllDocuments(src.text)) {
+      if (doc.errors.length) {
+        const e = doc.errors[0];
+        throw new UsageError(`${src.name}: ${e.message.split('\n')[0]}`);
+      }
+      const v = doc.toJS();
+      if (v === null || v === undefined) continue;
+      if (typeof v === 'object' && !Array.isArray(v) && v.kind === 'List' && Array.isArray(v.items)) out.push(...v.items);
+      else out.push(v);
+    }
+  }
+  return out;
+}
+
+function appliedLines(results: { kind: string; namespace?: string; name: string; action: string }[]): string {
+  return results.map((r) => `${r.kind.toLowerCase()}/${r.name}${r.namespace ? ` (namespace ${r.namespace})` : ''} ${r.action}`).join('\n') + '\n';
+}
+
+function parseDport(v: string | true | undefined): { dport: number; protocol: string } {
+  if (typeof v !== 'string') throw new UsageError('policy trace: --dport N[/PROTO] is required');
+  const [p, proto] = v.split('/');
+  const dport = Number(p);
+  if (!Number.isInteger(dport) || dport < 0 || dport > 65535) throw new UsageError(`--dport: "${v}" is not a port number`);
+  return { dport, protocol: (proto ?? 'TCP').toUpperCase() };
+}
+
 const commands: Record<string, Handler> = {
+  async apply(c, o) {
+    if (typeof o.flags.filename !== 'string') throw new UsageError('apply: -f FILE|DIR|- is required');
+    const objects = readResources(o.flags.filename);
+    const r: any = await c.request('POST', '/v1/apply', { objects });
+    if (o.output === 'json') return json(r);
+    return appliedLines(r.results) + `policy revision ${r.policyRevision}\n`;
+  },
+  async get(c, o, rest) {
+    const [kind, name] = rest;
+    if (!kind) throw new UsageError('get: which kind? (ns, pod, netpol, cnp, ccnp)');
+    const ns = typeof o.flags.namespace === 'string' ? o.flags.namespace : undefined;
+    const q = new URLSearchParams();
+    if (ns) q.set('namespace', ns);
+    if (name) q.set('name', name);
+    const items: any[] = await c.get(`/v1/resources/${encodeURIComponent(kind)}?${q}`);
+    if (o.output === 'json') return json(name ? items[0] : { apiVersion: 'v1', kind: 'List', items });
+    if (o.output === 'yaml') return YAML.stringify(name ? items[0] : { apiVersion: 'v1', kind: 'List', items });
+    const namespaced = items.some((i) => i.metadata.namespace);
+    return table(
+      [...(namespaced ? ['NAMESPACE'] : []), 'NAME', 'LABELS', 'CREATED'],
+      items.map((i) => [
+        ...(namespaced ? [i.metadata.namespace] : []),
+        i.metadata.name,
+        Object.entries(i.metadata.labels ?? {}).map(([k, v]) => `${k}=${v}`).join(',') || '<none>',
+        i.metadata.creationTimestamp,
+      ]),
+    );
+  },
+  async delete(c, o, rest) {
+    let refs: { kind: string; namespace?: string; name: string }[];
+    if (typeof o.flags.filename === 'string') {
+      refs = readResources(o.flags.filename).map((x: any, i) => {
+        if (!x?.kind || !x?.metadata?.name) throw new UsageError(`delete: object ${i + 1} has no kind or metadata.name`);
+        return { kind: x.kind, namespace: x.metadata.namespace, name: x.metadata.name };
+      });
+    } else {
+      const [kind, name] = rest;
+      if (!kind || !name) throw new UsageError('delete: use -f FILE or KIND NAME');
+      refs = [{ kind, name, namespace: typeof o.flags.namespace === 'string' ? o.flags.namespace : undefined }];
+    }
+    const r: any = await c.request('POST', '/v1/delete', { refs });
+    if (o.output === 'json') return json(r);
+    return appliedLines(r.results);
+  },
+  async 'policy get'(c, o) {
+    const r: any = await c.get('/v1/policy');
+    if (o.output === 'json') return json(r);
+    if (o.output === 'yaml') return YAML.stringify(r);
+    return (
+      `Revision: ${r.revision}\n` +
+      table(['KIND', 'NAMESPACE', 'NAME'], r.policies.map((p: any) => [p.kind, p.metadata.namespace ?? '', p.metadata.name]))
+    );
+  },
+  async 'policy import'(c, o) {
+    if (typeof o.flags.filename !== 'string') throw new UsageError('policy import: -f FILE|DIR|- is required');
+    const r: any = await c.request('PUT', '/v1/policy', { objects: readResources(o.flags.filename) });
+    if (o.output === 'json') return json(r);
+    return appliedLines(r.results) + `Revision: ${r.policyRevision}\n`;
+  },
+  async 'policy delete'(c, o, rest) {
+    let body: unknown;
+    if (o.flags.all) body = { all: true };
+    else {
+      if (!rest[0]) throw new UsageError('policy delete: NAME or --all');
+      const kind = typeof o.flags.kind === 'string' ? o.flags.kind : 'CiliumNetworkPolicy';
+      body = { refs: [{ kind, name: rest[0], namespace: typeof o.flags.namespace === 'string' ? o.flags.namespace : undefined }] };
+    }
+    const r: any = await c.request('DELETE', '/v1/policy', body);
+    if (o.output === 'json') return json(r);
+    return appliedLines(r.results) + `Revision: ${r.policyRevision}\n`;
+  },
+  async 'policy wait'(c, o, rest) {
+    const rev = Number(rest[0]);
+    if (!rest[0] || !Number.isInteger(rev)) throw new UsageError('policy wait: REVISION (a number) is required');
+    const timeout = typeof o.flags.timeout === 'string' ? o.flags.timeout : '30';
+    const r: any = await c.get(`/v1/policy/wait/${rev}?timeout=${encodeURIComponent(timeout)}`);
+    return o.output === 'json' ? json(r) : `every endpoint enforces policy revision ${rev} or later\n`;
+  },
+  async 'policy trace'(c, o) {
+    if (typeof o.flags.src !== 'string' || typeof o.flags.dst !== 'string') throw new UsageError('policy trace: --src and --dst are required');
+    const { dport, protocol } = parseDport(o.flags.dport);
+    const r: any = await c.request('POST', '/v1/policy/trace', { src: o.flags.src, dst: o.flags.dst, dport, protocol });
+    if (o.output === 'json') return json(r);
+    const side = (name: string, s: any) =>
+      `${name}: ${s.verdict}${s.dropReason ? ` (drop reason ${s.dropReason})` : ''}, enforcement ${s.enforced ? 'on' : 'off'}\n  ${s.reason}\n`;
+    return (
+      `Tracing ${r.source.describe} (identity ${r.source.identity}) -> ${r.destination.describe} (identity ${r.destination.identity}) port ${r.port}/${r.protocol}, policy revision ${r.policyRevision}\n` +
+      side('Egress from source', r.egress) +
+      side('Ingress to destination', r.ingress) +
+      `Final verdict: ${r.verdict}\n`
+    );
+  },
+  async 'policy selectors'(c, o) {
+    const r: any[] = await c.get('/v1/policy/selectors');
+    if (o.output === 'json') return json(r);
+    return table(['SELECTOR', 'USERS', 'IDENTITIES'], r.map((s) => [s.selector, s.users, s.identities.join(',')]));
+  },
+  async 'bpf policy get'(c, o, rest) {
+    const id = needId(rest, 'bpf policy');
+    const r: any = await c.get(`/v1/endpoint/${id}/policy`);
+    if (o.output === 'json') return json(r);
+    return (
+      `Endpoint ${r.endpoint} (identity ${r.identity}), policy revision ${r.revision}\n` +
+      table(
+        ['POLICY', 'DIRECTION', 'IDENTITY', 'LABELS', 'PORT/PROTO', 'PROXY PORT', 'PACKETS', 'BYTES'],
+        r.entries.map((e: any) => [e.verdict, e.direction, e.identity, e.labels.join(' '), e.port === 'ANY' && e.protocol === 'ANY' ? 'ANY' : `${e.port}/${e.protocol}`, e.proxyPort || 'NONE', e.packets, e.bytes]),
+      )
+    );
+  },
   async status(c, o) {
     const s: any = await c.get('/v1/status');
     if (o.output === 'json') return json(s);
@@ -95,8 +272,18 @@ const commands: Record<string, Handler> = {
     const eps: any[] = await c.get('/v1/endpoint');
     if (o.output === 'json') return json(eps);
     return table(
-      ['ENDPOINT', 'IDENTITY', 'IPv4', 'STATE', 'INTERFACE', 'NAMESPACE', 'POD', 'CONTAINER'],
-      eps.map((e) => [e.id, e.identity, e.ipv4, e.state, `${e.hostIfname}/${e.ifname}`, e.namespace, e.podName ?? '', e.containerId.slice(0, 12)]),
+      ['ENDPOINT', 'POLICY (ingress)', 'POLICY (egress)', 'REVISION', 'IDENTITY', 'IPv4', 'STATE', 'INTERFACE', 'POD'],
+      eps.map((e) => [
+        e.id,
+        e.policy?.ingress ? 'Enabled' : 'Disabled',
+        e.policy?.egress ? 'Enabled' : 'Disabled',
+        e.policy?.revision ?? '',
+        e.identity,
+        e.ipv4,
+        e.state,
+        `${e.hostIfname}/${e.ifname}`,
+        `${e.namespace}/${e.podName ?? ''}`,
+      ]),
     );
   },
   async 'endpoint get'(c, o, rest) {

@@ -18,7 +18,8 @@ import { IpAddr, formatCidr, formatIp, parseCidr, parseMac, formatMac } from '..
 import type { Logger } from '../util/log';
 import { MapTable, Undo } from './reconciler';
 import * as gen from './maps.gen';
-import { EP_CFG_F_IPV4, EP_CFG_F_NO_POLICY, ENDPOINT_F_HOST, FAMILY_IPV4, FAMILY_IPV6 } from './constants';
+import { EP_CFG_F_IPV4, ENDPOINT_F_HOST, FAMILY_IPV4, FAMILY_IPV6 } from './constants';
+import type { PolicyKey, PolicyValue } from './policymap';
 
 export type EndpointKey = gen.EndpointKey;
 export type EndpointInfo = gen.EndpointInfo;
@@ -211,7 +212,7 @@ export class Datapath {
    * pod addressing and routes, programs loaded with the endpoint's constants,
    * tail-call entry, tcx links. Every step is undone if a later one fails.
    */
-  createEndpoint(spec: EndpointDatapathSpec, router: IpAddr, undo: Undo): EndpointDatapathResult {
+  createEndpoint(spec: EndpointDatapathSpec, router: IpAddr, undo: Undo, policy: { key: PolicyKey; value: PolicyValue }[]): EndpointDatapathResult {
     const ns = Netns.open(spec.netnsPath);
     undo.push('close netns', () => ns.close());
     const podNl = RtNetlink.open(ns);
@@ -236,36 +237,52 @@ export class Datapath {
     podNl.routeAdd({ dst: `${routerText}/32`, dev: pod.index, scope: 'link' });
     podNl.routeAdd({ dst: 'default', gateway: routerText, dev: pod.index, onlink: true });
 
-    this.attachEndpointPrograms(spec, host.index, parseMac(host.mac), parseMac(pod.mac), undo);
+    this.attachEndpointPrograms(spec, host.index, parseMac(host.mac), parseMac(pod.mac), undo, policy);
     podNl.close();
     ns.close();
     return { hostIfindex: host.index, hostMac: host.mac, podIfindex: pod.index, podMac: pod.mac };
   }
 
-  private attachEndpointPrograms(spec: EndpointDatapathSpec, hostIfindex: number, hostMac: Buffer, podMac: Buffer, undo: Undo): void {
+  /** Open an endpoint's lxc object with its constants set (not loaded yet). */
+  private openEndpointObject(c: { id: number; identity: number; ipv4: IpAddr; hostIfindex: number; hostMac: Buffer; podMac: Buffer }): BpfObject {
+    const obj = BpfObject.open(this.lxcObject, { pinRoot: this.cfg.bpfRoot });
+    const ipv4 = Buffer.alloc(4);
+    c.ipv4.bytes.copy(ipv4, 0, 0, 4);
+    obj.setConst(
+      'CONFIG',
+      gen.epConfigCodec.encode({
+        ep_id: c.id,
+        sec_id: c.identity,
+        ifindex: c.hostIfindex,
+        flags: EP_CFG_F_IPV4,
+        ipv4,
+        ipv6: Buffer.alloc(16),
+        mac: c.podMac,
+        node_mac: c.hostMac,
+      }),
+    );
+    return obj;
+  }
+
+  private attachEndpointPrograms(
+    spec: EndpointDatapathSpec,
+    hostIfindex: number,
+    hostMac: Buffer,
+    podMac: Buffer,
+    undo: Undo,
+    policyEntries: { key: PolicyKey; value: PolicyValue }[],
+  ): void {
     const dir = this.endpointPinDir(spec.id);
     fs.rmSync(dir, { recursive: true, force: true });
     fs.mkdirSync(dir, { recursive: true });
     undo.push(`remove pins ${dir}`, () => fs.rmSync(dir, { recursive: true, force: true }));
-    const obj = BpfObject.open(this.lxcObject, { pinRoot: this.cfg.bpfRoot });
+    const obj = this.openEndpointObject({ id: spec.id, identity: spec.identity, ipv4: spec.ipv4, hostIfindex, hostMac, podMac });
     try {
-      const ipv4 = Buffer.alloc(4);
-      spec.ipv4.bytes.copy(ipv4, 0, 0, 4);
-      obj.setConst(
-        'CONFIG',
-        gen.epConfigCodec.encode({
-          ep_id: spec.id,
-          sec_id: spec.identity,
-          ifindex: hostIfindex,
-          flags: EP_CFG_F_IPV4 | EP_CFG_F_NO_POLICY,
-          ipv4,
-          ipv6: Buffer.alloc(16),
-          mac: podMac,
-          node_mac: hostMac,
-        } as unknown as gen.EpConfig),
-      );
       obj.load();
-      obj.map('mb_policy').pin(path.join(dir, 'policy'));
+      const policyMap = obj.map('mb_policy').withCodecs(gen.policyKeyCodec, gen.policyValueCodec);
+      // The policy goes in before anything can run: an endpoint without its policy sends nothing.
+      for (const e of policyEntries) policyMap.update(e.key, e.value);
+      policyMap.pin(path.join(dir, 'policy'));
       // Order matters: the policy program must be reachable before traffic can arrive.
       const policy = obj.program('policy_ingress');
       this.maps.callPolicy.update(u32(spec.id), u32(policy.fd));
@@ -284,6 +301,38 @@ export class Datapath {
       }
     } finally {
       obj.close();
+    }
+  }
+
+  openPolicyMap(id: number): BpfMap<PolicyKey, PolicyValue> {
+    const p = path.join(this.endpointPinDir(id), 'policy');
+    return BpfMap.fromPin(p, `mb_policy of endpoint ${id}`).withCodecs(gen.policyKeyCodec, gen.policyValueCodec);
+  }
+
+  /**
+   * Reload an endpoint's programs with new constants (a new identity) and swap
+   * them in without a gap: the tail-call slot is replaced atomically and each
+   * tcx link is updated in place (BPF_LINK_UPDATE). The policy map is reused.
+   */
+  reloadEndpoint(id: number, c: { identity: number; ipv4: IpAddr; hostIfindex: number; hostMac: Buffer; podMac: Buffer }): void {
+    const dir = this.endpointPinDir(id);
+    const policyMap = BpfMap.fromPin(path.join(dir, 'policy'), `mb_policy of endpoint ${id}`);
+    const obj = this.openEndpointObject({ id, ...c });
+    try {
+      obj.reuseMap('mb_policy', policyMap.fd);
+      obj.load();
+      this.maps.callPolicy.update(u32(id), u32(obj.program('policy_ingress').fd));
+      for (const prog of ['from_container', 'to_container']) {
+        const link = BpfLink.fromPin(path.join(dir, prog));
+        try {
+          link.update(obj.program(prog));
+        } finally {
+          link.close();
+        }
+      }
+    } finally {
+      obj.close();
+      policyMap.close();
     }
   }
 

@@ -44,6 +44,30 @@ export class MapTable<K, V> {
     this.pendingKeys.set(id, key);
   }
 
+  /** Make the desired table exactly `entries`: a diff against the current desired state. */
+  replaceAll(entries: { key: K; value: V }[]): { upserts: number; deletes: number } {
+    const next = new Map<string, { key: K; value: V }>();
+    for (const e of entries) next.set(this.keyId(e.key), e);
+    let upserts = 0;
+    let deletes = 0;
+    for (const [id, cur] of this.desired) {
+      if (!next.has(id)) {
+        this.delete(cur.key);
+        deletes++;
+      }
+    }
+    for (const e of next.values()) {
+      const cur = this.desired.get(this.keyId(e.key));
+      if (!cur || !this.same(cur.value, e.value)) upserts++;
+      this.upsert(e.key, e.value);
+    }
+    return { upserts, deletes };
+  }
+
+  get size(): number {
+    return this.desired.size;
+  }
+
   get(key: K): V | undefined {
     return this.desired.get(this.keyId(key))?.value;
   }
@@ -68,6 +92,28 @@ export class MapTable<K, V> {
       this.pendingKeys.delete(id);
     }
     this.lastError = undefined;
+  }
+
+  /** What the kernel map holds now. */
+  *kernelEntries(): Iterable<{ key: K; value: V }> {
+    for (const [key, value] of this.map.entries()) yield { key, value };
+  }
+
+  /** Declare the kernel in sync with the desired table (after writing it another way). */
+  markClean(): void {
+    this.pending.clear();
+    this.pendingKeys.clear();
+  }
+
+  /** Remove every entry from the kernel map and the desired table (fail closed). */
+  clearAll(): void {
+    this.desired.clear();
+    this.markClean();
+    for (const [k] of [...this.map.entries()]) this.map.delete(k);
+  }
+
+  close(): void {
+    this.map.close();
   }
 
   /** Compare the kernel map with the desired table; fix both directions. */

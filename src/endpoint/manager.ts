@@ -21,6 +21,10 @@ import { mkdirp, readJson, writeJsonAtomic } from '../util/fsutil';
 import type { Logger } from '../util/log';
 import { ENDPOINT_F_HOST, FAMILY_IPV4, MB_MAX_ENDPOINTS } from '../datapath/constants';
 import type { EndpointInfo } from '../datapath/datapath';
+import { policyKV, policyTable, PolicyKey, PolicyValue } from '../datapath/policymap';
+import type { MapTable } from '../datapath/reconciler';
+import type { PolicyEngine } from '../policy/engine';
+import type { NamedPort } from '../policy/mapstate';
 
 export type EndpointState = 'ready' | 'restoring' | 'not-ready' | 'disconnecting';
 
@@ -43,6 +47,15 @@ export interface Endpoint {
   state: EndpointState;
   problems?: string[];
   createdAt: string;
+  /** Container ports by name (from the Pod object), for named ports in policy. */
+  namedPorts: Record<string, NamedPort[]>;
+  /** Policy enforcement per direction and the policy revision this endpoint has reached. */
+  policy: { ingress: boolean; egress: boolean; revision: number; entries: number; error?: string };
+}
+
+/** Where an endpoint's security labels and named ports come from (Pod and Namespace objects). */
+export interface PodSource {
+  podInfo(namespace: string, podName?: string): { labels: string[]; namedPorts: Record<string, NamedPort[]> };
 }
 
 export interface CreateRequest {
@@ -65,8 +78,10 @@ export function attachmentKey(containerId: string, ifname: string): string {
 
 export class EndpointManager {
   private readonly byId = new Map<number, Endpoint>();
+  private readonly policyTables = new Map<number, MapTable<PolicyKey, PolicyValue>>();
   private readonly dir: string;
   readonly createDurationsMs: number[] = [];
+  readonly regenerationDurationsMs: number[] = [];
 
   constructor(
     private readonly cfg: AgentConfig,
@@ -74,6 +89,8 @@ export class EndpointManager {
     private readonly dp: Datapath,
     readonly ipam: Ipam,
     readonly identities: IdentityAllocator,
+    readonly policy: PolicyEngine,
+    private readonly pods: PodSource,
   ) {
     this.dir = path.join(cfg.stateDir, 'endpoints');
     mkdirp(this.dir);
@@ -130,8 +147,20 @@ export class EndpointManager {
       ep.state = problems.length ? 'not-ready' : 'ready';
       ep.problems = problems.length ? problems : undefined;
       if (problems.length) this.log.warn('restored endpoint is not intact', { endpoint: ep.id, problems });
+      ep.namedPorts ??= {};
+      ep.policy ??= { ingress: false, egress: false, revision: 0, entries: 0 };
       this.byId.set(ep.id, ep);
       this.desire(ep);
+      try {
+        const table = policyTable(`policy of endpoint ${ep.id}`, this.dp.openPolicyMap(ep.id));
+        // Adopt what the kernel holds as the starting desired state; regeneration diffs from it.
+        table.replaceAll([...table.kernelEntries()]);
+        table.markClean();
+        this.policyTables.set(ep.id, table);
+      } catch (e) {
+        ep.state = 'not-ready';
+        ep.problems = [...(ep.problems ?? []), `policy map: ${(e as Error).message}`];
+      }
     }
     this.identities.pruneUnreferenced();
     this.log.info('restored endpoints', { count: this.byId.size });
@@ -171,7 +200,8 @@ export class EndpointManager {
     if (!fs.existsSync(req.netns)) throw new EndpointError(`netns: "${req.netns}" does not exist`, 'invalid');
     const args = req.args ?? {};
     const namespace = args.K8S_POD_NAMESPACE || 'default';
-    const labels = podSecurityLabels({ namespace });
+    const pod = this.pods.podInfo(namespace, args.K8S_POD_NAME || undefined);
+    const labels = pod.labels;
     const undo = new Undo();
     const log = this.log.child({ containerId: req.containerId, ifname: req.ifname });
     try {
@@ -182,11 +212,20 @@ export class EndpointManager {
       undo.push(`release identity ${ident.id}`, () => this.identities.release(ident.id));
       const hostIfname = hostVethName(this.cfg, req.containerId, req.ifname);
       const mtu = req.mtu ?? this.cfg.mtu;
+      // The policy is computed first and written before the programs are attached:
+      // an endpoint never sends a packet without its policy in place.
+      const revision = this.policy.revision;
+      const computed = this.policy.compute({ identity: ident.id, labels: ident.labels, namedPorts: pod.namedPorts });
+      const entries = [...computed.entries.values()].map(policyKV);
       const res = this.dp.createEndpoint(
         { id, identity: ident.id, ipv4: ip, hostIfname, podIfname: req.ifname, netnsPath: req.netns, mtu },
         this.ipam.router,
         undo,
+        entries,
       );
+      const table = policyTable(`policy of endpoint ${id}`, this.dp.openPolicyMap(id));
+      table.replaceAll(entries);
+      table.markClean();
       const ep: Endpoint = {
         id,
         containerId: req.containerId,
@@ -205,6 +244,8 @@ export class EndpointManager {
         mtu,
         state: 'ready',
         createdAt: new Date().toISOString(),
+        namedPorts: pod.namedPorts,
+        policy: { ingress: computed.ingress.enforced, egress: computed.egress.enforced, revision, entries: entries.length },
       };
       this.desire(ep);
       undo.push('remove map entries', () => {
@@ -216,6 +257,7 @@ export class EndpointManager {
       this.dp.ipcache.flush();
       writeJsonAtomic(path.join(this.dir, `${id}.json`), ep);
       this.byId.set(id, ep);
+      this.policyTables.set(id, table);
       undo.clear();
       const ms = Number(process.hrtime.bigint() - t0) / 1e6;
       this.createDurationsMs.push(ms);
@@ -232,6 +274,121 @@ export class EndpointManager {
       if (/exhausted/.test(err.message)) throw new EndpointError(err.message, 'exhausted');
       throw new EndpointError(err.message, 'internal');
     }
+  }
+
+  /** Named ports of local pods by identity: egress named ports resolve on the peer. */
+  private updatePeerPorts(): void {
+    const byId = new Map<number, Record<string, NamedPort[]>>();
+    for (const ep of this.byId.values()) {
+      const cur = byId.get(ep.identity) ?? {};
+      for (const [name, ports] of Object.entries(ep.namedPorts ?? {})) {
+        const list = (cur[name] ??= []);
+        for (const p of ports) if (!list.some((x) => x.port === p.port && x.protocol === p.protocol)) list.push(p);
+      }
+      byId.set(ep.identity, cur);
+    }
+    this.policy.setPeerPorts(byId);
+  }
+
+  /**
+   * Bring one endpoint's policy map to the current policy by diff. On failure
+   * (map full, say) the endpoint fails closed: its policy map is emptied, which
+   * drops everything but replies of tracked connections, and the error is kept.
+   */
+  regenerate(ep: Endpoint): boolean {
+    const table = this.policyTables.get(ep.id);
+    if (!table) return false;
+    const revision = this.policy.revision;
+    const computed = this.policy.compute({ identity: ep.identity, labels: ep.labels, namedPorts: ep.namedPorts ?? {} });
+    const entries = [...computed.entries.values()].map(policyKV);
+    try {
+      table.replaceAll(entries);
+      table.flush();
+      ep.policy = { ingress: computed.ingress.enforced, egress: computed.egress.enforced, revision, entries: entries.length };
+      if (ep.state === 'not-ready' && ep.problems?.every((p) => p.startsWith('policy'))) {
+        ep.state = 'ready';
+        ep.problems = undefined;
+      }
+      return true;
+    } catch (e) {
+      const msg = `policy of endpoint ${ep.id} could not be applied (${entries.length} entries, revision ${revision}): ${(e as Error).message}`;
+      this.log.error('policy regeneration failed; endpoint fails closed', { endpoint: ep.id, error: msg });
+      try {
+        table.clearAll();
+      } catch (e2) {
+        this.log.error('could not clear policy map', { endpoint: ep.id, error: e2 });
+      }
+      ep.state = 'not-ready';
+      ep.problems = [`policy: ${msg}`];
+      ep.policy = { ...ep.policy, error: msg };
+      return false;
+    }
+  }
+
+  /** Regenerate every endpoint. */
+  regenerateAll(): { endpoints: number; failed: number; ms: number; revision: number } {
+    const t0 = process.hrtime.bigint();
+    this.updatePeerPorts();
+    let failed = 0;
+    for (const ep of this.byId.values()) {
+      const e0 = process.hrtime.bigint();
+      if (!this.regenerate(ep)) failed++;
+      this.regenerationDurationsMs.push(Number(process.hrtime.bigint() - e0) / 1e6);
+    }
+    if (this.regenerationDurationsMs.length > 20000) this.regenerationDurationsMs.splice(0, 10000);
+    for (const ep of this.byId.values()) this.persist(ep);
+    const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+    return { endpoints: this.byId.size, failed, ms, revision: this.policy.revision };
+  }
+
+  private persist(ep: Endpoint): void {
+    writeJsonAtomic(path.join(this.dir, `${ep.id}.json`), ep);
+  }
+
+  /**
+   * Re-derive the security labels of endpoints from the Pod and Namespace
+   * objects; an endpoint whose labels changed gets its new identity: its
+   * programs are reloaded with the new identity constant and swapped in place.
+   * Returns the number of endpoints whose identity changed.
+   */
+  refreshIdentities(): number {
+    let changed = 0;
+    for (const ep of this.byId.values()) {
+      const pod = this.pods.podInfo(ep.namespace, ep.podName);
+      const portsChanged = JSON.stringify(pod.namedPorts) !== JSON.stringify(ep.namedPorts ?? {});
+      if (portsChanged) ep.namedPorts = pod.namedPorts;
+      if (pod.labels.join(',') === ep.labels.join(',')) {
+        if (portsChanged) this.persist(ep);
+        continue;
+      }
+      const next = this.identities.acquire(pod.labels);
+      try {
+        this.dp.reloadEndpoint(ep.id, {
+          identity: next.id,
+          ipv4: parseIp(ep.ipv4),
+          hostIfindex: ep.hostIfindex,
+          hostMac: parseMac(ep.hostMac),
+          podMac: parseMac(ep.mac),
+        });
+      } catch (e) {
+        this.identities.release(next.id);
+        this.log.error('identity change failed', { endpoint: ep.id, error: e });
+        continue;
+      }
+      const old = ep.identity;
+      ep.identity = next.id;
+      ep.labels = next.labels;
+      this.desire(ep);
+      this.identities.release(old);
+      this.log.info('endpoint identity changed', { endpoint: ep.id, from: old, to: next.id });
+      this.persist(ep);
+      changed++;
+    }
+    if (changed) {
+      this.dp.endpoints.flush();
+      this.dp.ipcache.flush();
+    }
+    return changed;
   }
 
   /** Delete by attachment. Idempotent: a missing endpoint is not an error. Addresses are released even if the netns is gone. */
@@ -252,6 +409,8 @@ export class EndpointManager {
       this.identities.release(ep.identity);
       fs.rmSync(path.join(this.dir, `${ep.id}.json`), { force: true });
       this.byId.delete(ep.id);
+      this.policyTables.get(ep.id)?.close();
+      this.policyTables.delete(ep.id);
       this.log.info('endpoint deleted', { endpoint: ep.id, containerId, ifname, errors: errors.length ? errors : undefined });
     } else {
       // A failed ADD may have left a veth behind under the name this attachment would use.

@@ -1,0 +1,194 @@
+/**
+ * The policy repository: the rules in force, with a revision number bumped on
+ * every change. Each rule's subject and peers are registered as selectors in
+ * the selector cache; entities and CIDRs are expressed as selectors too:
+ *  - entities select reserved identities (and, for cluster, every pod identity),
+ *  - each CIDR prefix a rule names gets a local identity labelled with the
+ *    prefix and all its super-prefixes, so "cidr:C" selects every prefix inside
+ *    C, and an ipcache entry; `except` prefixes get identities of their own.
+ */
+import { bitsOf, formatCidr, maskIp, parseCidr } from '../util/ip';
+import type { IdentityAllocator } from '../identity/identity';
+import { NAMESPACE_LABEL } from '../identity/labels';
+import { LabelSet, isWildcard, matches } from './selector';
+import { SelectorCache } from './selectorcache';
+import { translatePolicy } from './translate';
+import type { CidrPeer, Entity, PeerRule, Requirement, Rule, Selector } from './types';
+import type { Resource } from '../store/types';
+
+const reserved = (name: string): Selector => ({ requirements: [{ key: name, source: 'reserved', operator: 'Exists', values: [] }] });
+
+export const ENTITY_SELECTORS: Record<Exclude<Entity, 'all'>, Selector[]> = {
+  world: [reserved('world'), reserved('world-ipv4'), reserved('world-ipv6')],
+  'world-ipv4': [reserved('world-ipv4'), reserved('world')],
+  'world-ipv6': [reserved('world-ipv6')],
+  cluster: [
+    { requirements: [{ key: NAMESPACE_LABEL, source: 'k8s', operator: 'Exists', values: [] }] },
+    reserved('host'),
+    reserved('remote-node'),
+    reserved('init'),
+    reserved('health'),
+    reserved('unmanaged'),
+    reserved('kube-apiserver'),
+    reserved('ingress'),
+  ],
+  host: [reserved('host')],
+  'remote-node': [reserved('remote-node')],
+  'kube-apiserver': [reserved('kube-apiserver')],
+  init: [reserved('init')],
+  ingress: [reserved('ingress')],
+  unmanaged: [reserved('unmanaged')],
+  health: [reserved('health')],
+  none: [],
+};
+
+interface PeerSelection {
+  any: boolean;
+  selectors: Selector[];
+}
+
+interface StoredPolicy {
+  key: string;
+  object: Resource;
+  rules: Rule[];
+  cidrs: string[];
+}
+
+/** Labels of the CIDR identity for a prefix: the prefix and every super-prefix. */
+export function cidrLabels(prefix: string): string[] {
+  const c = parseCidr(prefix);
+  const out = ['reserved:world'];
+  for (let len = c.prefixLen; len >= 0; len--) out.push(`cidr:${formatCidr({ addr: maskIp(c.addr, len), prefixLen: len })}`);
+  return out;
+}
+
+function cidrSelector(p: CidrPeer): Selector {
+  const reqs: Requirement[] = [{ key: p.cidr, source: 'cidr', operator: 'Exists', values: [] }];
+  for (const e of p.except) reqs.push({ key: e, source: 'cidr', operator: 'DoesNotExist', values: [] });
+  return { requirements: reqs };
+}
+
+export class PolicyRepository {
+  revision = 1;
+  private readonly policies = new Map<string, StoredPolicy>();
+  private readonly peerSel = new WeakMap<PeerRule, PeerSelection>();
+  /** prefix -> {identity, refs} */
+  private readonly cidrIds = new Map<string, { id: number; refs: number }>();
+
+  constructor(
+    readonly cache: SelectorCache,
+    private readonly identities: IdentityAllocator,
+    private readonly onCidr: (prefix: string, identity: number | undefined) => void,
+  ) {}
+
+  static keyOf(o: Resource): string {
+    return `${o.kind}/${o.metadata.namespace ?? ''}/${o.metadata.name}`;
+  }
+
+  /** Add or replace a policy object (already validated). Returns the new revision. */
+  upsert(o: Resource): number {
+    const key = PolicyRepository.keyOf(o);
+    const rules = translatePolicy(o);
+    const old = this.policies.get(key);
+    const cidrs = new Set<string>();
+    for (const r of rules) {
+      this.cache.add(r.subject);
+      for (const pr of [...r.ingress, ...r.ingressDeny, ...r.egress, ...r.egressDeny]) {
+        for (const c of pr.peers.cidrs) {
+          cidrs.add(c.cidr);
+          c.except.forEach((e) => cidrs.add(e));
+        }
+      }
+    }
+    for (const c of cidrs) this.acquireCidr(c);
+    for (const r of rules) for (const pr of [...r.ingress, ...r.ingressDeny, ...r.egress, ...r.egressDeny]) this.registerPeers(pr);
+    this.policies.set(key, { key, object: o, rules, cidrs: [...cidrs] });
+    if (old) this.release(old);
+    return ++this.revision;
+  }
+
+  delete(o: { kind: string; metadata: { namespace?: string; name: string } }): number | undefined {
+    const key = PolicyRepository.keyOf(o as Resource);
+    const old = this.policies.get(key);
+    if (!old) return undefined;
+    this.policies.delete(key);
+    this.release(old);
+    return ++this.revision;
+  }
+
+  private release(p: StoredPolicy): void {
+    for (const r of p.rules) {
+      this.cache.release(r.subject);
+      for (const pr of [...r.ingress, ...r.ingressDeny, ...r.egress, ...r.egressDeny]) {
+        for (const s of this.peerSel.get(pr)?.selectors ?? []) this.cache.release(s);
+      }
+    }
+    for (const c of p.cidrs) this.releaseCidr(c);
+  }
+
+  private registerPeers(pr: PeerRule): void {
+    const sel: PeerSelection = { any: !!pr.peers.any, selectors: [] };
+    for (const s of pr.peers.selectors) {
+      if (isWildcard(s)) sel.any = true;
+      else sel.selectors.push(s);
+    }
+    for (const e of pr.peers.entities) if (e !== 'all') sel.selectors.push(...ENTITY_SELECTORS[e]);
+    for (const c of pr.peers.cidrs) {
+      sel.selectors.push(cidrSelector(c));
+      if (parseCidr(c.cidr).prefixLen === 0) sel.selectors.push(...ENTITY_SELECTORS[parseCidr(c.cidr).addr.family === 4 ? 'world-ipv4' : 'world-ipv6']);
+    }
+    for (const s of sel.selectors) this.cache.add(s);
+    this.peerSel.set(pr, sel);
+  }
+
+  private acquireCidr(prefix: string): void {
+    const cur = this.cidrIds.get(prefix);
+    if (cur) {
+      cur.refs++;
+      return;
+    }
+    const ident = this.identities.acquire(cidrLabels(prefix));
+    this.cidrIds.set(prefix, { id: ident.id, refs: 1 });
+    this.onCidr(prefix, ident.id);
+  }
+
+  private releaseCidr(prefix: string): void {
+    const cur = this.cidrIds.get(prefix);
+    if (!cur) return;
+    if (--cur.refs > 0) return;
+    this.cidrIds.delete(prefix);
+    this.onCidr(prefix, undefined);
+    this.identities.release(cur.id);
+  }
+
+  /** Identities a peer rule selects; [0] means any peer. */
+  peerIdentities(pr: PeerRule): number[] {
+    const sel = this.peerSel.get(pr);
+    if (!sel) return [];
+    if (sel.any) return [0];
+    const ids = new Set<number>();
+    for (const s of sel.selectors) for (const id of this.cache.get(s)?.ids ?? []) ids.add(id);
+    return [...ids];
+  }
+
+  /** Rules whose subject selects an identity with these labels. */
+  rulesSelecting(labels: LabelSet): Rule[] {
+    const out: Rule[] = [];
+    for (const p of this.policies.values()) for (const r of p.rules) if (matches(r.subject, labels)) out.push(r);
+    return out;
+  }
+
+  objects(): Resource[] {
+    return [...this.policies.values()].map((p) => p.object);
+  }
+
+  rules(): Rule[] {
+    return [...this.policies.values()].flatMap((p) => p.rules);
+  }
+
+  cidrIdentities(): { prefix: string; identity: number }[] {
+    return [...this.cidrIds].map(([prefix, v]) => ({ prefix, identity: v.id }));
+  }
+}
+
+export { bitsOf };

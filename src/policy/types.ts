@@ -1,0 +1,125 @@
+/**
+ * The internal rule model. CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy
+ * and Kubernetes NetworkPolicy objects are all translated into these rules
+ * (translate.ts), each with its own system's semantics made explicit here:
+ * namespace scoping is already folded into selectors, "allow all" forms are
+ * already expanded, so the engine needs no knowledge of where a rule came from.
+ */
+
+/** A label requirement, matched against an identity's labels. */
+export interface Requirement {
+  /** Label key without source, e.g. "app" or "io.kubernetes.pod.namespace". */
+  key: string;
+  /** Label source to match ("k8s", "reserved", ...); undefined = any source. */
+  source?: string;
+  operator: 'In' | 'NotIn' | 'Exists' | 'DoesNotExist';
+  values: string[];
+}
+
+/** A label selector: all requirements must hold. No requirements = matches every identity. */
+export interface Selector {
+  requirements: Requirement[];
+}
+
+export type Protocol = 'TCP' | 'UDP' | 'SCTP' | 'ANY';
+
+export interface PortSpec {
+  /** Port number, or a named port resolved on the destination pod. 0 = all ports. */
+  port: number | string;
+  endPort?: number;
+  protocol: Protocol;
+}
+
+export interface IcmpSpec {
+  family: 'IPv4' | 'IPv6';
+  type: number;
+}
+
+export type Entity =
+  | 'all'
+  | 'world'
+  | 'world-ipv4'
+  | 'world-ipv6'
+  | 'cluster'
+  | 'host'
+  | 'remote-node'
+  | 'kube-apiserver'
+  | 'init'
+  | 'ingress'
+  | 'unmanaged'
+  | 'health'
+  | 'none';
+
+export interface CidrPeer {
+  cidr: string;
+  except: string[];
+}
+
+/**
+ * The peers of one rule: the union of selectors, entities and CIDRs.
+ * `any: true` means every peer (an L3 wildcard, identity 0 in the map).
+ */
+export interface Peers {
+  any?: boolean;
+  selectors: Selector[];
+  entities: Entity[];
+  cidrs: CidrPeer[];
+}
+
+/**
+ * One allow or deny rule in one direction: peers x (ports or ICMP types).
+ * `ports` undefined and `icmps` undefined = all ports and protocols.
+ */
+export interface PeerRule {
+  peers: Peers;
+  ports?: PortSpec[];
+  icmps?: IcmpSpec[];
+  /** Present when the rule carries L7 rules (handled by the proxy work). */
+  l7?: unknown;
+}
+
+export type Direction = 'ingress' | 'egress';
+
+export interface PolicySource {
+  kind: 'CiliumNetworkPolicy' | 'CiliumClusterwideNetworkPolicy' | 'NetworkPolicy';
+  namespace?: string;
+  name: string;
+  /** Index of the rule within the object (CNP `specs` gives several). */
+  index: number;
+}
+
+export interface Rule {
+  source: PolicySource;
+  /** Which endpoints the rule applies to. */
+  subject: Selector;
+  ingress: PeerRule[];
+  ingressDeny: PeerRule[];
+  egress: PeerRule[];
+  egressDeny: PeerRule[];
+  /**
+   * Whether the rule turns default deny on for a direction when it selects an
+   * endpoint. CNP/CCNP: true where the rule has rules in that direction, unless
+   * enableDefaultDeny says false. KNP: from policyTypes.
+   */
+  defaultDeny: { ingress: boolean; egress: boolean };
+}
+
+export const ALL_PROTOCOLS: Exclude<Protocol, 'ANY'>[] = ['TCP', 'UDP', 'SCTP'];
+
+export const PROTO_NUMBER: Record<string, number> = { ICMP: 1, TCP: 6, UDP: 17, ICMPV6: 58, SCTP: 132, ANY: 0 };
+
+export const ENTITIES: Entity[] = [
+  'all',
+  'world',
+  'world-ipv4',
+  'world-ipv6',
+  'cluster',
+  'host',
+  'remote-node',
+  'kube-apiserver',
+  'init',
+  'ingress',
+  'unmanaged',
+  'health',
+  'none',
+];
