@@ -1,0 +1,192 @@
+/**
+ * Shared helpers of the benchmarks: cleanup that runs even on failure or
+ * Ctrl-C, bounded child processes, small statistics and table printing.
+ * Benchmarks print figures and ratios; they never assert timings.
+ */
+import { ChildProcess, spawn } from 'node:child_process';
+
+// ---------------------------------------------------------------- cleanup
+
+type CleanupFn = () => void | Promise<void>;
+const cleanups: { label: string; fn: CleanupFn }[] = [];
+const children = new Set<ChildProcess>();
+let cleaning: Promise<void> | undefined;
+
+/** Register an undo step; steps run in reverse order of registration. */
+export function onCleanup(label: string, fn: CleanupFn): void {
+  cleanups.push({ label, fn });
+}
+
+/** Kill the background processes this run started (by their pid), then run the undo steps. */
+export function runCleanup(): Promise<void> {
+  if (cleaning) return cleaning;
+  cleaning = (async () => {
+    for (const c of children) killChild(c);
+    children.clear();
+    while (cleanups.length) {
+      const { label, fn } = cleanups.pop()!;
+      try {
+        await fn();
+      } catch (e) {
+        process.stderr.write(`cleanup: ${label}: ${(e as Error).message}\n`);
+      }
+    }
+  })();
+  return cleaning;
+}
+
+function killChild(c: ChildProcess): void {
+  if (c.exitCode === null && c.signalCode === null) {
+    try {
+      c.kill('SIGKILL');
+    } catch {
+      /* already gone */
+    }
+  }
+}
+
+/**
+ * Run a benchmark's main function with cleanup on every exit path: normal end,
+ * exception, SIGINT/SIGTERM/SIGHUP. Exit code is 0 unless the bench itself
+ * failed (figures missing a target are not a failure).
+ */
+export function runBench(name: string, main: () => Promise<void>): void {
+  let signalled = false;
+  const onSignal = (sig: NodeJS.Signals) => {
+    if (signalled) return;
+    signalled = true;
+    process.stderr.write(`\n${name}: ${sig}, cleaning up...\n`);
+    runCleanup().finally(() => process.exit(128 + (sig === 'SIGINT' ? 2 : sig === 'SIGTERM' ? 15 : 1)));
+  };
+  for (const s of ['SIGINT', 'SIGTERM', 'SIGHUP'] as NodeJS.Signals[]) process.on(s, onSignal);
+  (async () => {
+    try {
+      await main();
+    } finally {
+      await runCleanup();
+    }
+  })().then(
+    () => process.exit(0),
+    (e) => {
+      process.stderr.write(`${name}: FAILED: ${(e as Error)?.stack ?? e}\n`);
+      process.exit(1);
+    },
+  );
+}
+
+// ---------------------------------------------------------------- processes
+
+export interface RunResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+  ms: number;
+  timedOut: boolean;
+}
+
+/** Run a command to completion, asynchronously, killed after timeoutMs. Times spawn() to exit. */
+export function run(
+  cmd: string,
+  args: string[],
+  opts: { input?: string; env?: NodeJS.ProcessEnv; timeoutMs?: number } = {},
+): Promise<RunResult> {
+  return new Promise((resolve) => {
+    const t0 = process.hrtime.bigint();
+    const c = spawn(cmd, args, { env: opts.env, stdio: ['pipe', 'pipe', 'pipe'] });
+    children.add(c);
+    let stdout = '';
+    let stderr = '';
+    let timedOut = false;
+    c.stdout!.setEncoding('utf8').on('data', (d) => (stdout += d));
+    c.stderr!.setEncoding('utf8').on('data', (d) => (stderr += d));
+    const timer = setTimeout(() => {
+      timedOut = true;
+      killChild(c);
+    }, opts.timeoutMs ?? 60_000);
+    c.on('error', (e) => {
+      stderr += String(e.message);
+    });
+    c.on('close', (code, signal) => {
+      const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+      clearTimeout(timer);
+      children.delete(c);
+      resolve({ code: code ?? (signal ? -1 : 0), stdout, stderr, ms, timedOut });
+    });
+    c.stdin!.on('error', () => {});
+    c.stdin!.end(opts.input ?? '');
+  });
+}
+
+/** Start a long-running process (a server); killed by runCleanup() or stopBackground(). */
+export function background(cmd: string, args: string[]): ChildProcess {
+  const c = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  children.add(c);
+  c.stderr!.setEncoding('utf8').on('data', () => {});
+  c.on('close', () => children.delete(c));
+  return c;
+}
+
+export async function stopBackground(c: ChildProcess): Promise<void> {
+  if (c.exitCode !== null || c.signalCode !== null) return;
+  const done = new Promise<void>((r) => c.once('close', () => r()));
+  killChild(c);
+  await Promise.race([done, sleep(3000)]);
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+// ---------------------------------------------------------------- statistics
+
+export function median(xs: number[]): number {
+  return percentile(xs, 50);
+}
+
+/** Nearest-rank percentile (p in 0..100); NaN for no samples. */
+export function percentile(xs: number[], p: number): number {
+  if (!xs.length) return NaN;
+  const s = [...xs].sort((a, b) => a - b);
+  const rank = Math.ceil((p / 100) * s.length);
+  return s[Math.min(s.length - 1, Math.max(0, rank - 1))];
+}
+
+export function fmt(x: number, digits = 1): string {
+  if (!Number.isFinite(x)) return '-';
+  return x.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits });
+}
+
+/** "median [min-max]" of samples. */
+export function spread(xs: number[], digits = 1): string {
+  if (!xs.length) return '-';
+  return `${fmt(median(xs), digits)} [${fmt(Math.min(...xs), digits)}-${fmt(Math.max(...xs), digits)}]`;
+}
+
+// ---------------------------------------------------------------- output
+
+/** Print rows as an aligned text table (first row is the header). */
+export function table(rows: string[][]): string {
+  const widths: number[] = [];
+  for (const r of rows) r.forEach((c, i) => (widths[i] = Math.max(widths[i] ?? 0, c.length)));
+  const line = (r: string[]) => r.map((c, i) => c.padEnd(widths[i])).join('  ').trimEnd();
+  const out = [line(rows[0]), widths.map((w) => '-'.repeat(w)).join('  ')];
+  for (const r of rows.slice(1)) out.push(line(r));
+  return out.join('\n');
+}
+
+export function hasArg(name: string): boolean {
+  return process.argv.slice(2).includes(name);
+}
+
+export function argValue(name: string, def: number, min: number, max: number): number {
+  const argv = process.argv.slice(2);
+  const i = argv.indexOf(name);
+  if (i < 0) return def;
+  const v = Number(argv[i + 1]);
+  if (!Number.isInteger(v) || v < min || v > max) throw new Error(`${name}: expected an integer between ${min} and ${max}, got ${JSON.stringify(argv[i + 1])}`);
+  return v;
+}
+
+export function mustRoot(): void {
+  if (process.getuid && process.getuid() !== 0) throw new Error('the benchmarks create network namespaces: run them as root');
+}

@@ -1,0 +1,221 @@
+/**
+ * Same-node pod-to-pod datapath benchmark.
+ *
+ *   node dist/bench/pod-to-pod.js [--quick] [--rounds N]
+ *
+ * Two systems are built in the same run and measured interleaved
+ * (baseline, membrane, baseline, membrane, ...; N rounds, median reported):
+ *   baseline  model C of the performance anchors: two pod namespaces, each with
+ *             a veth to a router namespace; /32 addresses and routes, IP
+ *             forwarding in the router, no BPF.
+ *   membrane  a TestNode (agent in its own netns) with two pods attached by the
+ *             real CNI plugin; traffic goes through tcx on the host veth, tail
+ *             call into the destination endpoint, bpf_redirect_peer.
+ * Metrics: TCP request/response (sockperf ping-pong, client and server pinned
+ * to CPU 0) transactions/s and p50 round trip; one-stream TCP throughput
+ * (iperf3). Prints figures and ratios; never asserts timings.
+ */
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import { TestNode, hasCmd } from '../test/helpers/node';
+import { netnsAdd, netnsDel, ping, runPrefix, sh } from '../test/helpers/sys';
+import { argValue, background, fmt, hasArg, median, mustRoot, onCleanup, run, runBench, sleep, spread, table } from './lib';
+
+const RR_PORT = 11111;
+const TP_PORT = 5201;
+const TARGET = 0.95;
+
+interface System {
+  name: string;
+  label: string;
+  client: string; // netns of the client pod
+  server: string; // netns of the server pod
+  serverIp: string;
+  clientIp: string;
+  forwarderNs: string; // the namespace in between (router / node), for the forwarding counter
+}
+
+interface Sample {
+  tps: number;
+  p50us: number;
+}
+
+/** Model C: pod A <-veth-> router netns <-veth-> pod B, /32 routes, no BPF. */
+function buildBaseline(): System {
+  const prefix = runPrefix('bc');
+  const r = `${prefix}-r`;
+  const a = `${prefix}-a`;
+  const b = `${prefix}-b`;
+  for (const ns of [r, a, b]) {
+    netnsAdd(ns);
+    onCleanup(`delete netns ${ns}`, () => netnsDel(ns));
+  }
+  const router = '10.201.0.1';
+  const pods: [string, string, string][] = [
+    [a, 'ra', '10.201.0.2'],
+    [b, 'rb', '10.201.0.3'],
+  ];
+  const ip = (...args: string[]) => sh('ip', args);
+  sh('ip', ['netns', 'exec', r, 'sysctl', '-qw', 'net.ipv4.ip_forward=1']);
+  for (const [ns, hostIf, addr] of pods) {
+    ip('link', 'add', 'name', hostIf, 'netns', r, 'mtu', '1500', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns, 'mtu', '1500');
+    // Same shape as a Membrane endpoint: IPv6 off on both ends, /32 on the pod, router address on-link.
+    sh('ip', ['netns', 'exec', r, 'sysctl', '-qw', `net.ipv6.conf.${hostIf}.disable_ipv6=1`]);
+    sh('ip', ['netns', 'exec', ns, 'sysctl', '-qw', 'net.ipv6.conf.eth0.disable_ipv6=1']);
+    ip('-n', r, 'addr', 'add', `${router}/32`, 'dev', hostIf);
+    ip('-n', r, 'link', 'set', hostIf, 'up');
+    ip('-n', r, 'route', 'add', `${addr}/32`, 'dev', hostIf);
+    ip('-n', ns, 'addr', 'add', `${addr}/32`, 'dev', 'eth0');
+    ip('-n', ns, 'link', 'set', 'eth0', 'up');
+    ip('-n', ns, 'route', 'add', `${router}/32`, 'dev', 'eth0', 'scope', 'link');
+    ip('-n', ns, 'route', 'add', 'default', 'via', router, 'dev', 'eth0', 'onlink');
+  }
+  return { name: 'baseline', label: 'routed veth (model C)', client: a, server: b, clientIp: pods[0][2], serverIp: pods[1][2], forwarderNs: r };
+}
+
+async function buildMembrane(): Promise<{ sys: System; node: TestNode }> {
+  const node = new TestNode('bp');
+  onCleanup(`TestNode ${node.prefix}`, () => node.cleanup());
+  await node.start();
+  const a = node.addPod('a');
+  const b = node.addPod('b');
+  return {
+    node,
+    sys: { name: 'membrane', label: 'Membrane (eBPF)', client: a.ns, server: b.ns, clientIp: a.ip, serverIp: b.ip, forwarderNs: node.nodeNs },
+  };
+}
+
+async function waitListening(ns: string, port: number): Promise<void> {
+  for (let i = 0; i < 50; i++) {
+    const r = await run('ip', ['netns', 'exec', ns, 'ss', '-Htln', `sport = :${port}`], { timeoutMs: 5000 });
+    if (r.stdout.trim()) return;
+    await sleep(100);
+  }
+  throw new Error(`nothing listens on port ${port} in ${ns} after 5 s`);
+}
+
+async function startServers(s: System): Promise<void> {
+  background('ip', ['netns', 'exec', s.server, 'taskset', '-c', '0', 'sockperf', 'sr', '--tcp', '-i', s.serverIp, '-p', String(RR_PORT)]);
+  background('ip', ['netns', 'exec', s.server, 'iperf3', '-s', '-B', s.serverIp, '-p', String(TP_PORT)]);
+  await waitListening(s.server, RR_PORT);
+  await waitListening(s.server, TP_PORT);
+}
+
+async function measureRR(s: System, seconds: number): Promise<Sample> {
+  const args = ['netns', 'exec', s.client, 'taskset', '-c', '0', 'sockperf', 'pp', '--tcp', '-i', s.serverIp, '-p', String(RR_PORT), '-t', String(seconds), '--full-rtt'];
+  const r = await run('ip', args, { timeoutMs: (seconds + 20) * 1000 });
+  const out = r.stdout + r.stderr;
+  const valid = /\[Valid Duration\] RunTime=([\d.]+) sec; SentMessages=(\d+); ReceivedMessages=(\d+)/.exec(out);
+  const p50 = /percentile 50\.000 =\s*([\d.]+)/.exec(out);
+  if (r.code !== 0 || !valid || !p50) throw new Error(`sockperf pp (${s.name}) failed (exit ${r.code}${r.timedOut ? ', timed out' : ''}):\n${out.slice(-2000)}`);
+  return { tps: Number(valid[3]) / Number(valid[1]), p50us: Number(p50[1]) };
+}
+
+async function measureTP(s: System, seconds: number): Promise<number> {
+  let last = '';
+  for (let attempt = 0; attempt < 3; attempt++) {
+    const r = await run('ip', ['netns', 'exec', s.client, 'iperf3', '-c', s.serverIp, '-p', String(TP_PORT), '-t', String(seconds), '-J'], {
+      timeoutMs: (seconds + 20) * 1000,
+    });
+    try {
+      const j = JSON.parse(r.stdout);
+      const bps = j?.end?.sum_received?.bits_per_second;
+      if (r.code === 0 && typeof bps === 'number') return bps / 1e9;
+      last = j?.error ?? r.stderr;
+    } catch {
+      last = r.stdout + r.stderr;
+    }
+    await sleep(500); // the server may still be finishing the previous test
+  }
+  throw new Error(`iperf3 (${s.name}) failed 3 times: ${last.slice(-1000)}`);
+}
+
+/** IP datagrams forwarded by the kernel stack of a namespace (/proc/net/snmp Ip: ForwDatagrams). */
+function forwarded(ns: string): number {
+  const snmp = sh('ip', ['netns', 'exec', ns, 'cat', '/proc/net/snmp']).split('\n').filter((l) => l.startsWith('Ip:'));
+  const keys = snmp[0].split(/\s+/);
+  const vals = snmp[1].split(/\s+/);
+  return Number(vals[keys.indexOf('ForwDatagrams')]);
+}
+
+async function main(): Promise<void> {
+  mustRoot();
+  for (const c of ['sockperf', 'iperf3', 'taskset', 'ss']) if (!hasCmd(c)) throw new Error(`${c} is not installed (bash scripts/setup.sh --test)`);
+  const quick = hasArg('--quick');
+  const rounds = argValue('--rounds', 3, 1, 20);
+  const rrSec = quick ? 1 : 3;
+  const tpSec = quick ? 2 : 5;
+
+  console.log(`pod-to-pod: kernel ${os.release()}, ${os.cpus().length} CPUs, load ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}`);
+  console.log(`RR: sockperf ping-pong --tcp, 14-byte messages, ${rrSec} s per run (0.4 s warm-up excluded), client and server pinned to CPU 0`);
+  console.log(`Throughput: iperf3, one TCP stream, ${tpSec} s per run, unpinned`);
+  console.log(`${rounds} rounds, interleaved baseline/membrane; median [min-max]\n`);
+
+  const t0 = Date.now();
+  const base = buildBaseline();
+  const { sys: mem, node } = await buildMembrane();
+  const systems = [base, mem];
+  for (const s of systems) {
+    if (!ping(s.client, s.serverIp)) throw new Error(`${s.name}: ${s.client} cannot ping ${s.serverIp}`);
+    await startServers(s);
+  }
+  console.log(`set up in ${((Date.now() - t0) / 1000).toFixed(1)} s: baseline ${base.clientIp} -> ${base.serverIp} via ${base.forwarderNs}; membrane ${mem.clientIp} -> ${mem.serverIp} on node ${node.nodeNs}`);
+
+  // Warm-up (not counted): connection setup paths, ARP/neighbour entries, page cache.
+  for (const s of systems) await measureRR(s, 1);
+
+  const fwdBefore = systems.map((s) => forwarded(s.forwarderNs));
+  let bpfBefore = NaN;
+  try {
+    bpfBefore = node.metric(0);
+  } catch {
+    /* metrics are a diagnostic only */
+  }
+
+  const rr: Record<string, Sample[]> = { baseline: [], membrane: [] };
+  const tp: Record<string, number[]> = { baseline: [], membrane: [] };
+  for (let i = 1; i <= rounds; i++) {
+    for (const s of systems) {
+      const x = await measureRR(s, rrSec);
+      rr[s.name].push(x);
+      console.log(`  round ${i}  RR  ${s.name.padEnd(8)}  ${fmt(x.tps, 0).padStart(8)} tps  p50 ${fmt(x.p50us, 2)} us`);
+    }
+    for (const s of systems) {
+      const g = await measureTP(s, tpSec);
+      tp[s.name].push(g);
+      console.log(`  round ${i}  TP  ${s.name.padEnd(8)}  ${fmt(g, 2).padStart(8)} Gbit/s`);
+    }
+  }
+  const fwd = systems.map((s, i) => forwarded(s.forwarderNs) - fwdBefore[i]);
+  let bpfFwd = NaN;
+  try {
+    bpfFwd = node.metric(0) - bpfBefore;
+  } catch {
+    /* diagnostic only */
+  }
+
+  const tps = (n: string) => rr[n].map((x) => x.tps);
+  const lat = (n: string) => rr[n].map((x) => x.p50us);
+  const ratioTps = median(tps('membrane')) / median(tps('baseline'));
+  const ratioLat = median(lat('membrane')) / median(lat('baseline'));
+  const ratioTp = median(tp.membrane) / median(tp.baseline);
+  const verdict = (r: number) => (r >= TARGET ? 'meets' : 'BELOW');
+
+  console.log('');
+  console.log(
+    table([
+      ['metric', `baseline: ${base.label}`, `membrane: ${mem.label}`, 'ratio M/B', 'target', ''],
+      ['TCP RR same-CPU (transactions/s)', spread(tps('baseline'), 0), spread(tps('membrane'), 0), fmt(ratioTps, 3), `>= ${TARGET}`, verdict(ratioTps)],
+      ['TCP RR p50 round trip (us)', spread(lat('baseline'), 2), spread(lat('membrane'), 2), fmt(ratioLat, 3), '(lower is better)', ''],
+      ['TCP 1 stream (Gbit/s)', spread(tp.baseline, 2), spread(tp.membrane, 2), fmt(ratioTp, 3), `>= ${TARGET}`, verdict(ratioTp)],
+    ]),
+  );
+  console.log('');
+  console.log(`IP datagrams forwarded by the kernel stack in between during the measurement: baseline router ${fwd[0].toLocaleString('en-US')}, membrane node ${fwd[1].toLocaleString('en-US')}`);
+  if (Number.isFinite(bpfFwd)) console.log(`packets counted as forwarded in Membrane's BPF metrics map: ${bpfFwd.toLocaleString('en-US')}`);
+  console.log(`load at the end: ${os.loadavg().map((x) => x.toFixed(2)).join(' ')} (the machine is shared: compare ratios, not absolute figures)`);
+  console.log(`agent log: test-artifacts/${node.prefix}-agent.log`);
+  if (!fs.existsSync(`/run/netns/${mem.server}`)) console.log('warning: the membrane server pod namespace vanished during the run');
+}
+
+runBench('pod-to-pod', main);

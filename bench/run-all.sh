@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Run every benchmark in sequence. Builds only bench/ (and the test helpers it
+# imports) into dist/; the agent, CLI and plugin must already be built
+# (bash scripts/build.sh or scripts/setup.sh --test).
+#   bench/run-all.sh [--quick]        --quick: shorter pod-to-pod runs, 20 sequential ADDs
+set -euo pipefail
+cd "$(dirname "$0")/.."
+quick=()
+count=50
+if [ "${1:-}" = "--quick" ]; then quick=(--quick); count=20; fi
+[ "$(id -u)" = 0 ] || { echo "run-all: the benchmarks create network namespaces: run as root" >&2; exit 1; }
+[ -f dist/src/agent/main.js ] && [ -f bin/membrane-cni ] || { echo "run-all: build first (bash scripts/build.sh)" >&2; exit 1; }
+npx --no-install tsc -p bench
+mkdir -p test-artifacts
+status=0
+echo "=== pod-to-pod $(date -Is)"
+node dist/bench/pod-to-pod.js "${quick[@]}" || status=1
+echo
+echo "=== cni-add-latency $(date -Is)"
+node dist/bench/cni-add-latency.js --count "$count" --breakdown || status=1
+echo
+echo "=== attach-cost $(date -Is)"
+node dist/bench/attach-cost.js || status=1
+exit "$status"
