@@ -13,6 +13,7 @@ import type { AgentConfig } from './config';
 import { buildApi } from './api';
 import { Datapath } from '../datapath/datapath';
 import { dropReasonText, metricDirName } from '../datapath/constants';
+import { gcConntrack } from '../datapath/ctgc';
 import { Endpoint, EndpointManager, PodSource } from '../endpoint/manager';
 import { IdentityAllocator } from '../identity/identity';
 import { podSecurityLabels } from '../identity/labels';
@@ -42,6 +43,8 @@ export class Agent {
   private flushScheduled = false;
   private revisionWaiters: { revision: number; resolve: () => void }[] = [];
   private resyncTimer?: NodeJS.Timeout;
+  private ctGcTimer?: NodeJS.Timeout;
+  lastCtGc?: { at: string; scanned: number; deleted: number };
   private readonly startedAt = Date.now();
   private readonly apiLatency = new Map<string, { count: number; sumMs: number }>();
 
@@ -173,6 +176,8 @@ export class Agent {
   apply(objects: unknown[]) {
     const valid = validateResources(objects);
     const results = this.store.apply(valid);
+    // A local store: make the kernel reflect the change before answering.
+    this.flushChanges();
     return { results, policyRevision: this.policy.revision };
   }
 
@@ -274,6 +279,7 @@ export class Agent {
 
   deleteResources(refs: ResourceRef[]) {
     const results = this.store.delete(refs);
+    this.flushChanges();
     return { results, policyRevision: this.policy.revision };
   }
 
@@ -305,6 +311,8 @@ export class Agent {
     await agent.listen();
     agent.resyncTimer = setInterval(() => agent.periodicResync(), 30_000);
     agent.resyncTimer.unref();
+    agent.ctGcTimer = setInterval(() => agent.runCtGc(), 15_000);
+    agent.ctGcTimer.unref();
     log.info('agent ready', { socket: cfg.socket, podCidr: cfg.podCidr, router: agent.routerAddress(), bpfRoot: cfg.bpfRoot, node: cfg.nodeName });
     return agent;
   }
@@ -332,6 +340,16 @@ export class Agent {
       this.dp.ipcache.resync();
     } catch (e) {
       this.log.error('periodic resync failed', { error: e });
+    }
+  }
+
+  runCtGc(): void {
+    try {
+      const r = gcConntrack(this.dp.maps.ct);
+      this.lastCtGc = { at: new Date().toISOString(), ...r };
+      if (r.deleted) this.log.debug('conntrack gc', r);
+    } catch (e) {
+      this.log.error('conntrack gc failed', { error: e });
     }
   }
 
@@ -376,6 +394,7 @@ export class Agent {
       },
       ipam: { allocated: this.endpoints.ipam.list().length - 1 },
       maps: [this.dp.endpoints.status(), this.dp.ipcache.status()],
+      conntrackGc: this.lastCtGc,
       endpointCreateMs: { count: d.length, p50: pct(50), p99: pct(99) },
       apiRequests: Object.fromEntries([...this.apiLatency].map(([k, v]) => [k, { count: v.count, meanMs: Math.round((v.sumMs / v.count) * 100) / 100 }])),
     };
@@ -448,6 +467,7 @@ export class Agent {
 
   async stop(): Promise<void> {
     if (this.resyncTimer) clearInterval(this.resyncTimer);
+    if (this.ctGcTimer) clearInterval(this.ctGcTimer);
     await this.api?.close();
     try {
       fs.unlinkSync(this.cfg.socket);

@@ -4,6 +4,9 @@
  *   tcp-req HOST PORT MSG [TIMEOUT_MS]                one request, prints the reply, exit 1 on failure
  *   udp-req HOST PORT MSG [TIMEOUT_MS]
  *   tcp-stream HOST PORT [DURATION_MS]                 sends a line every 20 ms, prints "<sent> <echoed>" each 100 ms
+ *   serve tcp:80,udp:80,...                            echo servers on several ports in one process
+ *   probe '[{"ip":..,"port":..,"proto":"tcp"|"udp"}]' [TIMEOUT_MS]
+ *                                                      all probes at once; prints a JSON array of booleans
  * Every client is bounded in time.
  */
 import * as dgram from 'node:dgram';
@@ -78,6 +81,59 @@ switch (mode) {
       process.stdout.write(`${sent} ${echoed}\n`);
       s.destroy();
     }, Number(d ?? 10000));
+    break;
+  }
+  case 'serve': {
+    let pending = 0;
+    for (const spec of args[0].split(',')) {
+      const [proto, port] = spec.split(':');
+      pending++;
+      const done = () => {
+        if (--pending === 0) process.stdout.write('ready\n');
+      };
+      if (proto === 'tcp') {
+        const srv = net.createServer((s) => {
+          s.on('error', () => {});
+          s.pipe(s);
+        });
+        srv.listen(Number(port), done);
+      } else {
+        const sock = dgram.createSocket('udp4');
+        sock.on('message', (m, r) => sock.send(m, r.port, r.address));
+        sock.bind(Number(port), done);
+      }
+    }
+    break;
+  }
+  case 'probe': {
+    const targets: { ip: string; port: number; proto: 'tcp' | 'udp' }[] = JSON.parse(args[0]);
+    const timeout = Number(args[1] ?? 1500);
+    const one = (t: (typeof targets)[number]) =>
+      new Promise<boolean>((resolve) => {
+        const timer = setTimeout(() => finish(false), timeout);
+        let finished = false;
+        let cleanup = () => {};
+        const finish = (ok: boolean) => {
+          if (finished) return;
+          finished = true;
+          clearTimeout(timer);
+          cleanup();
+          resolve(ok);
+        };
+        if (t.proto === 'tcp') {
+          const s = net.connect(t.port, t.ip, () => s.write('probe'));
+          s.on('data', () => finish(true));
+          s.on('error', () => finish(false));
+          cleanup = () => s.destroy();
+        } else {
+          const sock = dgram.createSocket('udp4');
+          sock.on('message', () => finish(true));
+          sock.on('error', () => finish(false));
+          sock.send('probe', t.port, t.ip);
+          cleanup = () => sock.close();
+        }
+      });
+    Promise.all(targets.map(one)).then((r) => process.stdout.write(JSON.stringify(r) + '\n'));
     break;
   }
   default:

@@ -7,7 +7,7 @@
 import { ChildProcess, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { REPO, netnsAdd, netnsDel, runPrefix, sh, sleep, tryRun } from './sys';
+import { NETKIT, REPO, netnsAdd, netnsDel, runPrefix, sh, sleep, tryRun } from './sys';
 
 export interface CniCall {
   command: 'ADD' | 'DEL' | 'CHECK' | 'STATUS' | 'GC' | 'VERSION';
@@ -41,7 +41,11 @@ export class TestNode {
   readonly podCidr: string;
   agent?: ChildProcess;
   private readonly pods: string[] = [];
+  private readonly procs: ChildProcess[] = [];
   private logFd?: number;
+  /** The namespace standing in for the world outside the node (192.0.2.0/24), when asked for. */
+  worldNs?: string;
+  readonly agentArgs: string[] = [];
 
   constructor(tag = 'n', podCidr = '10.200.0.0/24') {
     this.prefix = runPrefix(tag);
@@ -57,9 +61,79 @@ export class TestNode {
     return { cniVersion: '1.1.0', name: 'membrane', type: 'membrane-cni', socket: this.socket };
   }
 
-  async start(): Promise<void> {
+  async start(opts: { world?: boolean; agentArgs?: string[] } = {}): Promise<void> {
     if (!fs.existsSync(`/run/netns/${this.nodeNs}`)) netnsAdd(this.nodeNs);
+    if (opts.world) this.addWorld();
+    this.agentArgs.push(...(opts.agentArgs ?? []));
     await this.startAgent();
+  }
+
+  /**
+   * A namespace outside the node, reached through it: node 192.0.2.1/24 <-> world
+   * 192.0.2.10/24 and 192.0.2.11/24, the world routing the pod CIDR via the node.
+   */
+  addWorld(): void {
+    this.worldNs = `${this.prefix}-world`;
+    netnsAdd(this.worldNs);
+    this.pods.push(this.worldNs);
+    sh('ip', ['-n', this.nodeNs, 'link', 'add', 'wld0', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', this.worldNs]);
+    sh('ip', ['-n', this.nodeNs, 'addr', 'add', '192.0.2.1/24', 'dev', 'wld0']);
+    sh('ip', ['-n', this.nodeNs, 'link', 'set', 'wld0', 'up']);
+    sh('ip', ['-n', this.worldNs, 'addr', 'add', '192.0.2.10/24', 'dev', 'eth0']);
+    sh('ip', ['-n', this.worldNs, 'addr', 'add', '192.0.2.11/24', 'dev', 'eth0']);
+    sh('ip', ['-n', this.worldNs, 'link', 'set', 'eth0', 'up']);
+    sh('ip', ['-n', this.worldNs, 'route', 'add', this.podCidr, 'via', '192.0.2.1']);
+  }
+
+  /** Start netkit echo servers in a namespace ("tcp:80,udp:80"); stopped by cleanup(). */
+  serve(ns: string, spec: string): Promise<void> {
+    const p = spawn('ip', ['netns', 'exec', ns, process.execPath, NETKIT, 'serve', spec], { stdio: ['ignore', 'pipe', 'inherit'] });
+    this.procs.push(p);
+    return new Promise((resolve, reject) => {
+      const t = setTimeout(() => reject(new Error(`servers ${spec} in ${ns} did not start`)), 10_000);
+      p.stdout!.once('data', () => {
+        clearTimeout(t);
+        resolve();
+      });
+    });
+  }
+
+  /** Probe several targets at once from a namespace; each bounded by timeoutMs. */
+  probe(ns: string, targets: { ip: string; port: number; proto: 'tcp' | 'udp' }[], timeoutMs = 1500): boolean[] {
+    const r = tryRun('ip', ['netns', 'exec', ns, process.execPath, NETKIT, 'probe', JSON.stringify(targets), String(timeoutMs)], { timeoutMs: timeoutMs + 10_000 });
+    if (r.code !== 0) throw new Error(`probe from ${ns} failed: ${r.stderr}`);
+    return JSON.parse(r.stdout);
+  }
+
+  tcp(ns: string, ip: string, port: number, timeoutMs = 1500): boolean {
+    return this.probe(ns, [{ ip, port, proto: 'tcp' }], timeoutMs)[0];
+  }
+
+  /** Apply objects through the CLI (`membrane apply -f`) and wait until every endpoint enforces them. */
+  apply(objects: unknown[]): number {
+    const f = path.join(this.dir, `apply-${Date.now()}-${Math.random().toString(36).slice(2)}.json`);
+    fs.writeFileSync(f, JSON.stringify({ apiVersion: 'v1', kind: 'List', items: objects }));
+    const r = this.cli(['apply', '-f', f, '-o', 'json']);
+    fs.rmSync(f, { force: true });
+    if (r.code !== 0) throw new Error(`membrane apply failed: ${r.stderr}`);
+    const rev = JSON.parse(r.stdout).policyRevision as number;
+    this.waitPolicy(rev);
+    return rev;
+  }
+
+  delete(objects: { kind: string; metadata: { name: string; namespace?: string } }[]): void {
+    const f = path.join(this.dir, `delete-${Date.now()}.json`);
+    fs.writeFileSync(f, JSON.stringify({ apiVersion: 'v1', kind: 'List', items: objects }));
+    const r = this.cli(['delete', '-f', f, '-o', 'json']);
+    fs.rmSync(f, { force: true });
+    if (r.code !== 0) throw new Error(`membrane delete failed: ${r.stderr}`);
+    const rev = JSON.parse(r.stdout).policyRevision as number;
+    this.waitPolicy(rev);
+  }
+
+  waitPolicy(rev: number): void {
+    const w = this.cli(['policy', 'wait', String(rev), '--timeout', '20']);
+    if (w.code !== 0) throw new Error(`policy wait ${rev}: ${w.stderr}`);
   }
 
   async startAgent(): Promise<void> {
@@ -77,6 +151,7 @@ export class TestNode {
         '--socket', this.socket,
         '--pod-cidr', this.podCidr,
         '--node-name', this.prefix,
+        ...this.agentArgs,
       ],
       { stdio: ['ignore', this.logFd, this.logFd] },
     );
@@ -174,6 +249,7 @@ export class TestNode {
   }
 
   async cleanup(): Promise<void> {
+    for (const p of this.procs) p.kill('SIGKILL');
     await this.stopAgent('SIGKILL').catch(() => {});
     for (const ns of this.pods) netnsDel(ns);
     netnsDel(this.nodeNs); // takes the host device pair and every veth with it

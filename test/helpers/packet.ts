@@ -9,6 +9,7 @@ export const ETH_P_IPV6 = 0x86dd;
 export const IPPROTO_ICMP = 1;
 export const IPPROTO_TCP = 6;
 export const IPPROTO_UDP = 17;
+export const IPPROTO_SCTP = 132;
 export const ETH_HLEN = 14;
 
 export function mac(s: string): Buffer {
@@ -75,13 +76,14 @@ export function parseArp(b: Buffer): ArpFields {
   };
 }
 
-export function ipv4(o: { src: Buffer; dst: Buffer; proto: number; payload: Buffer; ttl?: number; id?: number; tos?: number }): Buffer {
+/** fragOff: the raw flags + fragment offset word (default 0x4000, DF). */
+export function ipv4(o: { src: Buffer; dst: Buffer; proto: number; payload: Buffer; ttl?: number; id?: number; tos?: number; fragOff?: number }): Buffer {
   const h = Buffer.alloc(20);
   h[0] = 0x45;
   h[1] = o.tos ?? 0;
   h.writeUInt16BE(20 + o.payload.length, 2);
   h.writeUInt16BE(o.id ?? 0x1234, 4);
-  h.writeUInt16BE(0x4000, 6); // DF
+  h.writeUInt16BE(o.fragOff ?? 0x4000, 6); // DF unless told
   h[8] = o.ttl ?? 64;
   h[9] = o.proto;
   o.src.copy(h, 12);
@@ -99,8 +101,12 @@ function pseudo(src: Buffer, dst: Buffer, proto: number, len: number): Buffer {
   return p;
 }
 
+export const TCP_FIN = 0x01;
 export const TCP_SYN = 0x02;
+export const TCP_RST = 0x04;
+export const TCP_PSH = 0x08;
 export const TCP_ACK = 0x10;
+export const IP_MF = 0x2000;
 
 export function tcp(o: { src: Buffer; dst: Buffer; sport: number; dport: number; flags?: number; seq?: number; ack?: number; payload?: Buffer }): Buffer {
   const payload = o.payload ?? Buffer.alloc(0);
@@ -137,13 +143,55 @@ export function icmpEcho(o: { id?: number; seq?: number; payload?: Buffer; reply
   return m;
 }
 
+export const ICMP_ECHOREPLY = 0;
+export const ICMP_DEST_UNREACH = 3;
+export const ICMP_PORT_UNREACH = 3; // code
+export const ICMP_ECHO = 8;
+export const ICMP_TIME_EXCEEDED = 11;
+export const ICMP_TIMESTAMP = 13;
+
+/** Any ICMP message: type, code, the 4 "rest of header" bytes, payload; checksum filled in. */
+export function icmp(o: { type: number; code?: number; rest?: Buffer; payload?: Buffer }): Buffer {
+  const m = Buffer.concat([Buffer.alloc(8), o.payload ?? Buffer.alloc(0)]);
+  m[0] = o.type;
+  m[1] = o.code ?? 0;
+  (o.rest ?? Buffer.alloc(4)).copy(m, 4, 0, 4);
+  m.writeUInt16BE(inetChecksum(m), 2);
+  return m;
+}
+
+/**
+ * An ICMP error (destination unreachable by default, port unreachable code)
+ * quoting `quoted` (an IPv4 packet from its IP header): its header plus the
+ * first `quoteL4` (default 8) bytes of its payload, as RFC 792 requires.
+ */
+export function icmpError(o: { quoted: Buffer; type?: number; code?: number; quoteL4?: number }): Buffer {
+  const ihl = (o.quoted[0] & 0x0f) * 4;
+  return icmp({
+    type: o.type ?? ICMP_DEST_UNREACH, code: o.code ?? ICMP_PORT_UNREACH,
+    payload: Buffer.from(o.quoted.subarray(0, ihl + (o.quoteL4 ?? 8))),
+  });
+}
+
+/** An Ethernet + IPv4 frame around a ready L4 segment (any protocol). */
+export function ipv4L4Frame(o: {
+  srcMac: Buffer; dstMac: Buffer; src: Buffer; dst: Buffer; proto: number; seg: Buffer; ttl?: number; fragOff?: number; id?: number;
+}): Buffer {
+  return ethernet({
+    dst: o.dstMac, src: o.srcMac, type: ETH_P_IP,
+    payload: ipv4({ src: o.src, dst: o.dst, proto: o.proto, ttl: o.ttl, fragOff: o.fragOff, id: o.id, payload: o.seg }),
+  });
+}
+
 /** Whole frames in one call. */
 export function ipv4Frame(o: {
   srcMac: Buffer; dstMac: Buffer; src: Buffer; dst: Buffer; ttl?: number;
   l4?: 'tcp' | 'udp' | 'icmp'; sport?: number; dport?: number; payload?: Buffer;
+  /** TCP flags (default SYN) */
+  flags?: number;
 }): Buffer {
   const l4 = o.l4 ?? 'tcp';
-  const seg = l4 === 'tcp' ? tcp({ src: o.src, dst: o.dst, sport: o.sport ?? 40000, dport: o.dport ?? 80, payload: o.payload })
+  const seg = l4 === 'tcp' ? tcp({ src: o.src, dst: o.dst, sport: o.sport ?? 40000, dport: o.dport ?? 80, flags: o.flags, payload: o.payload })
     : l4 === 'udp' ? udp({ src: o.src, dst: o.dst, sport: o.sport ?? 40000, dport: o.dport ?? 53, payload: o.payload })
       : icmpEcho({ payload: o.payload });
   const proto = l4 === 'tcp' ? IPPROTO_TCP : l4 === 'udp' ? IPPROTO_UDP : IPPROTO_ICMP;
