@@ -7,14 +7,18 @@
  * egress of the host-side veth).
  *
  *   from_container  packets leaving the pod: ARP responder, anti-spoofing,
- *                   local delivery (tail call into the destination's
- *                   policy_ingress) or hand-off to the host stack through the
- *                   host device pair.
+ *                   conntrack + egress policy (every IPv4 packet, whatever the
+ *                   destination), then local delivery (tail call into the
+ *                   destination's policy_ingress) or hand-off to the host
+ *                   stack through the host device pair.
  *   policy_ingress  tail-call target for traffic *to* this endpoint (source
- *                   identity in skb->cb[0]): ingress policy, L3 forward
- *                   (MACs, TTL) and bpf_redirect_peer into the pod.
+ *                   identity in skb->cb[0]): conntrack + ingress policy, L3
+ *                   forward (MACs, TTL) and bpf_redirect_peer into the pod.
  *   to_container    anything the host stack itself sends out of the host-side
- *                   veth: ingress policy only.
+ *                   veth: conntrack + ingress policy only.
+ *
+ * Conntrack + policy is one function, ipv4_ct_policy(), for both directions
+ * (lib/conntrack.h, lib/policy.h, lib/l4.h describe the semantics).
  */
 #define MB_FILE_ID MB_FILE_LXC
 
@@ -27,6 +31,9 @@
 #include "drop.h"
 #include "endpoint.h"
 #include "identity.h"
+#include "l4.h"
+#include "conntrack.h"
+#include "policy.h"
 
 /* Per-endpoint values; the agent writes them before load (BpfObject.setConst). */
 volatile const struct ep_config CONFIG;
@@ -49,32 +56,61 @@ struct {
 	send_drop(ctx, reason, METRIC_DIR_INGRESS, src_label, CONFIG.sec_id, CONFIG.ep_id, CONFIG.ep_id)
 
 /*
- * Ingress policy hook: may @src_identity send this packet to this endpoint?
- * Returns 0 (allow) or a drop reason. Packet pointers are revalidated by callers.
+ * Conntrack + policy for an IPv4 packet at this endpoint's egress
+ * (dir = CT_EGRESS, the endpoint is the source, @remote_id the destination's
+ * identity) or ingress (dir = CT_INGRESS, the endpoint is the destination,
+ * @remote_id the source's identity). Returns 0 (pass) or a drop reason.
  *
- * v1: with EP_CFG_F_NO_POLICY everything is allowed (the verifier prunes the
- * rest). Otherwise an L3-only lookup {src identity, ingress} in mb_policy:
- * default deny. The policy work item replaces this with L4 keys + conntrack.
+ *   reply of a flow the other side tracked   pass, no policy
+ *   ICMP error about such a flow (related)   pass, no policy
+ *   established / new                        policy on every packet; a new
+ *                                            flow gets an entry when allowed
+ *
+ * Cost on the pod->pod hot path per side: 2 CT lookups (reverse, forward) and
+ * 2 policy lookups for forward packets; 1 CT lookup for replies.
+ *
+ * With EP_CFG_F_NO_POLICY (feature switch) nothing is tracked or enforced.
  */
-static __always_inline int ingress_policy(struct __sk_buff *ctx, __u32 src_identity)
+static __always_inline int ipv4_ct_policy(struct __sk_buff *ctx, const struct iphdr *ip,
+					  __u32 remote_id, const __u8 dir)
 {
-	struct policy_key key = {
-		.prefixlen = 40,       /* sec_id + egress = 0 */
-		.sec_id = src_identity,
-		.egress = 0,
-	};
-	struct policy_value *pv;
+	const __u8 egress = dir == CT_EGRESS;
+	const __u8 rdir = egress ? CT_INGRESS : CT_EGRESS;
+	__be32 saddr = ip->saddr, daddr = ip->daddr;
+	__u32 len = ctx->len, now;
+	struct ct_key key = {};
+	struct ct_value *ct;
+	struct l4_info l4;
+	int ret;
 
 	if (CONFIG.flags & EP_CFG_F_NO_POLICY)
 		return 0;
-	pv = bpf_map_lookup_elem(&mb_policy, &key);
-	if (!pv)
-		return DROP_POLICY;
-	if (pv->flags & POLICY_F_DENY)
-		return DROP_POLICY_DENY;
-	__sync_fetch_and_add(&pv->packets, 1);
-	__sync_fetch_and_add(&pv->bytes, ctx->len);
-	return 0;
+	ret = l4_parse_ipv4(ctx, ip, &l4);
+	if (ret)
+		return ret;
+	now = ct_now();
+
+	/* Reply of a flow the other side of this endpoint tracked. Never creates. */
+	ct_key_ipv4(&key, daddr, saddr, l4.dport, l4.sport, l4.proto, rdir);
+	ct = ct_lookup(&key, now);
+	if (ct) {
+		ct_update(ct, &l4, len, 0, now);
+		return 0;
+	}
+	if (l4.icmp_err && ct_related_ipv4(ctx, &l4, rdir, egress ? saddr : daddr, now))
+		return 0;
+
+	/* Established or new: policy on every packet, so revoking policy cuts flows. */
+	ret = policy_can_access(&mb_policy, remote_id, egress, l4.proto, l4.policy_port, len);
+	if (ret)
+		return ret;
+	ct_key_ipv4(&key, saddr, daddr, l4.sport, l4.dport, l4.proto, dir);
+	ct = ct_lookup(&key, now);
+	if (ct) {
+		ct_update(ct, &l4, len, 1, now);
+		return 0;
+	}
+	return ct_create(&key, &l4, len, remote_id, now);
 }
 
 /* ---------------------------------------------------------------------------- */
@@ -101,9 +137,11 @@ static __always_inline int handle_arp(struct __sk_buff *ctx)
 static __always_inline int handle_ipv4_from_lxc(struct __sk_buff *ctx)
 {
 	struct iphdr *ip = ipv4_hdr(ctx);
+	__u32 dst_sec, dst_id = 0;
 	struct endpoint_info *ep;
 	struct node_config *node;
 	struct ethhdr *eth;
+	int ret;
 
 	if (!ip)
 		return DROP_EGRESS(ctx, DROP_INVALID, 0);
@@ -113,11 +151,26 @@ static __always_inline int handle_ipv4_from_lxc(struct __sk_buff *ctx)
 	if (ip->saddr != *(const volatile __be32 *)CONFIG.ipv4)
 		return DROP_EGRESS(ctx, DROP_INVALID_SIP, 0);
 
-	ep = lookup_ip4_local_endpoint(ip->daddr);
+	/*
+	 * Destination identity: a local endpoint's or node address's from
+	 * mb_endpoints (the lookup we need anyway, same value as its ipcache
+	 * entry), anything else from the ipcache (world if absent).
+	 */
+	ep = lookup_ip4_endpoint(ip->daddr);
 	if (ep) {
-		/* Local delivery: the destination's policy_ingress does the rest. */
-		__u32 dst_id = ep->ep_id, dst_sec = ep->sec_id;
+		dst_sec = ep->sec_id;
+		if (!(ep->flags & ENDPOINT_F_HOST))
+			dst_id = ep->ep_id;
+	} else {
+		dst_sec = ipcache_ip4_identity(ip->daddr);
+	}
+	ret = ipv4_ct_policy(ctx, ip, dst_sec, CT_EGRESS);
+	if (ret)
+		return send_drop(ctx, ret, METRIC_DIR_EGRESS, CONFIG.sec_id, dst_sec, CONFIG.ep_id,
+				 dst_id);
 
+	if (dst_id) {
+		/* Local delivery: the destination's policy_ingress does the rest. */
 		metrics_count(METRIC_FORWARDED, METRIC_DIR_EGRESS, ctx->len);
 		ctx->cb[0] = CONFIG.sec_id;
 		bpf_tail_call(ctx, &mb_call_policy, dst_id);
@@ -166,7 +219,7 @@ int policy_ingress(struct __sk_buff *ctx)
 	ip = ipv4_hdr(ctx);
 	if (!ip)
 		return DROP_INGRESS(ctx, DROP_INVALID, src_identity);
-	ret = ingress_policy(ctx, src_identity);
+	ret = ipv4_ct_policy(ctx, ip, src_identity, CT_INGRESS);
 	if (ret)
 		return DROP_INGRESS(ctx, ret, src_identity);
 	ret = ipv4_dec_ttl(ctx, ip);
@@ -209,7 +262,7 @@ int to_container(struct __sk_buff *ctx)
 	if (!ip)
 		return DROP_INGRESS(ctx, DROP_INVALID, 0);
 	src_identity = ipcache_ip4_identity(ip->saddr);
-	ret = ingress_policy(ctx, src_identity);
+	ret = ipv4_ct_policy(ctx, ip, src_identity, CT_INGRESS);
 	if (ret)
 		return DROP_INGRESS(ctx, ret, src_identity);
 	metrics_count(METRIC_FORWARDED, METRIC_DIR_INGRESS, ctx->len);

@@ -59,13 +59,28 @@ struct ipcache_value {
 	__u8 tunnel_addr[16];
 };
 
-/* ---- per-endpoint policy (LPM on identity, direction, protocol, port) ---- */
+/*
+ * ---- per-endpoint policy (LPM on identity, direction, protocol, port) ----
+ * Stored entries always fix identity and direction (prefixlen >= 40):
+ *   40       any protocol, any port        {id, dir, 0, 0}
+ *   48       protocol fixed, any port      {id, dir, proto, 0}
+ *   48 + n   port prefix: the n high bits of the network-order dport
+ *            (e.g. 8080-8087 = {id, dir, TCP, 8080} / 61)
+ *   64       exact port
+ * ICMP (protocol 1): dport = bpf_htons(icmp type), i.e. key bytes {0, type};
+ * a type is a /64 entry, any type /48. (The code is not matched.)
+ * The datapath looks up all 64 bits twice: the remote identity, then identity
+ * 0 (L3 wildcard). A deny hit in either -> DROP_POLICY_DENY; else a hit
+ * allows (counted on the exact-identity hit if any, else on the wildcard);
+ * no hit -> DROP_POLICY. An empty map denies everything: a direction that is
+ * not enforced needs the allow-all entry {0, dir, 0, 0} / 40.
+ */
 struct policy_key {
-	__u32 prefixlen;   /* 0..64 bits of the fields below */
-	__u32 sec_id;      /* remote identity, host byte order; 0 = any */
+	__u32 prefixlen;   /* 40..64 bits of the fields below (see above) */
+	__u32 sec_id;      /* remote identity, host byte order; 0 = any (wildcard entry) */
 	__u8 egress;       /* 0 ingress, 1 egress */
 	__u8 protocol;     /* IPPROTO_*, 0 = any */
-	__be16 dport;      /* network byte order; 0 = any (ICMP: type << 8) */
+	__be16 dport;      /* network byte order; 0 = any (ICMP: bpf_htons(type)) */
 };
 
 #define POLICY_F_DENY 1
@@ -79,9 +94,16 @@ struct policy_value {
 	__u32 pad;
 };
 
-/* ---- connection tracking ---- */
+/*
+ * ---- connection tracking (bpf/lib/conntrack.h has the algorithm) ----
+ * One entry per endpoint side of a flow, keyed by the flow's forward tuple
+ * (first packet's saddr/daddr/sport/dport, IPv4 in the first 4 address bytes)
+ * and flags CT_EGRESS or CT_INGRESS. Tuple ports: TCP/UDP/SCTP ports; ICMP
+ * echo request sport = echo id, dport = 0; echo reply sport = 0, dport = id;
+ * other ICMP and other protocols 0.
+ */
 #define CT_EGRESS 0        /* tracked from the endpoint's egress (it opened the flow) */
-#define CT_INGRESS 1       /* tracked from the endpoint's ingress */
+#define CT_INGRESS 1       /* tracked from the endpoint's ingress (it accepted the flow) */
 #define CT_RELATED 2
 #define CT_SERVICE 4
 
@@ -96,20 +118,27 @@ struct ct_key {
 	__u8 pad;
 };
 
-#define CT_F_RX_CLOSING 1
-#define CT_F_TX_CLOSING 2
-#define CT_F_SEEN_NON_SYN 4
+#define CT_F_RX_CLOSING 1   /* FIN or RST seen in the reply direction */
+#define CT_F_TX_CLOSING 2   /* FIN or RST seen in the forward direction */
+#define CT_F_SEEN_NON_SYN 4 /* a TCP segment without SYN seen: established */
+
+/* Lifetimes in seconds, refreshed by every packet of the flow. */
+#define CT_LIFETIME_SYN 60       /* TCP, only SYNs seen */
+#define CT_LIFETIME_TCP 21600    /* TCP, CT_F_SEEN_NON_SYN */
+#define CT_LIFETIME_NONTCP 60
+#define CT_LIFETIME_CLOSE 10     /* TCP, CT_F_RX_CLOSING or CT_F_TX_CLOSING */
 #define CT_F_PROXY_REDIRECT 8
 
 struct ct_value {
-	__u64 tx_packets;
+	__u64 tx_packets;  /* tx: the entry's forward direction, rx: its replies */
 	__u64 tx_bytes;
 	__u64 rx_packets;
 	__u64 rx_bytes;
-	__u32 lifetime;    /* seconds, bpf_ktime_get_ns() / 1e9 based */
-	__u32 src_sec_id;
+	__u32 lifetime;    /* absolute expiry, CLOCK_MONOTONIC seconds (bpf_ktime_get_coarse_ns() / 1e9);
+			    * expired (treated as absent, to be GC'd) iff lifetime < now */
+	__u32 src_sec_id;  /* identity of the remote side when the entry was created */
 	__u16 rev_nat_index;
-	__u8 tx_flags_seen;
+	__u8 tx_flags_seen; /* TCP flags seen (or'ed) in each direction */
 	__u8 rx_flags_seen;
 	__u8 flags;        /* CT_F_* */
 	__u8 pad[3];
