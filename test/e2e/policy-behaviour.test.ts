@@ -119,8 +119,8 @@ describe('policy behaviour', () => {
   it('a policy too large for the endpoint map fails closed and is reported on the endpoint and in status', () => {
     const ports = Array.from({ length: 17000 }, (_, i) => ({ port: String(1 + i * 2), protocol: 'TCP' }));
     const huge = cnp('huge', { endpointSelector: { matchLabels: { app: 'b' } }, ingress: [{ fromEndpoints: [{ matchLabels: { app: 'a' } }], toPorts: [{ ports }] }] });
-    node.apply([huge]);
     try {
+      node.apply([huge], { wait: false });
       const ep = (node.cliJson(['endpoint', 'list']) as any[]).find((e) => e.podName === 'b');
       assert.equal(ep.state, 'not-ready');
       assert.match(ep.policy.error, /could not be applied/);

@@ -110,14 +110,14 @@ export class TestNode {
   }
 
   /** Apply objects through the CLI (`membrane apply -f`) and wait until every endpoint enforces them. */
-  apply(objects: unknown[]): number {
+  apply(objects: unknown[], opts: { wait?: boolean } = {}): number {
     const f = path.join(this.dir, `apply-${Date.now()}-${Math.random().toString(36).slice(2)}.json`);
     fs.writeFileSync(f, JSON.stringify({ apiVersion: 'v1', kind: 'List', items: objects }));
     const r = this.cli(['apply', '-f', f, '-o', 'json']);
     fs.rmSync(f, { force: true });
     if (r.code !== 0) throw new Error(`membrane apply failed: ${r.stderr}`);
     const rev = JSON.parse(r.stdout).policyRevision as number;
-    this.waitPolicy(rev);
+    if (opts.wait !== false) this.waitPolicy(rev);
     return rev;
   }
 
@@ -177,7 +177,9 @@ export class TestNode {
     if (!a || a.exitCode !== null || a.signalCode !== null) return;
     const exited = new Promise<void>((r) => a.once('exit', () => r()));
     a.kill(signal);
-    await Promise.race([exited, sleep(10_000)]);
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([exited, new Promise<void>((r) => (timer = setTimeout(r, 10_000)))]);
+    clearTimeout(timer);
     if (this.logFd !== undefined) fs.closeSync(this.logFd);
     this.logFd = undefined;
   }
