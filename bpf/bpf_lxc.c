@@ -3,8 +3,7 @@
  * Endpoint (pod) datapath. One object serves every endpoint: the agent sets
  * CONFIG (.rodata) before load, loads it with the bpf root as pin root, puts
  * policy_ingress into mb_call_policy[ep_id], and only then attaches
- * from_container (tcx ingress of the host-side veth) and to_container (tcx
- * egress of the host-side veth).
+ * from_container (tcx ingress of the host-side veth).
  *
  *   from_container  packets leaving the pod: ARP responder, anti-spoofing,
  *                   conntrack + egress policy (every IPv4 packet, whatever the
@@ -14,8 +13,11 @@
  *   policy_ingress  tail-call target for traffic *to* this endpoint (source
  *                   identity in skb->cb[0]): conntrack + ingress policy, L3
  *                   forward (MACs, TTL) and bpf_redirect_peer into the pod.
- *   to_container    anything the host stack itself sends out of the host-side
- *                   veth: conntrack + ingress policy only.
+
+ * Nothing is attached to the host-side veth's egress: every path to a pod
+ * (another pod, the host through from_host, later the overlay) tail-calls the
+ * pod's policy_ingress, so ingress policy runs in the destination endpoint's
+ * program whatever the source. The agent routes nothing through the lxc device.
  *
  * Conntrack + policy is one function, ipv4_ct_policy(), for both directions
  * (lib/conntrack.h, lib/policy.h, lib/l4.h describe the semantics).
@@ -235,38 +237,5 @@ int policy_ingress(struct __sk_buff *ctx)
 	return bpf_redirect_peer(CONFIG.ifindex, 0);
 }
 
-/* ---------------------------------------------------------------------------- */
-
-SEC("tc")
-int to_container(struct __sk_buff *ctx)
-{
-	struct ethhdr *eth = ctx_data(ctx, ETH_HLEN);
-	struct iphdr *ip;
-	__u32 src_identity;
-	int ret;
-
-	if (!eth)
-		return DROP_INGRESS(ctx, DROP_INVALID, 0);
-	switch (eth->h_proto) {
-	case bpf_htons(ETH_P_ARP):
-		/* Includes our own ARP replies (bpf_redirect to this device's egress). */
-		metrics_count(METRIC_FORWARDED, METRIC_DIR_INGRESS, ctx->len);
-		return TC_ACT_OK;
-	case bpf_htons(ETH_P_IP):
-		break;
-	default:
-		return DROP_INGRESS(ctx, DROP_UNKNOWN_L3, 0);
-	}
-
-	ip = ipv4_hdr(ctx);
-	if (!ip)
-		return DROP_INGRESS(ctx, DROP_INVALID, 0);
-	src_identity = ipcache_ip4_identity(ip->saddr);
-	ret = ipv4_ct_policy(ctx, ip, src_identity, CT_INGRESS);
-	if (ret)
-		return DROP_INGRESS(ctx, ret, src_identity);
-	metrics_count(METRIC_FORWARDED, METRIC_DIR_INGRESS, ctx->len);
-	return TC_ACT_OK;
-}
 
 char _license[] SEC("license") = "Dual BSD/GPL";

@@ -17,11 +17,5 @@ fi
 node scripts/gen-codecs.js
 npx --no-install tsc -p tsconfig.json
 
-# The CNI plugin is one self-contained file: it can be copied or linked into a
-# runtime's plugin directory and needs nothing else (only node itself).
-node -e '
-require("esbuild").buildSync({
-  entryPoints: ["src/cni/main.ts"], bundle: true, platform: "node", target: "node20",
-  outfile: "bin/membrane-cni", banner: { js: "#!/usr/bin/env node" }, logLevel: "error",
-});'
+node scripts/bundle-cni.js
 chmod +x bin/membrane-cni bin/membrane bin/membrane-agent

@@ -6,7 +6,7 @@
  * Pin layout under --bpf-root:
  *   <root>/mb_*                     global maps (libbpf LIBBPF_PIN_BY_NAME)
  *   <root>/host/from_host           tcx link on the net side of the host pair
- *   <root>/endpoints/<id>/from_container, to_container   tcx links on the lxc veth
+ *   <root>/endpoints/<id>/from_container   the tcx link on the lxc veth
  *   <root>/endpoints/<id>/policy    the endpoint's policy map
  */
 import * as fs from 'node:fs';
@@ -287,17 +287,12 @@ export class Datapath {
       const policy = obj.program('policy_ingress');
       this.maps.callPolicy.update(u32(spec.id), u32(policy.fd));
       undo.push(`clear mb_call_policy[${spec.id}]`, () => void this.maps.callPolicy.delete(u32(spec.id)));
-      const links: [string, 'ingress' | 'egress'][] = [
-        ['from_container', 'ingress'],
-        ['to_container', 'egress'],
-      ];
-      for (const [prog, dirn] of links) {
-        const link = attachTcx(obj.program(prog), hostIfindex, dirn);
-        try {
-          link.pin(path.join(dir, prog));
-        } finally {
-          link.close();
-        }
+      // One tcx link per endpoint: every path *to* the pod tail-calls policy_ingress.
+      const link = attachTcx(obj.program('from_container'), hostIfindex, 'ingress');
+      try {
+        link.pin(path.join(dir, 'from_container'));
+      } finally {
+        link.close();
       }
     } finally {
       obj.close();
@@ -322,13 +317,11 @@ export class Datapath {
       obj.reuseMap('mb_policy', policyMap.fd);
       obj.load();
       this.maps.callPolicy.update(u32(id), u32(obj.program('policy_ingress').fd));
-      for (const prog of ['from_container', 'to_container']) {
-        const link = BpfLink.fromPin(path.join(dir, prog));
-        try {
-          link.update(obj.program(prog));
-        } finally {
-          link.close();
-        }
+      const link = BpfLink.fromPin(path.join(dir, 'from_container'));
+      try {
+        link.update(obj.program('from_container'));
+      } finally {
+        link.close();
       }
     } finally {
       obj.close();
@@ -342,7 +335,7 @@ export class Datapath {
     const host = this.nl.linkGet(hostIfname);
     if (!host) problems.push(`host veth ${hostIfname} is missing`);
     const dir = this.endpointPinDir(id);
-    for (const prog of ['from_container', 'to_container']) {
+    for (const prog of ['from_container']) {
       const p = path.join(dir, prog);
       try {
         const l = BpfLink.fromPin(p);

@@ -218,10 +218,8 @@ before(() => {
   host.load();
 
   progs.from_container = own(a.program('from_container'));
-  progs.to_container = own(a.program('to_container'));
   progs.policy_ingress_B = own(b.program('policy_ingress'));
   progs.policy_ingress_D = own(d.program('policy_ingress'));
-  progs.to_container_D = own(d.program('to_container'));
   progs.from_container_C = own(c.program('from_container'));
   progs.from_host = own(host.program('from_host'));
   policyD = own(d.map('mb_policy')).withCodecs(gen.policyKeyCodec, gen.policyValueCodec);
@@ -464,31 +462,6 @@ describe('from_host', () => {
     assert.equal(run('from_host', arp, { reason: 166, dir: DIR_INGRESS }).retval, TC_ACT_SHOT);
     const v6 = ethernet({ dst: NODE.net_mac, src: NODE.host_mac, type: ETH_P_IPV6, payload: Buffer.alloc(40) });
     assert.equal(run('from_host', v6, { reason: DROP_UNKNOWN_L3, dir: DIR_INGRESS }).retval, TC_ACT_SHOT);
-  });
-});
-
-describe('to_container', () => {
-  it('passes ARP and IPv4 for an endpoint without policy, unchanged', () => {
-    const arp = arpRequestFrame({ srcMac: A.nodeMac, senderIp: ROUTER, targetIp: A.ip });
-    assert.equal(run('to_container', arp, { reason: FORWARDED, dir: DIR_INGRESS }).retval, TC_ACT_OK);
-    const pkt = hostFrame(WORLD_IP, A.ip);
-    const r = run('to_container', pkt, { reason: FORWARDED, dir: DIR_INGRESS });
-    assert.equal(r.retval, TC_ACT_OK);
-    assert.deepEqual(r.data, pkt);
-  });
-
-  it('runs ingress policy with the ipcache identity of the source', async () => {
-    policyD.update({ prefixlen: 40, sec_id: B.secId, egress: 0, protocol: 0, dport: 0 }, { packets: 0n, bytes: 0n, proxy_port: 0, flags: 0, prefix_len: 40 });
-    try {
-      assert.equal(run('to_container_D', hostFrame(B.ip, D.ip), { reason: FORWARDED, dir: DIR_INGRESS }).retval, TC_ACT_OK);
-      const from = events.length;
-      assert.equal(run('to_container_D', hostFrame(WORLD_IP, D.ip), { reason: DROP_POLICY, dir: DIR_INGRESS }).retval, TC_ACT_SHOT);
-      const e = await dropEvent(DROP_POLICY, from);
-      assert.equal(e.srcLabel, ID_WORLD);
-      assert.equal(e.dstLabel, D.secId);
-    } finally {
-      policyD.delete({ prefixlen: 40, sec_id: B.secId, egress: 0, protocol: 0, dport: 0 });
-    }
   });
 });
 

@@ -3,7 +3,7 @@
  * BPF_PROG_TEST_RUN: policy lookups (exact identity, identity 0 wildcard,
  * deny precedence, port prefixes, protocol-any and protocol-any-port entries,
  * ICMP types), egress policy in from_container for every destination, ingress
- * policy in policy_ingress / to_container, and conntrack in mb_ct (entry
+ * policy in policy_ingress, and conntrack in mb_ct (entry
  * creation, reply and related bypass at both sides, revocation of established
  * flows, expiry, counters, lifetimes).
  *
@@ -214,7 +214,7 @@ function out(from: Ep, dst: Buffer, l4: L4, o: { fragOff?: number } = {}): Buffe
   return ipv4L4Frame({ srcMac: from.mac, dstMac: from.nodeMac, src: from.ip, dst, ...seg(from.ip, dst, l4), fragOff: o.fragOff });
 }
 
-/** A frame arriving for pod `to` (policy_ingress / from_host / to_container). */
+/** A frame arriving for pod `to` (policy_ingress / from_host). */
 function inb(src: Buffer, to: Ep, l4: L4): Buffer {
   return ipv4L4Frame({ srcMac: NODE.host_mac, dstMac: NODE.host_mac, src, dst: to.ip, ...seg(src, to.ip, l4) });
 }
@@ -286,7 +286,6 @@ before(() => {
 
   progs.from_container_P = own(p.program('from_container'));
   progs.policy_ingress_P = own(p.program('policy_ingress'));
-  progs.to_container_P = own(p.program('to_container'));
   progs.from_container_Q = own(q.program('from_container'));
   progs.policy_ingress_Q = own(q.program('policy_ingress'));
   progs.from_host = own(host.program('from_host'));
@@ -472,12 +471,11 @@ describe('ingress policy', () => {
     ingressDrop(P, inb(REMOTE, P, { udp: { sport: port(), dport: 53 } }), ID_REMOTE, DROP_POLICY_DENY);
   });
 
-  it('from_host passes the ipcache identity; to_container enforces too', () => {
+  it('from_host passes the ipcache identity of the source to the endpoint\'s ingress policy', () => {
     put(P, { id: ID_REMOTE, egress: false, proto: IPPROTO_UDP, port: 53 });
     run('from_host', inb(REMOTE, P, { udp: { sport: port(), dport: 53 } }), { verdict: TC_ACT_REDIRECT, reason: FORWARDED, dir: DIR_INGRESS });
     run('from_host', inb(WORLD, P, { udp: { sport: port(), dport: 53 } }), { verdict: TC_ACT_SHOT, reason: DROP_POLICY, dir: DIR_INGRESS });
-    run('to_container_P', inb(REMOTE, P, { udp: { sport: port(), dport: 53 } }), { verdict: TC_ACT_OK, reason: FORWARDED, dir: DIR_INGRESS });
-    run('to_container_P', inb(REMOTE, P, { udp: { sport: port(), dport: 54 } }), { verdict: TC_ACT_SHOT, reason: DROP_POLICY, dir: DIR_INGRESS });
+    run('from_host', inb(REMOTE, P, { udp: { sport: port(), dport: 54 } }), { verdict: TC_ACT_SHOT, reason: DROP_POLICY, dir: DIR_INGRESS });
   });
 });
 
@@ -506,7 +504,7 @@ describe('conntrack', () => {
     assert.equal(ct.lookup(ctKey(REMOTE, P.ip, IPPROTO_TCP, 80, sport, CT_INGRESS)), undefined);
   });
 
-  it('the reply passes P\'s EMPTY ingress policy (from_host, policy_ingress, to_container) without creating entries; states and lifetimes follow the TCP flags', () => {
+  it('the reply passes P\'s EMPTY ingress policy (from_host, policy_ingress) without creating entries; states and lifetimes follow the TCP flags', () => {
     const allow = put(P, { id: ID_REMOTE, egress: true, proto: IPPROTO_TCP, port: 80 });
     const sport = port();
     const key = ctKey(P.ip, REMOTE, IPPROTO_TCP, sport, 80, CT_EGRESS);
@@ -539,12 +537,11 @@ describe('conntrack', () => {
 
     const data = inb(REMOTE, P, { tcp: { sport: 80, dport: sport, flags: TCP_PSH | TCP_ACK } });
     ingressPass(P, data, ID_REMOTE);
-    run('to_container_P', data, { verdict: TC_ACT_OK, reason: FORWARDED, dir: DIR_INGRESS });
     const fin = inb(REMOTE, P, { tcp: { sport: 80, dport: sport, flags: TCP_FIN | TCP_ACK } });
     ingressPass(P, fin, ID_REMOTE);
     v = ct.lookup(key)!;
-    assert.equal(v.rx_packets, 4n);
-    assert.equal(v.rx_bytes, BigInt(synack.length + 2 * data.length + fin.length));
+    assert.equal(v.rx_packets, 3n);
+    assert.equal(v.rx_bytes, BigInt(synack.length + data.length + fin.length));
     assert.equal(v.rx_flags_seen, TCP_SYN | TCP_ACK | TCP_PSH | TCP_FIN);
     assert.equal(v.flags, CT_F_SEEN_NON_SYN | CT_F_RX_CLOSING);
     assertLifetime(v, 10);
