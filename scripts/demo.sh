@@ -5,6 +5,7 @@
 # replaces the previous demo pods.
 #   scripts/demo.sh          set up and run
 #   scripts/demo.sh --clean  remove the demo pods and stop the demo agent
+#   scripts/demo.sh --purge  also remove the node's devices, pinned maps and agent state
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -25,10 +26,24 @@ clean_pods() {
   done
 }
 
-if [ "${1:-}" = "--clean" ]; then
-  clean_pods
-  [ -f /var/run/membrane/agent.pid ] && kill "$(cat /var/run/membrane/agent.pid)" 2>/dev/null || true
-  echo "demo removed (the agent's devices and pinned maps stay; the agent restores them on start)"
+if [ "${1:-}" = "--clean" ] || [ "${1:-}" = "--purge" ]; then
+  if bin/membrane status >/dev/null 2>&1; then
+    clean_pods
+    bin/membrane delete -f examples/demo-policy.yaml >/dev/null 2>&1 || true
+  fi
+  for p in "${PODS[@]}"; do [ -e /run/netns/$p ] && ip netns del $p; done
+  if [ -f /var/run/membrane/agent.pid ]; then
+    kill "$(cat /var/run/membrane/agent.pid)" 2>/dev/null || true
+    rm -f /var/run/membrane/agent.pid
+    sleep 0.5
+  fi
+  if [ "$1" = "--purge" ]; then
+    ip link del mb_host 2>/dev/null || true
+    rm -rf /sys/fs/bpf/membrane /var/run/membrane
+    echo "demo purged: pods, agent, devices, pinned maps and state removed"
+  else
+    echo "demo removed (the agent's devices and pinned maps stay; the agent restores them on start)"
+  fi
   exit 0
 fi
 
@@ -44,6 +59,10 @@ fi
 bin/membrane status
 
 clean_pods
+bin/membrane delete -f examples/demo-policy.yaml >/dev/null 2>&1 || true
+echo
+echo "== pod objects (labels give each pod its security identity)"
+bin/membrane apply -f examples/demo-pods.yaml
 echo
 echo "== attaching pods through the CNI plugin"
 declare -A IP
@@ -68,11 +87,24 @@ for s in "${PODS[@]}"; do
 done
 
 echo
-echo "== TCP demo-a -> demo-b:8080"
-ip netns exec demo-b node dist/test/helpers/netkit.js tcp-echo 8080 >/dev/null &
+echo "== TCP to demo-a:8080"
+ip netns exec demo-a node dist/test/helpers/netkit.js tcp-echo 8080 >/dev/null &
 srv=$!
 sleep 0.5
-ip netns exec demo-a node dist/test/helpers/netkit.js tcp-req ${IP[demo-b]} 8080 hello-membrane || true
+tcp() { ip netns exec $1 node dist/test/helpers/netkit.js tcp-req ${IP[demo-a]} 8080 "hello from $1" 1500 2>&1 || true; }
+echo "demo-b: $(tcp demo-b)"
+echo "demo-c: $(tcp demo-c)"
+
+echo
+echo "== policy: only app=client may reach app=web on port http (examples/demo-policy.yaml)"
+bin/membrane apply -f examples/demo-policy.yaml
+echo "demo-b (app=client): $(tcp demo-b)"
+echo "demo-c (app=other):  $(tcp demo-c)"
+echo
+bin/membrane policy trace --src demo/demo-c --dst demo/demo-a --dport 8080/TCP
+echo
+echo "== membrane bpf policy get (demo-a's policy map in the kernel)"
+bin/membrane bpf policy get "$(bin/membrane endpoint list -o json | node -e 'console.log(JSON.parse(require("fs").readFileSync(0,"utf8")).find(e=>e.podName==="demo-a").id)')"
 kill $srv 2>/dev/null || true
 
 echo
@@ -88,5 +120,6 @@ echo
 echo "== membrane bpf metrics list"
 bin/membrane bpf metrics list
 echo
-echo "The agent and the demo pods keep running: try 'ip netns exec demo-a ping ${IP[demo-c]}'."
+echo "The agent, the demo pods and the policy stay: try 'ip netns exec demo-b ping ${IP[demo-a]}',"
+echo "'bin/membrane delete -f examples/demo-policy.yaml', 'bin/membrane policy get'."
 echo "Remove them with: scripts/demo.sh --clean"
