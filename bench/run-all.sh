@@ -21,4 +21,7 @@ node dist/bench/cni-add-latency.js --count "$count" --breakdown || status=1
 echo
 echo "=== attach-cost $(date -Is)"
 node dist/bench/attach-cost.js || status=1
+echo
+echo "=== policy-scale $(date -Is)"
+node dist/bench/policy-scale.js "${quick[@]}" || status=1
 exit "$status"
