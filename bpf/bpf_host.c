@@ -5,6 +5,10 @@
  * CIDR leaves the "host" side and arrives here. Local endpoints get the packet
  * through their policy_ingress (tail call, source identity from the ipcache in
  * skb->cb[0]); anything else is unroutable.
+ *
+ * Trace point FROM_HOST (lib/trace.h): emitted here before the tail call
+ * without aggregation; with aggregation the endpoint's policy_ingress emits it
+ * (skb->cb[1] marks the packet) when its CT state says the packet is reported.
  */
 #define MB_FILE_ID MB_FILE_HOST
 
@@ -14,6 +18,7 @@
 #include "drop.h"
 #include "endpoint.h"
 #include "identity.h"
+#include "trace.h"
 
 /* Drops here have no endpoint: source = 0; dst id = the endpoint if known. */
 #define DROP_HOST(ctx, reason, src_label, dst_label, dst_id) \
@@ -24,6 +29,7 @@ static __always_inline int handle_ipv4_from_host(struct __sk_buff *ctx)
 	struct iphdr *ip = ipv4_hdr(ctx);
 	struct endpoint_info *ep;
 	__u32 src_identity, dst_id;
+	struct mon m;
 
 	if (!ip)
 		return DROP_HOST(ctx, DROP_INVALID, 0, 0, 0);
@@ -34,6 +40,15 @@ static __always_inline int handle_ipv4_from_host(struct __sk_buff *ctx)
 	dst_id = ep->ep_id;
 	src_identity = ipcache_ip4_identity(ip->saddr);
 	ctx->cb[0] = src_identity;
+	ctx->cb[MB_CB_TRACE] = 0;
+	monitor_load(&m);
+	if (m.flags & MONITOR_F_TRACE) {
+		if (m.agg == MONITOR_AGG_NONE)
+			send_trace(ctx, TRACE_FROM_HOST, TRACE_CT_UNKNOWN, src_identity, ep->sec_id, 0,
+				   dst_id, ctx->ifindex);
+		else
+			ctx->cb[MB_CB_TRACE] = MB_CB_TRACE_FROM_HOST;
+	}
 	bpf_tail_call(ctx, &mb_call_policy, dst_id);
 	return DROP_HOST(ctx, DROP_MISSED_TAIL_CALL, src_identity, ep->sec_id, dst_id);
 }

@@ -11,7 +11,8 @@
  *                   destination's policy_ingress) or hand-off to the host
  *                   stack through the host device pair.
  *   policy_ingress  tail-call target for traffic *to* this endpoint (source
- *                   identity in skb->cb[0]): conntrack + ingress policy, L3
+ *                   identity in skb->cb[0], skb->cb[1] a pending FROM_HOST
+ *                   trace, lib/trace.h): conntrack + ingress policy, L3
  *                   forward (MACs, TTL) and bpf_redirect_peer into the pod.
 
  * Nothing is attached to the host-side veth's egress: every path to a pod
@@ -21,6 +22,11 @@
  *
  * Conntrack + policy is one function, ipv4_ct_policy(), for both directions
  * (lib/conntrack.h, lib/policy.h, lib/l4.h describe the semantics).
+ *
+ * Observation (lib/trace.h): each program reads mb_monitor[0] once; trace
+ * events FROM_LXC (+ TO_STACK) in from_container, TO_LXC (and a FROM_HOST
+ * deferred by from_host) in policy_ingress, policy verdict events from
+ * ipv4_ct_policy. Drops are always reported (lib/drop.h).
  */
 #define MB_FILE_ID MB_FILE_LXC
 
@@ -36,6 +42,7 @@
 #include "l4.h"
 #include "conntrack.h"
 #include "policy.h"
+#include "trace.h"
 
 /* Per-endpoint values; the agent writes them before load (BpfObject.setConst). */
 volatile const struct ep_config CONFIG;
@@ -57,6 +64,12 @@ struct {
 #define DROP_INGRESS(ctx, reason, src_label) \
 	send_drop(ctx, reason, METRIC_DIR_INGRESS, src_label, CONFIG.sec_id, CONFIG.ep_id, CONFIG.ep_id)
 
+/* What ipv4_ct_policy found out about a packet it passed, for trace events. */
+struct ct_obs {
+	__u8 state;   /* TRACE_CT_* */
+	__u8 report;  /* trace this packet (monitor flags + aggregation, lib/trace.h) */
+};
+
 /*
  * Conntrack + policy for an IPv4 packet at this endpoint's egress
  * (dir = CT_EGRESS, the endpoint is the source, @remote_id the destination's
@@ -72,21 +85,33 @@ struct {
  * 2 policy lookups for forward packets; 1 CT lookup for replies.
  *
  * With EP_CFG_F_NO_POLICY (feature switch) nothing is tracked or enforced.
+ *
+ * Observation (@m): on pass, @obs gets the CT state and whether to trace the
+ * packet. With MONITOR_F_VERDICT a policy verdict event is emitted for a new
+ * flow policy allowed (after its CT entry was created) and for every policy
+ * drop (the caller reports the drop itself).
  */
 static __always_inline int ipv4_ct_policy(struct __sk_buff *ctx, const struct iphdr *ip,
-					  __u32 remote_id, const __u8 dir)
+					  __u32 remote_id, const __u8 dir, const struct mon *m,
+					  struct ct_obs *obs)
 {
 	const __u8 egress = dir == CT_EGRESS;
 	const __u8 rdir = egress ? CT_INGRESS : CT_EGRESS;
+	const __u8 mdir = egress ? METRIC_DIR_EGRESS : METRIC_DIR_INGRESS;
 	__be32 saddr = ip->saddr, daddr = ip->daddr;
-	__u32 len = ctx->len, now;
+	__u32 len = ctx->len, now, changes;
 	struct ct_key key = {};
 	struct ct_value *ct;
 	struct l4_info l4;
+	__u8 match;
 	int ret;
 
-	if (CONFIG.flags & EP_CFG_F_NO_POLICY)
+	obs->state = TRACE_CT_UNKNOWN;
+	obs->report = 0;
+	if (CONFIG.flags & EP_CFG_F_NO_POLICY) {
+		obs->report = trace_untracked(m);
 		return 0;
+	}
 	ret = l4_parse_ipv4(ctx, ip, &l4);
 	if (ret)
 		return ret;
@@ -96,23 +121,44 @@ static __always_inline int ipv4_ct_policy(struct __sk_buff *ctx, const struct ip
 	ct_key_ipv4(&key, daddr, saddr, l4.dport, l4.sport, l4.proto, rdir);
 	ct = ct_lookup(&key, now);
 	if (ct) {
-		ct_update(ct, &l4, len, 0, now);
+		changes = ct_update(ct, &l4, len, 0, now);
+		obs->state = TRACE_CT_REPLY;
+		obs->report = trace_aggregate(
+			m, ct, (changes & (CT_UPD_FIRST_REPLY | TRACE_AGG_TCP_FLAGS)) != 0, now);
 		return 0;
 	}
-	if (l4.icmp_err && ct_related_ipv4(ctx, &l4, rdir, egress ? saddr : daddr, now))
+	if (l4.icmp_err && ct_related_ipv4(ctx, &l4, rdir, egress ? saddr : daddr, now)) {
+		obs->state = TRACE_CT_RELATED;
+		obs->report = trace_aggregate(m, NULL, 1, now);
 		return 0;
+	}
 
 	/* Established or new: policy on every packet, so revoking policy cuts flows. */
-	ret = policy_can_access(&mb_policy, remote_id, egress, l4.proto, l4.policy_port, len);
-	if (ret)
+	ret = policy_can_access(&mb_policy, remote_id, egress, l4.proto, l4.policy_port, len,
+				&match);
+	if (ret) {
+		if (m->flags & MONITOR_F_VERDICT)
+			send_verdict(ctx, remote_id, VERDICT_DENY, ret, mdir, match,
+				     bpf_ntohs(l4.policy_port), l4.proto, CONFIG.ep_id);
 		return ret;
+	}
 	ct_key_ipv4(&key, saddr, daddr, l4.sport, l4.dport, l4.proto, dir);
 	ct = ct_lookup(&key, now);
 	if (ct) {
-		ct_update(ct, &l4, len, 1, now);
+		changes = ct_update(ct, &l4, len, 1, now);
+		obs->state = TRACE_CT_ESTABLISHED;
+		obs->report = trace_aggregate(m, ct, (changes & TRACE_AGG_TCP_FLAGS) != 0, now);
 		return 0;
 	}
-	return ct_create(&key, &l4, len, remote_id, now);
+	ret = ct_create(&key, &l4, len, remote_id, now);
+	if (ret)
+		return ret;
+	obs->state = TRACE_CT_NEW;
+	obs->report = trace_new(m);
+	if (m->flags & MONITOR_F_VERDICT)
+		send_verdict(ctx, remote_id, VERDICT_ALLOW, 0, mdir, match,
+			     bpf_ntohs(l4.policy_port), l4.proto, CONFIG.ep_id);
+	return 0;
 }
 
 /* ---------------------------------------------------------------------------- */
@@ -127,10 +173,17 @@ static __always_inline int handle_arp(struct __sk_buff *ctx)
 	 * stack has nothing to answer (no address lives on lxc devices).
 	 */
 	if (!arp || arp->tip == *(const volatile __be32 *)CONFIG.ipv4) {
+		struct mon m;
+
 		metrics_count(METRIC_FORWARDED, METRIC_DIR_EGRESS, ctx->len);
+		/* Untracked: traced only without aggregation. */
+		monitor_load(&m);
+		if (trace_untracked(&m))
+			send_trace(ctx, TRACE_FROM_LXC, TRACE_CT_UNKNOWN, CONFIG.sec_id, 0,
+				   CONFIG.ep_id, 0, ctx->ifindex);
 		return TC_ACT_OK;
 	}
-	/* Everything else on the pod's link is the router: answer with node_mac. */
+	/* Everything else on the pod's link is the router: answer with node_mac (no trace). */
 	arp_make_reply(arp, CONFIG.node_mac);
 	metrics_count(METRIC_FORWARDED, METRIC_DIR_EGRESS, ctx->len);
 	return bpf_redirect(CONFIG.ifindex, 0);
@@ -142,7 +195,9 @@ static __always_inline int handle_ipv4_from_lxc(struct __sk_buff *ctx)
 	__u32 dst_sec, dst_id = 0;
 	struct endpoint_info *ep;
 	struct node_config *node;
+	struct ct_obs obs;
 	struct ethhdr *eth;
+	struct mon m;
 	int ret;
 
 	if (!ip)
@@ -166,15 +221,20 @@ static __always_inline int handle_ipv4_from_lxc(struct __sk_buff *ctx)
 	} else {
 		dst_sec = ipcache_ip4_identity(ip->daddr);
 	}
-	ret = ipv4_ct_policy(ctx, ip, dst_sec, CT_EGRESS);
+	monitor_load(&m);
+	ret = ipv4_ct_policy(ctx, ip, dst_sec, CT_EGRESS, &m, &obs);
 	if (ret)
 		return send_drop(ctx, ret, METRIC_DIR_EGRESS, CONFIG.sec_id, dst_sec, CONFIG.ep_id,
 				 dst_id);
+	if (obs.report)
+		send_trace(ctx, TRACE_FROM_LXC, obs.state, CONFIG.sec_id, dst_sec, CONFIG.ep_id,
+			   dst_id, ctx->ifindex);
 
 	if (dst_id) {
 		/* Local delivery: the destination's policy_ingress does the rest. */
 		metrics_count(METRIC_FORWARDED, METRIC_DIR_EGRESS, ctx->len);
 		ctx->cb[0] = CONFIG.sec_id;
+		ctx->cb[MB_CB_TRACE] = 0;
 		bpf_tail_call(ctx, &mb_call_policy, dst_id);
 		return send_drop(ctx, DROP_MISSED_TAIL_CALL, METRIC_DIR_EGRESS, CONFIG.sec_id,
 				 dst_sec, CONFIG.ep_id, dst_id);
@@ -186,6 +246,9 @@ static __always_inline int handle_ipv4_from_lxc(struct __sk_buff *ctx)
 		return DROP_EGRESS(ctx, DROP_UNROUTABLE, 0);
 	eth_rewrite(eth, node->host_mac, node->net_mac);
 	metrics_count(METRIC_FORWARDED, METRIC_DIR_EGRESS, ctx->len);
+	if (obs.report)
+		send_trace(ctx, TRACE_TO_STACK, obs.state, CONFIG.sec_id, dst_sec, CONFIG.ep_id, 0,
+			   node->net_ifindex);
 	return bpf_redirect(node->net_ifindex, 0);
 }
 
@@ -213,17 +276,26 @@ SEC("tc")
 int policy_ingress(struct __sk_buff *ctx)
 {
 	__u32 src_identity = ctx->cb[0];
+	__u32 pending = ctx->cb[MB_CB_TRACE];
+	struct ct_obs obs;
 	struct iphdr *ip;
 	struct ethhdr *eth;
+	struct mon m;
 	int ret;
 
 	ctx->cb[0] = 0;
+	ctx->cb[MB_CB_TRACE] = 0;
 	ip = ipv4_hdr(ctx);
 	if (!ip)
 		return DROP_INGRESS(ctx, DROP_INVALID, src_identity);
-	ret = ipv4_ct_policy(ctx, ip, src_identity, CT_INGRESS);
+	monitor_load(&m);
+	ret = ipv4_ct_policy(ctx, ip, src_identity, CT_INGRESS, &m, &obs);
 	if (ret)
 		return DROP_INGRESS(ctx, ret, src_identity);
+	/* A FROM_HOST trace from_host left to the aggregation decision here (lib/trace.h). */
+	if (obs.report && pending == MB_CB_TRACE_FROM_HOST)
+		send_trace(ctx, TRACE_FROM_HOST, obs.state, src_identity, CONFIG.sec_id, 0,
+			   CONFIG.ep_id, ctx->ifindex);
 	ret = ipv4_dec_ttl(ctx, ip);
 	if (ret)
 		return DROP_INGRESS(ctx, ret, src_identity);
@@ -234,6 +306,9 @@ int policy_ingress(struct __sk_buff *ctx)
 		return DROP_INGRESS(ctx, DROP_INVALID, src_identity);
 	eth_rewrite(eth, CONFIG.mac, CONFIG.node_mac);
 	metrics_count(METRIC_FORWARDED, METRIC_DIR_INGRESS, ctx->len);
+	if (obs.report)
+		send_trace(ctx, TRACE_TO_LXC, obs.state, src_identity, CONFIG.sec_id, CONFIG.ep_id,
+			   CONFIG.ep_id, CONFIG.ifindex);
 	return bpf_redirect_peer(CONFIG.ifindex, 0);
 }
 

@@ -142,7 +142,8 @@ struct ct_value {
 	__u8 rx_flags_seen;
 	__u8 flags;        /* CT_F_* */
 	__u8 pad[3];
-	__u32 last_report;
+	__u32 last_report; /* seconds (as lifetime) of the flow's last trace report, for
+			    * MONITOR_AGG_LOW (bpf/lib/trace.h); set to the creation time */
 };
 
 /* ---- metrics: (reason, direction) -> packets, bytes; per CPU ---- */
@@ -201,6 +202,86 @@ struct drop_event {
 	__u16 cap_len;
 	__u16 pad2;
 	__u8 data[EVENT_CAPTURE_LEN];
+};
+
+/* Trace observation points (trace_event hdr.subtype), as users know them. */
+#define TRACE_TO_LXC 0       /* delivered to an endpoint */
+#define TRACE_TO_PROXY 1
+#define TRACE_TO_HOST 2
+#define TRACE_TO_STACK 3     /* handed to the node's stack (host or beyond) */
+#define TRACE_TO_OVERLAY 4
+#define TRACE_FROM_LXC 5     /* left an endpoint */
+#define TRACE_FROM_PROXY 6
+#define TRACE_FROM_HOST 7    /* came from the node's stack towards an endpoint */
+#define TRACE_FROM_STACK 8
+#define TRACE_FROM_OVERLAY 9
+#define TRACE_FROM_NETWORK 10
+#define TRACE_TO_NETWORK 11
+
+/* Connection tracking state of a traced packet (trace_event.ct_state). */
+#define TRACE_CT_NEW 0
+#define TRACE_CT_ESTABLISHED 1
+#define TRACE_CT_REPLY 2
+#define TRACE_CT_RELATED 3
+#define TRACE_CT_UNKNOWN 255 /* not tracked (e.g. ARP, policy not enforced at this point) */
+
+struct trace_event {
+	struct event_hdr hdr;  /* type EVENT_TRACE, subtype TRACE_* */
+	__u32 src_label;
+	__u32 dst_label;
+	__u16 dst_id;          /* destination endpoint id, 0 if not local */
+	__u8 ct_state;         /* TRACE_CT_* */
+	__u8 pad;
+	__u32 ifindex;
+	__u32 orig_len;
+	__u16 cap_len;
+	__u16 pad2;
+	__u8 data[EVENT_CAPTURE_LEN];
+};
+
+#define VERDICT_ALLOW 0
+#define VERDICT_DENY 1     /* with drop reason in policy_verdict_event.drop_reason */
+
+#define MATCH_NONE 0        /* no entry matched (default deny) */
+#define MATCH_L3_ONLY 1     /* identity, any port */
+#define MATCH_L3_L4 2       /* identity and port/protocol */
+#define MATCH_L4_ONLY 3     /* any identity (0), port/protocol */
+#define MATCH_ALL 4         /* any identity, any port */
+
+struct policy_verdict_event {
+	struct event_hdr hdr;  /* type EVENT_POLICY_VERDICT, subtype 0 */
+	__u32 remote_label;
+	__u8 verdict;          /* VERDICT_* */
+	__u8 drop_reason;      /* 0, DROP_POLICY or DROP_POLICY_DENY */
+	__u8 dir;              /* METRIC_DIR_INGRESS / METRIC_DIR_EGRESS */
+	__u8 match_type;       /* MATCH_* */
+	__u16 dst_port;        /* host order */
+	__u8 proto;
+	__u8 audited;
+	__u32 ifindex;
+	__u32 orig_len;
+	__u16 cap_len;
+	__u16 pad;
+	__u8 data[EVENT_CAPTURE_LEN];
+};
+
+/*
+ * Monitor configuration (mb_monitor[0]), written by the agent. Each program
+ * reads it once per packet; all zero (the state of a fresh map) = drops only.
+ * What is emitted where, and the aggregation rules: bpf/lib/trace.h.
+ */
+#define MONITOR_AGG_NONE 0    /* a trace event for every packet */
+#define MONITOR_AGG_LOW 1     /* first packet of a flow, TCP flag changes, periodic report */
+#define MONITOR_AGG_MEDIUM 2  /* first packet of a flow, TCP flag changes */
+#define MONITOR_AGG_MAX 3     /* first packet of a flow only */
+#define MONITOR_F_TRACE 1     /* emit trace events */
+#define MONITOR_F_VERDICT 2   /* emit policy verdict events */
+
+struct monitor_config {
+	__u32 flags;           /* MONITOR_F_*; drops are always reported */
+	__u32 aggregation;     /* MONITOR_AGG_* */
+	__u32 report_interval; /* seconds, for MONITOR_AGG_LOW (0: every packet) */
+	__u32 pad;
 };
 
 /* Drop reasons (positive codes, as users know them) */
@@ -287,6 +368,23 @@ struct {
 	__uint(max_entries, 1 << 20);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } mb_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct monitor_config);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mb_monitor SEC(".maps");
+
+/* Events the ring buffer had no room for, per CPU (index 0). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mb_events_lost SEC(".maps");
 
 #endif /* MB_NO_MAP_DEFS */
 #endif /* MEMBRANE_MAPS_H */

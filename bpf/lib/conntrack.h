@@ -14,7 +14,10 @@
  *   {tuple(p), CT_EGRESS} alive             -> established (policy checked)
  *   else                                    -> new (policy; entry created if allowed)
  *
- * Value: tx_* count the entry's forward direction, rx_* its replies.
+ * Value: tx_* count the entry's forward direction, rx_* its replies;
+ * {tx,rx}_flags_seen the TCP flags seen per direction; last_report the time
+ * (seconds, as lifetime) of the flow's last trace report (trace.h,
+ * MONITOR_AGG_LOW), initially its creation.
  * lifetime is an absolute expiry in seconds of CLOCK_MONOTONIC
  * (bpf_ktime_get_coarse_ns() / 1e9, see ct_now); an entry with
  * lifetime < now is treated as absent (the agent's GC deletes it by the same
@@ -87,22 +90,33 @@ static __always_inline __u8 ct_tcp_flags(__u8 f, __u8 tcp_flags, int forward)
 	return f;
 }
 
-/* Account a packet on an existing entry and refresh its state and lifetime. */
-static __always_inline void ct_update(struct ct_value *v, const struct l4_info *l4, __u32 len,
-				      int forward, __u32 now)
+/* ct_update's result: the first packet in the entry's reply direction. */
+#define CT_UPD_FIRST_REPLY 0x100
+
+/*
+ * Account a packet on an existing entry and refresh its state and lifetime.
+ * Returns what the packet changed, for trace aggregation (trace.h): the TCP
+ * flags it added to its direction's flags_seen (as seen before this packet;
+ * after a reopen, relative to the cleared set), or'ed with CT_UPD_FIRST_REPLY
+ * for the first reply. Plain reads: a race only costs accuracy.
+ */
+static __always_inline __u32 ct_update(struct ct_value *v, const struct l4_info *l4, __u32 len,
+				       int forward, __u32 now)
 {
 	__u8 f = v->flags;
-	__u32 lt;
+	__u32 lt, changes = 0;
 
 	if (forward) {
 		__sync_fetch_and_add(&v->tx_packets, 1);
 		__sync_fetch_and_add(&v->tx_bytes, len);
 	} else {
+		if (!v->rx_packets)
+			changes = CT_UPD_FIRST_REPLY;
 		__sync_fetch_and_add(&v->rx_packets, 1);
 		__sync_fetch_and_add(&v->rx_bytes, len);
 	}
 	if (l4->proto == IPPROTO_TCP) {
-		__u8 tf = l4->tcp_flags, nf;
+		__u8 tf = l4->tcp_flags, nf, seen;
 
 		if (forward && (f & CT_F_CLOSING) &&
 		    (tf & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN) {
@@ -113,12 +127,15 @@ static __always_inline void ct_update(struct ct_value *v, const struct l4_info *
 		}
 		/* Plain read-modify-write: a lost bit in a race only costs accuracy. */
 		if (forward) {
-			if ((v->tx_flags_seen | tf) != v->tx_flags_seen)
-				v->tx_flags_seen |= tf;
+			seen = v->tx_flags_seen;
+			if ((seen | tf) != seen)
+				v->tx_flags_seen = seen | tf;
 		} else {
-			if ((v->rx_flags_seen | tf) != v->rx_flags_seen)
-				v->rx_flags_seen |= tf;
+			seen = v->rx_flags_seen;
+			if ((seen | tf) != seen)
+				v->rx_flags_seen = seen | tf;
 		}
+		changes |= tf & ~seen;
 		nf = ct_tcp_flags(f, tf, forward);
 		if (nf != v->flags)
 			v->flags = nf;
@@ -127,6 +144,7 @@ static __always_inline void ct_update(struct ct_value *v, const struct l4_info *
 	lt = ct_lifetime(l4->proto, f, now);
 	if (v->lifetime != lt)
 		v->lifetime = lt;
+	return changes;
 }
 
 /*
@@ -140,6 +158,7 @@ static __always_inline int ct_create(const struct ct_key *key, const struct l4_i
 		.tx_packets = 1,
 		.tx_bytes = len,
 		.src_sec_id = remote_id,
+		.last_report = now,   /* trace aggregation: the creation was reported */
 	};
 
 	if (l4->proto == IPPROTO_TCP) {

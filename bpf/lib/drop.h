@@ -2,7 +2,9 @@
 /*
  * Drops: count in mb_metrics and emit a struct drop_event (with the first
  * EVENT_CAPTURE_LEN bytes of the packet) into the mb_events ring buffer.
- * A full ring buffer only loses the event; the counter is always updated.
+ * A full ring buffer only loses the event (counted in mb_events_lost); the
+ * metric is always updated. hdr.hash is the direction-independent flow hash
+ * of events.h, shared with trace and policy verdict events.
  *
  * Every program file defines MB_FILE_ID before including this header; the
  * event carries (file, __LINE__) of the DROP() call site.
@@ -12,6 +14,7 @@
 
 #include "common.h"
 #include "metrics.h"
+#include "events.h"
 
 #ifndef MB_FILE_ID
 #error "define MB_FILE_ID before including drop.h"
@@ -37,18 +40,18 @@ static __noinline int __send_drop(struct __sk_buff *ctx, __u32 what, __u32 src_l
 {
 	__u8 reason = what & 0xff;
 	struct drop_event *e;
-	__u32 len = ctx->len;
-	__u32 cap;
+	__u32 len = ctx->len, cap;
 
 	metrics_count(reason, (what >> 8) & 0xff, len);
 
 	e = bpf_ringbuf_reserve(&mb_events, sizeof(*e), 0);
-	if (!e)
+	if (!e) {
+		events_lost();
 		return TC_ACT_SHOT;
+	}
 	e->hdr.type = EVENT_DROP;
 	e->hdr.subtype = reason;
 	e->hdr.source = where & 0xffff;
-	e->hdr.hash = bpf_get_hash_recalc(ctx);
 	e->src_label = src_label;
 	e->dst_label = dst_label;
 	e->dst_id = (where >> 16) & 0xffff;
@@ -59,13 +62,9 @@ static __noinline int __send_drop(struct __sk_buff *ctx, __u32 what, __u32 src_l
 	e->ifindex = ctx->ifindex;
 	e->orig_len = len;
 	e->pad2 = 0;
-	cap = len < EVENT_CAPTURE_LEN ? len : EVENT_CAPTURE_LEN;
-	/* Bounds the verifier can see: 1..EVENT_CAPTURE_LEN. */
-	if (cap > 0 && cap <= EVENT_CAPTURE_LEN &&
-	    bpf_skb_load_bytes(ctx, 0, e->data, cap) == 0)
-		e->cap_len = cap;
-	else
-		e->cap_len = 0;
+	cap = event_capture(ctx, e->data, len);
+	e->cap_len = cap;
+	e->hdr.hash = event_flow_hash(ctx, e->data, cap);
 	bpf_ringbuf_submit(e, 0);
 	return TC_ACT_SHOT;
 }

@@ -19,9 +19,25 @@
 
 #include "common.h"
 
-/* Returns 0 (allow) or DROP_POLICY / DROP_POLICY_DENY. */
+/*
+ * Match type (MATCH_*, maps.h) of the entry that decided: exact identity or
+ * wildcard (identity 0) x any port (the rule's prefix_len <= 40) or
+ * protocol/port.
+ */
+static __always_inline __u8 policy_match_type(const struct policy_value *v, int exact)
+{
+	if (v->prefix_len > 40)
+		return exact ? MATCH_L3_L4 : MATCH_L4_ONLY;
+	return exact ? MATCH_L3_ONLY : MATCH_ALL;
+}
+
+/*
+ * Returns 0 (allow) or DROP_POLICY / DROP_POLICY_DENY; *@match is the MATCH_*
+ * of the deciding entry (the deny entry, the counted allow entry, or
+ * MATCH_NONE).
+ */
 static __always_inline int policy_can_access(void *policy_map, __u32 remote_id, __u8 egress,
-					     __u8 proto, __be16 dport, __u32 len)
+					     __u8 proto, __be16 dport, __u32 len, __u8 *match)
 {
 	struct policy_key key = {
 		.prefixlen = 64,
@@ -30,22 +46,31 @@ static __always_inline int policy_can_access(void *policy_map, __u32 remote_id, 
 		.protocol = proto,
 		.dport = dport,
 	};
-	struct policy_value *id_hit, *any_hit;
+	struct policy_value *id_hit, *any_hit, *hit;
 
 	id_hit = bpf_map_lookup_elem(policy_map, &key);
-	if (id_hit && (id_hit->flags & POLICY_F_DENY))
+	if (id_hit && (id_hit->flags & POLICY_F_DENY)) {
+		*match = policy_match_type(id_hit, 1);
 		return DROP_POLICY_DENY;
+	}
 	key.sec_id = 0;
 	any_hit = bpf_map_lookup_elem(policy_map, &key);
-	if (any_hit && (any_hit->flags & POLICY_F_DENY))
+	if (any_hit && (any_hit->flags & POLICY_F_DENY)) {
+		*match = policy_match_type(any_hit, 0);
 		return DROP_POLICY_DENY;
-	if (!id_hit) {
-		if (!any_hit)
-			return DROP_POLICY;
-		id_hit = any_hit;
 	}
-	__sync_fetch_and_add(&id_hit->packets, 1);
-	__sync_fetch_and_add(&id_hit->bytes, len);
+	if (id_hit) {
+		hit = id_hit;
+		*match = policy_match_type(id_hit, 1);
+	} else if (any_hit) {
+		hit = any_hit;
+		*match = policy_match_type(any_hit, 0);
+	} else {
+		*match = MATCH_NONE;
+		return DROP_POLICY;
+	}
+	__sync_fetch_and_add(&hit->packets, 1);
+	__sync_fetch_and_add(&hit->bytes, len);
 	return 0;
 }
 

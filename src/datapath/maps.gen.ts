@@ -667,6 +667,176 @@ export const epConfigCodec: Codec<EpConfig> = {
   },
 };
 
+/** struct trace_event (160 bytes) */
+export interface TraceEvent {
+  /** struct event_hdr @0 */
+  hdr: EventHdr;
+  /** __u32 @8 */
+  src_label: number;
+  /** __u32 @12 */
+  dst_label: number;
+  /** __u16 @16 */
+  dst_id: number;
+  /** __u8 @18 */
+  ct_state: number;
+  /** __u8 @19 */
+  pad?: number;
+  /** __u32 @20 */
+  ifindex: number;
+  /** __u32 @24 */
+  orig_len: number;
+  /** __u16 @28 */
+  cap_len: number;
+  /** __u16 @30 */
+  pad2?: number;
+  /** __u8[128] @32 */
+  data: Buffer;
+}
+
+export const traceEventCodec: Codec<TraceEvent> = {
+  size: 160,
+  encode(v: TraceEvent, out?: Buffer, offset = 0): Buffer {
+    const b = target(160, out, offset);
+    const o = out ? offset : 0;
+    eventHdrCodec.encode(req(v.hdr, "trace_event.hdr"), b, o + 0);
+    wint(b, o + 8, v.src_label, 4, false, false, "trace_event.src_label");
+    wint(b, o + 12, v.dst_label, 4, false, false, "trace_event.dst_label");
+    wint(b, o + 16, v.dst_id, 2, false, false, "trace_event.dst_id");
+    wint(b, o + 18, v.ct_state, 1, false, false, "trace_event.ct_state");
+    if (v.pad !== undefined) wint(b, o + 19, v.pad, 1, false, false, "trace_event.pad");
+    wint(b, o + 20, v.ifindex, 4, false, false, "trace_event.ifindex");
+    wint(b, o + 24, v.orig_len, 4, false, false, "trace_event.orig_len");
+    wint(b, o + 28, v.cap_len, 2, false, false, "trace_event.cap_len");
+    if (v.pad2 !== undefined) wint(b, o + 30, v.pad2, 2, false, false, "trace_event.pad2");
+    wbytes(b, o + 32, v.data, 128, false, "trace_event.data");
+    return b;
+  },
+  decode(b: Buffer, o = 0): TraceEvent {
+    if (o + 160 > b.length) throw new RangeError(`struct trace_event: need 160 bytes at offset ${o}, buffer has ${b.length}`);
+    return {
+      hdr: eventHdrCodec.decode(b, o + 0),
+      src_label: rint(b, o + 8, 4, false, false),
+      dst_label: rint(b, o + 12, 4, false, false),
+      dst_id: rint(b, o + 16, 2, false, false),
+      ct_state: rint(b, o + 18, 1, false, false),
+      pad: rint(b, o + 19, 1, false, false),
+      ifindex: rint(b, o + 20, 4, false, false),
+      orig_len: rint(b, o + 24, 4, false, false),
+      cap_len: rint(b, o + 28, 2, false, false),
+      pad2: rint(b, o + 30, 2, false, false),
+      data: Buffer.from(b.subarray(o + 32, o + 32 + 128)),
+    };
+  },
+};
+
+/** struct policy_verdict_event (160 bytes) */
+export interface PolicyVerdictEvent {
+  /** struct event_hdr @0 */
+  hdr: EventHdr;
+  /** __u32 @8 */
+  remote_label: number;
+  /** __u8 @12 */
+  verdict: number;
+  /** __u8 @13 */
+  drop_reason: number;
+  /** __u8 @14 */
+  dir: number;
+  /** __u8 @15 */
+  match_type: number;
+  /** __u16 @16 */
+  dst_port: number;
+  /** __u8 @18 */
+  proto: number;
+  /** __u8 @19 */
+  audited: number;
+  /** __u32 @20 */
+  ifindex: number;
+  /** __u32 @24 */
+  orig_len: number;
+  /** __u16 @28 */
+  cap_len: number;
+  /** __u16 @30 */
+  pad?: number;
+  /** __u8[128] @32 */
+  data: Buffer;
+}
+
+export const policyVerdictEventCodec: Codec<PolicyVerdictEvent> = {
+  size: 160,
+  encode(v: PolicyVerdictEvent, out?: Buffer, offset = 0): Buffer {
+    const b = target(160, out, offset);
+    const o = out ? offset : 0;
+    eventHdrCodec.encode(req(v.hdr, "policy_verdict_event.hdr"), b, o + 0);
+    wint(b, o + 8, v.remote_label, 4, false, false, "policy_verdict_event.remote_label");
+    wint(b, o + 12, v.verdict, 1, false, false, "policy_verdict_event.verdict");
+    wint(b, o + 13, v.drop_reason, 1, false, false, "policy_verdict_event.drop_reason");
+    wint(b, o + 14, v.dir, 1, false, false, "policy_verdict_event.dir");
+    wint(b, o + 15, v.match_type, 1, false, false, "policy_verdict_event.match_type");
+    wint(b, o + 16, v.dst_port, 2, false, false, "policy_verdict_event.dst_port");
+    wint(b, o + 18, v.proto, 1, false, false, "policy_verdict_event.proto");
+    wint(b, o + 19, v.audited, 1, false, false, "policy_verdict_event.audited");
+    wint(b, o + 20, v.ifindex, 4, false, false, "policy_verdict_event.ifindex");
+    wint(b, o + 24, v.orig_len, 4, false, false, "policy_verdict_event.orig_len");
+    wint(b, o + 28, v.cap_len, 2, false, false, "policy_verdict_event.cap_len");
+    if (v.pad !== undefined) wint(b, o + 30, v.pad, 2, false, false, "policy_verdict_event.pad");
+    wbytes(b, o + 32, v.data, 128, false, "policy_verdict_event.data");
+    return b;
+  },
+  decode(b: Buffer, o = 0): PolicyVerdictEvent {
+    if (o + 160 > b.length) throw new RangeError(`struct policy_verdict_event: need 160 bytes at offset ${o}, buffer has ${b.length}`);
+    return {
+      hdr: eventHdrCodec.decode(b, o + 0),
+      remote_label: rint(b, o + 8, 4, false, false),
+      verdict: rint(b, o + 12, 1, false, false),
+      drop_reason: rint(b, o + 13, 1, false, false),
+      dir: rint(b, o + 14, 1, false, false),
+      match_type: rint(b, o + 15, 1, false, false),
+      dst_port: rint(b, o + 16, 2, false, false),
+      proto: rint(b, o + 18, 1, false, false),
+      audited: rint(b, o + 19, 1, false, false),
+      ifindex: rint(b, o + 20, 4, false, false),
+      orig_len: rint(b, o + 24, 4, false, false),
+      cap_len: rint(b, o + 28, 2, false, false),
+      pad: rint(b, o + 30, 2, false, false),
+      data: Buffer.from(b.subarray(o + 32, o + 32 + 128)),
+    };
+  },
+};
+
+/** struct monitor_config (16 bytes) */
+export interface MonitorConfig {
+  /** __u32 @0 */
+  flags: number;
+  /** __u32 @4 */
+  aggregation: number;
+  /** __u32 @8 */
+  report_interval: number;
+  /** __u32 @12 */
+  pad?: number;
+}
+
+export const monitorConfigCodec: Codec<MonitorConfig> = {
+  size: 16,
+  encode(v: MonitorConfig, out?: Buffer, offset = 0): Buffer {
+    const b = target(16, out, offset);
+    const o = out ? offset : 0;
+    wint(b, o + 0, v.flags, 4, false, false, "monitor_config.flags");
+    wint(b, o + 4, v.aggregation, 4, false, false, "monitor_config.aggregation");
+    wint(b, o + 8, v.report_interval, 4, false, false, "monitor_config.report_interval");
+    if (v.pad !== undefined) wint(b, o + 12, v.pad, 4, false, false, "monitor_config.pad");
+    return b;
+  },
+  decode(b: Buffer, o = 0): MonitorConfig {
+    if (o + 16 > b.length) throw new RangeError(`struct monitor_config: need 16 bytes at offset ${o}, buffer has ${b.length}`);
+    return {
+      flags: rint(b, o + 0, 4, false, false),
+      aggregation: rint(b, o + 4, 4, false, false),
+      report_interval: rint(b, o + 8, 4, false, false),
+      pad: rint(b, o + 12, 4, false, false),
+    };
+  },
+};
+
 /** sizeof() of every generated struct, from BTF. */
 export const STRUCT_SIZES = {
   endpoint_key: 20,
@@ -683,4 +853,7 @@ export const STRUCT_SIZES = {
   event_hdr: 8,
   drop_event: 164,
   ep_config: 48,
+  trace_event: 160,
+  policy_verdict_event: 160,
+  monitor_config: 16,
 } as const;
