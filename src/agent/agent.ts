@@ -25,6 +25,10 @@ import { EmbeddedStore } from '../store/embedded';
 import { validateResources } from '../store/kinds';
 import type { Resource, ResourceRef, WatchEvent } from '../store/types';
 import { formatIp, ipFromBytes, formatMac, parseCidr } from '../util/ip';
+import * as http from 'node:http';
+import { Monitor } from '../monitor/monitor';
+import { AgentMetrics } from '../monitor/metrics';
+import type { EndpointInfoLite, Enricher } from '../monitor/flow';
 import { ipcacheKey } from '../datapath/datapath';
 import { ReservedIdentity } from '../identity/identity';
 import { mkdirp } from '../util/fsutil';
@@ -37,6 +41,9 @@ export class Agent {
   readonly store: EmbeddedStore;
   readonly identities: IdentityAllocator;
   readonly policy: PolicyEngine;
+  readonly monitor: Monitor;
+  readonly metrics: AgentMetrics;
+  private metricsServer?: http.Server;
   private api?: FastifyInstance;
   private pendingRefresh = false;
   private pendingRegen = false;
@@ -54,6 +61,82 @@ export class Agent {
     this.identities = new IdentityAllocator(cfg.stateDir);
     this.policy = new PolicyEngine(this.identities, (prefix, id) => this.cidrIdentity(prefix, id), cfg.policyEnforcement);
     this.endpoints = new EndpointManager(cfg, log, dp, ipam, this.identities, this.policy, this.podSource());
+    this.monitor = new Monitor(dp.maps.events, dp.maps.eventsLost, dp.maps.monitor, this.enricher(), log.child({ component: 'monitor' }), {
+      bufferSize: cfg.flowsBuffer,
+      aggregation: cfg.monitorAggregation === 'off' ? 'medium' : cfg.monitorAggregation,
+      reportInterval: cfg.monitorReportInterval,
+      observe: cfg.monitorAggregation !== 'off',
+    });
+    this.metrics = new AgentMetrics({
+      datapath: dp.maps.metrics,
+      endpointsByState: () => {
+        const out: Record<string, number> = { ready: 0, 'not-ready': 0, restoring: 0, disconnecting: 0 };
+        for (const e of this.endpoints.list()) out[e.state] = (out[e.state] ?? 0) + 1;
+        return out;
+      },
+      identities: () => {
+        const all = this.identities.list();
+        return { reserved: all.filter((i) => i.reserved).length, local: all.filter((i) => i.local).length, cluster: all.filter((i) => !i.reserved && !i.local).length };
+      },
+      policyRevision: () => this.policy.revision,
+      monitor: () => ({
+        flows: this.monitor.counters.flows,
+        stored: this.monitor.stored,
+        lost: this.monitor.lostEvents(),
+        undecodable: this.monitor.counters.undecodable,
+        events: this.monitor.counters.events,
+        verdicts: this.monitor.counters.verdicts,
+      }),
+    });
+    // A new or removed identity can change what existing selectors select: every
+    // endpoint whose policy names such a selector must see it. (The selector
+    // cache, registered first, has already been updated when this runs.)
+    let selections = this.policy.cache.version;
+    this.identities.onChange(() => {
+      if (this.policy.cache.version === selections) return;
+      selections = this.policy.cache.version;
+      this.pendingRegen = true;
+      this.scheduleFlush();
+    });
+    this.endpoints.onCreated = (ms) => this.metrics.endpointCreate.observe(ms / 1000);
+    this.endpoints.onRegenerated = (ms) => this.metrics.regeneration.observe(ms / 1000);
+  }
+
+  /** Flow enrichment: endpoints by address and id, identity labels, interface names (cached briefly). */
+  private enricher(): Enricher {
+    let byIp = new Map<string, EndpointInfoLite>();
+    let byId = new Map<number, EndpointInfoLite>();
+    let links = new Map<number, string>();
+    let epAt = 0;
+    let linkAt = 0;
+    const refresh = () => {
+      if (Date.now() - epAt < 500) return;
+      epAt = Date.now();
+      byIp = new Map();
+      byId = new Map();
+      for (const e of this.endpoints.list()) {
+        const lite = { id: e.id, identity: e.identity, namespace: e.namespace, podName: e.podName, labels: e.labels };
+        byIp.set(e.ipv4, lite);
+        byId.set(e.id, lite);
+      }
+    };
+    return {
+      nodeName: this.cfg.nodeName,
+      endpointByIp: (ip) => (refresh(), byIp.get(ip)),
+      endpointById: (id) => (refresh(), byId.get(id)),
+      identityLabels: (id) => this.identities.get(id)?.labels ?? (id === 0 ? [] : [`reserved:unknown-${id}`]),
+      ifName: (ifindex) => {
+        if (!links.has(ifindex) && Date.now() - linkAt > 1000) {
+          linkAt = Date.now();
+          try {
+            links = this.dp.linkNames();
+          } catch {
+            /* best effort */
+          }
+        }
+        return links.get(ifindex);
+      },
+    };
   }
 
   /** Security labels and named ports of a pod, from its Pod and Namespace objects, exactly as in a cluster. */
@@ -136,6 +219,7 @@ export class Agent {
     } catch (e) {
       this.log.error('applying changes failed', { error: e });
     }
+    this.identities.flush();
     this.wakeRevisionWaiters();
   }
 
@@ -308,7 +392,9 @@ export class Agent {
     const r1 = dp.endpoints.resync();
     const r2 = dp.ipcache.resync();
     log.info('maps resynced', { endpoints: r1, ipcache: r2 });
+    agent.monitor.start();
     await agent.listen();
+    if (cfg.metricsAddress) await agent.listenMetrics(cfg.metricsAddress);
     agent.resyncTimer = setInterval(() => agent.periodicResync(), 30_000);
     agent.resyncTimer.unref();
     agent.ctGcTimer = setInterval(() => agent.runCtGc(), 15_000);
@@ -331,6 +417,30 @@ export class Agent {
       process.umask(old);
     }
     fs.chmodSync(this.cfg.socket, 0o600);
+  }
+
+  /** Prometheus on TCP, only when asked for (--metrics-address). */
+  private listenMetrics(address: string): Promise<void> {
+    const i = address.lastIndexOf(':');
+    const host = address.slice(0, i);
+    const port = Number(address.slice(i + 1));
+    this.metricsServer = http.createServer((req, res) => {
+      if (req.method !== 'GET' || (req.url ?? '').split('?')[0] !== '/metrics') {
+        res.writeHead(404, { 'content-type': 'text/plain' }).end('only GET /metrics is served here\n');
+        return;
+      }
+      this.metrics.text().then(
+        (t) => res.writeHead(200, { 'content-type': this.metrics.contentType }).end(t),
+        (e) => res.writeHead(500, { 'content-type': 'text/plain' }).end(String(e)),
+      );
+    });
+    return new Promise((resolve, reject) => {
+      this.metricsServer!.once('error', (e) => reject(new Error(`metrics-address ${address}: ${e.message}`)));
+      this.metricsServer!.listen(port, host, () => {
+        this.log.info('serving Prometheus metrics', { address });
+        resolve();
+      });
+    });
   }
 
   private periodicResync(): void {
@@ -359,6 +469,7 @@ export class Agent {
 
   recordApiLatency(method: string, route: string, status: number, ms: number): void {
     const key = `${method} ${route} ${status}`;
+    this.metrics.apiLatency.observe({ method, route, status: String(status) }, ms / 1000);
     const cur = this.apiLatency.get(key) ?? { count: 0, sumMs: 0 };
     cur.count++;
     cur.sumMs += ms;
@@ -395,6 +506,15 @@ export class Agent {
       ipam: { allocated: this.endpoints.ipam.list().length - 1 },
       maps: [this.dp.endpoints.status(), this.dp.ipcache.status()],
       conntrackGc: this.lastCtGc,
+      monitor: {
+        aggregation: this.cfg.monitorAggregation,
+        flowsStored: this.monitor.stored,
+        flowsBuffer: this.cfg.flowsBuffer,
+        flowsSeen: this.monitor.counters.flows,
+        events: this.monitor.counters.events,
+        lostEvents: this.monitor.lostEvents(),
+        metricsAddress: this.cfg.metricsAddress ?? null,
+      },
       endpointCreateMs: { count: d.length, p50: pct(50), p99: pct(99) },
       apiRequests: Object.fromEntries([...this.apiLatency].map(([k, v]) => [k, { count: v.count, meanMs: Math.round((v.sumMs / v.count) * 100) / 100 }])),
     };
@@ -468,6 +588,9 @@ export class Agent {
   async stop(): Promise<void> {
     if (this.resyncTimer) clearInterval(this.resyncTimer);
     if (this.ctGcTimer) clearInterval(this.ctGcTimer);
+    this.monitor.stop();
+    this.metricsServer?.close();
+    this.identities.flush();
     await this.api?.close();
     try {
       fs.unlinkSync(this.cfg.socket);

@@ -7,6 +7,8 @@ import Fastify, { FastifyError, FastifyInstance } from 'fastify';
 import type { Agent } from './agent';
 import { EndpointError } from '../endpoint/manager';
 import { ResourceValidationError, kindInfo, KINDS } from '../store/kinds';
+import { FilterError, parseFlowQuery } from '../monitor/filter';
+import { OBSERVATION_SHORT } from '../monitor/events';
 
 const attachment = {
   type: 'object',
@@ -169,6 +171,56 @@ export function buildApi(agent: Agent): FastifyInstance {
       if (!info) throw Object.assign(new Error(`refs[${i}].kind: "${r.kind}" is not a known kind (${KINDS.map((k) => k.kind).join(', ')})`), { statusCode: 400 });
       return { kind: info.kind, name: r.name, namespace: info.namespaced ? r.namespace || 'default' : undefined };
     });
+
+  // Observability: Prometheus metrics, flows, the raw event stream.
+  app.get('/v1/metrics', async (req, reply) => {
+    reply.header('content-type', agent.metrics.contentType);
+    return agent.metrics.text();
+  });
+
+  /** NDJSON: stored flows matching the filters, then (follow=1) every new one until the client goes away. */
+  app.get('/v1/flows', async (req, reply) => {
+    let q;
+    try {
+      q = parseFlowQuery(new URLSearchParams(req.url.split('?')[1] ?? ''));
+    } catch (e) {
+      if (e instanceof FilterError) return reply.status(400).send({ error: e.message, kind: 'invalid' });
+      throw e;
+    }
+    const stored = agent.monitor.query(q);
+    if (!q.follow) {
+      reply.header('content-type', 'application/x-ndjson');
+      return stored.map((f) => JSON.stringify(f)).join('\n') + (stored.length ? '\n' : '');
+    }
+    reply.hijack();
+    const res = reply.raw;
+    res.writeHead(200, { 'content-type': 'application/x-ndjson', 'cache-control': 'no-store' });
+    for (const f of stored) res.write(JSON.stringify(f) + '\n');
+    const unsubscribe = agent.monitor.subscribeFlows({ ...q, last: undefined }, (f) => res.write(JSON.stringify(f) + '\n'));
+    req.raw.on('close', unsubscribe);
+    res.on('close', unsubscribe);
+  });
+
+  /** NDJSON stream of decoded events ({event, flow}) for `membrane monitor`. */
+  app.get<{ Querystring: { type?: string | string[]; related_to?: string } }>('/v1/monitor', async (req, reply) => {
+    const types = ([] as string[]).concat(req.query.type ?? []).flatMap((t) => t.split(','));
+    for (const t of types) {
+      if (!['drop', 'trace', 'policy-verdict'].includes(t)) return reply.status(400).send({ error: `type: "${t}" is not drop, trace or policy-verdict`, kind: 'invalid' });
+    }
+    const related = req.query.related_to !== undefined ? Number(req.query.related_to) : undefined;
+    if (related !== undefined && !Number.isInteger(related)) return reply.status(400).send({ error: `related_to: "${req.query.related_to}" is not an endpoint id`, kind: 'invalid' });
+    reply.hijack();
+    const res = reply.raw;
+    res.writeHead(200, { 'content-type': 'application/x-ndjson', 'cache-control': 'no-store' });
+    const unsubscribe = agent.monitor.subscribeEvents((ev, flow) => {
+      if (types.length && !types.includes(ev.type)) return;
+      if (related !== undefined && ev.source !== related && flow.source.ID !== related && flow.destination.ID !== related) return;
+      const { data, ...rest } = ev;
+      res.write(JSON.stringify({ event: { ...rest, data: data.toString('hex'), point: ev.type === 'trace' ? OBSERVATION_SHORT[ev.obsPoint] : undefined }, flow }) + '\n');
+    });
+    req.raw.on('close', unsubscribe);
+    res.on('close', unsubscribe);
+  });
 
   // Resources in Kubernetes shapes: apply (all or nothing), get, delete.
   app.post('/v1/apply', { schema: { body: objectsBody } }, async (req) => agent.apply((req.body as { objects: unknown[] }).objects));

@@ -58,6 +58,55 @@ export class AgentClient {
     });
   }
 
+  /**
+   * GET a newline-delimited stream and call onLine for each line; resolves when
+   * the server ends the response (or close() is called on the returned handle).
+   */
+  stream(path: string, onLine: (line: string) => void): { done: Promise<void>; close(): void } {
+    let req: http.ClientRequest;
+    const done = new Promise<void>((resolve, reject) => {
+      req = http.request({ socketPath: this.socket, method: 'GET', path }, (res) => {
+        if ((res.statusCode ?? 500) >= 400) {
+          const chunks: Buffer[] = [];
+          res.on('data', (c: Buffer) => chunks.push(c));
+          res.on('end', () => {
+            let msg = `HTTP ${res.statusCode}`;
+            try {
+              msg = JSON.parse(Buffer.concat(chunks).toString()).error ?? msg;
+            } catch {
+              /* not JSON */
+            }
+            reject(new ApiError(msg, res.statusCode ?? 500));
+          });
+          return;
+        }
+        let buf = '';
+        res.setEncoding('utf8');
+        res.on('data', (c: string) => {
+          buf += c;
+          let i: number;
+          while ((i = buf.indexOf('\n')) >= 0) {
+            const line = buf.slice(0, i);
+            buf = buf.slice(i + 1);
+            if (line) onLine(line);
+          }
+        });
+        res.on('end', () => {
+          if (buf) onLine(buf);
+          resolve();
+        });
+        res.on('close', () => resolve());
+      });
+      req.on('error', (e: NodeJS.ErrnoException) => {
+        if (e.code === 'ECONNRESET' && req.destroyed) return resolve();
+        if (e.code === 'ENOENT' || e.code === 'ECONNREFUSED' || e.code === 'EACCES') reject(new AgentUnreachable(this.socket, e));
+        else reject(e);
+      });
+      req.end();
+    });
+    return { done, close: () => req.destroy() };
+  }
+
   get<T = unknown>(path: string): Promise<T> {
     return this.request<T>('GET', path);
   }

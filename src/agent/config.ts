@@ -22,6 +22,12 @@ export interface AgentConfig {
   logLevel: 'debug' | 'info' | 'warn' | 'error';
   /** Policy enforcement mode: default (once a rule selects an endpoint), always, never. */
   policyEnforcement: 'default' | 'always' | 'never';
+  /** Flow observation: off (drops only) or the aggregation level of trace events. */
+  monitorAggregation: 'off' | 'none' | 'low' | 'medium' | 'max';
+  monitorReportInterval: number;
+  flowsBuffer: number;
+  /** host:port for a Prometheus listener; none unless asked for. */
+  metricsAddress?: string;
   /** Host device pair names (host side carries the router address). */
   hostDevice: string;
   netDevice: string;
@@ -52,6 +58,10 @@ const USAGE = `Usage: membrane-agent [flags]
   --config FILE       YAML or JSON file with any of the above (camelCase or kebab-case keys)
   --log-level LEVEL   debug|info|warn|error (info)
   --policy-enforcement MODE   default|always|never (default)
+  --monitor-aggregation LEVEL off|none|low|medium|max (medium): off = drop events only
+  --monitor-report-interval S periodic flow report for level low (5)
+  --flows-buffer N            flows kept for observe (65536)
+  --metrics-address HOST:PORT also serve Prometheus /metrics on TCP (off unless given)
 `;
 
 export class ConfigError extends Error {}
@@ -70,6 +80,10 @@ export function parseAgentArgs(argv: string[]): AgentConfig | 'help' {
       'log-level': { type: 'string' },
       'bpf-obj-dir': { type: 'string' },
       'policy-enforcement': { type: 'string' },
+      'monitor-aggregation': { type: 'string' },
+      'monitor-report-interval': { type: 'string' },
+      'flows-buffer': { type: 'string' },
+      'metrics-address': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
     strict: true,
@@ -88,7 +102,7 @@ export function parseAgentArgs(argv: string[]): AgentConfig | 'help' {
       throw new ConfigError(`--config: ${values.config} must hold a mapping of settings`);
     }
     for (const [k, v] of Object.entries(parsed ?? {})) file[k.replace(/-([a-z])/g, (_, c) => c.toUpperCase())] = v;
-    const known = ['stateDir', 'bpfRoot', 'socket', 'podCidr', 'nodeName', 'mtu', 'logLevel', 'bpfObjDir', 'policyEnforcement'];
+    const known = ['stateDir', 'bpfRoot', 'socket', 'podCidr', 'nodeName', 'mtu', 'logLevel', 'bpfObjDir', 'policyEnforcement', 'monitorAggregation', 'monitorReportInterval', 'flowsBuffer', 'metricsAddress'];
     for (const k of Object.keys(file)) {
       if (!known.includes(k)) throw new ConfigError(`--config: unknown setting "${k}" in ${values.config} (known: ${known.join(', ')})`);
     }
@@ -108,6 +122,10 @@ export function parseAgentArgs(argv: string[]): AgentConfig | 'help' {
     logLevel: pick(values['log-level'], 'logLevel', 'info'),
     bpfObjDir: pick(values['bpf-obj-dir'], 'bpfObjDir', path.join(repoRoot(), 'bpf')),
     policyEnforcement: pick(values['policy-enforcement'], 'policyEnforcement', 'default'),
+    monitorAggregation: pick(values['monitor-aggregation'], 'monitorAggregation', 'medium'),
+    monitorReportInterval: pick(values['monitor-report-interval'], 'monitorReportInterval', '5'),
+    flowsBuffer: pick(values['flows-buffer'], 'flowsBuffer', '65536'),
+    metricsAddress: values['metrics-address'] ?? (file.metricsAddress as string | undefined),
   });
 }
 
@@ -121,6 +139,10 @@ export function buildConfig(o: {
   logLevel: string;
   bpfObjDir: string;
   policyEnforcement?: string;
+  monitorAggregation?: string;
+  monitorReportInterval?: string | number;
+  flowsBuffer?: string | number;
+  metricsAddress?: string;
 }): AgentConfig {
   const stateDir = path.resolve(o.stateDir);
   const bpfRoot = path.resolve(o.bpfRoot);
@@ -135,6 +157,13 @@ export function buildConfig(o: {
   if (!['debug', 'info', 'warn', 'error'].includes(o.logLevel)) throw new ConfigError(`log-level: "${o.logLevel}" must be debug, info, warn or error`);
   const pe = o.policyEnforcement ?? 'default';
   if (!['default', 'always', 'never'].includes(pe)) throw new ConfigError(`policy-enforcement: "${pe}" must be default, always or never`);
+  const agg = o.monitorAggregation ?? 'medium';
+  if (!['off', 'none', 'low', 'medium', 'max'].includes(agg)) throw new ConfigError(`monitor-aggregation: "${agg}" must be off, none, low, medium or max`);
+  const interval = Number(o.monitorReportInterval ?? 5);
+  if (!Number.isInteger(interval) || interval < 1 || interval > 3600) throw new ConfigError(`monitor-report-interval: "${o.monitorReportInterval}" must be 1..3600 seconds`);
+  const flowsBuffer = Number(o.flowsBuffer ?? 65536);
+  if (!Number.isInteger(flowsBuffer) || flowsBuffer < 1 || flowsBuffer > 10_000_000) throw new ConfigError(`flows-buffer: "${o.flowsBuffer}" must be 1..10000000`);
+  if (o.metricsAddress !== undefined && !/^[^\s:]+:\d{1,5}$/.test(o.metricsAddress)) throw new ConfigError(`metrics-address: "${o.metricsAddress}" must be HOST:PORT`);
   if (!bpfRoot.startsWith('/sys/fs/bpf/')) throw new ConfigError(`bpf-root: "${o.bpfRoot}" must be a directory under /sys/fs/bpf`);
   const isDefault = stateDir === DEFAULTS.stateDir && bpfRoot === DEFAULTS.bpfRoot;
   const instance = isDefault ? '' : crypto.createHash('sha256').update(`${bpfRoot}\0${stateDir}`).digest('hex').slice(0, 6);
@@ -148,6 +177,10 @@ export function buildConfig(o: {
     bpfObjDir: path.resolve(o.bpfObjDir),
     logLevel: o.logLevel as AgentConfig['logLevel'],
     policyEnforcement: pe as AgentConfig['policyEnforcement'],
+    monitorAggregation: agg as AgentConfig['monitorAggregation'],
+    monitorReportInterval: interval,
+    flowsBuffer,
+    metricsAddress: o.metricsAddress,
     hostDevice: isDefault ? 'mb_host' : `mbh_${instance}`,
     netDevice: isDefault ? 'mb_net' : `mbn_${instance}`,
     instance,

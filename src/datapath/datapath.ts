@@ -69,6 +69,8 @@ export class Datapath {
     node: BpfMap<number, gen.NodeConfig>;
     callPolicy: BpfMap;
     events: BpfMap;
+    monitor: BpfMap<number, gen.MonitorConfig>;
+    eventsLost: BpfMap<number, bigint>;
   };
   hostIfindex = 0;
   netIfindex = 0;
@@ -118,6 +120,8 @@ export class Datapath {
       node: pin('mb_node').withCodecs(u32Codec, gen.nodeConfigCodec),
       callPolicy: pin('mb_call_policy'),
       events: pin('mb_events'),
+      monitor: pin('mb_monitor').withCodecs(u32Codec, gen.monitorConfigCodec),
+      eventsLost: pin('mb_events_lost').withCodecs(u32Codec, u64Codec),
     };
     return new Datapath(cfg, log, maps);
   }
@@ -401,6 +405,11 @@ export class Datapath {
     return this.nl.linkGet(name);
   }
 
+  /** Interface names by index (for flow records). */
+  linkNames(): Map<number, string> {
+    return new Map(this.nl.linkList().map((l) => [l.index, l.name]));
+  }
+
   close(): void {
     this.nl.close();
     for (const m of Object.values(this.maps)) m.close();
@@ -425,6 +434,16 @@ const u32Codec = {
   size: 4,
   encode: (v: number) => u32(v),
   decode: (b: Buffer) => b.readUInt32LE(0),
+};
+
+const u64Codec = {
+  size: 8,
+  encode: (v: bigint) => {
+    const b = Buffer.alloc(8);
+    b.writeBigUInt64LE(v);
+    return b;
+  },
+  decode: (b: Buffer) => b.readBigUInt64LE(0),
 };
 
 function trySysctl(ns: Netns | null, key: string, value: string): void {

@@ -82,6 +82,9 @@ export class EndpointManager {
   private readonly dir: string;
   readonly createDurationsMs: number[] = [];
   readonly regenerationDurationsMs: number[] = [];
+  /** Observers of durations (metrics). */
+  onCreated?: (ms: number) => void;
+  onRegenerated?: (ms: number) => void;
 
   constructor(
     private readonly cfg: AgentConfig,
@@ -133,7 +136,7 @@ export class EndpointManager {
       if (!/^\d+\.json$/.test(f)) continue;
       const ep = readJson<Endpoint>(path.join(this.dir, f));
       if (!ep) continue;
-      const ident = this.identities.acquire(ep.labels);
+      const ident = this.identities.restore(ep.identity, ep.labels);
       if (ident.id !== ep.identity) {
         this.log.warn('restored endpoint identity changed', { endpoint: ep.id, old: ep.identity, new: ident.id });
         ep.identity = ident.id;
@@ -261,6 +264,7 @@ export class EndpointManager {
       undo.clear();
       const ms = Number(process.hrtime.bigint() - t0) / 1e6;
       this.createDurationsMs.push(ms);
+      this.onCreated?.(ms);
       if (this.createDurationsMs.length > 10000) this.createDurationsMs.splice(0, 5000);
       log.info('endpoint created', { endpoint: id, ipv4: ep.ipv4, identity: ep.identity, hostIfname, durationMs: Math.round(ms * 100) / 100 });
       return ep;
@@ -298,6 +302,16 @@ export class EndpointManager {
   regenerate(ep: Endpoint): boolean {
     const table = this.policyTables.get(ep.id);
     if (!table) return false;
+    const before = durable(ep);
+    try {
+      return this.regenerateInner(ep, table);
+    } finally {
+      // Only what a restart needs is written; revision and entry counts are recomputed then.
+      if (durable(ep) !== before) this.persist(ep);
+    }
+  }
+
+  private regenerateInner(ep: Endpoint, table: MapTable<PolicyKey, PolicyValue>): boolean {
     const revision = this.policy.revision;
     const computed = this.policy.compute({ identity: ep.identity, labels: ep.labels, namedPorts: ep.namedPorts ?? {} });
     const entries = [...computed.entries.values()].map(policyKV);
@@ -333,10 +347,12 @@ export class EndpointManager {
     for (const ep of this.byId.values()) {
       const e0 = process.hrtime.bigint();
       if (!this.regenerate(ep)) failed++;
-      this.regenerationDurationsMs.push(Number(process.hrtime.bigint() - e0) / 1e6);
+      const ms = Number(process.hrtime.bigint() - e0) / 1e6;
+      this.regenerationDurationsMs.push(ms);
+      this.onRegenerated?.(ms);
     }
     if (this.regenerationDurationsMs.length > 20000) this.regenerationDurationsMs.splice(0, 10000);
-    for (const ep of this.byId.values()) this.persist(ep);
+    this.identities.flush();
     const ms = Number(process.hrtime.bigint() - t0) / 1e6;
     return { endpoints: this.byId.size, failed, ms, revision: this.policy.revision };
   }
@@ -451,6 +467,11 @@ export class EndpointManager {
     }
     return { removed, errors };
   }
+}
+
+/** The fields of an endpoint record that a restart depends on. */
+function durable(ep: Endpoint): string {
+  return JSON.stringify([ep.state, ep.problems, ep.identity, ep.labels, ep.namedPorts, ep.policy?.ingress, ep.policy?.egress, ep.policy?.error]);
 }
 
 function ipcacheValue(identity: number) {

@@ -6,7 +6,7 @@
  * The allocator persists its table so ids are stable across agent restarts.
  */
 import * as path from 'node:path';
-import { readJson, writeJsonAtomic } from '../util/fsutil';
+import { readJson, writeFileAtomic } from '../util/fsutil';
 import { canonicalLabels } from './labels';
 
 export const ReservedIdentity = {
@@ -142,10 +142,40 @@ export class IdentityAllocator {
     throw new Error('identity: local identity space is exhausted');
   }
 
+  /**
+   * Re-insert an identity with a known id (an endpoint restored from disk keeps
+   * the id its programs were loaded with, even if the table was not saved).
+   */
+  restore(id: number, labels: string[]): Identity {
+    const canon = canonicalLabels(labels);
+    const cur = this.byKey.get(canon.join(','));
+    if (cur) return this.acquire(canon);
+    if (this.byId.has(id)) return this.acquire(canon);
+    const ident: Identity = { id, labels: canon, local: (id & LOCAL_IDENTITY_SCOPE) !== 0, refs: 1 };
+    this.insert(ident);
+    this.save();
+    for (const l of this.listeners) l({ type: 'add', identity: ident });
+    return ident;
+  }
+
+  /**
+   * Saves are batched: many identities appear in one change (a policy with
+   * thousands of CIDRs), so the file is written once, right after the change.
+   * Crash safety does not depend on it: endpoints restore their recorded ids.
+   */
   private save(): void {
-    if (!this.file) return;
+    if (!this.file || this.saveScheduled) return;
+    this.saveScheduled = true;
+    setImmediate(() => this.flush());
+  }
+  private saveScheduled = false;
+
+  /** Write the table now if a save is pending. */
+  flush(): void {
+    if (!this.file || !this.saveScheduled) return;
+    this.saveScheduled = false;
     const identities = [...this.byId.values()].filter((i) => !i.reserved).map((i) => ({ id: i.id, labels: i.labels }));
-    writeJsonAtomic(this.file, { identities } satisfies IdentityFile);
+    writeFileAtomic(this.file, JSON.stringify({ identities } satisfies IdentityFile) + '\n');
   }
 }
 

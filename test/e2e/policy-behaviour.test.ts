@@ -116,6 +116,22 @@ describe('policy behaviour', () => {
     }
   });
 
+  it('a pod attached after the policy that allows it is let in (existing endpoints learn new identities)', () => {
+    const pol = cnp('b-from-late', { endpointSelector: { matchLabels: { app: 'b' } }, ingress: [{ fromEndpoints: [{ matchLabels: { app: 'late' } }] }] });
+    node.apply([pol]);
+    try {
+      node.apply([pod('late', { app: 'late' })]);
+      const late = node.addPod('late');
+      assert.ok(node.tcp(late.ns, b.ip, 8080, 2500), 'the new identity reached b\'s policy map');
+      assert.equal(node.tcp(c.ns, b.ip, 8080, 800), false);
+      const bId = (node.cliJson(['endpoint', 'list']) as any[]).find((e) => e.podName === 'b').id;
+      const lateId = (node.cliJson(['endpoint', 'list']) as any[]).find((e) => e.podName === 'late').identity;
+      assert.ok(node.cliJson(['bpf', 'policy', 'get', String(bId)]).entries.some((e: any) => e.identity === lateId && e.verdict === 'Allow'));
+    } finally {
+      node.delete([pol]);
+    }
+  });
+
   it('a policy too large for the endpoint map fails closed and is reported on the endpoint and in status', () => {
     const ports = Array.from({ length: 17000 }, (_, i) => ({ port: String(1 + i * 2), protocol: 'TCP' }));
     const huge = cnp('huge', { endpointSelector: { matchLabels: { app: 'b' } }, ingress: [{ fromEndpoints: [{ matchLabels: { app: 'a' } }], toPorts: [{ ports }] }] });

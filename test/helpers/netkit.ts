@@ -4,6 +4,7 @@
  *   tcp-req HOST PORT MSG [TIMEOUT_MS]                one request, prints the reply, exit 1 on failure
  *   udp-req HOST PORT MSG [TIMEOUT_MS]
  *   tcp-stream HOST PORT [DURATION_MS]                 sends a line every 20 ms, prints "<sent> <echoed>" each 100 ms
+ *   udp-burst HOST PORT COUNT [SPORT]                  exactly COUNT datagrams
  *   serve tcp:80,udp:80,...                            echo servers on several ports in one process
  *   probe '[{"ip":..,"port":..,"proto":"tcp"|"udp"}]' [TIMEOUT_MS]
  *                                                      all probes at once; prints a JSON array of booleans
@@ -81,6 +82,20 @@ switch (mode) {
       process.stdout.write(`${sent} ${echoed}\n`);
       s.destroy();
     }, Number(d ?? 10000));
+    break;
+  }
+  case 'udp-burst': {
+    // udp-burst HOST PORT COUNT [SPORT]: exactly COUNT datagrams, no reply expected.
+    const [host, port, count, sport] = args;
+    const sock = dgram.createSocket('udp4');
+    sock.bind(Number(sport ?? 0), () => {
+      let left = Number(count);
+      const next = () => {
+        if (left-- <= 0) return setTimeout(() => sock.close(), 50);
+        sock.send(`burst-${left}`, Number(port), host, next);
+      };
+      next();
+    });
     break;
   }
   case 'serve': {

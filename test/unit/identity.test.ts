@@ -42,6 +42,7 @@ describe('identities', () => {
       const a = new IdentityAllocator(dir);
       const x = a.acquire(['k8s:app=a']);
       a.acquire(['k8s:app=b']);
+      a.flush();
       const b = new IdentityAllocator(dir);
       assert.equal(b.acquire(['k8s:app=a']).id, x.id);
     } finally {

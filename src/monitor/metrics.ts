@@ -1,0 +1,139 @@
+/**
+ * Prometheus metrics of the agent (prom-client). Datapath counters are read
+ * from the kernel's per-CPU metrics map at scrape time; agent-side figures are
+ * kept as they happen.
+ */
+import * as client from 'prom-client';
+import type { BpfMap } from '../bpf';
+import { DROP_REASONS, metricDirName } from '../datapath/constants';
+import type * as gen from '../datapath/maps.gen';
+
+export interface MetricSources {
+  datapath: BpfMap<gen.MetricsKey, gen.MetricsValue>;
+  endpointsByState(): Record<string, number>;
+  identities(): { reserved: number; cluster: number; local: number };
+  policyRevision(): number;
+  monitor(): { flows: number; stored: number; lost: number; undecodable: number; events: Record<string, number>; verdicts: { allowed: number; denied: number } };
+}
+
+/** A counter whose value is read from elsewhere at scrape time (kernel counters). */
+function externalCounter(reg: client.Registry, name: string, help: string, labelNames: string[], read: () => { labels: Record<string, string>; value: number }[]) {
+  return new client.Counter({
+    name,
+    help,
+    labelNames,
+    registers: [reg],
+    collect() {
+      this.reset();
+      for (const r of read()) this.inc(r.labels, Math.max(0, r.value));
+    },
+  });
+}
+
+export class AgentMetrics {
+  readonly registry = new client.Registry();
+  readonly regeneration: client.Histogram;
+  readonly endpointCreate: client.Histogram;
+  readonly apiLatency: client.Histogram;
+
+  constructor(src: MetricSources) {
+    const reg = this.registry;
+    const datapath = () => {
+      const rows: { reason: number; dir: string; packets: number; bytes: number }[] = [];
+      for (const [k, vs] of src.datapath.entriesPerCpu()) {
+        rows.push({
+          reason: k.reason,
+          dir: metricDirName(k.dir),
+          packets: vs.reduce((s, v) => s + Number(v.count), 0),
+          bytes: vs.reduce((s, v) => s + Number(v.bytes), 0),
+        });
+      }
+      return rows;
+    };
+    const reasonName = (r: number) => DROP_REASONS[r]?.text ?? `reason ${r}`;
+    externalCounter(reg, 'membrane_forward_count_total', 'Packets forwarded by the datapath, by direction', ['direction'], () =>
+      datapath().filter((r) => r.reason === 0).map((r) => ({ labels: { direction: r.dir }, value: r.packets })),
+    );
+    externalCounter(reg, 'membrane_forward_bytes_total', 'Bytes forwarded by the datapath, by direction', ['direction'], () =>
+      datapath().filter((r) => r.reason === 0).map((r) => ({ labels: { direction: r.dir }, value: r.bytes })),
+    );
+    externalCounter(reg, 'membrane_drop_count_total', 'Packets dropped by the datapath, by reason and direction', ['reason', 'reason_code', 'direction'], () =>
+      datapath().filter((r) => r.reason !== 0).map((r) => ({ labels: { reason: reasonName(r.reason), reason_code: String(r.reason), direction: r.dir }, value: r.packets })),
+    );
+    externalCounter(reg, 'membrane_drop_bytes_total', 'Bytes dropped by the datapath, by reason and direction', ['reason', 'reason_code', 'direction'], () =>
+      datapath().filter((r) => r.reason !== 0).map((r) => ({ labels: { reason: reasonName(r.reason), reason_code: String(r.reason), direction: r.dir }, value: r.bytes })),
+    );
+    externalCounter(reg, 'membrane_policy_verdicts_total', 'Policy verdict events seen for new flows and denials', ['action'], () => {
+      const m = src.monitor();
+      return [
+        { labels: { action: 'allowed' }, value: m.verdicts.allowed },
+        { labels: { action: 'denied' }, value: m.verdicts.denied },
+      ];
+    });
+    externalCounter(reg, 'membrane_events_total', 'Datapath events received, by type', ['type'], () =>
+      Object.entries(src.monitor().events).map(([type, value]) => ({ labels: { type }, value })),
+    );
+    externalCounter(reg, 'membrane_flows_seen_total', 'Flows decoded and stored by the agent', [], () => [{ labels: {}, value: src.monitor().flows }]);
+    externalCounter(reg, 'membrane_flows_lost_total', 'Events lost: the ring buffer was full (kernel) or a record could not be decoded (agent)', ['where'], () => {
+      const m = src.monitor();
+      return [
+        { labels: { where: 'kernel' }, value: m.lost },
+        { labels: { where: 'agent' }, value: m.undecodable },
+      ];
+    });
+    new client.Gauge({
+      name: 'membrane_flows_stored',
+      help: 'Flows held in the agent flow buffer',
+      registers: [reg],
+      collect() {
+        this.set(src.monitor().stored);
+      },
+    });
+    new client.Gauge({
+      name: 'membrane_endpoints',
+      help: 'Endpoints by state',
+      labelNames: ['state'],
+      registers: [reg],
+      collect() {
+        this.reset();
+        for (const [state, n] of Object.entries(src.endpointsByState())) this.set({ state }, n);
+      },
+    });
+    new client.Gauge({
+      name: 'membrane_identities',
+      help: 'Security identities by kind',
+      labelNames: ['kind'],
+      registers: [reg],
+      collect() {
+        for (const [kind, n] of Object.entries(src.identities())) this.set({ kind }, n);
+      },
+    });
+    new client.Gauge({
+      name: 'membrane_policy_revision',
+      help: 'Current policy repository revision',
+      registers: [reg],
+      collect() {
+        this.set(src.policyRevision());
+      },
+    });
+    const buckets = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5];
+    this.regeneration = new client.Histogram({ name: 'membrane_endpoint_regeneration_duration_seconds', help: 'Time to bring one endpoint to the current policy', buckets, registers: [reg] });
+    this.endpointCreate = new client.Histogram({ name: 'membrane_endpoint_create_duration_seconds', help: 'Time from CNI ADD request to a ready endpoint, inside the agent', buckets, registers: [reg] });
+    this.apiLatency = new client.Histogram({
+      name: 'membrane_api_request_duration_seconds',
+      help: 'API request latency',
+      labelNames: ['method', 'route', 'status'],
+      buckets,
+      registers: [reg],
+    });
+    client.collectDefaultMetrics({ register: reg, prefix: 'membrane_agent_' });
+  }
+
+  text(): Promise<string> {
+    return this.registry.metrics();
+  }
+
+  get contentType(): string {
+    return this.registry.contentType;
+  }
+}
