@@ -18,4 +18,5 @@ node scripts/gen-codecs.js
 npx --no-install tsc -p tsconfig.json
 
 node scripts/bundle-cni.js
+node scripts/bundle-ui.js
 chmod +x bin/membrane-cni bin/membrane bin/membrane-agent

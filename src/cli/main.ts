@@ -8,6 +8,7 @@ import * as path from 'node:path';
 import YAML from 'yaml';
 import { AgentClient, AgentUnreachable, ApiError } from '../agent/client';
 import { table } from './table';
+import { flowCompact, flowRow, monitorLine } from './flowfmt';
 
 const DEFAULT_SOCKET = '/var/run/membrane/membrane.sock';
 
@@ -26,6 +27,15 @@ Commands:
   policy trace --src S --dst D --dport N[/PROTO]
                              explain the verdict; S, D: endpoint id, pod [ns/]name, or labels k=v,...
   policy selectors           the selector cache
+  monitor [-t drop|trace|policy-verdict]... [--related-to ID] [-v] [-o json]
+                             the datapath's event stream, live
+  observe [FILTERS] [--follow] [--last N] [--since T] [--until T] [-o compact|table|json]
+                             flows with pod names and labels; FILTERS: --pod, --from-pod, --to-pod,
+                             --namespace, --label, --ip, --identity (each also --from-/--to-),
+                             --verdict, --drop-reason, --type, --protocol, --port, --tcp-flags,
+                             --traffic-direction; --not negates the next filter
+  metrics                    Prometheus metrics of the agent and the datapath
+  ui [--port N]              the service map in a browser: http://127.0.0.1:N/ (default 12000), live
   bpf policy get ENDPOINT    the endpoint's policy map in the kernel
   endpoint list              endpoints on this node
   endpoint get ID            one endpoint
@@ -48,9 +58,12 @@ export class UsageError extends Error {}
 
 interface Opts {
   socket: string;
-  output: 'table' | 'json' | 'yaml';
+  output: 'table' | 'json' | 'yaml' | 'compact';
   args: string[];
   flags: Record<string, string | true>;
+  /** Every flag in command-line order (repeatable flags, --not). */
+  flagList: [string, string | true][];
+  outputGiven: boolean;
 }
 
 export function parseCli(argv: string[], env: NodeJS.ProcessEnv): Opts | 'help' {
@@ -58,8 +71,14 @@ export function parseCli(argv: string[], env: NodeJS.ProcessEnv): Opts | 'help' 
   let output: Opts['output'] = 'table';
   const args: string[] = [];
   const flags: Record<string, string | true> = {};
-  const valued: Record<string, string> = { '-n': 'namespace', '--namespace': 'namespace', '-f': 'filename', '--filename': 'filename', '--src': 'src', '--dst': 'dst', '--dport': 'dport', '--timeout': 'timeout', '--kind': 'kind' };
-  const booleans: Record<string, string> = { '--all': 'all', '-A': 'all-namespaces', '--all-namespaces': 'all-namespaces' };
+  const flagList: [string, string | true][] = [];
+  let outputGiven = false;
+  const valued: Record<string, string> = { '-n': 'namespace', '--namespace': 'namespace', '-f': 'filename', '--filename': 'filename', '--src': 'src', '--dst': 'dst', '--dport': 'dport', '--timeout': 'timeout', '--kind': 'kind', '-t': 'type', '--type': 'type', '--related-to': 'related-to', '--last': 'last', '--since': 'since', '--until': 'until', '--port': 'port', '--ui-port': 'port' };
+  for (const f of ['pod', 'label', 'ip', 'identity', 'port']) {
+    for (const side of ['', 'from-', 'to-']) valued[`--${side}${f}`] = `${side}${f}`;
+  }
+  for (const f of ['verdict', 'drop-reason', 'protocol', 'tcp-flags', 'traffic-direction', 'from-namespace', 'to-namespace', 'node-name']) valued[`--${f}`] = f;
+  const booleans: Record<string, string> = { '--all': 'all', '-A': 'all-namespaces', '--all-namespaces': 'all-namespaces', '--follow': 'follow', '--not': 'not', '-v': 'verbose', '--verbose': 'verbose' };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const value = (name: string) => {
@@ -73,15 +92,23 @@ export function parseCli(argv: string[], env: NodeJS.ProcessEnv): Opts | 'help' 
     else if (a === '--socket' || a.startsWith('--socket=')) socket = value('--socket');
     else if (a === '-o' || a === '--output' || a.startsWith('--output=') || a.startsWith('-o=')) {
       const v = value('-o');
-      if (v !== 'json' && v !== 'table' && v !== 'yaml') throw new UsageError(`-o: unknown output format "${v}" (table, json or yaml)`);
+      if (v !== 'json' && v !== 'table' && v !== 'yaml' && v !== 'compact') throw new UsageError(`-o: unknown output format "${v}" (table, json, yaml or compact)`);
       output = v;
-    } else if (valued[a.split('=')[0]]) flags[valued[a.split('=')[0]]] = value(a.split('=')[0]);
-    else if (booleans[a]) flags[booleans[a]] = true;
+      outputGiven = true;
+    } else if (valued[a.split('=')[0]]) {
+      const name = valued[a.split('=')[0]];
+      const v = value(a.split('=')[0]);
+      flags[name] = v;
+      flagList.push([name, v]);
+    } else if (booleans[a]) {
+      flags[booleans[a]] = true;
+      flagList.push([booleans[a], true]);
+    }
     else if (a.startsWith('-') && a !== '-') throw new UsageError(`unknown flag ${a}`);
     else args.push(a);
   }
   if (!args.length) return 'help';
-  return { socket, output, args, flags };
+  return { socket, output, args, flags, flagList, outputGiven };
 }
 
 type Handler = (c: AgentClient, o: Opts, rest: string[]) => Promise<string>;
@@ -139,7 +166,91 @@ function parseDport(v: string | true | undefined): { dport: number; protocol: st
   return { dport, protocol: (proto ?? 'TCP').toUpperCase() };
 }
 
+/** Observe filters in command-line order -> the /v1/flows query string. */
+export function flowQuery(o: Opts): URLSearchParams {
+  const q = new URLSearchParams();
+  const filterNames = new Set([
+    ...['pod', 'label', 'ip', 'identity', 'port', 'namespace'].flatMap((f) => [f, `from-${f}`, `to-${f}`]),
+    'verdict',
+    'drop-reason',
+    'type',
+    'protocol',
+    'tcp-flags',
+    'traffic-direction',
+    'node-name',
+  ]);
+  let negate = false;
+  for (const [name, v] of o.flagList) {
+    if (name === 'not') {
+      negate = true;
+      continue;
+    }
+    if (!filterNames.has(name) || v === true) continue;
+    const key = name.replace(/-/g, '_');
+    q.append(negate ? `not.${key}` : key, v);
+    negate = false;
+  }
+  if (negate) throw new UsageError('--not must be followed by a filter');
+  for (const k of ['since', 'until']) if (typeof o.flags[k] === 'string') q.set(k, o.flags[k] as string);
+  if (o.flags.follow) q.set('follow', '1');
+  const last = typeof o.flags.last === 'string' ? o.flags.last : o.flags.follow || o.flags.since ? undefined : '20';
+  if (last !== undefined) q.set('last', last);
+  return q;
+}
+
+/** Stream lines until the stream ends or the process is interrupted. */
+async function streamUntilDone(c: AgentClient, path: string, onLine: (l: string) => void): Promise<void> {
+  const s = c.stream(path, onLine);
+  const stop = () => s.close();
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
+  try {
+    await s.done;
+  } finally {
+    process.off('SIGINT', stop);
+    process.off('SIGTERM', stop);
+  }
+}
+
 const commands: Record<string, Handler> = {
+  async monitor(c, o) {
+    const q = new URLSearchParams();
+    for (const [name, v] of o.flagList) if (name === 'type' && typeof v === 'string') q.append('type', v);
+    if (typeof o.flags['related-to'] === 'string') q.set('related_to', o.flags['related-to'] as string);
+    if (o.output !== 'json') process.stdout.write('Listening for events... Press Ctrl-C to quit\n');
+    await streamUntilDone(c, `/v1/monitor?${q}`, (line) => {
+      const rec = JSON.parse(line);
+      process.stdout.write((o.output === 'json' ? JSON.stringify(rec) : monitorLine(rec, !!o.flags.verbose)) + '\n');
+    });
+    return '';
+  },
+  async observe(c, o) {
+    const q = flowQuery(o);
+    const fmt = o.outputGiven ? o.output : 'compact';
+    if (fmt === 'table' && !o.flags.follow) {
+      const text = await new Promise<string>((resolve, reject) => {
+        const rows: string[][] = [];
+        const s = c.stream(`/v1/flows?${q}`, (l) => rows.push(flowRow(JSON.parse(l))));
+        s.done.then(() => resolve(table(['TIME', 'SOURCE', 'DESTINATION', 'TYPE', 'VERDICT', 'SUMMARY'], rows)), reject);
+      });
+      return text;
+    }
+    await streamUntilDone(c, `/v1/flows?${q}`, (line) => {
+      const f = JSON.parse(line);
+      process.stdout.write((fmt === 'json' ? line : fmt === 'table' ? flowRow(f).join('\t') : flowCompact(f)) + '\n');
+    });
+    return '';
+  },
+  async ui(c, o) {
+    return (await import('../ui/server')).runUi(o.socket, o.flags.port);
+  },
+  async metrics(c) {
+    return await new Promise<string>((resolve, reject) => {
+      const lines: string[] = [];
+      const s = c.stream('/v1/metrics', (l) => lines.push(l));
+      s.done.then(() => resolve(lines.join('\n') + '\n'), reject);
+    });
+  },
   async apply(c, o) {
     if (typeof o.flags.filename !== 'string') throw new UsageError('apply: -f FILE|DIR|- is required');
     const objects = readResources(o.flags.filename);
