@@ -144,6 +144,86 @@ struct ct_value {
 	__u8 pad[3];
 	__u32 last_report; /* seconds (as lifetime) of the flow's last trace report, for
 			    * MONITOR_AGG_LOW (bpf/lib/trace.h); set to the creation time */
+	__u32 backend_id;  /* CT_SERVICE entries: the backend chosen for the flow */
+};
+
+/* ---- services: load balancing (frontends, backend slots, backends, reverse NAT) ---- */
+#define LB_SVC_F_NODEPORT 1     /* frontend is a NodePort (node address, port 30000-32767) */
+#define LB_SVC_F_AFFINITY 2     /* sessionAffinity ClientIP: timeout in slot 0's backend_id */
+#define LB_SVC_F_MAGLEV 4       /* slots 1..count are a Maglev lookup table (hash of the 5-tuple) */
+#define LB_SVC_F_LOCAL 8        /* externalTrafficPolicy Local: only node-local backends */
+#define LB_SVC_F_CLUSTERIP 16
+
+#define LB_MAGLEV_M 1021        /* Maglev table size (prime) */
+
+/*
+ * Hairpin: a pod reaching itself through a service has its source SNATed to
+ * this address (169.254.42.1, host byte order here) so the reply leaves the pod
+ * again; bpf/lib/lb.h. Ingress policy sees it as the host (MB_ID_HOST).
+ */
+#define LB_HAIRPIN_IPV4 0xa9fe2a01
+
+/*
+ * Key of mb_lb_services. slot 0 is the frontend's master entry (count,
+ * rev_nat_index, flags); slots 1..count hold backend ids. Random selection
+ * picks slot (prandom % count) + 1; Maglev picks (hash % count) + 1 with
+ * count = LB_MAGLEV_M (hash: lb4_hash in bpf/lib/lb.h). A frontend with
+ * count 0 has no backend: new flows are rejected at once with
+ * DROP_NO_SERVICE (from a pod: an ICMP port unreachable back to it).
+ * addr: IPv4 in the first 4 bytes (network order), dport network order,
+ * slot host order, family MB_FAMILY_IPV4, scope 0 (the datapath only looks
+ * up scope 0), pad 0. NodePort frontends (node address, LB_SVC_F_NODEPORT)
+ * are only served by from_netdev; every frontend is served from pods
+ * (from_container) and the host (from_host).
+ */
+struct lb_service_key {
+	__u8 addr[16];
+	__be16 dport;
+	__u16 slot;
+	__u8 proto;
+	__u8 family;
+	__u8 scope;             /* 0 = external, 1 = internal */
+	__u8 pad;
+};
+
+struct lb_service_value {
+	__u32 backend_id;       /* slot > 0: backend id; slot 0: affinity timeout (s) */
+	__u16 count;            /* slot 0: number of backend slots */
+	__u16 rev_nat_index;    /* slot 0: reverse NAT entry, also the frontend's id */
+	__u8 flags;             /* slot 0: LB_SVC_F_* */
+	__u8 pad[3];
+};
+
+#define LB_BACKEND_ACTIVE 0
+#define LB_BACKEND_TERMINATING 1  /* no new flows; established ones keep it */
+
+struct lb_backend {
+	__u8 addr[16];
+	__be16 port;            /* network order; 0 = the frontend's port */
+	__u8 proto;
+	__u8 flags;             /* LB_BACKEND_* */
+	__u8 family;
+	__u8 pad[3];
+};
+
+/* Reverse NAT: what a reply's source is rewritten to (the frontend). */
+struct lb_revnat {
+	__u8 addr[16];
+	__be16 port;
+	__u8 family;
+	__u8 pad;
+};
+
+struct lb_affinity_key {
+	__u8 client[16];
+	__u16 rev_nat_index;
+	__u8 family;
+	__u8 pad;
+};
+
+struct lb_affinity_value {
+	__u32 last_used;        /* CLOCK_MONOTONIC seconds */
+	__u32 backend_id;
 };
 
 /* ---- metrics: (reason, direction) -> packets, bytes; per CPU ---- */
@@ -368,6 +448,41 @@ struct {
 	__uint(max_entries, 1 << 20);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } mb_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct lb_service_key);
+	__type(value, struct lb_service_value);
+	__uint(max_entries, 262144);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mb_lb_services SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct lb_backend);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mb_lb_backends SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u16);
+	__type(value, struct lb_revnat);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mb_lb_revnat SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct lb_affinity_key);
+	__type(value, struct lb_affinity_value);
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mb_lb_affinity SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

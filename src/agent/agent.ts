@@ -29,6 +29,7 @@ import * as http from 'node:http';
 import { Monitor } from '../monitor/monitor';
 import { AgentMetrics } from '../monitor/metrics';
 import type { EndpointInfoLite, Enricher } from '../monitor/flow';
+import { Frontend, LocalPod, ServiceManager, lbEntries } from '../service/manager';
 import { ipcacheKey } from '../datapath/datapath';
 import { ReservedIdentity } from '../identity/identity';
 import { mkdirp } from '../util/fsutil';
@@ -45,6 +46,10 @@ export class Agent {
   readonly metrics: AgentMetrics;
   private metricsServer?: http.Server;
   private api?: FastifyInstance;
+  readonly services: ServiceManager;
+  frontends: Frontend[] = [];
+  serviceErrors: string[] = [];
+  private pendingServices = true;
   private pendingRefresh = false;
   private pendingRegen = false;
   private flushScheduled = false;
@@ -98,6 +103,11 @@ export class Agent {
       this.pendingRegen = true;
       this.scheduleFlush();
     });
+    this.services = new ServiceManager(cfg.serviceCidr, cfg.stateDir, cfg.lbAlgorithm);
+    this.endpoints.onEndpointsChanged = () => {
+      this.pendingServices = true;
+      this.scheduleFlush();
+    };
     this.endpoints.onCreated = (ms) => this.metrics.endpointCreate.observe(ms / 1000);
     this.endpoints.onRegenerated = (ms) => this.metrics.regeneration.observe(ms / 1000);
   }
@@ -187,6 +197,9 @@ export class Agent {
       this.pendingRegen = true;
     } else if (o.kind === 'Pod' || o.kind === 'Namespace') {
       this.pendingRefresh = true;
+      this.pendingServices = true;
+    } else if (o.kind === 'Service' || o.kind === 'EndpointSlice') {
+      this.pendingServices = true;
     }
     this.scheduleFlush();
   }
@@ -216,11 +229,38 @@ export class Agent {
         const r = this.endpoints.regenerateAll();
         this.log.info('endpoints regenerated', r);
       }
+      if (this.pendingServices) {
+        this.pendingServices = false;
+        this.syncServices();
+      }
     } catch (e) {
       this.log.error('applying changes failed', { error: e });
     }
     this.identities.flush();
     this.wakeRevisionWaiters();
+  }
+
+  /** Services -> frontends and backends -> the load-balancing maps (backends first, frontends last). */
+  private syncServices(): void {
+    const pods: LocalPod[] = this.endpoints.list().map((ep) => ({
+      ip: ep.ipv4,
+      namespace: ep.namespace,
+      podName: ep.podName,
+      podLabels: (ep.podName ? this.store.get({ kind: 'Pod', namespace: ep.namespace, name: ep.podName })?.metadata.labels : undefined) ?? {},
+      namedPorts: ep.namedPorts ?? {},
+    }));
+    const nodeAddresses = this.dp.hostAddresses().map((a) => formatIp(a)).filter((a) => !a.startsWith('127.') && a !== this.routerAddress());
+    const { frontends, errors } = this.services.compute(this.store.list('Service'), this.store.list('EndpointSlice'), pods, nodeAddresses);
+    const e = lbEntries(frontends);
+    this.dp.lbBackends.replaceAll(e.backends);
+    this.dp.lbRevnat.replaceAll(e.revnat);
+    this.dp.lbServices.replaceAll(e.services);
+    this.dp.lbBackends.flush();
+    this.dp.lbRevnat.flush();
+    this.dp.lbServices.flush();
+    this.frontends = frontends;
+    if (errors.join() !== this.serviceErrors.join()) for (const err of errors) this.log.error('service could not be set up', { error: err });
+    this.serviceErrors = errors;
   }
 
   private wakeRevisionWaiters(): void {
@@ -374,6 +414,7 @@ export class Agent {
     const dp = Datapath.open(cfg, log);
     const agent = new Agent(cfg, log, dp);
     dp.setupNode(agent.endpoints.ipam.router);
+    for (const p of dp.attachDevices()) log.error('NodePort device not set up', { problem: p });
     for (const kind of ['CiliumClusterwideNetworkPolicy', 'CiliumNetworkPolicy', 'NetworkPolicy']) {
       for (const o of agent.store.list(kind)) {
         try {
@@ -388,9 +429,13 @@ export class Agent {
     agent.store.watch((ev) => agent.onStoreEvent(ev));
     agent.pendingRefresh = true;
     agent.pendingRegen = true;
+    agent.pendingServices = true;
     agent.flushChanges();
     const r1 = dp.endpoints.resync();
     const r2 = dp.ipcache.resync();
+    dp.lbBackends.resync();
+    dp.lbRevnat.resync();
+    dp.lbServices.resync();
     log.info('maps resynced', { endpoints: r1, ipcache: r2 });
     agent.monitor.start();
     await agent.listen();
@@ -451,6 +496,16 @@ export class Agent {
     } catch (e) {
       this.log.error('periodic resync failed', { error: e });
     }
+  }
+
+  /** Remove conntrack entries (all, or only service entries). */
+  flushConntrack(onlyServices: boolean): number {
+    let n = 0;
+    for (const [k] of [...this.dp.maps.ct.entries()]) {
+      if (onlyServices && (k.flags & 4) === 0) continue;
+      if (this.dp.maps.ct.delete(k)) n++;
+    }
+    return n;
   }
 
   runCtGc(): void {
@@ -521,7 +576,7 @@ export class Agent {
   }
 
   mapNames(): string[] {
-    return ['mb_endpoints', 'mb_ipcache', 'mb_metrics', 'mb_ct', 'mb_node'];
+    return ['mb_endpoints', 'mb_ipcache', 'mb_metrics', 'mb_ct', 'mb_node', 'mb_lb_services', 'mb_lb_backends', 'mb_lb_revnat', 'mb_lb_affinity'];
   }
 
   /** Read a map from the kernel and decode it for display. */
@@ -574,7 +629,37 @@ export class Agent {
             txPackets: Number(v.tx_packets),
             rxPackets: Number(v.rx_packets),
             srcIdentity: v.src_sec_id,
+            service: (k.flags & 4) !== 0,
+            backendId: (k.flags & 4) !== 0 ? v.backend_id : undefined,
+            revNatIndex: v.rev_nat_index || undefined,
           })),
+        };
+      case 'mb_lb_services':
+        return {
+          name,
+          entries: [...m.lbServices.entries()].map(([k, v]) => ({
+            frontend: `${formatIp(ipFromBytes(4, k.addr))}:${k.dport}/${{ 6: 'TCP', 17: 'UDP', 132: 'SCTP' }[k.proto] ?? k.proto}`,
+            slot: k.slot,
+            ...(k.slot === 0
+              ? { count: v.count, revNatIndex: v.rev_nat_index, flags: v.flags, affinityTimeout: v.flags & 2 ? v.backend_id : undefined }
+              : { backendId: v.backend_id }),
+          })),
+        };
+      case 'mb_lb_backends':
+        return {
+          name,
+          entries: [...m.lbBackends.entries()].map(([k, v]) => ({
+            id: k,
+            backend: `${formatIp(ipFromBytes(4, v.addr))}:${v.port}/${{ 6: 'TCP', 17: 'UDP', 132: 'SCTP' }[v.proto] ?? v.proto}`,
+            state: v.flags === 1 ? 'terminating' : 'active',
+          })),
+        };
+      case 'mb_lb_revnat':
+        return { name, entries: [...m.lbRevnat.entries()].map(([k, v]) => ({ index: k, frontend: `${formatIp(ipFromBytes(4, v.addr))}:${v.port}` })) };
+      case 'mb_lb_affinity':
+        return {
+          name,
+          entries: [...m.lbAffinity.entries()].map(([k, v]) => ({ client: formatIp(ipFromBytes(4, k.client)), revNatIndex: k.rev_nat_index, backendId: v.backend_id, lastUsed: v.last_used })),
         };
       case 'mb_node': {
         const v = m.node.lookup(0);

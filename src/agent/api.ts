@@ -59,6 +59,21 @@ const STATUS_OF: Record<EndpointError['kind'], number> = {
   internal: 500,
 };
 
+function serviceView(f: import('../service/manager').Frontend) {
+  return {
+    id: f.revNat,
+    frontend: `${f.ip}:${f.port}/${f.protocol}`,
+    service: f.service,
+    portName: f.portName || undefined,
+    type: f.type,
+    algorithm: f.algorithm,
+    sessionAffinity: f.affinityTimeout ? { clientIP: { timeoutSeconds: f.affinityTimeout } } : undefined,
+    externalTrafficPolicy: f.type === 'NodePort' ? (f.local ? 'Local' : 'Cluster') : undefined,
+    backends: f.backends.map((b) => ({ id: b.id, address: `${b.ip}:${b.port}/${b.protocol}`, state: b.terminating ? 'terminating' : 'active' })),
+    slots: f.algorithm === 'maglev' ? f.slots.length : undefined,
+  };
+}
+
 export function buildApi(agent: Agent): FastifyInstance {
   const app = Fastify({ logger: false, bodyLimit: 8 * 1024 * 1024 });
 
@@ -123,6 +138,15 @@ export function buildApi(agent: Agent): FastifyInstance {
     return ident;
   });
   app.get('/v1/ipam', async () => ({ cidr: agent.cfg.podCidr, router: agent.routerAddress(), allocations: agent.endpoints.ipam.list() }));
+
+  app.get('/v1/service', async () => agent.frontends.map(serviceView));
+  app.get<{ Params: { id: string } }>('/v1/service/:id', async (req, reply) => {
+    const f = agent.frontends.find((x) => String(x.revNat) === req.params.id);
+    if (!f) return reply.status(404).send({ error: `service frontend ${req.params.id} not found`, kind: 'not-found' });
+    return serviceView(f);
+  });
+
+  app.delete<{ Querystring: { services?: string } }>('/v1/map/mb_ct', async (req) => ({ deleted: agent.flushConntrack(req.query.services === '1') }));
 
   app.get('/v1/map', async () => agent.mapNames());
   app.get<{ Params: { name: string } }>('/v1/map/:name', async (req, reply) => {

@@ -28,6 +28,10 @@ export interface AgentConfig {
   flowsBuffer: number;
   /** host:port for a Prometheus listener; none unless asked for. */
   metricsAddress?: string;
+  serviceCidr: string;
+  lbAlgorithm: 'random' | 'maglev';
+  /** External devices that receive NodePort traffic. */
+  devices: string[];
   /** Host device pair names (host side carries the router address). */
   hostDevice: string;
   netDevice: string;
@@ -62,6 +66,9 @@ const USAGE = `Usage: membrane-agent [flags]
   --monitor-report-interval S periodic flow report for level low (5)
   --flows-buffer N            flows kept for observe (65536)
   --metrics-address HOST:PORT also serve Prometheus /metrics on TCP (off unless given)
+  --service-cidr CIDR         ClusterIPs are allocated from it (10.96.0.0/16)
+  --lb-algorithm ALG          random|maglev, default backend selection (random)
+  --devices DEV[,DEV]         external devices where NodePort traffic arrives (none)
 `;
 
 export class ConfigError extends Error {}
@@ -84,6 +91,9 @@ export function parseAgentArgs(argv: string[]): AgentConfig | 'help' {
       'monitor-report-interval': { type: 'string' },
       'flows-buffer': { type: 'string' },
       'metrics-address': { type: 'string' },
+      'service-cidr': { type: 'string' },
+      'lb-algorithm': { type: 'string' },
+      devices: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
     strict: true,
@@ -102,7 +112,7 @@ export function parseAgentArgs(argv: string[]): AgentConfig | 'help' {
       throw new ConfigError(`--config: ${values.config} must hold a mapping of settings`);
     }
     for (const [k, v] of Object.entries(parsed ?? {})) file[k.replace(/-([a-z])/g, (_, c) => c.toUpperCase())] = v;
-    const known = ['stateDir', 'bpfRoot', 'socket', 'podCidr', 'nodeName', 'mtu', 'logLevel', 'bpfObjDir', 'policyEnforcement', 'monitorAggregation', 'monitorReportInterval', 'flowsBuffer', 'metricsAddress'];
+    const known = ['stateDir', 'bpfRoot', 'socket', 'podCidr', 'nodeName', 'mtu', 'logLevel', 'bpfObjDir', 'policyEnforcement', 'monitorAggregation', 'monitorReportInterval', 'flowsBuffer', 'metricsAddress', 'serviceCidr', 'lbAlgorithm', 'devices'];
     for (const k of Object.keys(file)) {
       if (!known.includes(k)) throw new ConfigError(`--config: unknown setting "${k}" in ${values.config} (known: ${known.join(', ')})`);
     }
@@ -126,6 +136,9 @@ export function parseAgentArgs(argv: string[]): AgentConfig | 'help' {
     monitorReportInterval: pick(values['monitor-report-interval'], 'monitorReportInterval', '5'),
     flowsBuffer: pick(values['flows-buffer'], 'flowsBuffer', '65536'),
     metricsAddress: values['metrics-address'] ?? (file.metricsAddress as string | undefined),
+    serviceCidr: pick(values['service-cidr'], 'serviceCidr', '10.96.0.0/16'),
+    lbAlgorithm: pick(values['lb-algorithm'], 'lbAlgorithm', 'random'),
+    devices: values.devices ?? (Array.isArray(file.devices) ? (file.devices as string[]).join(',') : (file.devices as string | undefined)) ?? '',
   });
 }
 
@@ -143,6 +156,9 @@ export function buildConfig(o: {
   monitorReportInterval?: string | number;
   flowsBuffer?: string | number;
   metricsAddress?: string;
+  serviceCidr?: string;
+  lbAlgorithm?: string;
+  devices?: string;
 }): AgentConfig {
   const stateDir = path.resolve(o.stateDir);
   const bpfRoot = path.resolve(o.bpfRoot);
@@ -164,6 +180,16 @@ export function buildConfig(o: {
   const flowsBuffer = Number(o.flowsBuffer ?? 65536);
   if (!Number.isInteger(flowsBuffer) || flowsBuffer < 1 || flowsBuffer > 10_000_000) throw new ConfigError(`flows-buffer: "${o.flowsBuffer}" must be 1..10000000`);
   if (o.metricsAddress !== undefined && !/^[^\s:]+:\d{1,5}$/.test(o.metricsAddress)) throw new ConfigError(`metrics-address: "${o.metricsAddress}" must be HOST:PORT`);
+  let serviceCidr: string;
+  try {
+    serviceCidr = formatCidr(parseCidr(o.serviceCidr ?? '10.96.0.0/16', 'service-cidr'));
+  } catch (e) {
+    throw new ConfigError((e as Error).message);
+  }
+  const lbAlgorithm = o.lbAlgorithm ?? 'random';
+  if (lbAlgorithm !== 'random' && lbAlgorithm !== 'maglev') throw new ConfigError(`lb-algorithm: "${lbAlgorithm}" must be random or maglev`);
+  const devices = (o.devices ?? '').split(',').map((d) => d.trim()).filter(Boolean);
+  for (const d of devices) if (!/^[^/\s:]{1,15}$/.test(d)) throw new ConfigError(`devices: "${d}" is not an interface name`);
   if (!bpfRoot.startsWith('/sys/fs/bpf/')) throw new ConfigError(`bpf-root: "${o.bpfRoot}" must be a directory under /sys/fs/bpf`);
   const isDefault = stateDir === DEFAULTS.stateDir && bpfRoot === DEFAULTS.bpfRoot;
   const instance = isDefault ? '' : crypto.createHash('sha256').update(`${bpfRoot}\0${stateDir}`).digest('hex').slice(0, 6);
@@ -181,6 +207,9 @@ export function buildConfig(o: {
     monitorReportInterval: interval,
     flowsBuffer,
     metricsAddress: o.metricsAddress,
+    serviceCidr,
+    lbAlgorithm,
+    devices,
     hostDevice: isDefault ? 'mb_host' : `mbh_${instance}`,
     netDevice: isDefault ? 'mb_net' : `mbn_${instance}`,
     instance,

@@ -37,12 +37,16 @@ Commands:
   metrics                    Prometheus metrics of the agent and the datapath
   ui [--port N]              the service map in a browser: http://127.0.0.1:N/ (default 12000), live
   bpf policy get ENDPOINT    the endpoint's policy map in the kernel
+  service list | get ID      service frontends and their backends
+  bpf lb list [--frontends|--backends|--revnat|--maglev]
+                             the kernel's load-balancing maps
   endpoint list              endpoints on this node
   endpoint get ID            one endpoint
   identity list              security identities
   identity get ID            one identity
   ipam list                  address allocations
   bpf endpoint list          the kernel's endpoints map (mb_endpoints)
+  bpf ct flush [--services]  remove conntrack entries (only service entries with --services)
   bpf ipcache list           the kernel's ipcache map (mb_ipcache)
   bpf metrics list           forwarded/dropped packets by reason and direction
   bpf ct list                connection tracking entries
@@ -78,7 +82,7 @@ export function parseCli(argv: string[], env: NodeJS.ProcessEnv): Opts | 'help' 
     for (const side of ['', 'from-', 'to-']) valued[`--${side}${f}`] = `${side}${f}`;
   }
   for (const f of ['verdict', 'drop-reason', 'protocol', 'tcp-flags', 'traffic-direction', 'from-namespace', 'to-namespace', 'node-name']) valued[`--${f}`] = f;
-  const booleans: Record<string, string> = { '--all': 'all', '-A': 'all-namespaces', '--all-namespaces': 'all-namespaces', '--follow': 'follow', '--not': 'not', '-v': 'verbose', '--verbose': 'verbose' };
+  const booleans: Record<string, string> = { '--services': 'services', '--frontends': 'frontends', '--backends': 'backends', '--revnat': 'revnat', '--maglev': 'maglev', '--all': 'all', '-A': 'all-namespaces', '--all-namespaces': 'all-namespaces', '--follow': 'follow', '--not': 'not', '-v': 'verbose', '--verbose': 'verbose' };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const value = (name: string) => {
@@ -348,6 +352,59 @@ const commands: Record<string, Handler> = {
     if (o.output === 'json') return json(r);
     return table(['SELECTOR', 'USERS', 'IDENTITIES'], r.map((s) => [s.selector, s.users, s.identities.join(',')]));
   },
+  async 'service list'(c, o) {
+    const r: any[] = await c.get('/v1/service');
+    if (o.output === 'json') return json(r);
+    return table(
+      ['ID', 'FRONTEND', 'SERVICE', 'TYPE', 'BACKENDS'],
+      r.map((f) => [f.id, f.frontend, `${f.service}${f.portName ? ` (${f.portName})` : ''}`, f.type + (f.algorithm === 'maglev' ? ' maglev' : ''), f.backends.map((b: any, i: number) => `${i + 1}) ${b.address} (${b.state})`).join(', ') || '(none)']),
+    );
+  },
+  async 'service get'(c, o, rest) {
+    return json(await c.get(`/v1/service/${needId(rest, 'service')}`));
+  },
+  async 'bpf lb list'(c, o) {
+    const want = (['frontends', 'backends', 'revnat', 'maglev'] as const).filter((k) => o.flags[k]);
+    const show = want.length ? want : (['frontends'] as const);
+    const out: string[] = [];
+    const svc: any = await c.get('/v1/map/mb_lb_services');
+    const be: any = await c.get('/v1/map/mb_lb_backends');
+    const backends = new Map<number, string>(be.entries.map((b: any) => [b.id, `${b.backend} (${b.state})`]));
+    if (o.output === 'json') {
+      const rev: any = await c.get('/v1/map/mb_lb_revnat');
+      return json({ services: svc.entries, backends: be.entries, revnat: rev.entries });
+    }
+    for (const k of show) {
+      if (k === 'frontends') {
+        const masters = svc.entries.filter((e: any) => e.slot === 0);
+        out.push(
+          table(
+            ['SERVICE ADDRESS', 'BACKEND ADDRESS (REVNAT_ID) (SLOT)'],
+            masters.flatMap((m: any) => {
+              const slots = svc.entries.filter((e: any) => e.frontend === m.frontend && e.slot > 0).sort((a: any, b: any) => a.slot - b.slot);
+              const rows: string[][] = [[m.frontend, `0.0.0.0:0 (${m.revNatIndex}) (0) [${m.count} slots${m.flags & 4 ? ', maglev' : ''}${m.affinityTimeout ? `, affinity ${m.affinityTimeout}s` : ''}]`]];
+              if (!(m.flags & 4)) for (const sl of slots) rows.push(['', `${backends.get(sl.backendId) ?? `backend ${sl.backendId}`} (${m.revNatIndex}) (${sl.slot})`]);
+              return rows;
+            }),
+          ),
+        );
+      } else if (k === 'backends') {
+        out.push(table(['ID', 'BACKEND', 'STATE'], be.entries.map((b: any) => [b.id, b.backend, b.state])));
+      } else if (k === 'revnat') {
+        const rev: any = await c.get('/v1/map/mb_lb_revnat');
+        out.push(table(['ID', 'FRONTEND'], rev.entries.map((r: any) => [r.index, r.frontend])));
+      } else if (k === 'maglev') {
+        const masters = svc.entries.filter((e: any) => e.slot === 0 && e.flags & 4);
+        for (const m of masters) {
+          const slots = svc.entries.filter((e: any) => e.frontend === m.frontend && e.slot > 0).sort((a: any, b: any) => a.slot - b.slot);
+          const counts = new Map<number, number>();
+          for (const sl of slots) counts.set(sl.backendId, (counts.get(sl.backendId) ?? 0) + 1);
+          out.push(`${m.frontend} (revnat ${m.revNatIndex}): ${slots.length} slots\n` + table(['BACKEND', 'SLOTS'], [...counts].map(([id, n]) => [backends.get(id) ?? String(id), n])) + `[${slots.map((sl: any) => sl.backendId).join(',')}]\n`);
+        }
+      }
+    }
+    return out.join('\n');
+  },
   async 'bpf policy get'(c, o, rest) {
     const id = needId(rest, 'bpf policy');
     const r: any = await c.get(`/v1/endpoint/${id}/policy`);
@@ -431,10 +488,17 @@ const commands: Record<string, Handler> = {
     if (o.output === 'json') return json(r.entries);
     return table(['REASON', 'DIRECTION', 'PACKETS', 'BYTES', 'DESCRIPTION'], r.entries.map((e: any) => [e.reason, e.direction, e.packets, e.bytes, e.description]));
   },
+  async 'bpf ct flush'(c, o) {
+    const r: any = await c.request('DELETE', `/v1/map/mb_ct${o.flags.services ? '?services=1' : ''}`);
+    return o.output === 'json' ? json(r) : `deleted ${r.deleted} conntrack entries\n`;
+  },
   async 'bpf ct list'(c, o) {
     const r: any = await c.get('/v1/map/mb_ct');
     if (o.output === 'json') return json(r.entries);
-    return table(['SOURCE', 'DESTINATION', 'PROTO', 'FLAGS', 'LIFETIME', 'TX', 'RX', 'SRC IDENTITY'], r.entries.map((e: any) => [e.source, e.destination, e.nexthdr, e.flags, e.lifetime, e.txPackets, e.rxPackets, e.srcIdentity]));
+    return table(
+      ['SOURCE', 'DESTINATION', 'PROTO', 'FLAGS', 'LIFETIME', 'TX', 'RX', 'SRC IDENTITY', 'SERVICE'],
+      r.entries.map((e: any) => [e.source, e.destination, e.nexthdr, ['out', 'in', 'related'][e.flags & 3] + (e.service ? ' service' : ''), e.lifetime, e.txPackets, e.rxPackets, e.srcIdentity, e.service ? `backend ${e.backendId} revnat ${e.revNatIndex ?? 0}` : e.revNatIndex ? `revnat ${e.revNatIndex}` : '']),
+    );
   },
 };
 

@@ -57,3 +57,11 @@ export function dropReasonText(code: number): string {
 export function metricDirName(dir: number): string {
   return dir === METRIC_DIR_INGRESS ? 'ingress' : dir === METRIC_DIR_EGRESS ? 'egress' : dir === METRIC_DIR_SERVICE ? 'service' : `dir-${dir}`;
 }
+
+export const LB_SVC_F_NODEPORT = 1;
+export const LB_SVC_F_AFFINITY = 2;
+export const LB_SVC_F_MAGLEV = 4;
+export const LB_SVC_F_LOCAL = 8;
+export const LB_SVC_F_CLUSTERIP = 16;
+export const LB_MAGLEV_M = 1021;
+export const LB_BACKEND_TERMINATING = 1;

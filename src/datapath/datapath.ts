@@ -71,7 +71,14 @@ export class Datapath {
     events: BpfMap;
     monitor: BpfMap<number, gen.MonitorConfig>;
     eventsLost: BpfMap<number, bigint>;
+    lbServices: BpfMap<gen.LbServiceKey, gen.LbServiceValue>;
+    lbBackends: BpfMap<number, gen.LbBackend>;
+    lbRevnat: BpfMap<number, gen.LbRevnat>;
+    lbAffinity: BpfMap<gen.LbAffinityKey, gen.LbAffinityValue>;
   };
+  readonly lbServices: MapTable<gen.LbServiceKey, gen.LbServiceValue>;
+  readonly lbBackends: MapTable<number, gen.LbBackend>;
+  readonly lbRevnat: MapTable<number, gen.LbRevnat>;
   hostIfindex = 0;
   netIfindex = 0;
   private readonly nl: RtNetlink;
@@ -81,6 +88,9 @@ export class Datapath {
     this.nl = RtNetlink.open(null);
     this.endpoints = new MapTable('mb_endpoints', maps.endpoints, keyHex(gen.endpointKeyCodec), sameEncoded(gen.endpointInfoCodec));
     this.ipcache = new MapTable('mb_ipcache', maps.ipcache, keyHex(gen.ipcacheKeyCodec), sameEncoded(gen.ipcacheValueCodec));
+    this.lbServices = new MapTable('mb_lb_services', maps.lbServices, keyHex(gen.lbServiceKeyCodec), sameEncoded(gen.lbServiceValueCodec));
+    this.lbBackends = new MapTable('mb_lb_backends', maps.lbBackends, (k) => String(k), sameEncoded(gen.lbBackendCodec));
+    this.lbRevnat = new MapTable('mb_lb_revnat', maps.lbRevnat, (k) => String(k), sameEncoded(gen.lbRevnatCodec));
   }
 
   get lxcObject(): string {
@@ -122,6 +132,10 @@ export class Datapath {
       events: pin('mb_events'),
       monitor: pin('mb_monitor').withCodecs(u32Codec, gen.monitorConfigCodec),
       eventsLost: pin('mb_events_lost').withCodecs(u32Codec, u64Codec),
+      lbServices: pin('mb_lb_services').withCodecs(gen.lbServiceKeyCodec, gen.lbServiceValueCodec),
+      lbBackends: pin('mb_lb_backends').withCodecs(u32Codec, gen.lbBackendCodec),
+      lbRevnat: pin('mb_lb_revnat').withCodecs(u16Codec, gen.lbRevnatCodec),
+      lbAffinity: pin('mb_lb_affinity').withCodecs(gen.lbAffinityKeyCodec, gen.lbAffinityValueCodec),
     };
     return new Datapath(cfg, log, maps);
   }
@@ -154,6 +168,8 @@ export class Datapath {
     if (!this.nl.addrList(host.index).some((a) => a.address === formatIp(router))) this.nl.addrAdd(host.index, routerCidr);
     const podCidr = formatCidr(parseCidr(this.cfg.podCidr));
     this.nl.routeAdd({ dst: podCidr, dev: host.index, src: formatIp(router), scope: 'link', replace: true });
+    // ClusterIPs are reached the same way: the host's packets to them meet from_host, which load-balances.
+    this.nl.routeAdd({ dst: this.cfg.serviceCidr, dev: host.index, src: formatIp(router), scope: 'link', replace: true });
     this.hostIfindex = host.index;
     this.netIfindex = net.index;
     const routerV4 = Buffer.alloc(4);
@@ -170,15 +186,33 @@ export class Datapath {
     this.attachHostProgram(net.index);
   }
 
-  /** Load bpf_host.o and attach from_host at the net device's tcx ingress, replacing any older link without a gap. */
-  private attachHostProgram(netIfindex: number): void {
+  /** Attach from_netdev (NodePort) at the tcx ingress of each external device named by --devices. */
+  attachDevices(): string[] {
+    const problems: string[] = [];
+    for (const dev of this.cfg.devices) {
+      const link = this.nl.linkGet(dev);
+      if (!link) {
+        problems.push(`device ${dev} (--devices) does not exist`);
+        continue;
+      }
+      try {
+        this.attachHostProgram(link.index, 'from_netdev', `netdev_${dev}`);
+      } catch (e) {
+        problems.push(`device ${dev}: ${(e as Error).message}`);
+      }
+    }
+    return problems;
+  }
+
+  /** Load bpf_host.o and attach a program at a device's tcx ingress, replacing any older link without a gap. */
+  private attachHostProgram(ifindex: number, program = 'from_host', pinName = 'from_host'): void {
     const dir = path.join(this.cfg.bpfRoot, 'host');
     fs.mkdirSync(dir, { recursive: true });
-    const pinPath = path.join(dir, 'from_host');
+    const pinPath = path.join(dir, pinName);
     const obj = BpfObject.open(this.hostObject, { pinRoot: this.cfg.bpfRoot });
     try {
       obj.load();
-      const link = attachTcx(obj.program('from_host'), netIfindex, 'ingress');
+      const link = attachTcx(obj.program(program), ifindex, 'ingress');
       let old: BpfLink | undefined;
       try {
         old = BpfLink.fromPin(pinPath);
@@ -434,6 +468,16 @@ const u32Codec = {
   size: 4,
   encode: (v: number) => u32(v),
   decode: (b: Buffer) => b.readUInt32LE(0),
+};
+
+const u16Codec = {
+  size: 2,
+  encode: (v: number) => {
+    const b = Buffer.alloc(2);
+    b.writeUInt16LE(v);
+    return b;
+  },
+  decode: (b: Buffer) => b.readUInt16LE(0),
 };
 
 const u64Codec = {

@@ -371,6 +371,8 @@ export interface CtValue {
   pad?: Buffer;
   /** __u32 @48 */
   last_report: number;
+  /** __u32 @52 */
+  backend_id: number;
 }
 
 export const ctValueCodec: Codec<CtValue> = {
@@ -390,6 +392,7 @@ export const ctValueCodec: Codec<CtValue> = {
     wint(b, o + 44, v.flags, 1, false, false, "ct_value.flags");
     wbytes(b, o + 45, v.pad, 3, true, "ct_value.pad");
     wint(b, o + 48, v.last_report, 4, false, false, "ct_value.last_report");
+    wint(b, o + 52, v.backend_id, 4, false, false, "ct_value.backend_id");
     return b;
   },
   decode(b: Buffer, o = 0): CtValue {
@@ -407,6 +410,7 @@ export const ctValueCodec: Codec<CtValue> = {
       flags: rint(b, o + 44, 1, false, false),
       pad: Buffer.from(b.subarray(o + 45, o + 45 + 3)),
       last_report: rint(b, o + 48, 4, false, false),
+      backend_id: rint(b, o + 52, 4, false, false),
     };
   },
 };
@@ -837,6 +841,226 @@ export const monitorConfigCodec: Codec<MonitorConfig> = {
   },
 };
 
+/** struct lb_service_key (24 bytes) */
+export interface LbServiceKey {
+  /** __u8[16] @0 */
+  addr: Buffer;
+  /** __be16 @16, network byte order in memory: host value here */
+  dport: number;
+  /** __u16 @18 */
+  slot: number;
+  /** __u8 @20 */
+  proto: number;
+  /** __u8 @21 */
+  family: number;
+  /** __u8 @22 */
+  scope: number;
+  /** __u8 @23 */
+  pad?: number;
+}
+
+export const lbServiceKeyCodec: Codec<LbServiceKey> = {
+  size: 24,
+  encode(v: LbServiceKey, out?: Buffer, offset = 0): Buffer {
+    const b = target(24, out, offset);
+    const o = out ? offset : 0;
+    wbytes(b, o + 0, v.addr, 16, false, "lb_service_key.addr");
+    wint(b, o + 16, v.dport, 2, false, true, "lb_service_key.dport");
+    wint(b, o + 18, v.slot, 2, false, false, "lb_service_key.slot");
+    wint(b, o + 20, v.proto, 1, false, false, "lb_service_key.proto");
+    wint(b, o + 21, v.family, 1, false, false, "lb_service_key.family");
+    wint(b, o + 22, v.scope, 1, false, false, "lb_service_key.scope");
+    if (v.pad !== undefined) wint(b, o + 23, v.pad, 1, false, false, "lb_service_key.pad");
+    return b;
+  },
+  decode(b: Buffer, o = 0): LbServiceKey {
+    if (o + 24 > b.length) throw new RangeError(`struct lb_service_key: need 24 bytes at offset ${o}, buffer has ${b.length}`);
+    return {
+      addr: Buffer.from(b.subarray(o + 0, o + 0 + 16)),
+      dport: rint(b, o + 16, 2, false, true),
+      slot: rint(b, o + 18, 2, false, false),
+      proto: rint(b, o + 20, 1, false, false),
+      family: rint(b, o + 21, 1, false, false),
+      scope: rint(b, o + 22, 1, false, false),
+      pad: rint(b, o + 23, 1, false, false),
+    };
+  },
+};
+
+/** struct lb_service_value (12 bytes) */
+export interface LbServiceValue {
+  /** __u32 @0 */
+  backend_id: number;
+  /** __u16 @4 */
+  count: number;
+  /** __u16 @6 */
+  rev_nat_index: number;
+  /** __u8 @8 */
+  flags: number;
+  /** __u8[3] @9 */
+  pad?: Buffer;
+}
+
+export const lbServiceValueCodec: Codec<LbServiceValue> = {
+  size: 12,
+  encode(v: LbServiceValue, out?: Buffer, offset = 0): Buffer {
+    const b = target(12, out, offset);
+    const o = out ? offset : 0;
+    wint(b, o + 0, v.backend_id, 4, false, false, "lb_service_value.backend_id");
+    wint(b, o + 4, v.count, 2, false, false, "lb_service_value.count");
+    wint(b, o + 6, v.rev_nat_index, 2, false, false, "lb_service_value.rev_nat_index");
+    wint(b, o + 8, v.flags, 1, false, false, "lb_service_value.flags");
+    wbytes(b, o + 9, v.pad, 3, true, "lb_service_value.pad");
+    return b;
+  },
+  decode(b: Buffer, o = 0): LbServiceValue {
+    if (o + 12 > b.length) throw new RangeError(`struct lb_service_value: need 12 bytes at offset ${o}, buffer has ${b.length}`);
+    return {
+      backend_id: rint(b, o + 0, 4, false, false),
+      count: rint(b, o + 4, 2, false, false),
+      rev_nat_index: rint(b, o + 6, 2, false, false),
+      flags: rint(b, o + 8, 1, false, false),
+      pad: Buffer.from(b.subarray(o + 9, o + 9 + 3)),
+    };
+  },
+};
+
+/** struct lb_backend (24 bytes) */
+export interface LbBackend {
+  /** __u8[16] @0 */
+  addr: Buffer;
+  /** __be16 @16, network byte order in memory: host value here */
+  port: number;
+  /** __u8 @18 */
+  proto: number;
+  /** __u8 @19 */
+  flags: number;
+  /** __u8 @20 */
+  family: number;
+  /** __u8[3] @21 */
+  pad?: Buffer;
+}
+
+export const lbBackendCodec: Codec<LbBackend> = {
+  size: 24,
+  encode(v: LbBackend, out?: Buffer, offset = 0): Buffer {
+    const b = target(24, out, offset);
+    const o = out ? offset : 0;
+    wbytes(b, o + 0, v.addr, 16, false, "lb_backend.addr");
+    wint(b, o + 16, v.port, 2, false, true, "lb_backend.port");
+    wint(b, o + 18, v.proto, 1, false, false, "lb_backend.proto");
+    wint(b, o + 19, v.flags, 1, false, false, "lb_backend.flags");
+    wint(b, o + 20, v.family, 1, false, false, "lb_backend.family");
+    wbytes(b, o + 21, v.pad, 3, true, "lb_backend.pad");
+    return b;
+  },
+  decode(b: Buffer, o = 0): LbBackend {
+    if (o + 24 > b.length) throw new RangeError(`struct lb_backend: need 24 bytes at offset ${o}, buffer has ${b.length}`);
+    return {
+      addr: Buffer.from(b.subarray(o + 0, o + 0 + 16)),
+      port: rint(b, o + 16, 2, false, true),
+      proto: rint(b, o + 18, 1, false, false),
+      flags: rint(b, o + 19, 1, false, false),
+      family: rint(b, o + 20, 1, false, false),
+      pad: Buffer.from(b.subarray(o + 21, o + 21 + 3)),
+    };
+  },
+};
+
+/** struct lb_revnat (20 bytes) */
+export interface LbRevnat {
+  /** __u8[16] @0 */
+  addr: Buffer;
+  /** __be16 @16, network byte order in memory: host value here */
+  port: number;
+  /** __u8 @18 */
+  family: number;
+  /** __u8 @19 */
+  pad?: number;
+}
+
+export const lbRevnatCodec: Codec<LbRevnat> = {
+  size: 20,
+  encode(v: LbRevnat, out?: Buffer, offset = 0): Buffer {
+    const b = target(20, out, offset);
+    const o = out ? offset : 0;
+    wbytes(b, o + 0, v.addr, 16, false, "lb_revnat.addr");
+    wint(b, o + 16, v.port, 2, false, true, "lb_revnat.port");
+    wint(b, o + 18, v.family, 1, false, false, "lb_revnat.family");
+    if (v.pad !== undefined) wint(b, o + 19, v.pad, 1, false, false, "lb_revnat.pad");
+    return b;
+  },
+  decode(b: Buffer, o = 0): LbRevnat {
+    if (o + 20 > b.length) throw new RangeError(`struct lb_revnat: need 20 bytes at offset ${o}, buffer has ${b.length}`);
+    return {
+      addr: Buffer.from(b.subarray(o + 0, o + 0 + 16)),
+      port: rint(b, o + 16, 2, false, true),
+      family: rint(b, o + 18, 1, false, false),
+      pad: rint(b, o + 19, 1, false, false),
+    };
+  },
+};
+
+/** struct lb_affinity_key (20 bytes) */
+export interface LbAffinityKey {
+  /** __u8[16] @0 */
+  client: Buffer;
+  /** __u16 @16 */
+  rev_nat_index: number;
+  /** __u8 @18 */
+  family: number;
+  /** __u8 @19 */
+  pad?: number;
+}
+
+export const lbAffinityKeyCodec: Codec<LbAffinityKey> = {
+  size: 20,
+  encode(v: LbAffinityKey, out?: Buffer, offset = 0): Buffer {
+    const b = target(20, out, offset);
+    const o = out ? offset : 0;
+    wbytes(b, o + 0, v.client, 16, false, "lb_affinity_key.client");
+    wint(b, o + 16, v.rev_nat_index, 2, false, false, "lb_affinity_key.rev_nat_index");
+    wint(b, o + 18, v.family, 1, false, false, "lb_affinity_key.family");
+    if (v.pad !== undefined) wint(b, o + 19, v.pad, 1, false, false, "lb_affinity_key.pad");
+    return b;
+  },
+  decode(b: Buffer, o = 0): LbAffinityKey {
+    if (o + 20 > b.length) throw new RangeError(`struct lb_affinity_key: need 20 bytes at offset ${o}, buffer has ${b.length}`);
+    return {
+      client: Buffer.from(b.subarray(o + 0, o + 0 + 16)),
+      rev_nat_index: rint(b, o + 16, 2, false, false),
+      family: rint(b, o + 18, 1, false, false),
+      pad: rint(b, o + 19, 1, false, false),
+    };
+  },
+};
+
+/** struct lb_affinity_value (8 bytes) */
+export interface LbAffinityValue {
+  /** __u32 @0 */
+  last_used: number;
+  /** __u32 @4 */
+  backend_id: number;
+}
+
+export const lbAffinityValueCodec: Codec<LbAffinityValue> = {
+  size: 8,
+  encode(v: LbAffinityValue, out?: Buffer, offset = 0): Buffer {
+    const b = target(8, out, offset);
+    const o = out ? offset : 0;
+    wint(b, o + 0, v.last_used, 4, false, false, "lb_affinity_value.last_used");
+    wint(b, o + 4, v.backend_id, 4, false, false, "lb_affinity_value.backend_id");
+    return b;
+  },
+  decode(b: Buffer, o = 0): LbAffinityValue {
+    if (o + 8 > b.length) throw new RangeError(`struct lb_affinity_value: need 8 bytes at offset ${o}, buffer has ${b.length}`);
+    return {
+      last_used: rint(b, o + 0, 4, false, false),
+      backend_id: rint(b, o + 4, 4, false, false),
+    };
+  },
+};
+
 /** sizeof() of every generated struct, from BTF. */
 export const STRUCT_SIZES = {
   endpoint_key: 20,
@@ -856,4 +1080,10 @@ export const STRUCT_SIZES = {
   trace_event: 160,
   policy_verdict_event: 160,
   monitor_config: 16,
+  lb_service_key: 24,
+  lb_service_value: 12,
+  lb_backend: 24,
+  lb_revnat: 20,
+  lb_affinity_key: 20,
+  lb_affinity_value: 8,
 } as const;

@@ -85,6 +85,8 @@ export class EndpointManager {
   /** Observers of durations (metrics). */
   onCreated?: (ms: number) => void;
   onRegenerated?: (ms: number) => void;
+  /** Called after endpoints appear, disappear or change identity (services derive backends from them). */
+  onEndpointsChanged?: () => void;
 
   constructor(
     private readonly cfg: AgentConfig,
@@ -266,6 +268,7 @@ export class EndpointManager {
       this.createDurationsMs.push(ms);
       this.onCreated?.(ms);
       if (this.createDurationsMs.length > 10000) this.createDurationsMs.splice(0, 5000);
+      this.onEndpointsChanged?.();
       log.info('endpoint created', { endpoint: id, ipv4: ep.ipv4, identity: ep.identity, hostIfname, durationMs: Math.round(ms * 100) / 100 });
       return ep;
     } catch (e) {
@@ -403,6 +406,7 @@ export class EndpointManager {
     if (changed) {
       this.dp.endpoints.flush();
       this.dp.ipcache.flush();
+      this.onEndpointsChanged?.();
     }
     return changed;
   }
@@ -427,6 +431,7 @@ export class EndpointManager {
       this.byId.delete(ep.id);
       this.policyTables.get(ep.id)?.close();
       this.policyTables.delete(ep.id);
+      this.onEndpointsChanged?.();
       this.log.info('endpoint deleted', { endpoint: ep.id, containerId, ifname, errors: errors.length ? errors : undefined });
     } else {
       // A failed ADD may have left a veth behind under the name this attachment would use.

@@ -65,6 +65,79 @@ function validatePod(o: Resource, problems: string[]): void {
   });
 }
 
+const PROTOCOLS = ['TCP', 'UDP', 'SCTP'];
+
+function validateService(o: Resource, problems: string[]): void {
+  const spec = o.spec;
+  if (spec === undefined || typeof spec !== 'object' || spec === null) {
+    problems.push('spec: is required');
+    return;
+  }
+  const type = spec.type ?? 'ClusterIP';
+  if (!['ClusterIP', 'NodePort'].includes(type)) problems.push(`spec.type: ${JSON.stringify(spec.type)} is not ClusterIP or NodePort`);
+  if (spec.clusterIP !== undefined && spec.clusterIP !== 'None' && spec.clusterIP !== '' && !/^\d+\.\d+\.\d+\.\d+$/.test(String(spec.clusterIP))) {
+    problems.push(`spec.clusterIP: ${JSON.stringify(spec.clusterIP)} is not an IPv4 address or "None"`);
+  }
+  if (spec.selector !== undefined) validateLabels('spec.selector', spec.selector, problems);
+  if (spec.sessionAffinity !== undefined && !['None', 'ClientIP'].includes(spec.sessionAffinity)) problems.push(`spec.sessionAffinity: ${JSON.stringify(spec.sessionAffinity)} is not None or ClientIP`);
+  const t = spec.sessionAffinityConfig?.clientIP?.timeoutSeconds;
+  if (t !== undefined && (!Number.isInteger(t) || t < 1 || t > 86400)) problems.push(`spec.sessionAffinityConfig.clientIP.timeoutSeconds: ${JSON.stringify(t)} must be 1..86400`);
+  if (spec.externalTrafficPolicy !== undefined && !['Cluster', 'Local'].includes(spec.externalTrafficPolicy)) {
+    problems.push(`spec.externalTrafficPolicy: ${JSON.stringify(spec.externalTrafficPolicy)} is not Cluster or Local`);
+  }
+  const alg = o.metadata.annotations?.['membrane.io/lb-algorithm'] ?? o.metadata.annotations?.['service.cilium.io/lb-algorithm'];
+  if (alg !== undefined && !['random', 'maglev'].includes(alg)) problems.push(`metadata.annotations.membrane.io/lb-algorithm: ${JSON.stringify(alg)} is not random or maglev`);
+  if (!Array.isArray(spec.ports) || spec.ports.length === 0) {
+    problems.push('spec.ports: at least one port is required');
+    return;
+  }
+  const names = new Set<string>();
+  spec.ports.forEach((p: any, i: number) => {
+    const pp = `spec.ports[${i}]`;
+    if (typeof p !== 'object' || p === null) return problems.push(`${pp}: must be an object`);
+    if (!Number.isInteger(p.port) || p.port < 1 || p.port > 65535) problems.push(`${pp}.port: ${JSON.stringify(p.port)} must be a port number 1-65535`);
+    if (p.protocol !== undefined && !PROTOCOLS.includes(p.protocol)) problems.push(`${pp}.protocol: ${JSON.stringify(p.protocol)} is not TCP, UDP or SCTP`);
+    if (spec.ports.length > 1 && !p.name) problems.push(`${pp}.name: is required when a Service has several ports`);
+    if (p.name !== undefined) {
+      if (typeof p.name !== 'string' || !PORT_NAME_RE.test(p.name)) problems.push(`${pp}.name: ${JSON.stringify(p.name)} is not a valid port name`);
+      else if (names.has(p.name)) problems.push(`${pp}.name: ${JSON.stringify(p.name)} is used twice`);
+      names.add(p.name);
+    }
+    const tp = p.targetPort;
+    if (tp !== undefined && !(Number.isInteger(tp) && tp >= 1 && tp <= 65535) && !(typeof tp === 'string' && PORT_NAME_RE.test(tp))) {
+      problems.push(`${pp}.targetPort: ${JSON.stringify(tp)} is neither a port number nor a port name`);
+    }
+    if (p.nodePort !== undefined) {
+      if (type !== 'NodePort') problems.push(`${pp}.nodePort: only a NodePort Service has node ports`);
+      else if (!Number.isInteger(p.nodePort) || p.nodePort < 30000 || p.nodePort > 32767) problems.push(`${pp}.nodePort: ${JSON.stringify(p.nodePort)} is outside 30000-32767`);
+    }
+  });
+}
+
+function validateEndpointSlice(o: Resource, problems: string[]): void {
+  const svc = o.metadata.labels?.['kubernetes.io/service-name'];
+  if (!svc) problems.push('metadata.labels.kubernetes.io/service-name: is required (the Service this slice belongs to)');
+  if ((o as any).addressType !== 'IPv4') problems.push(`addressType: ${JSON.stringify((o as any).addressType)} must be IPv4 (IPv6 slices are not wired yet)`);
+  const eps = (o as any).endpoints;
+  if (eps !== undefined && !Array.isArray(eps)) problems.push('endpoints: must be a list');
+  (Array.isArray(eps) ? eps : []).forEach((e: any, i: number) => {
+    const ep = `endpoints[${i}]`;
+    if (!Array.isArray(e?.addresses) || e.addresses.length === 0) return problems.push(`${ep}.addresses: at least one address is required`);
+    e.addresses.forEach((a: unknown, j: number) => {
+      if (typeof a !== 'string' || !/^\d+\.\d+\.\d+\.\d+$/.test(a)) problems.push(`${ep}.addresses[${j}]: ${JSON.stringify(a)} is not an IPv4 address`);
+    });
+    for (const c of ['ready', 'serving', 'terminating']) {
+      const v = e.conditions?.[c];
+      if (v !== undefined && typeof v !== 'boolean') problems.push(`${ep}.conditions.${c}: must be true or false, got ${JSON.stringify(v)}`);
+    }
+  });
+  const ports = (o as any).ports;
+  (Array.isArray(ports) ? ports : []).forEach((p: any, i: number) => {
+    if (!Number.isInteger(p?.port) || p.port < 1 || p.port > 65535) problems.push(`ports[${i}].port: ${JSON.stringify(p?.port)} must be a port number 1-65535`);
+    if (p?.protocol !== undefined && !PROTOCOLS.includes(p.protocol)) problems.push(`ports[${i}].protocol: ${JSON.stringify(p.protocol)} is not TCP, UDP or SCTP`);
+  });
+}
+
 function validatePolicy(o: Resource, problems: string[]): void {
   try {
     translatePolicy(o);
@@ -79,6 +152,14 @@ function validatePolicy(o: Resource, problems: string[]): void {
 export const KINDS: KindInfo[] = [
   { kind: 'Namespace', apiVersion: 'v1', namespaced: false, names: ['namespace', 'namespaces', 'ns'], validate: () => {} },
   { kind: 'Pod', apiVersion: 'v1', namespaced: true, names: ['pod', 'pods', 'po'], validate: validatePod },
+  { kind: 'Service', apiVersion: 'v1', namespaced: true, names: ['service', 'services', 'svc'], validate: validateService },
+  {
+    kind: 'EndpointSlice',
+    apiVersion: 'discovery.k8s.io/v1',
+    namespaced: true,
+    names: ['endpointslice', 'endpointslices'],
+    validate: validateEndpointSlice,
+  },
   {
     kind: 'NetworkPolicy',
     apiVersion: 'networking.k8s.io/v1',

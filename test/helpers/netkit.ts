@@ -5,6 +5,8 @@
  *   udp-req HOST PORT MSG [TIMEOUT_MS]
  *   tcp-stream HOST PORT [DURATION_MS]                 sends a line every 20 ms, prints "<sent> <echoed>" each 100 ms
  *   udp-burst HOST PORT COUNT [SPORT]                  exactly COUNT datagrams
+ *   ident NAME tcp:8080,udp:53                         servers that answer with NAME (which backend answered)
+ *   who tcp|udp HOST PORT COUNT [TIMEOUT_MS]           COUNT new flows; prints the names that answered
  *   serve tcp:80,udp:80,...                            echo servers on several ports in one process
  *   probe '[{"ip":..,"port":..,"proto":"tcp"|"udp"}]' [TIMEOUT_MS]
  *                                                      all probes at once; prints a JSON array of booleans
@@ -96,6 +98,75 @@ switch (mode) {
       };
       next();
     });
+    break;
+  }
+  case 'ident': {
+    // ident NAME tcp:8080,udp:5353: TCP answers "NAME\n" then echoes; UDP answers NAME to every datagram.
+    const [name, spec] = args;
+    let pending = 0;
+    for (const sp of spec.split(',')) {
+      const [proto, port] = sp.split(':');
+      pending++;
+      const done = () => {
+        if (--pending === 0) process.stdout.write('ready\n');
+      };
+      if (proto === 'tcp') {
+        net
+          .createServer((s) => {
+            s.on('error', () => {});
+            s.write(`${name}\n`);
+            s.pipe(s);
+          })
+          .listen(Number(port), done);
+      } else {
+        const sock = dgram.createSocket('udp4');
+        sock.on('message', (_m, r) => sock.send(name, r.port, r.address));
+        sock.bind(Number(port), done);
+      }
+    }
+    break;
+  }
+  case 'who': {
+    // who tcp|udp HOST PORT COUNT [TIMEOUT_MS]: COUNT separate connections/datagrams (new source port each);
+    // prints a JSON array of the names that answered ("" for no answer).
+    const [proto, host, port, count, t] = args;
+    const timeout = Number(t ?? 1500);
+    const one = () =>
+      new Promise<string>((resolve) => {
+        let done = false;
+        const finish = (v: string) => {
+          if (!done) {
+            done = true;
+            clearTimeout(timer);
+            cleanup();
+            resolve(v);
+          }
+        };
+        const timer = setTimeout(() => finish(''), timeout);
+        let cleanup = () => {};
+        if (proto === 'tcp') {
+          const s = net.connect(Number(port), host);
+          let buf = '';
+          s.on('data', (d) => {
+            buf += d.toString();
+            if (buf.includes('\n')) finish(buf.split('\n')[0]);
+          });
+          s.on('error', (e: NodeJS.ErrnoException) => finish(`!${e.code}`));
+          cleanup = () => s.destroy();
+        } else {
+          const sock = dgram.createSocket('udp4');
+          sock.on('message', (m) => finish(m.toString()));
+          sock.on('error', () => finish(''));
+          sock.send('who', Number(port), host);
+          cleanup = () => sock.close();
+        }
+      });
+    (async () => {
+      const out: string[] = [];
+      const n = Number(count);
+      for (let i = 0; i < n; i += 10) out.push(...(await Promise.all(Array.from({ length: Math.min(10, n - i) }, one))));
+      process.stdout.write(JSON.stringify(out) + '\n');
+    })();
     break;
   }
   case 'serve': {

@@ -33,6 +33,13 @@ describe('constants shared with the datapath', () => {
       ['EVENT_DROP', C.EVENT_DROP],
       ['EVENT_TRACE', C.EVENT_TRACE],
       ['EVENT_POLICY_VERDICT', C.EVENT_POLICY_VERDICT],
+      ['LB_SVC_F_NODEPORT', C.LB_SVC_F_NODEPORT],
+      ['LB_SVC_F_AFFINITY', C.LB_SVC_F_AFFINITY],
+      ['LB_SVC_F_MAGLEV', C.LB_SVC_F_MAGLEV],
+      ['LB_SVC_F_LOCAL', C.LB_SVC_F_LOCAL],
+      ['LB_SVC_F_CLUSTERIP', C.LB_SVC_F_CLUSTERIP],
+      ['LB_MAGLEV_M', C.LB_MAGLEV_M],
+      ['LB_BACKEND_TERMINATING', C.LB_BACKEND_TERMINATING],
     ];
     for (const [name, v] of pairs) assert.equal(d.get(name), v, name);
     for (const [code, r] of Object.entries(C.DROP_REASONS)) assert.equal(d.get(`DROP_${r.name}`), Number(code), `DROP_${r.name}`);
