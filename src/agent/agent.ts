@@ -30,6 +30,7 @@ import { Monitor } from '../monitor/monitor';
 import { AgentMetrics } from '../monitor/metrics';
 import type { EndpointInfoLite, Enricher } from '../monitor/flow';
 import { Frontend, LocalPod, ServiceManager, lbEntries } from '../service/manager';
+import { LabelSet, matches as matchesSelector } from '../policy/selector';
 import { ipcacheKey } from '../datapath/datapath';
 import { ReservedIdentity } from '../identity/identity';
 import { mkdirp } from '../util/fsutil';
@@ -104,6 +105,7 @@ export class Agent {
       this.scheduleFlush();
     });
     this.services = new ServiceManager(cfg.serviceCidr, cfg.stateDir, cfg.lbAlgorithm);
+    this.policy.repo.serviceResolver = (peer) => this.resolveServicePeer(peer);
     this.endpoints.onEndpointsChanged = () => {
       this.pendingServices = true;
       this.scheduleFlush();
@@ -200,6 +202,11 @@ export class Agent {
       this.pendingServices = true;
     } else if (o.kind === 'Service' || o.kind === 'EndpointSlice') {
       this.pendingServices = true;
+      try {
+        if (this.policy.repo.refreshServicePeers() > 0) this.pendingRegen = true;
+      } catch (e) {
+        this.log.error('re-resolving toServices failed', { error: e });
+      }
     }
     this.scheduleFlush();
   }
@@ -238,6 +245,40 @@ export class Agent {
     }
     this.identities.flush();
     this.wakeRevisionWaiters();
+  }
+
+  /**
+   * toServices: a service with a selector stands for the pods it selects (a
+   * selector, so new backends are picked up by the selector cache); one without
+   * stands for the addresses in its EndpointSlices.
+   */
+  private resolveServicePeer(peer: import('../policy/types').ServicePeer): { selectors: import('../policy/types').Selector[]; cidrs: string[] } {
+    const services = peer.name
+      ? [this.store.get({ kind: 'Service', namespace: peer.namespace, name: peer.name })].filter((x): x is Resource => !!x)
+      : this.store.list('Service', peer.namespace).filter((svc) => {
+          const labels = new LabelSet(Object.entries(svc.metadata.labels ?? {}).map(([k, v]) => `k8s:${k}=${v}`));
+          return peer.selector ? matchesSelector(peer.selector, labels) : true;
+        });
+    const selectors: import('../policy/types').Selector[] = [];
+    const cidrs: string[] = [];
+    for (const svc of services) {
+      const sel: Record<string, string> | undefined = svc.spec?.selector;
+      const ns = svc.metadata.namespace ?? 'default';
+      if (sel && Object.keys(sel).length) {
+        selectors.push({
+          requirements: [
+            ...Object.entries(sel).map(([key, v]) => ({ key, source: 'k8s', operator: 'In' as const, values: [v] })),
+            { key: 'io.kubernetes.pod.namespace', source: 'k8s', operator: 'In' as const, values: [ns] },
+          ],
+        });
+      } else {
+        for (const sl of this.store.list('EndpointSlice', ns)) {
+          if (sl.metadata.labels?.['kubernetes.io/service-name'] !== svc.metadata.name) continue;
+          for (const e of (sl as any).endpoints ?? []) for (const a of e.addresses ?? []) cidrs.push(`${a}/32`);
+        }
+      }
+    }
+    return { selectors, cidrs };
   }
 
   /** Services -> frontends and backends -> the load-balancing maps (backends first, frontends last). */

@@ -13,7 +13,10 @@ import { NAMESPACE_LABEL } from '../identity/labels';
 import { LabelSet, isWildcard, matches } from './selector';
 import { SelectorCache } from './selectorcache';
 import { translatePolicy } from './translate';
-import type { CidrPeer, Entity, PeerRule, Requirement, Rule, Selector } from './types';
+import type { CidrPeer, Entity, PeerRule, Requirement, Rule, Selector, ServicePeer } from './types';
+
+/** What a toServices peer stands for now: selectors over the backends' pods and/or backend addresses. */
+export type ServiceResolver = (peer: ServicePeer) => { selectors: Selector[]; cidrs: string[] };
 import type { Resource } from '../store/types';
 
 const reserved = (name: string): Selector => ({ requirements: [{ key: name, source: 'reserved', operator: 'Exists', values: [] }] });
@@ -52,6 +55,8 @@ interface StoredPolicy {
   object: Resource;
   rules: Rule[];
   cidrs: string[];
+  /** Whether a rule names services (re-resolved when services change). */
+  usesServices: boolean;
 }
 
 /** Labels of the CIDR identity for a prefix: the prefix and every super-prefix. */
@@ -75,6 +80,9 @@ export class PolicyRepository {
   /** prefix -> {identity, refs} */
   private readonly cidrIds = new Map<string, { id: number; refs: number }>();
 
+  /** Resolves toServices peers; set by the agent (no services known: nothing). */
+  serviceResolver: ServiceResolver = () => ({ selectors: [], cidrs: [] });
+
   constructor(
     readonly cache: SelectorCache,
     private readonly identities: IdentityAllocator,
@@ -91,9 +99,17 @@ export class PolicyRepository {
     const rules = translatePolicy(o);
     const old = this.policies.get(key);
     const cidrs = new Set<string>();
+    let usesServices = false;
     for (const r of rules) {
       this.cache.add(r.subject);
       for (const pr of [...r.ingress, ...r.ingressDeny, ...r.egress, ...r.egressDeny]) {
+        // toServices: the services' backends as they are now (re-resolved on service changes).
+        for (const svc of pr.peers.services ?? []) {
+          usesServices = true;
+          const res = this.serviceResolver(svc);
+          pr.peers.selectors.push(...res.selectors);
+          pr.peers.cidrs.push(...res.cidrs.map((c) => ({ cidr: c, except: [] })));
+        }
         for (const c of pr.peers.cidrs) {
           cidrs.add(c.cidr);
           c.except.forEach((e) => cidrs.add(e));
@@ -102,7 +118,7 @@ export class PolicyRepository {
     }
     for (const c of cidrs) this.acquireCidr(c);
     for (const r of rules) for (const pr of [...r.ingress, ...r.ingressDeny, ...r.egress, ...r.egressDeny]) this.registerPeers(pr);
-    this.policies.set(key, { key, object: o, rules, cidrs: [...cidrs] });
+    this.policies.set(key, { key, object: o, rules, cidrs: [...cidrs], usesServices });
     if (old) this.release(old);
     return ++this.revision;
   }
@@ -159,6 +175,13 @@ export class PolicyRepository {
     this.cidrIds.delete(prefix);
     this.onCidr(prefix, undefined);
     this.identities.release(cur.id);
+  }
+
+  /** Re-resolve the policies that name services (a Service or EndpointSlice changed). Returns how many. */
+  refreshServicePeers(): number {
+    const stale = [...this.policies.values()].filter((p) => p.usesServices);
+    for (const p of stale) this.upsert(p.object);
+    return stale.length;
   }
 
   /** Identities a peer rule selects; [0] means any peer. */

@@ -17,7 +17,7 @@
  */
 import { parseCidr, cidrContains } from '../util/ip';
 import { NAMESPACE_LABEL, NAMESPACE_LABELS_PREFIX } from '../identity/labels';
-import { CidrPeer, Entity, ENTITIES, IcmpSpec, PeerRule, Peers, PolicySource, PortSpec, Protocol, Requirement, Rule, Selector } from './types';
+import { CidrPeer, Entity, ENTITIES, IcmpSpec, PeerRule, Peers, PolicySource, PortSpec, Protocol, Requirement, Rule, Selector, ServicePeer } from './types';
 
 export class PolicyValidationError extends Error {
   constructor(readonly problems: string[]) {
@@ -269,7 +269,6 @@ const UNSUPPORTED_PEERS: Record<string, string> = {
   fromGroups: 'cloud groups are not supported',
   toGroups: 'cloud groups are not supported',
   toFQDNs: 'toFQDNs is not supported yet (needs the DNS proxy)',
-  toServices: 'toServices is not supported yet (needs services)',
   authentication: 'mutual authentication is not supported',
 };
 
@@ -307,7 +306,7 @@ function parseCiliumRule(p: Problems, path: string, v: unknown, dir: 'ingress' |
     return undefined;
   }
   const f = dir === 'ingress' ? 'from' : 'to';
-  const allowed = [`${f}Endpoints`, `${f}CIDR`, `${f}CIDRSet`, `${f}Entities`, 'toPorts', 'icmps'];
+  const allowed = [`${f}Endpoints`, `${f}CIDR`, `${f}CIDRSet`, `${f}Entities`, 'toPorts', 'icmps', ...(dir === 'egress' ? ['toServices'] : [])];
   checkKeys(p, path, v, allowed, UNSUPPORTED_PEERS);
   const peers: Peers = { selectors: [], entities: [], cidrs: [] };
   const eps = v[`${f}Endpoints`];
@@ -325,7 +324,30 @@ function parseCiliumRule(p: Problems, path: string, v: unknown, dir: 'ingress' |
   });
   peers.entities.push(...parseEntities(p, `${path}.${f}Entities`, v[`${f}Entities`]));
   if (peers.entities.includes('all')) peers.any = true;
-  const hasPeerFields = [`${f}Endpoints`, `${f}CIDR`, `${f}CIDRSet`, `${f}Entities`].some((k) => v[k] !== undefined);
+  if (dir === 'egress' && v.toServices !== undefined) {
+    peers.services = [];
+    arrayAt(p, `${path}.toServices`, v.toServices).forEach((sv, i) => {
+      const sp = `${path}.toServices[${i}]`;
+      if (!isObj(sv)) return p.add(sp, `must be an object with k8sService or k8sServiceSelector, got ${show(sv)}`);
+      checkKeys(p, sp, sv, ['k8sService', 'k8sServiceSelector']);
+      const ref = sv.k8sService ?? sv.k8sServiceSelector;
+      if (!isObj(ref) || (sv.k8sService !== undefined && sv.k8sServiceSelector !== undefined)) {
+        return p.add(sp, 'needs exactly one of k8sService {serviceName, namespace} or k8sServiceSelector {selector, namespace}');
+      }
+      const ns = ref.namespace ?? namespace ?? 'default';
+      if (typeof ns !== 'string' || !ns) return p.add(`${sp}.namespace`, `must be a namespace name, got ${show(ref.namespace)}`);
+      if (sv.k8sService !== undefined) {
+        checkKeys(p, `${sp}.k8sService`, ref, ['serviceName', 'namespace']);
+        if (typeof ref.serviceName !== 'string' || !ref.serviceName) return p.add(`${sp}.k8sService.serviceName`, `is required, got ${show(ref.serviceName)}`);
+        peers.services!.push({ namespace: ns, name: ref.serviceName } satisfies ServicePeer);
+      } else {
+        checkKeys(p, `${sp}.k8sServiceSelector`, ref, ['selector', 'namespace']);
+        const sel = parseSelector(p, `${sp}.k8sServiceSelector.selector`, ref.selector ?? {});
+        if (sel) peers.services!.push({ namespace: ns, selector: sel });
+      }
+    });
+  }
+  const hasPeerFields = [`${f}Endpoints`, `${f}CIDR`, `${f}CIDRSet`, `${f}Entities`, ...(dir === 'egress' ? ['toServices'] : [])].some((k) => v[k] !== undefined);
   const ports = parseCiliumPorts(p, `${path}.toPorts`, v.toPorts, !deny);
   const icmps = v.icmps !== undefined ? parseIcmps(p, `${path}.icmps`, v.icmps) : undefined;
   if (ports && icmps) p.add(path, 'toPorts and icmps cannot be used in the same rule');

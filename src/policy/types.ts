@@ -59,11 +59,20 @@ export interface CidrPeer {
  * The peers of one rule: the union of selectors, entities and CIDRs.
  * `any: true` means every peer (an L3 wildcard, identity 0 in the map).
  */
+/** A service named by toServices: by name, or by a selector over Service labels. */
+export interface ServicePeer {
+  namespace: string;
+  name?: string;
+  selector?: Selector;
+}
+
 export interface Peers {
   any?: boolean;
   selectors: Selector[];
   entities: Entity[];
   cidrs: CidrPeer[];
+  /** toServices: resolved to the services' backends by the repository. */
+  services?: ServicePeer[];
 }
 
 /**

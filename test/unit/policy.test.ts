@@ -226,6 +226,24 @@ describe('policy semantics (map state)', () => {
     assert.equal(w.verdict(a, b.id, 'ingress', TCP, 80).allowed, true);
   });
 
+  it('toServices selects the service\'s backends (selector services by pods, others by addresses)', () => {
+    const w = world();
+    const c = w.pod('x', { kind: 'client' });
+    const web = w.pod('x', { app: 'web' });
+    const other = w.pod('x', { app: 'other' });
+    w.engine.repo.serviceResolver = (peer) =>
+      peer.name === 'web'
+        ? { selectors: [{ requirements: [{ key: 'app', source: 'k8s', operator: 'In', values: ['web'] }, { key: 'io.kubernetes.pod.namespace', source: 'k8s', operator: 'In', values: [peer.namespace] }] }], cidrs: [] }
+        : peer.name === 'ext'
+          ? { selectors: [], cidrs: ['192.0.2.50/32'] }
+          : { selectors: [], cidrs: [] };
+    w.apply(cnp('x', { endpointSelector: { matchLabels: { kind: 'client' } }, egress: [{ toServices: [{ k8sService: { serviceName: 'web' } }, { k8sService: { serviceName: 'ext', namespace: 'x' } }] }] }));
+    assert.equal(w.verdict(c, web.id, 'egress', TCP, 80).allowed, true);
+    assert.equal(w.verdict(c, other.id, 'egress', TCP, 80).allowed, false);
+    assert.equal(w.verdict(c, w.cidrs.get('192.0.2.50/32')!, 'egress', TCP, 80).allowed, true);
+    assert.throws(() => translatePolicy({ ...cnp('x', { endpointSelector: {}, egress: [{ toServices: [{ k8sService: {} }] }] }), metadata: { name: 'n', namespace: 'x' } } as any), /toServices\[0\]\.k8sService\.serviceName: is required/);
+  });
+
   it('selections follow identities as they come and go', () => {
     const w = world();
     const e = w.pod('x', { kind: 'echo' });
