@@ -1,14 +1,42 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
- * Host device pair datapath. from_host runs on the tcx ingress of the "net"
- * side of the host device pair: everything the host stack routes to the pod
- * CIDR leaves the "host" side and arrives here. Local endpoints get the packet
- * through their policy_ingress (tail call, source identity from the ipcache in
- * skb->cb[0]); anything else is unroutable.
+ * Host-side datapath.
+ *
+ * from_host runs on the tcx ingress of the "net" side of the host device pair:
+ * everything the host stack routes to the pod CIDR (and to the service CIDR,
+ * which the agent routes via the host device too) leaves the "host" side and
+ * arrives here. Local endpoints get the packet through their policy_ingress
+ * (tail call, source identity from the ipcache in skb->cb[0]); anything else
+ * is unroutable.
+ *
+ * Services from the host (lib/lb.h): a TCP/UDP/SCTP packet to a frontend
+ * (any frontend: ClusterIP or NodePort entry) gets a backend (CT_SERVICE entry
+ * keyed by the host's original tuple) and is DNATed to it, then delivered as
+ * above; only node-local backends can be reached this way (a remote backend
+ * is DROP_UNROUTABLE: the reply would not pass here again to be reversed;
+ * socket LB is the path for those). The frontend's rev_nat_index travels in
+ * skb->cb[MB_CB_REVNAT] to the backend's policy_ingress, which stores it in
+ * its CT_INGRESS entry; the backend's from_container reverses the reply's
+ * source before handing it to the stack. A frontend without backends:
+ * DROP_NO_SERVICE (the host's socket times out; no ICMP is built here).
+ *
+ * from_netdev runs on the tcx ingress of the node's external devices (the
+ * agent attaches it to the devices named by its --devices flag): NodePort.
+ * A TCP/UDP/SCTP packet whose {daddr, dport, proto} is a frontend with
+ * LB_SVC_F_NODEPORT gets a backend, is DNATed to it (the client's source
+ * address is kept: externalTrafficPolicy Local semantics, so the agent puts
+ * only node-local backends into NodePort slots; a non-local backend is
+ * DROP_UNROUTABLE) and delivered to the backend's policy_ingress (source
+ * identity from the ipcache, normally world; cb[MB_CB_REVNAT] as above). The
+ * backend's reply leaves through its from_container, which reverses the
+ * source to node address:nodePort before handing it to the stack (the agent
+ * sets accept_local=1 and rp_filter=0 on the host device: the reply's source
+ * is a local address). Everything else: TC_ACT_OK, untouched.
  *
  * Trace point FROM_HOST (lib/trace.h): emitted here before the tail call
  * without aggregation; with aggregation the endpoint's policy_ingress emits it
  * (skb->cb[1] marks the packet) when its CT state says the packet is reported.
+ * from_netdev emits FROM_NETWORK for NodePort packets without aggregation only.
  */
 #define MB_FILE_ID MB_FILE_HOST
 
@@ -19,38 +47,89 @@
 #include "endpoint.h"
 #include "identity.h"
 #include "trace.h"
+#include "l4.h"
+#include "conntrack.h"
+#include "lb.h"
 
 /* Drops here have no endpoint: source = 0; dst id = the endpoint if known. */
 #define DROP_HOST(ctx, reason, src_label, dst_label, dst_id) \
 	send_drop(ctx, reason, METRIC_DIR_INGRESS, src_label, dst_label, 0, dst_id)
 
-static __always_inline int handle_ipv4_from_host(struct __sk_buff *ctx)
+/*
+ * Select a backend for a packet to frontend @svc and DNAT it. Returns 0 with
+ * @lb filled (the packet now goes to lb->addr:lb->port) or a drop reason.
+ * Invalidates packet pointers.
+ */
+static __always_inline int lb4_xlate(struct __sk_buff *ctx, __be32 saddr, __be32 daddr,
+				     struct lb_service_value *svc, struct l4_info *l4,
+				     struct lb4_result *lb)
 {
-	struct iphdr *ip = ipv4_hdr(ctx);
-	struct endpoint_info *ep;
-	__u32 src_identity, dst_id;
+	int ret;
+
+	ret = lb4_local(saddr, daddr, l4, svc, ctx->len, ct_now(), lb);
+	if (ret)
+		return ret;
+	return lb4_dnat(ctx, l4, daddr, lb);
+}
+
+/*
+ * Deliver to a local endpoint's policy_ingress with source identity
+ * @src_identity and @rev_nat for its CT_INGRESS entry; @point: the trace
+ * observation point (FROM_HOST is deferred to policy_ingress under
+ * aggregation, FROM_NETWORK only traced without aggregation).
+ */
+static __always_inline int deliver_local(struct __sk_buff *ctx, struct endpoint_info *ep,
+					 __u32 src_identity, __u16 rev_nat, __u8 point)
+{
+	__u32 dst_id = ep->ep_id;
 	struct mon m;
 
-	if (!ip)
-		return DROP_HOST(ctx, DROP_INVALID, 0, 0, 0);
-	ep = lookup_ip4_local_endpoint(ip->daddr);
-	if (!ep)
-		return DROP_HOST(ctx, DROP_UNROUTABLE, ipcache_ip4_identity(ip->saddr), 0, 0);
-
-	dst_id = ep->ep_id;
-	src_identity = ipcache_ip4_identity(ip->saddr);
 	ctx->cb[0] = src_identity;
 	ctx->cb[MB_CB_TRACE] = 0;
+	ctx->cb[MB_CB_REVNAT] = rev_nat;
 	monitor_load(&m);
 	if (m.flags & MONITOR_F_TRACE) {
 		if (m.agg == MONITOR_AGG_NONE)
-			send_trace(ctx, TRACE_FROM_HOST, TRACE_CT_UNKNOWN, src_identity, ep->sec_id, 0,
+			send_trace(ctx, point, TRACE_CT_UNKNOWN, src_identity, ep->sec_id, 0,
 				   dst_id, ctx->ifindex);
-		else
+		else if (point == TRACE_FROM_HOST)
 			ctx->cb[MB_CB_TRACE] = MB_CB_TRACE_FROM_HOST;
 	}
 	bpf_tail_call(ctx, &mb_call_policy, dst_id);
 	return DROP_HOST(ctx, DROP_MISSED_TAIL_CALL, src_identity, ep->sec_id, dst_id);
+}
+
+static __always_inline int handle_ipv4_from_host(struct __sk_buff *ctx)
+{
+	struct iphdr *ip = ipv4_hdr(ctx);
+	struct lb_service_value *svc;
+	struct endpoint_info *ep;
+	struct lb4_result lb;
+	__u32 src_identity;
+	struct l4_info l4;
+	__u16 rev_nat = 0;
+	int ret;
+
+	if (!ip)
+		return DROP_HOST(ctx, DROP_INVALID, 0, 0, 0);
+	src_identity = ipcache_ip4_identity(ip->saddr);
+	if (lb4_proto_ok(ip->protocol) && !(ip->frag_off & bpf_htons(IP_OFFSET)) &&
+	    l4_parse_ipv4(ctx, ip, &l4) == 0) {
+		svc = lb4_lookup_service(ip->daddr, l4.dport, l4.proto);
+		if (svc) {
+			ret = lb4_xlate(ctx, ip->saddr, ip->daddr, svc, &l4, &lb);
+			if (ret)
+				return DROP_HOST(ctx, ret, src_identity, 0, 0);
+			rev_nat = lb.rev_nat;
+			ip = ipv4_hdr(ctx);
+			if (!ip)
+				return DROP_HOST(ctx, DROP_INVALID, src_identity, 0, 0);
+		}
+	}
+	ep = lookup_ip4_local_endpoint(ip->daddr);
+	if (!ep)
+		return DROP_HOST(ctx, DROP_UNROUTABLE, src_identity, 0, 0);
+	return deliver_local(ctx, ep, src_identity, rev_nat, TRACE_FROM_HOST);
 }
 
 SEC("tc")
@@ -70,6 +149,56 @@ int from_host(struct __sk_buff *ctx)
 		/* IPv6 is disabled on both sides of the pair; no v6 datapath in v1. */
 		return DROP_HOST(ctx, DROP_UNKNOWN_L3, MB_ID_HOST, 0, 0);
 	}
+}
+
+/*
+ * NodePort on an external device. Fast exit (TC_ACT_OK, untouched) for
+ * anything but an IPv4 TCP/UDP/SCTP packet to a NodePort frontend.
+ */
+static __always_inline int handle_ipv4_from_netdev(struct __sk_buff *ctx)
+{
+	struct iphdr *ip = ipv4_hdr(ctx);
+	struct lb_service_value *svc;
+	struct endpoint_info *ep;
+	struct lb4_result lb;
+	__u32 src_identity;
+	struct l4_info l4;
+	__be16 ports[2];
+	int ret;
+
+	if (!ip || !lb4_proto_ok(ip->protocol) || (ip->frag_off & bpf_htons(IP_OFFSET)))
+		return TC_ACT_OK;
+	if (bpf_skb_load_bytes(ctx, ETH_HLEN + (__u32)ip->ihl * 4, ports, sizeof(ports)) < 0)
+		return TC_ACT_OK;
+	svc = lb4_lookup_service(ip->daddr, ports[1], ip->protocol);
+	if (likely(!svc || !(svc->flags & LB_SVC_F_NODEPORT)))
+		return TC_ACT_OK;
+
+	src_identity = ipcache_ip4_identity(ip->saddr);
+	ret = l4_parse_ipv4(ctx, ip, &l4);
+	if (ret)
+		return DROP_HOST(ctx, ret, src_identity, 0, 0);
+	ret = lb4_local(ip->saddr, ip->daddr, &l4, svc, ctx->len, ct_now(), &lb);
+	if (ret)
+		return DROP_HOST(ctx, ret, src_identity, 0, 0);
+	/* The client's address is kept: only a node-local backend can answer through us. */
+	ep = lookup_ip4_local_endpoint(lb.addr);
+	if (!ep)
+		return DROP_HOST(ctx, DROP_UNROUTABLE, src_identity, 0, 0);
+	ret = lb4_dnat(ctx, &l4, ip->daddr, &lb);
+	if (ret)
+		return DROP_HOST(ctx, ret, src_identity, ep->sec_id, ep->ep_id);
+	return deliver_local(ctx, ep, src_identity, lb.rev_nat, TRACE_FROM_NETWORK);
+}
+
+SEC("tc")
+int from_netdev(struct __sk_buff *ctx)
+{
+	struct ethhdr *eth = ctx_data(ctx, ETH_HLEN);
+
+	if (eth && eth->h_proto == bpf_htons(ETH_P_IP))
+		return handle_ipv4_from_netdev(ctx);
+	return TC_ACT_OK;
 }
 
 char _license[] SEC("license") = "Dual BSD/GPL";

@@ -6,14 +6,31 @@
  * from_container (tcx ingress of the host-side veth).
  *
  *   from_container  packets leaving the pod: ARP responder, anti-spoofing,
+ *                   service DNAT (lib/lb.h; a frontend without backends is
+ *                   answered with an ICMP port unreachable, drop 158),
  *                   conntrack + egress policy (every IPv4 packet, whatever the
- *                   destination), then local delivery (tail call into the
- *                   destination's policy_ingress) or hand-off to the host
- *                   stack through the host device pair.
+ *                   destination, after DNAT: the backend's identity), reverse
+ *                   NAT of replies to host/world clients of a service, then
+ *                   local delivery (tail call into the destination's
+ *                   policy_ingress) or hand-off to the host stack through the
+ *                   host device pair.
  *   policy_ingress  tail-call target for traffic *to* this endpoint (source
  *                   identity in skb->cb[0], skb->cb[1] a pending FROM_HOST
- *                   trace, lib/trace.h): conntrack + ingress policy, L3
- *                   forward (MACs, TTL) and bpf_redirect_peer into the pod.
+ *                   trace, lib/trace.h, skb->cb[2] the rev_nat_index to store
+ *                   in a new CT_INGRESS entry): conntrack + ingress policy,
+ *                   reverse NAT of replies to service flows this pod opened
+ *                   (and hairpin replies), L3 forward (MACs, TTL) and
+ *                   bpf_redirect_peer into the pod.
+ *
+ * Service paths (lib/lb.h): pod -> frontend -> backend is DNATed here and
+ * reversed in this pod's policy_ingress (its CT_EGRESS entry carries
+ * rev_nat_index), wherever the reply comes from (a local backend's
+ * from_container, from_host). A pod balanced to itself is also SNATed to
+ * LB_HAIRPIN_IPV4 (identity host towards its own ingress policy); its reply
+ * to that address is looped back into its policy_ingress, which reverses both.
+ * Related ICMP errors about translated flows pass conntrack (the CT entries
+ * hold the translated tuple) but their quoted headers are not translated back
+ * (best effort).
 
  * Nothing is attached to the host-side veth's egress: every path to a pod
  * (another pod, the host through from_host, later the overlay) tail-calls the
@@ -43,6 +60,7 @@
 #include "conntrack.h"
 #include "policy.h"
 #include "trace.h"
+#include "lb.h"
 
 /* Per-endpoint values; the agent writes them before load (BpfObject.setConst). */
 volatile const struct ep_config CONFIG;
@@ -64,10 +82,11 @@ struct {
 #define DROP_INGRESS(ctx, reason, src_label) \
 	send_drop(ctx, reason, METRIC_DIR_INGRESS, src_label, CONFIG.sec_id, CONFIG.ep_id, CONFIG.ep_id)
 
-/* What ipv4_ct_policy found out about a packet it passed, for trace events. */
+/* What ipv4_ct_policy found out about a packet it passed, for trace events and reverse NAT. */
 struct ct_obs {
 	__u8 state;   /* TRACE_CT_* */
 	__u8 report;  /* trace this packet (monitor flags + aggregation, lib/trace.h) */
+	__u16 rev_nat; /* TRACE_CT_REPLY: the rev_nat_index of the flow's entry (0: not translated) */
 };
 
 /*
@@ -86,13 +105,19 @@ struct ct_obs {
  *
  * With EP_CFG_F_NO_POLICY (feature switch) nothing is tracked or enforced.
  *
+ * @l4: parsed by the caller when @l4_ready (from_container parses early for
+ * the service lookup and updates it after DNAT), else parsed here. @rev_nat:
+ * stored in the entry a new flow creates (service flows, lib/lb.h); a reply
+ * reports its entry's rev_nat_index in @obs->rev_nat.
+ *
  * Observation (@m): on pass, @obs gets the CT state and whether to trace the
  * packet. With MONITOR_F_VERDICT a policy verdict event is emitted for a new
  * flow policy allowed (after its CT entry was created) and for every policy
  * drop (the caller reports the drop itself).
  */
 static __always_inline int ipv4_ct_policy(struct __sk_buff *ctx, const struct iphdr *ip,
-					  __u32 remote_id, const __u8 dir, const struct mon *m,
+					  struct l4_info *l4p, int l4_ready, __u32 remote_id,
+					  const __u8 dir, __u16 rev_nat, const struct mon *m,
 					  struct ct_obs *obs)
 {
 	const __u8 egress = dir == CT_EGRESS;
@@ -108,13 +133,18 @@ static __always_inline int ipv4_ct_policy(struct __sk_buff *ctx, const struct ip
 
 	obs->state = TRACE_CT_UNKNOWN;
 	obs->report = 0;
+	obs->rev_nat = 0;
 	if (CONFIG.flags & EP_CFG_F_NO_POLICY) {
 		obs->report = trace_untracked(m);
 		return 0;
 	}
-	ret = l4_parse_ipv4(ctx, ip, &l4);
-	if (ret)
-		return ret;
+	if (l4_ready) {
+		l4 = *l4p;
+	} else {
+		ret = l4_parse_ipv4(ctx, ip, &l4);
+		if (ret)
+			return ret;
+	}
 	now = ct_now();
 
 	/* Reply of a flow the other side of this endpoint tracked. Never creates. */
@@ -123,6 +153,7 @@ static __always_inline int ipv4_ct_policy(struct __sk_buff *ctx, const struct ip
 	if (ct) {
 		changes = ct_update(ct, &l4, len, 0, now);
 		obs->state = TRACE_CT_REPLY;
+		obs->rev_nat = ct->rev_nat_index;
 		obs->report = trace_aggregate(
 			m, ct, (changes & (CT_UPD_FIRST_REPLY | TRACE_AGG_TCP_FLAGS)) != 0, now);
 		return 0;
@@ -150,7 +181,7 @@ static __always_inline int ipv4_ct_policy(struct __sk_buff *ctx, const struct ip
 		obs->report = trace_aggregate(m, ct, (changes & TRACE_AGG_TCP_FLAGS) != 0, now);
 		return 0;
 	}
-	ret = ct_create(&key, &l4, len, remote_id, now);
+	ret = lb_ct_create(&key, &l4, len, remote_id, now, rev_nat, 0);
 	if (ret)
 		return ret;
 	obs->state = TRACE_CT_NEW;
@@ -189,14 +220,70 @@ static __always_inline int handle_arp(struct __sk_buff *ctx)
 	return bpf_redirect(CONFIG.ifindex, 0);
 }
 
+/*
+ * Service translation of a packet from this pod (lib/lb.h): a frontend hit
+ * gets a backend and is DNATed to it; a flow to itself is also SNATed to
+ * LB_HAIRPIN_IPV4. Returns 0 (translated, @l4 updated, *@rev_nat and
+ * *@hairpin set) or a drop reason (DROP_NO_SERVICE: no backend).
+ */
+static __always_inline int lb4_from_lxc(struct __sk_buff *ctx, __be32 saddr, __be32 daddr,
+					struct lb_service_value *svc, struct l4_info *l4,
+					__u16 *rev_nat, int *hairpin)
+{
+	struct lb4_result lb;
+	int ret;
+
+	ret = lb4_local(saddr, daddr, l4, svc, ctx->len, ct_now(), &lb);
+	if (ret)
+		return ret;
+	ret = lb4_dnat(ctx, l4, daddr, &lb);
+	if (ret)
+		return ret;
+	l4->dport = lb.port;
+	l4->policy_port = lb.port;
+	*rev_nat = lb.rev_nat;
+	if (lb.addr == saddr) {
+		/* Hairpin (the pod is its own backend): the reply must come back out of it. */
+		ret = nat4_addr(ctx, l4->l4_off, l4->proto, 1, saddr, bpf_htonl(LB_HAIRPIN_IPV4));
+		if (ret)
+			return ret;
+		*hairpin = 1;
+	}
+	return 0;
+}
+
+/*
+ * A frontend without backends: count the drop (DROP_NO_SERVICE, with its
+ * event on the original packet), then turn the packet into an ICMP port
+ * unreachable from the frontend and send it back into the pod.
+ */
+static __always_inline int lb4_reject_lxc(struct __sk_buff *ctx)
+{
+	struct ethhdr *eth;
+
+	send_drop(ctx, DROP_NO_SERVICE, METRIC_DIR_EGRESS, CONFIG.sec_id, 0, CONFIG.ep_id, 0);
+	if (lb4_icmp_port_unreach(ctx) < 0)
+		return TC_ACT_SHOT;
+	eth = ctx_data(ctx, ETH_HLEN);
+	if (!eth)
+		return TC_ACT_SHOT;
+	eth_rewrite(eth, CONFIG.mac, CONFIG.node_mac);
+	return bpf_redirect(CONFIG.ifindex, 0);
+}
+
 static __always_inline int handle_ipv4_from_lxc(struct __sk_buff *ctx)
 {
 	struct iphdr *ip = ipv4_hdr(ctx);
-	__u32 dst_sec, dst_id = 0;
+	__u32 dst_sec, dst_id = 0, src_sec = CONFIG.sec_id;
+	struct lb_service_value *svc;
 	struct endpoint_info *ep;
 	struct node_config *node;
+	int l4_ready = 0, hairpin = 0;
+	struct l4_info l4;
+	__u16 rev_nat = 0;
 	struct ct_obs obs;
 	struct ethhdr *eth;
+	__be32 daddr;
 	struct mon m;
 	int ret;
 
@@ -209,20 +296,49 @@ static __always_inline int handle_ipv4_from_lxc(struct __sk_buff *ctx)
 		return DROP_EGRESS(ctx, DROP_INVALID_SIP, 0);
 
 	/*
+	 * Services, before conntrack and policy: a frontend is DNATed to its
+	 * backend here, so conntrack and egress policy see the backend (its
+	 * address, port and identity).
+	 */
+	if (lb4_proto_ok(ip->protocol) && !(ip->frag_off & bpf_htons(IP_OFFSET)) &&
+	    l4_parse_ipv4(ctx, ip, &l4) == 0) {
+		l4_ready = 1;
+		svc = lb4_lookup_service(ip->daddr, l4.dport, l4.proto);
+		if (svc) {
+			ret = lb4_from_lxc(ctx, ip->saddr, ip->daddr, svc, &l4, &rev_nat, &hairpin);
+			if (ret == DROP_NO_SERVICE)
+				return lb4_reject_lxc(ctx);
+			if (ret)
+				return DROP_EGRESS(ctx, ret, 0);
+			ip = ipv4_hdr(ctx);
+			if (!ip)
+				return DROP_EGRESS(ctx, DROP_INVALID, 0);
+			if (hairpin)
+				src_sec = MB_ID_HOST;
+		}
+	}
+
+	/*
 	 * Destination identity: a local endpoint's or node address's from
 	 * mb_endpoints (the lookup we need anyway, same value as its ipcache
-	 * entry), anything else from the ipcache (world if absent).
+	 * entry), anything else from the ipcache (world if absent). The hairpin
+	 * address stands for the host (only replies of hairpin flows go there).
 	 */
-	ep = lookup_ip4_endpoint(ip->daddr);
-	if (ep) {
-		dst_sec = ep->sec_id;
-		if (!(ep->flags & ENDPOINT_F_HOST))
-			dst_id = ep->ep_id;
+	daddr = ip->daddr;
+	if (unlikely(daddr == bpf_htonl(LB_HAIRPIN_IPV4))) {
+		dst_sec = MB_ID_HOST;
 	} else {
-		dst_sec = ipcache_ip4_identity(ip->daddr);
+		ep = lookup_ip4_endpoint(daddr);
+		if (ep) {
+			dst_sec = ep->sec_id;
+			if (!(ep->flags & ENDPOINT_F_HOST))
+				dst_id = ep->ep_id;
+		} else {
+			dst_sec = ipcache_ip4_identity(daddr);
+		}
 	}
 	monitor_load(&m);
-	ret = ipv4_ct_policy(ctx, ip, dst_sec, CT_EGRESS, &m, &obs);
+	ret = ipv4_ct_policy(ctx, ip, &l4, l4_ready, dst_sec, CT_EGRESS, rev_nat, &m, &obs);
 	if (ret)
 		return send_drop(ctx, ret, METRIC_DIR_EGRESS, CONFIG.sec_id, dst_sec, CONFIG.ep_id,
 				 dst_id);
@@ -230,11 +346,35 @@ static __always_inline int handle_ipv4_from_lxc(struct __sk_buff *ctx)
 		send_trace(ctx, TRACE_FROM_LXC, obs.state, CONFIG.sec_id, dst_sec, CONFIG.ep_id,
 			   dst_id, ctx->ifindex);
 
+	if (unlikely(daddr == bpf_htonl(LB_HAIRPIN_IPV4))) {
+		/*
+		 * The pod's reply to a hairpin flow (it reached itself through a
+		 * service): back into the pod, whose policy_ingress finds its
+		 * CT_EGRESS entry and reverses both translations.
+		 */
+		if (obs.state != TRACE_CT_REPLY && obs.state != TRACE_CT_RELATED)
+			return send_drop(ctx, DROP_UNROUTABLE, METRIC_DIR_EGRESS, CONFIG.sec_id,
+					 dst_sec, CONFIG.ep_id, 0);
+		dst_id = CONFIG.ep_id;
+		dst_sec = CONFIG.sec_id;
+	} else if (obs.rev_nat) {
+		/*
+		 * Reply of a service flow whose client is the host or the world
+		 * (from_host / from_netdev stored rev_nat_index in this backend's
+		 * CT_INGRESS entry): source back to the frontend.
+		 */
+		ret = lb4_rev_nat(ctx, obs.rev_nat, 0);
+		if (ret)
+			return send_drop(ctx, ret, METRIC_DIR_EGRESS, CONFIG.sec_id, dst_sec,
+					 CONFIG.ep_id, dst_id);
+	}
+
 	if (dst_id) {
 		/* Local delivery: the destination's policy_ingress does the rest. */
 		metrics_count(METRIC_FORWARDED, METRIC_DIR_EGRESS, ctx->len);
-		ctx->cb[0] = CONFIG.sec_id;
+		ctx->cb[0] = src_sec;
 		ctx->cb[MB_CB_TRACE] = 0;
+		ctx->cb[MB_CB_REVNAT] = 0;   /* the client side (here) reverses pod flows */
 		bpf_tail_call(ctx, &mb_call_policy, dst_id);
 		return send_drop(ctx, DROP_MISSED_TAIL_CALL, METRIC_DIR_EGRESS, CONFIG.sec_id,
 				 dst_sec, CONFIG.ep_id, dst_id);
@@ -244,6 +384,9 @@ static __always_inline int handle_ipv4_from_lxc(struct __sk_buff *ctx)
 	node = node_config();
 	if (!node || !node->net_ifindex)
 		return DROP_EGRESS(ctx, DROP_UNROUTABLE, 0);
+	eth = ctx_data(ctx, ETH_HLEN);
+	if (!eth)
+		return DROP_EGRESS(ctx, DROP_INVALID, 0);
 	eth_rewrite(eth, node->host_mac, node->net_mac);
 	metrics_count(METRIC_FORWARDED, METRIC_DIR_EGRESS, ctx->len);
 	if (obs.report)
@@ -277,6 +420,8 @@ int policy_ingress(struct __sk_buff *ctx)
 {
 	__u32 src_identity = ctx->cb[0];
 	__u32 pending = ctx->cb[MB_CB_TRACE];
+	__u16 rev_nat = ctx->cb[MB_CB_REVNAT];
+	struct l4_info l4;
 	struct ct_obs obs;
 	struct iphdr *ip;
 	struct ethhdr *eth;
@@ -285,17 +430,31 @@ int policy_ingress(struct __sk_buff *ctx)
 
 	ctx->cb[0] = 0;
 	ctx->cb[MB_CB_TRACE] = 0;
+	ctx->cb[MB_CB_REVNAT] = 0;
 	ip = ipv4_hdr(ctx);
 	if (!ip)
 		return DROP_INGRESS(ctx, DROP_INVALID, src_identity);
 	monitor_load(&m);
-	ret = ipv4_ct_policy(ctx, ip, src_identity, CT_INGRESS, &m, &obs);
+	ret = ipv4_ct_policy(ctx, ip, &l4, 0, src_identity, CT_INGRESS, rev_nat, &m, &obs);
 	if (ret)
 		return DROP_INGRESS(ctx, ret, src_identity);
 	/* A FROM_HOST trace from_host left to the aggregation decision here (lib/trace.h). */
 	if (obs.report && pending == MB_CB_TRACE_FROM_HOST)
 		send_trace(ctx, TRACE_FROM_HOST, obs.state, src_identity, CONFIG.sec_id, 0,
 			   CONFIG.ep_id, ctx->ifindex);
+	if (obs.rev_nat) {
+		/*
+		 * Reply of a service flow this pod opened (its CT_EGRESS entry
+		 * carries the frontend): source back to the frontend; a hairpin
+		 * reply also gets its destination back to the pod.
+		 */
+		ret = lb4_rev_nat(ctx, obs.rev_nat, *(const volatile __be32 *)CONFIG.ipv4);
+		if (ret)
+			return DROP_INGRESS(ctx, ret, src_identity);
+		ip = ipv4_hdr(ctx);
+		if (!ip)
+			return DROP_INGRESS(ctx, DROP_INVALID, src_identity);
+	}
 	ret = ipv4_dec_ttl(ctx, ip);
 	if (ret)
 		return DROP_INGRESS(ctx, ret, src_identity);

@@ -137,7 +137,9 @@ struct ct_value {
 	__u32 lifetime;    /* absolute expiry, CLOCK_MONOTONIC seconds (bpf_ktime_get_coarse_ns() / 1e9);
 			    * expired (treated as absent, to be GC'd) iff lifetime < now */
 	__u32 src_sec_id;  /* identity of the remote side when the entry was created */
-	__u16 rev_nat_index;
+	__u16 rev_nat_index; /* service flows: mb_lb_revnat index the replies' source is
+			      * rewritten to (CT_EGRESS of a pod client, CT_INGRESS of the
+			      * backend for host/world clients, CT_SERVICE); bpf/lib/lb.h */
 	__u8 tx_flags_seen; /* TCP flags seen (or'ed) in each direction */
 	__u8 rx_flags_seen;
 	__u8 flags;        /* CT_F_* */
@@ -224,6 +226,28 @@ struct lb_affinity_key {
 struct lb_affinity_value {
 	__u32 last_used;        /* CLOCK_MONOTONIC seconds */
 	__u32 backend_id;
+};
+
+/*
+ * Socket-level LB (bpf_sock.c): what a connected/sending socket's backend
+ * stands for, so recvmsg/getpeername can show the frontend again. Keyed by
+ * the socket cookie and the backend address (IPv4 in the first 4 bytes) and
+ * port (network order); LRU, written by connect4/sendmsg4.
+ */
+struct lb_sock_revnat_key {
+	__u64 cookie;
+	__u8 addr[16];
+	__be16 port;
+	__u8 family;
+	__u8 pad[5];
+};
+
+struct lb_sock_revnat_value {
+	__u8 addr[16];          /* the frontend */
+	__be16 port;
+	__u16 rev_nat_index;
+	__u8 family;
+	__u8 pad[3];
 };
 
 /* ---- metrics: (reason, direction) -> packets, bytes; per CPU ---- */
@@ -483,6 +507,14 @@ struct {
 	__uint(max_entries, 65536);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } mb_lb_affinity SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct lb_sock_revnat_key);
+	__type(value, struct lb_sock_revnat_value);
+	__uint(max_entries, 262144);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mb_lb_sock_revnat SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

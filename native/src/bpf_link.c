@@ -8,7 +8,9 @@
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <string.h>
+#include <unistd.h>
 
 #define MB_BPF_TCX_INGRESS 46
 #define MB_BPF_TCX_EGRESS 47
@@ -115,8 +117,34 @@ static napi_value js_link_update(napi_env env, napi_callback_info info)
 	return NULL;
 }
 
+/* linkCreateCgroup(progFd, cgroupPath, attachType) -> link fd (BPF_LINK_CREATE on a cgroup v2 directory). */
+static napi_value js_link_create_cgroup(napi_env env, napi_callback_info info)
+{
+	MB_ARGS(3);
+	int32_t prog_fd;
+	uint32_t attach_type;
+	char path[4096];
+	if (!mb_arg_i32(env, argv[0], "progFd", &prog_fd) || !mb_arg_str(env, argv[1], "cgroupPath", path, sizeof(path)) ||
+	    !mb_arg_u32(env, argv[2], "attachType", &attach_type))
+		return NULL;
+	int cg = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (cg < 0) {
+		mb_throw_errno(env, errno, "open", "cgroup %s", path);
+		return NULL;
+	}
+	int fd = bpf_link_create(prog_fd, cg, (enum bpf_attach_type)attach_type, NULL);
+	int err = errno;
+	close(cg);
+	if (fd < 0) {
+		mb_throw_errno(env, err, "bpf(BPF_LINK_CREATE)", "prog fd %d cgroup %s attach type %u", prog_fd, path, attach_type);
+		return NULL;
+	}
+	return mb_i32(env, fd);
+}
+
 void mb_init_bpf_link(napi_env env, napi_value exports)
 {
+	mb_export(env, exports, "linkCreateCgroup", js_link_create_cgroup);
 	mb_export(env, exports, "linkUpdate", js_link_update);
 	mb_export(env, exports, "linkCreateTcx", js_link_create_tcx);
 	mb_export(env, exports, "linkDetach", js_link_detach);

@@ -456,6 +456,7 @@ export class Agent {
     const agent = new Agent(cfg, log, dp);
     dp.setupNode(agent.endpoints.ipam.router);
     for (const p of dp.attachDevices()) log.error('NodePort device not set up', { problem: p });
+    if (cfg.socketLbCgroup) dp.attachSocketLb(cfg.socketLbCgroup);
     for (const kind of ['CiliumClusterwideNetworkPolicy', 'CiliumNetworkPolicy', 'NetworkPolicy']) {
       for (const o of agent.store.list(kind)) {
         try {
@@ -602,6 +603,14 @@ export class Agent {
       ipam: { allocated: this.endpoints.ipam.list().length - 1 },
       maps: [this.dp.endpoints.status(), this.dp.ipcache.status()],
       conntrackGc: this.lastCtGc,
+      services: {
+        serviceCidr: this.cfg.serviceCidr,
+        frontends: this.frontends.length,
+        lbAlgorithm: this.cfg.lbAlgorithm,
+        nodePortDevices: this.cfg.devices,
+        socketLbCgroup: this.cfg.socketLbCgroup ?? null,
+        errors: this.serviceErrors,
+      },
       monitor: {
         aggregation: this.cfg.monitorAggregation,
         flowsStored: this.monitor.stored,

@@ -32,6 +32,8 @@ export interface AgentConfig {
   lbAlgorithm: 'random' | 'maglev';
   /** External devices that receive NodePort traffic. */
   devices: string[];
+  /** Dedicated cgroup v2 directory holding the pods' processes, for socket-level load balancing. */
+  socketLbCgroup?: string;
   /** Host device pair names (host side carries the router address). */
   hostDevice: string;
   netDevice: string;
@@ -69,6 +71,8 @@ const USAGE = `Usage: membrane-agent [flags]
   --service-cidr CIDR         ClusterIPs are allocated from it (10.96.0.0/16)
   --lb-algorithm ALG          random|maglev, default backend selection (random)
   --devices DEV[,DEV]         external devices where NodePort traffic arrives (none)
+  --socket-lb-cgroup DIR      also load-balance at the socket (connect/sendmsg) for processes in this
+                              dedicated cgroup v2 directory (never the cgroup root); off unless given
 `;
 
 export class ConfigError extends Error {}
@@ -94,6 +98,7 @@ export function parseAgentArgs(argv: string[]): AgentConfig | 'help' {
       'service-cidr': { type: 'string' },
       'lb-algorithm': { type: 'string' },
       devices: { type: 'string' },
+      'socket-lb-cgroup': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
     strict: true,
@@ -112,7 +117,7 @@ export function parseAgentArgs(argv: string[]): AgentConfig | 'help' {
       throw new ConfigError(`--config: ${values.config} must hold a mapping of settings`);
     }
     for (const [k, v] of Object.entries(parsed ?? {})) file[k.replace(/-([a-z])/g, (_, c) => c.toUpperCase())] = v;
-    const known = ['stateDir', 'bpfRoot', 'socket', 'podCidr', 'nodeName', 'mtu', 'logLevel', 'bpfObjDir', 'policyEnforcement', 'monitorAggregation', 'monitorReportInterval', 'flowsBuffer', 'metricsAddress', 'serviceCidr', 'lbAlgorithm', 'devices'];
+    const known = ['stateDir', 'bpfRoot', 'socket', 'podCidr', 'nodeName', 'mtu', 'logLevel', 'bpfObjDir', 'policyEnforcement', 'monitorAggregation', 'monitorReportInterval', 'flowsBuffer', 'metricsAddress', 'serviceCidr', 'lbAlgorithm', 'devices', 'socketLbCgroup'];
     for (const k of Object.keys(file)) {
       if (!known.includes(k)) throw new ConfigError(`--config: unknown setting "${k}" in ${values.config} (known: ${known.join(', ')})`);
     }
@@ -139,6 +144,7 @@ export function parseAgentArgs(argv: string[]): AgentConfig | 'help' {
     serviceCidr: pick(values['service-cidr'], 'serviceCidr', '10.96.0.0/16'),
     lbAlgorithm: pick(values['lb-algorithm'], 'lbAlgorithm', 'random'),
     devices: values.devices ?? (Array.isArray(file.devices) ? (file.devices as string[]).join(',') : (file.devices as string | undefined)) ?? '',
+    socketLbCgroup: values['socket-lb-cgroup'] ?? (file.socketLbCgroup as string | undefined),
   });
 }
 
@@ -159,6 +165,7 @@ export function buildConfig(o: {
   serviceCidr?: string;
   lbAlgorithm?: string;
   devices?: string;
+  socketLbCgroup?: string;
 }): AgentConfig {
   const stateDir = path.resolve(o.stateDir);
   const bpfRoot = path.resolve(o.bpfRoot);
@@ -210,6 +217,7 @@ export function buildConfig(o: {
     serviceCidr,
     lbAlgorithm,
     devices,
+    socketLbCgroup: o.socketLbCgroup ? path.resolve(o.socketLbCgroup) : undefined,
     hostDevice: isDefault ? 'mb_host' : `mbh_${instance}`,
     netDevice: isDefault ? 'mb_net' : `mbn_${instance}`,
     instance,

@@ -61,6 +61,19 @@ export class BpfLink {
   }
 }
 
+export const CGROUP_ATTACH = {
+  connect4: 10, // BPF_CGROUP_INET4_CONNECT
+  sendmsg4: 14, // BPF_CGROUP_UDP4_SENDMSG
+  recvmsg4: 19, // BPF_CGROUP_UDP4_RECVMSG
+  getpeername4: 29, // BPF_CGROUP_INET4_GETPEERNAME
+} as const;
+
+/** Attach a cgroup program to a cgroup v2 directory through a link. */
+export function attachCgroup(prog: BpfProgram, cgroupPath: string, hook: keyof typeof CGROUP_ATTACH): BpfLink {
+  const fd = wrap({ op: `attach cgroup ${hook} on ${cgroupPath}`, program: prog.name }, () => native().linkCreateCgroup(prog.fd, cgroupPath, CGROUP_ATTACH[hook]));
+  return new BpfLink(fd, `${prog.name}@${cgroupPath}/${hook}`);
+}
+
 /** Attach prog at ifindex's tcx ingress/egress (appended after existing tcx programs). */
 export function attachTcx(prog: BpfProgram | number, ifindex: number, direction: TcxDirection): BpfLink {
   const fd = typeof prog === 'number' ? prog : prog.fd;

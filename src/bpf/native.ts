@@ -156,6 +156,8 @@ export interface MembraneNative {
   linkDetach(fd: number): void;
   /** BPF_LINK_UPDATE: replace the link's program atomically. */
   linkUpdate(linkFd: number, progFd: number): void;
+  /** BPF_LINK_CREATE on a cgroup v2 directory (cgroup/connect4 and friends). */
+  linkCreateCgroup(progFd: number, cgroupPath: string, attachType: number): number;
   linkInfo(fd: number): LinkInfo;
 
   // ---- programs ----

@@ -11,7 +11,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { BpfLink, BpfMap, BpfObject, attachTcx, ensureBpffs } from '../bpf';
+import { BpfLink, BpfMap, BpfObject, CGROUP_ATTACH, attachCgroup, attachTcx, ensureBpffs } from '../bpf';
 import { Netns, RtNetlink, setSysctl } from '../netlink';
 import type { AgentConfig } from '../agent/config';
 import { IpAddr, formatCidr, formatIp, parseCidr, parseMac, formatMac } from '../util/ip';
@@ -161,6 +161,9 @@ export class Datapath {
       trySysctl(null, `net.ipv6.conf.${dev}.disable_ipv6`, '1');
     }
     trySysctl(null, `net.ipv4.conf.${netDevice}.rp_filter`, '0');
+    // NodePort replies reach the stack through the host device with a node address as source.
+    trySysctl(null, `net.ipv4.conf.${hostDevice}.rp_filter`, '0');
+    trySysctl(null, `net.ipv4.conf.${hostDevice}.accept_local`, '1');
     trySysctl(null, 'net.ipv4.ip_forward', '1');
     this.nl.linkSet(host.index, { up: true, noarp: true });
     this.nl.linkSet(net.index, { up: true });
@@ -184,6 +187,45 @@ export class Datapath {
       flags: 0,
     } as unknown as gen.NodeConfig);
     this.attachHostProgram(net.index);
+  }
+
+  /**
+   * Socket-level load balancing: bpf_sock.o's connect4/sendmsg4/recvmsg4/
+   * getpeername4 on the dedicated cgroup (--socket-lb-cgroup), with the same
+   * maps as the packet path. The cgroup must be below a cgroup v2 mount and not
+   * its root: every host process sits in the root.
+   */
+  attachSocketLb(cgroup: string): void {
+    const mounts = fs
+      .readFileSync('/proc/self/mountinfo', 'utf8')
+      .split('\n')
+      .filter((l) => / - cgroup2 /.test(l))
+      .map((l) => l.split(' ')[4]);
+    const mount = mounts.find((m) => cgroup.startsWith(m + '/'));
+    if (!mount) throw new Error(`socket-lb-cgroup: ${cgroup} is not below a cgroup v2 mount (${mounts.join(', ') || 'none'}), or is the root itself`);
+    fs.mkdirSync(cgroup, { recursive: true });
+    const dir = path.join(this.cfg.bpfRoot, 'sock');
+    fs.mkdirSync(dir, { recursive: true });
+    const obj = BpfObject.open(path.join(this.cfg.bpfObjDir, 'bpf_sock.o'), { pinRoot: this.cfg.bpfRoot });
+    try {
+      obj.load();
+      for (const hook of Object.keys(CGROUP_ATTACH) as (keyof typeof CGROUP_ATTACH)[]) {
+        const pinPath = path.join(dir, hook);
+        const link = attachCgroup(obj.program(`sock_${hook}`), cgroup, hook);
+        try {
+          const old = BpfLink.fromPin(pinPath);
+          fs.unlinkSync(pinPath);
+          old.close();
+        } catch {
+          /* none before */
+        }
+        link.pin(pinPath);
+        link.close();
+      }
+    } finally {
+      obj.close();
+    }
+    this.log.info('socket-level load balancing attached', { cgroup });
   }
 
   /** Attach from_netdev (NodePort) at the tcx ingress of each external device named by --devices. */

@@ -1061,6 +1061,82 @@ export const lbAffinityValueCodec: Codec<LbAffinityValue> = {
   },
 };
 
+/** struct lb_sock_revnat_key (32 bytes) */
+export interface LbSockRevnatKey {
+  /** __u64 @0 */
+  cookie: bigint;
+  /** __u8[16] @8 */
+  addr: Buffer;
+  /** __be16 @24, network byte order in memory: host value here */
+  port: number;
+  /** __u8 @26 */
+  family: number;
+  /** __u8[5] @27 */
+  pad?: Buffer;
+}
+
+export const lbSockRevnatKeyCodec: Codec<LbSockRevnatKey> = {
+  size: 32,
+  encode(v: LbSockRevnatKey, out?: Buffer, offset = 0): Buffer {
+    const b = target(32, out, offset);
+    const o = out ? offset : 0;
+    wint(b, o + 0, v.cookie, 8, false, false, "lb_sock_revnat_key.cookie");
+    wbytes(b, o + 8, v.addr, 16, false, "lb_sock_revnat_key.addr");
+    wint(b, o + 24, v.port, 2, false, true, "lb_sock_revnat_key.port");
+    wint(b, o + 26, v.family, 1, false, false, "lb_sock_revnat_key.family");
+    wbytes(b, o + 27, v.pad, 5, true, "lb_sock_revnat_key.pad");
+    return b;
+  },
+  decode(b: Buffer, o = 0): LbSockRevnatKey {
+    if (o + 32 > b.length) throw new RangeError(`struct lb_sock_revnat_key: need 32 bytes at offset ${o}, buffer has ${b.length}`);
+    return {
+      cookie: rint(b, o + 0, 8, false, false),
+      addr: Buffer.from(b.subarray(o + 8, o + 8 + 16)),
+      port: rint(b, o + 24, 2, false, true),
+      family: rint(b, o + 26, 1, false, false),
+      pad: Buffer.from(b.subarray(o + 27, o + 27 + 5)),
+    };
+  },
+};
+
+/** struct lb_sock_revnat_value (24 bytes) */
+export interface LbSockRevnatValue {
+  /** __u8[16] @0 */
+  addr: Buffer;
+  /** __be16 @16, network byte order in memory: host value here */
+  port: number;
+  /** __u16 @18 */
+  rev_nat_index: number;
+  /** __u8 @20 */
+  family: number;
+  /** __u8[3] @21 */
+  pad?: Buffer;
+}
+
+export const lbSockRevnatValueCodec: Codec<LbSockRevnatValue> = {
+  size: 24,
+  encode(v: LbSockRevnatValue, out?: Buffer, offset = 0): Buffer {
+    const b = target(24, out, offset);
+    const o = out ? offset : 0;
+    wbytes(b, o + 0, v.addr, 16, false, "lb_sock_revnat_value.addr");
+    wint(b, o + 16, v.port, 2, false, true, "lb_sock_revnat_value.port");
+    wint(b, o + 18, v.rev_nat_index, 2, false, false, "lb_sock_revnat_value.rev_nat_index");
+    wint(b, o + 20, v.family, 1, false, false, "lb_sock_revnat_value.family");
+    wbytes(b, o + 21, v.pad, 3, true, "lb_sock_revnat_value.pad");
+    return b;
+  },
+  decode(b: Buffer, o = 0): LbSockRevnatValue {
+    if (o + 24 > b.length) throw new RangeError(`struct lb_sock_revnat_value: need 24 bytes at offset ${o}, buffer has ${b.length}`);
+    return {
+      addr: Buffer.from(b.subarray(o + 0, o + 0 + 16)),
+      port: rint(b, o + 16, 2, false, true),
+      rev_nat_index: rint(b, o + 18, 2, false, false),
+      family: rint(b, o + 20, 1, false, false),
+      pad: Buffer.from(b.subarray(o + 21, o + 21 + 3)),
+    };
+  },
+};
+
 /** sizeof() of every generated struct, from BTF. */
 export const STRUCT_SIZES = {
   endpoint_key: 20,
@@ -1086,4 +1162,6 @@ export const STRUCT_SIZES = {
   lb_revnat: 20,
   lb_affinity_key: 20,
   lb_affinity_value: 8,
+  lb_sock_revnat_key: 32,
+  lb_sock_revnat_value: 24,
 } as const;

@@ -123,12 +123,14 @@ export function tcp(o: { src: Buffer; dst: Buffer; sport: number; dport: number;
   return seg;
 }
 
-export function udp(o: { src: Buffer; dst: Buffer; sport: number; dport: number; payload?: Buffer }): Buffer {
+/** noChecksum: leave the UDP checksum 0 ("none", RFC 768). */
+export function udp(o: { src: Buffer; dst: Buffer; sport: number; dport: number; payload?: Buffer; noChecksum?: boolean }): Buffer {
   const payload = o.payload ?? Buffer.alloc(0);
   const seg = Buffer.concat([Buffer.alloc(8), payload]);
   seg.writeUInt16BE(o.sport, 0);
   seg.writeUInt16BE(o.dport, 2);
   seg.writeUInt16BE(seg.length, 4);
+  if (o.noChecksum) return seg;
   const c = inetChecksum(pseudo(o.src, o.dst, IPPROTO_UDP, seg.length), seg);
   seg.writeUInt16BE(c === 0 ? 0xffff : c, 6);
   return seg;
@@ -224,4 +226,24 @@ export function parseIpv4(b: Buffer): Ipv4Fields {
 /** True if the IPv4 header checksum verifies (sum over the header is 0). */
 export function ipv4ChecksumOk(header: Buffer): boolean {
   return inetChecksum(header) === 0;
+}
+
+/** Source and destination port of a TCP/UDP/SCTP packet (an IPv4 packet from its IP header). */
+export function l4Ports(ipPacket: Buffer): { sport: number; dport: number } {
+  const ihl = (ipPacket[0] & 0x0f) * 4;
+  return { sport: ipPacket.readUInt16BE(ihl), dport: ipPacket.readUInt16BE(ihl + 2) };
+}
+
+/**
+ * Verify the L4 checksum of an IPv4 packet (from its IP header), recomputed
+ * over the pseudo header and the segment (up to the IP total length):
+ * 'ok', 'bad', or 'none' (UDP checksum 0). TCP, UDP and ICMP (no pseudo header).
+ */
+export function l4ChecksumState(ipPacket: Buffer): 'ok' | 'bad' | 'none' {
+  const ip = parseIpv4(ipPacket);
+  const seg = ipPacket.subarray(ip.ihl, ip.totalLength);
+  if (ip.proto === IPPROTO_ICMP) return inetChecksum(seg) === 0 ? 'ok' : 'bad';
+  if (ip.proto === IPPROTO_UDP && seg.readUInt16BE(6) === 0) return 'none';
+  if (ip.proto !== IPPROTO_TCP && ip.proto !== IPPROTO_UDP) throw new Error(`l4ChecksumState: protocol ${ip.proto}`);
+  return inetChecksum(pseudo(ip.src, ip.dst, ip.proto, seg.length), seg) === 0 ? 'ok' : 'bad';
 }
