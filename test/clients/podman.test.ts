@@ -95,6 +95,44 @@ describe('podman (CNI backend) with the Membrane plugin', { skip, timeout: 90_00
     assert.equal(h.code, 0, `host -> c1 ${ctr.c1.ip}: ${h.stdout}`);
   });
 
+  it('c1 reaches c2 through a Service ClusterIP, load-balanced in eBPF', () => {
+    // busybox wget crashes in this minimal rootfs (static resolver); nc speaks HTTP well enough.
+    const httpGet = (ip: string, port: number) =>
+      podman.run(['exec', names.c1, '/bin/busybox', 'sh', '-c', `printf 'GET / HTTP/1.0\\r\\n\\r\\n' | /bin/busybox nc -w 3 ${ip} ${port}`], 20_000);
+    podman.must(['exec', names.c2, '/bin/busybox', 'sh', '-c', 'mkdir -p /www && echo membrane-service > /www/index.html']);
+    podman.must(['exec', '-d', names.c2, '/bin/busybox', 'httpd', '-f', '-p', '8080', '-h', '/www']);
+    node.apply([
+      { apiVersion: 'v1', kind: 'Service', metadata: { name: 'web', namespace: 'default' }, spec: { ports: [{ name: 'http', port: 80 }] } },
+      {
+        apiVersion: 'discovery.k8s.io/v1',
+        kind: 'EndpointSlice',
+        metadata: { name: 'web-1', namespace: 'default', labels: { 'kubernetes.io/service-name': 'web' } },
+        addressType: 'IPv4',
+        ports: [{ name: 'http', port: 8080, protocol: 'TCP' }],
+        endpoints: [{ addresses: [ctr.c2.ip], conditions: { ready: true } }],
+      },
+    ]);
+    let direct = { stdout: '', stderr: '' } as { stdout: string; stderr: string };
+    for (let i = 0; i < 20 && !direct.stdout.includes('membrane-service'); i++) {
+      if (i) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 250); // the server starts in the background
+      direct = httpGet(ctr.c2.ip, 8080);
+    }
+    if (!direct.stdout.includes('membrane-service')) {
+      const diag = [
+        podman.run(['exec', names.c2, '/bin/busybox', 'netstat', '-ltn']),
+        podman.run(['exec', names.c2, '/bin/busybox', 'ls', '-la', '/www']),
+        httpGet(ctr.c2.ip, 8080),
+      ];
+      assert.fail(`c1 -> c2:8080 directly failed: ${JSON.stringify(diag)}`);
+    }
+    const vip = (node.cliJson(['service', 'list']) as any[]).find((s) => s.service === 'default/web').frontend.split(':')[0];
+    let r = { stdout: '', stderr: '' } as { stdout: string; stderr: string };
+    for (let i = 0; i < 5 && !r.stdout.includes('membrane-service'); i++) {
+      r = httpGet(vip, 80);
+    }
+    assert.match(r.stdout, /membrane-service/, `c1 -> ${vip}:80 -> c2:8080: ${r.stderr} ${node.cli(['bpf', 'lb', 'list']).stdout} ${node.cli(['observe', '--last', '10']).stdout}`);
+  });
+
   it('the endpoints are listed with the pod name podman passes in CNI_ARGS', () => {
     const eps: any[] = node.cliJson(['endpoint', 'list']);
     assert.equal(eps.length, 2);

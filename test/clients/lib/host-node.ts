@@ -64,8 +64,14 @@ export class HostNetnsNode extends TestNode {
   /** The agent's host device pair (from `membrane status`, or derived from the flags as the agent does). */
   devices: { host: string; net: string };
 
+  /** A /24 of its own for ClusterIPs: the agent routes it in the host namespace. */
+  readonly serviceCidr: string;
+
   constructor(tag = 'h') {
     super(tag, pickPodCidr());
+    let svc = pickPodCidr();
+    while (svc === this.podCidr) svc = pickPodCidr();
+    this.serviceCidr = svc;
     const instance = crypto.createHash('sha256').update(`${path.resolve(this.bpfRoot)}\0${path.resolve(this.stateDir)}`).digest('hex').slice(0, 6);
     this.devices = { host: `mbh_${instance}`, net: `mbn_${instance}` };
   }
@@ -91,7 +97,7 @@ export class HostNetnsNode extends TestNode {
     this.hostLogFd = fs.openSync(this.logPath, 'a');
     this.agent = spawn(
       process.execPath,
-      [AGENT_BIN, '--state-dir', this.stateDir, '--bpf-root', this.bpfRoot, '--socket', this.socket, '--pod-cidr', this.podCidr, '--node-name', this.prefix],
+      [AGENT_BIN, '--state-dir', this.stateDir, '--bpf-root', this.bpfRoot, '--socket', this.socket, '--pod-cidr', this.podCidr, '--service-cidr', this.serviceCidr, '--node-name', this.prefix],
       { stdio: ['ignore', this.hostLogFd, this.hostLogFd] },
     );
     const deadline = Date.now() + 20_000;
