@@ -65,3 +65,12 @@ export const LB_SVC_F_LOCAL = 8;
 export const LB_SVC_F_CLUSTERIP = 16;
 export const LB_MAGLEV_M = 1021;
 export const LB_BACKEND_TERMINATING = 1;
+
+export const CT_EGRESS = 0;
+export const CT_INGRESS = 1;
+export const CT_RELATED = 2;
+export const CT_SERVICE = 4;
+export const CT_F_RX_CLOSING = 1;
+export const CT_F_TX_CLOSING = 2;
+export const CT_F_SEEN_NON_SYN = 4;
+export const CT_F_PROXY_REDIRECT = 8;

@@ -13,7 +13,6 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { BpfMap, BpfObject, BpfProgram, RingBufReader, ensureBpffs, skbCtx, testRun, u32Codec } from '../../src/bpf';
@@ -34,34 +33,12 @@ import {
   parseEth,
   parseIpv4,
 } from '../helpers/packet';
+import { DIR_EGRESS, DIR_INGRESS, DROP_INVALID, DROP_INVALID_SIP, DROP_INVALID_SMAC, DROP_MISSED_TAIL_CALL, DROP_POLICY, DROP_POLICY_DENY, DROP_TTL_EXCEEDED, DROP_UNKNOWN_L3, DROP_UNROUTABLE, ENDPOINT_F_HOST, EP_CFG_F_IPV4, EP_CFG_F_NO_POLICY, FORWARDED, HOST_OBJ, ID_HOST, ID_WORLD, LXC_OBJ, ROOT, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, testPinRoot } from '../helpers/datapath';
 
-const ROOT = path.resolve(__dirname, '..', '..', '..');
-const LXC_OBJ = path.join(ROOT, 'bpf/bpf_lxc.o');
-const HOST_OBJ = path.join(ROOT, 'bpf/bpf_host.o');
-const PIN_ROOT = `/sys/fs/bpf/mbtest-dp-${crypto.randomBytes(4).toString('hex')}`;
+const PIN_ROOT = testPinRoot('dp');
 
-const TC_ACT_OK = 0;
-const TC_ACT_SHOT = 2;
-const TC_ACT_REDIRECT = 7;
 
-const DIR_INGRESS = 1;
-const DIR_EGRESS = 2;
-const FORWARDED = 0;
-const DROP_INVALID_SMAC = 130;
-const DROP_INVALID_SIP = 132;
-const DROP_POLICY = 133;
-const DROP_INVALID = 134;
-const DROP_UNKNOWN_L3 = 139;
-const DROP_MISSED_TAIL_CALL = 140;
-const DROP_UNROUTABLE = 151;
-const DROP_POLICY_DENY = 181;
-const DROP_TTL_EXCEEDED = 196;
 
-const EP_CFG_F_IPV4 = 1;
-const EP_CFG_F_NO_POLICY = 4;
-const ENDPOINT_F_HOST = 1;
-const ID_HOST = 1;
-const ID_WORLD = 2;
 const FILE_LXC = 1;
 const FILE_HOST = 2;
 

@@ -22,7 +22,6 @@
 import { after, before, beforeEach, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { BpfMap, BpfObject, BpfProgram, RingBufReader, ensureBpffs, skbCtx, testRun, u32Codec, u64Codec } from '../../src/bpf';
@@ -45,20 +44,12 @@ import {
   tcp,
   udp,
 } from '../helpers/packet';
+import { CT_EGRESS, DIR_EGRESS, DIR_INGRESS, DROP_INVALID_SIP, DROP_POLICY, DROP_POLICY_DENY, ENDPOINT_F_HOST, EP_CFG_F_IPV4, EVENT_DROP, EVENT_POLICY_VERDICT, EVENT_TRACE, HOST_OBJ, ID_HOST, LXC_OBJ, POLICY_F_DENY, ROOT, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, testPinRoot } from '../helpers/datapath';
 
-const ROOT = path.resolve(__dirname, '..', '..', '..');
-const LXC_OBJ = path.join(ROOT, 'bpf/bpf_lxc.o');
-const HOST_OBJ = path.join(ROOT, 'bpf/bpf_host.o');
-const PIN_ROOT = `/sys/fs/bpf/mbtest-ev-${crypto.randomBytes(4).toString('hex')}`;
+const PIN_ROOT = testPinRoot('ev');
 
-const TC_ACT_OK = 0;
-const TC_ACT_SHOT = 2;
-const TC_ACT_REDIRECT = 7;
 
 // maps.h
-const EVENT_DROP = 1;
-const EVENT_TRACE = 4;
-const EVENT_POLICY_VERDICT = 5;
 const TRACE_TO_LXC = 0;
 const TRACE_TO_STACK = 3;
 const TRACE_FROM_LXC = 5;
@@ -80,16 +71,6 @@ const AGG_MEDIUM = 2;
 const AGG_MAX = 3;
 const F_TRACE = 1;
 const F_VERDICT = 2;
-const DIR_INGRESS = 1;
-const DIR_EGRESS = 2;
-const DROP_INVALID_SIP = 132;
-const DROP_POLICY = 133;
-const DROP_POLICY_DENY = 181;
-const EP_CFG_F_IPV4 = 1;
-const ENDPOINT_F_HOST = 1;
-const POLICY_F_DENY = 1;
-const CT_EGRESS = 0;
-const ID_HOST = 1;
 const ID_REMOTE = 3000; // 10.2.0.0/16 in the ipcache
 const TEST_RUN_IFINDEX = 1; // BPF_PROG_TEST_RUN puts the skb on loopback
 

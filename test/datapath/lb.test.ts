@@ -23,7 +23,6 @@
 import { after, before, beforeEach, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { BpfMap, BpfObject, BpfProgram, RingBufReader, ensureBpffs, skbCtx, testRun, u16Codec, u32Codec } from '../../src/bpf';
@@ -55,39 +54,14 @@ import {
   tcp,
   udp,
 } from '../helpers/packet';
+import { CT_EGRESS, CT_INGRESS, CT_SERVICE, DIR_EGRESS, DIR_INGRESS, DROP_NO_SERVICE, DROP_POLICY, DROP_UNROUTABLE, ENDPOINT_F_HOST, EP_CFG_F_IPV4, FORWARDED, HOST_OBJ, ID_HOST, ID_WORLD, LB_BACKEND_ACTIVE, LB_BACKEND_TERMINATING, LB_MAGLEV_M, LB_SVC_F_AFFINITY, LB_SVC_F_CLUSTERIP, LB_SVC_F_MAGLEV, LB_SVC_F_NODEPORT, LXC_OBJ, ROOT, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, testPinRoot } from '../helpers/datapath';
 
-const ROOT = path.resolve(__dirname, '..', '..', '..');
-const LXC_OBJ = path.join(ROOT, 'bpf/bpf_lxc.o');
-const HOST_OBJ = path.join(ROOT, 'bpf/bpf_host.o');
-const PIN_ROOT = `/sys/fs/bpf/mbtest-lb-${crypto.randomBytes(4).toString('hex')}`;
+const PIN_ROOT = testPinRoot('lb');
 
-const TC_ACT_OK = 0;
-const TC_ACT_SHOT = 2;
-const TC_ACT_REDIRECT = 7;
 
-const DIR_INGRESS = 1;
-const DIR_EGRESS = 2;
-const FORWARDED = 0;
-const DROP_POLICY = 133;
-const DROP_UNROUTABLE = 151;
-const DROP_NO_SERVICE = 158;
 
 // maps.h
-const EP_CFG_F_IPV4 = 1;
-const ENDPOINT_F_HOST = 1;
-const CT_EGRESS = 0;
-const CT_INGRESS = 1;
-const CT_SERVICE = 4;
-const LB_SVC_F_NODEPORT = 1;
-const LB_SVC_F_AFFINITY = 2;
-const LB_SVC_F_MAGLEV = 4;
-const LB_SVC_F_CLUSTERIP = 16;
-const LB_MAGLEV_M = 1021;
-const LB_BACKEND_ACTIVE = 0;
-const LB_BACKEND_TERMINATING = 1;
 const HAIRPIN = ip4('169.254.42.1');
-const ID_HOST = 1;
-const ID_WORLD = 2;
 const ID_REMOTE = 3000;
 
 // ---- topology ----

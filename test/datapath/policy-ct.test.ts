@@ -16,7 +16,6 @@
 import { after, before, beforeEach, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { BpfMap, BpfObject, BpfProgram, RingBufReader, ensureBpffs, skbCtx, testRun, u32Codec } from '../../src/bpf';
@@ -47,33 +46,12 @@ import {
   tcp,
   udp,
 } from '../helpers/packet';
+import { CT_EGRESS, CT_F_RX_CLOSING, CT_F_SEEN_NON_SYN, CT_F_TX_CLOSING, CT_INGRESS, DIR_EGRESS, DIR_INGRESS, DROP_FRAG_NOSUPPORT, DROP_POLICY, DROP_POLICY_DENY, ENDPOINT_F_HOST, EP_CFG_F_IPV4, FORWARDED, HOST_OBJ, ID_HOST, ID_WORLD, LXC_OBJ, POLICY_F_DENY, ROOT, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, testPinRoot } from '../helpers/datapath';
 
-const ROOT = path.resolve(__dirname, '..', '..', '..');
-const LXC_OBJ = path.join(ROOT, 'bpf/bpf_lxc.o');
-const HOST_OBJ = path.join(ROOT, 'bpf/bpf_host.o');
-const PIN_ROOT = `/sys/fs/bpf/mbtest-pct-${crypto.randomBytes(4).toString('hex')}`;
+const PIN_ROOT = testPinRoot('pct');
 
-const TC_ACT_OK = 0;
-const TC_ACT_SHOT = 2;
-const TC_ACT_REDIRECT = 7;
 
-const DIR_INGRESS = 1;
-const DIR_EGRESS = 2;
-const FORWARDED = 0;
-const DROP_POLICY = 133;
-const DROP_FRAG_NOSUPPORT = 157;
-const DROP_POLICY_DENY = 181;
 
-const EP_CFG_F_IPV4 = 1;
-const ENDPOINT_F_HOST = 1;
-const POLICY_F_DENY = 1;
-const CT_EGRESS = 0;
-const CT_INGRESS = 1;
-const CT_F_RX_CLOSING = 1;
-const CT_F_TX_CLOSING = 2;
-const CT_F_SEEN_NON_SYN = 4;
-const ID_HOST = 1;
-const ID_WORLD = 2;
 const ID_REMOTE = 3000; // pods of another node, 10.2.0.0/16 in the ipcache
 
 // ---- topology ----
