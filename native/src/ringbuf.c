@@ -28,7 +28,13 @@ struct mb_rb {
 	bool poll_started;
 	napi_value pending_exc; /* valid only inside on_poll's handle scope */
 	bool has_exc;
+	unsigned budget;        /* records left in this turn of the event loop */
 };
+
+/* Records delivered per readiness callback: a flood of events must not starve the
+ * rest of the event loop (API requests, CNI ADD). The epoll registration is
+ * level-triggered, so what is left is read on the next turn. */
+#define MB_RB_BUDGET 1024
 
 static struct mb_rb **rbs;
 static size_t nrbs;
@@ -83,9 +89,13 @@ static int on_sample(void *ctx, void *data, size_t size)
 	napi_value cb, global, buf, res;
 	if (napi_get_reference_value(env, r->cb, &cb) != napi_ok || !cb)
 		return -ECANCELED;
+	napi_handle_scope scope;
+	if (napi_open_handle_scope(env, &scope) != napi_ok)
+		return -ECANCELED;
 	napi_get_global(env, &global);
 	buf = mb_buffer_copy(env, data, size);
 	napi_status st = napi_call_function(env, global, cb, 1, &buf, &res);
+	napi_close_handle_scope(env, scope);
 	if (st != napi_ok) {
 		bool pending = false;
 		napi_is_exception_pending(env, &pending);
@@ -95,6 +105,9 @@ static int on_sample(void *ctx, void *data, size_t size)
 		}
 		return -ECANCELED;
 	}
+	/* libbpf has already advanced past this record: stopping here loses nothing. */
+	if (--r->budget == 0)
+		return -EAGAIN;
 	return 0;
 }
 
@@ -109,6 +122,7 @@ static void on_poll(uv_poll_t *h, int status, int events)
 		return;
 	r->in_consume = true;
 	r->has_exc = false;
+	r->budget = MB_RB_BUDGET;
 	ring_buffer__consume(r->rb);
 	r->in_consume = false;
 	bool had_exc = r->has_exc;

@@ -11,7 +11,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { BpfLink, BpfMap, BpfObject, CGROUP_ATTACH, attachCgroup, attachTcx, ensureBpffs } from '../bpf';
+import { BpfLink, BpfMap, BpfObject, CGROUP_ATTACH, attachCgroup, attachTcx, ensureBpffs, u16Codec, u32Codec, u64Codec } from '../bpf';
 import { Netns, RtNetlink, setSysctl } from '../netlink';
 import type { AgentConfig } from '../agent/config';
 import { IpAddr, formatCidr, formatIp, parseCidr, parseMac, formatMac } from '../util/ip';
@@ -505,32 +505,6 @@ function u32(n: number): Buffer {
   b.writeUInt32LE(n);
   return b;
 }
-
-const u32Codec = {
-  size: 4,
-  encode: (v: number) => u32(v),
-  decode: (b: Buffer) => b.readUInt32LE(0),
-};
-
-const u16Codec = {
-  size: 2,
-  encode: (v: number) => {
-    const b = Buffer.alloc(2);
-    b.writeUInt16LE(v);
-    return b;
-  },
-  decode: (b: Buffer) => b.readUInt16LE(0),
-};
-
-const u64Codec = {
-  size: 8,
-  encode: (v: bigint) => {
-    const b = Buffer.alloc(8);
-    b.writeBigUInt64LE(v);
-    return b;
-  },
-  decode: (b: Buffer) => b.readBigUInt64LE(0),
-};
 
 function trySysctl(ns: Netns | null, key: string, value: string): void {
   try {

@@ -94,6 +94,10 @@ describe('services (eBPF load balancing)', () => {
     assert.equal(svc.backends.length, 3);
     const ct: any[] = node.cliJson(['bpf', 'ct', 'list']);
     assert.ok(ct.some((e) => e.service && e.backendId > 0), 'service conntrack entries exist');
+    const maps = node.cliJson(['bpf', 'lb', 'list']);
+    const ids = maps.backends.map((b: any) => b.id);
+    assert.equal(new Set(ids).size, ids.length, `the kernel's backends decode as distinct entries: ${JSON.stringify(maps.backends)}`);
+    for (const n of ['echo-a', 'echo-b', 'echo-c']) assert.ok(maps.backends.some((b: any) => b.backend.startsWith(`${ip[n]}:8080/`)), `backend ${n} in the kernel map`);
   });
 
   it('a terminating backend gets no new flows while its established flow continues', async () => {
