@@ -24,4 +24,7 @@ node dist/bench/attach-cost.js || status=1
 echo
 echo "=== policy-scale $(date -Is)"
 node dist/bench/policy-scale.js "${quick[@]}" || status=1
+echo
+echo "=== observe-cost $(date -Is)"
+node dist/bench/observe-cost.js "${quick[@]}" || status=1
 exit "$status"
