@@ -27,4 +27,7 @@ node dist/bench/policy-scale.js "${quick[@]}" || status=1
 echo
 echo "=== observe-cost $(date -Is)"
 node dist/bench/observe-cost.js "${quick[@]}" || status=1
+echo
+echo "=== services $(date -Is)"
+node dist/bench/services.js "${quick[@]}" || status=1
 exit "$status"
