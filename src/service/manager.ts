@@ -66,10 +66,28 @@ export class ServiceManager {
   private readonly file: string;
   private state: ServiceState;
 
+  /** Values in use, kept beside the state so allocation does not rescan it (10,000 services). */
+  private readonly used = { clusterIPs: new Set<string>(), nodePorts: new Set<number>(), revNat: new Set<number>(), backendIds: new Set<number>() };
+  private readonly cursor = { clusterIP: 1, nodePort: 30000, revNat: 1, backendId: 1 };
+
   constructor(serviceCidr: string, stateDir: string, private readonly defaultAlgorithm: 'random' | 'maglev' = 'random') {
     this.cidr = parseCidr(serviceCidr, 'service-cidr');
     this.file = path.join(stateDir, 'services.json');
     this.state = readJson<ServiceState>(this.file) ?? { clusterIPs: {}, nodePorts: {}, revNat: {}, backendIds: {} };
+    for (const v of Object.values(this.state.clusterIPs)) this.used.clusterIPs.add(v);
+    for (const v of Object.values(this.state.nodePorts)) this.used.nodePorts.add(v);
+    for (const v of Object.values(this.state.revNat)) this.used.revNat.add(v);
+    for (const v of Object.values(this.state.backendIds)) this.used.backendIds.add(v);
+  }
+
+  /** The next free value from a cursor, wrapping once over [lo, hi]. */
+  private static nextFree(used: Set<number>, from: number, lo: number, hi: number): number | undefined {
+    const span = hi - lo + 1;
+    for (let i = 0; i < span; i++) {
+      const v = lo + ((from - lo + i) % span);
+      if (!used.has(v)) return v;
+    }
+    return undefined;
   }
 
   private save(): void {
@@ -79,19 +97,27 @@ export class ServiceManager {
   private allocClusterIP(key: string, requested?: string): string {
     if (requested && requested !== 'None' && requested !== '') {
       if (!cidrContains(this.cidr, parseIp(requested))) throw new ServiceError(`${key}: spec.clusterIP ${requested} is outside the service CIDR ${formatIp(this.cidr.addr)}/${this.cidr.prefixLen}`);
-      const owner = Object.entries(this.state.clusterIPs).find(([k, ip]) => ip === requested && k !== key);
-      if (owner) throw new ServiceError(`${key}: spec.clusterIP ${requested} is already used by ${owner[0]}`);
+      const cur = this.state.clusterIPs[key];
+      if (cur === requested) return requested;
+      if (this.used.clusterIPs.has(requested)) {
+        const owner = Object.entries(this.state.clusterIPs).find(([, ip]) => ip === requested)?.[0];
+        throw new ServiceError(`${key}: spec.clusterIP ${requested} is already used by ${owner}`);
+      }
+      if (cur) this.used.clusterIPs.delete(cur);
       this.state.clusterIPs[key] = requested;
+      this.used.clusterIPs.add(requested);
       return requested;
     }
     const cur = this.state.clusterIPs[key];
     if (cur) return cur;
-    const used = new Set(Object.values(this.state.clusterIPs));
     const size = Math.min(cidrSize(this.cidr), 1 << 20);
-    for (let i = 1; i < size - 1; i++) {
-      const ip = formatIp(ipAtOffset(this.cidr, i));
-      if (!used.has(ip)) {
+    for (let i = 0; i < size - 2; i++) {
+      const off = 1 + ((this.cursor.clusterIP - 1 + i) % (size - 2));
+      const ip = formatIp(ipAtOffset(this.cidr, off));
+      if (!this.used.clusterIPs.has(ip)) {
+        this.cursor.clusterIP = off + 1;
         this.state.clusterIPs[key] = ip;
+        this.used.clusterIPs.add(ip);
         return ip;
       }
     }
@@ -99,49 +125,48 @@ export class ServiceManager {
   }
 
   private allocNodePort(key: string, requested?: number): number {
+    const cur = this.state.nodePorts[key];
     if (requested) {
-      const owner = Object.entries(this.state.nodePorts).find(([k, p]) => p === requested && k !== key);
-      if (owner) throw new ServiceError(`${key}: nodePort ${requested} is already used by ${owner[0]}`);
+      if (cur === requested) return requested;
+      if (this.used.nodePorts.has(requested)) {
+        const owner = Object.entries(this.state.nodePorts).find(([, p]) => p === requested)?.[0];
+        throw new ServiceError(`${key}: nodePort ${requested} is already used by ${owner}`);
+      }
+      if (cur) this.used.nodePorts.delete(cur);
       this.state.nodePorts[key] = requested;
+      this.used.nodePorts.add(requested);
       return requested;
     }
-    const cur = this.state.nodePorts[key];
     if (cur) return cur;
-    const used = new Set(Object.values(this.state.nodePorts));
-    for (let p = 30000; p <= 32767; p++) {
-      if (!used.has(p)) {
-        this.state.nodePorts[key] = p;
-        return p;
-      }
-    }
-    throw new ServiceError('node ports 30000-32767 are exhausted');
+    const p = ServiceManager.nextFree(this.used.nodePorts, this.cursor.nodePort, 30000, 32767);
+    if (p === undefined) throw new ServiceError('node ports 30000-32767 are exhausted');
+    this.cursor.nodePort = p + 1;
+    this.state.nodePorts[key] = p;
+    this.used.nodePorts.add(p);
+    return p;
   }
 
   private revNatIndex(key: string): number {
     const cur = this.state.revNat[key];
     if (cur) return cur;
-    const used = new Set(Object.values(this.state.revNat));
-    for (let i = 1; i < 65536; i++) {
-      if (!used.has(i)) {
-        this.state.revNat[key] = i;
-        return i;
-      }
-    }
-    throw new ServiceError('reverse NAT indices are exhausted');
+    const i = ServiceManager.nextFree(this.used.revNat, this.cursor.revNat, 1, 65535);
+    if (i === undefined) throw new ServiceError('reverse NAT indices are exhausted');
+    this.cursor.revNat = i + 1;
+    this.state.revNat[key] = i;
+    this.used.revNat.add(i);
+    return i;
   }
 
   private backendId(ip: string, port: number, protocol: string): number {
     const key = `${ip}:${port}/${protocol}`;
     const cur = this.state.backendIds[key];
     if (cur) return cur;
-    const used = new Set(Object.values(this.state.backendIds));
-    for (let i = 1; i < 1 << 30; i++) {
-      if (!used.has(i)) {
-        this.state.backendIds[key] = i;
-        return i;
-      }
-    }
-    throw new ServiceError('backend ids are exhausted');
+    const i = ServiceManager.nextFree(this.used.backendIds, this.cursor.backendId, 1, (1 << 30) - 1);
+    if (i === undefined) throw new ServiceError('backend ids are exhausted');
+    this.cursor.backendId = i + 1;
+    this.state.backendIds[key] = i;
+    this.used.backendIds.add(i);
+    return i;
   }
 
   /** The ClusterIP a Service has (allocated on first sight). */
@@ -157,6 +182,11 @@ export class ServiceManager {
     const frontends: Frontend[] = [];
     const errors: string[] = [];
     const live = { clusterIPs: new Set<string>(), nodePorts: new Set<string>(), revNat: new Set<string>(), backends: new Set<string>() };
+    const slicesOf = new Map<string, Resource[]>();
+    for (const sl of slices) {
+      const k = `${sl.metadata.namespace}/${sl.metadata.labels?.['kubernetes.io/service-name']}`;
+      (slicesOf.get(k) ?? slicesOf.set(k, []).get(k)!).push(sl);
+    }
     for (const svc of services) {
       const ns = svc.metadata.namespace ?? 'default';
       const key = `${ns}/${svc.metadata.name}`;
@@ -167,7 +197,7 @@ export class ServiceManager {
         live.clusterIPs.add(key);
         const alg = (svc.metadata.annotations?.['membrane.io/lb-algorithm'] ?? svc.metadata.annotations?.['service.cilium.io/lb-algorithm'] ?? this.defaultAlgorithm) as 'random' | 'maglev';
         const affinity = spec.sessionAffinity === 'ClientIP' ? (spec.sessionAffinityConfig?.clientIP?.timeoutSeconds ?? 10800) : undefined;
-        const mySlices = slices.filter((s) => s.metadata.namespace === ns && s.metadata.labels?.['kubernetes.io/service-name'] === svc.metadata.name);
+        const mySlices = slicesOf.get(key) ?? [];
         for (const p of spec.ports ?? []) {
           const protocol = p.protocol ?? 'TCP';
           const portName = p.name ?? '';
@@ -197,10 +227,18 @@ export class ServiceManager {
     }
     // Release what no object needs any more (backend ids stay while a frontend may still reference them in CT).
     let changed = false;
-    for (const k of Object.keys(this.state.clusterIPs)) if (!live.clusterIPs.has(k)) (delete this.state.clusterIPs[k], (changed = true));
-    for (const k of Object.keys(this.state.nodePorts)) if (!live.nodePorts.has(k)) (delete this.state.nodePorts[k], (changed = true));
-    for (const k of Object.keys(this.state.revNat)) if (!live.revNat.has(k)) (delete this.state.revNat[k], (changed = true));
-    for (const k of Object.keys(this.state.backendIds)) if (!live.backends.has(k)) (delete this.state.backendIds[k], (changed = true));
+    const release = <T>(table: Record<string, T>, live: Set<string>, used: Set<T>) => {
+      for (const k of Object.keys(table)) {
+        if (live.has(k)) continue;
+        used.delete(table[k]);
+        delete table[k];
+        changed = true;
+      }
+    };
+    release(this.state.clusterIPs, live.clusterIPs, this.used.clusterIPs);
+    release(this.state.nodePorts, live.nodePorts, this.used.nodePorts);
+    release(this.state.revNat, live.revNat, this.used.revNat);
+    release(this.state.backendIds, live.backends, this.used.backendIds);
     const before = JSON.stringify(this.lastSaved ?? null);
     const now = JSON.stringify(this.state);
     if (changed || before !== now) {
