@@ -474,9 +474,9 @@ export class EndpointManager {
   }
 }
 
-/** The fields of an endpoint record that a restart depends on. */
+/** The fields of an endpoint record that a restart depends on (policy results are recomputed on start). */
 function durable(ep: Endpoint): string {
-  return JSON.stringify([ep.state, ep.problems, ep.identity, ep.labels, ep.namedPorts, ep.policy?.ingress, ep.policy?.egress, ep.policy?.error]);
+  return JSON.stringify([ep.state, ep.problems, ep.identity, ep.labels, ep.namedPorts]);
 }
 
 function ipcacheValue(identity: number) {
