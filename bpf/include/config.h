@@ -11,7 +11,7 @@
 
 #define EP_CFG_F_IPV4 1          /* ipv4 is set */
 #define EP_CFG_F_IPV6 2          /* ipv6 is set */
-#define EP_CFG_F_NO_POLICY 4     /* policy not enforced (datapath v1 before policy exists) */
+#define EP_CFG_F_NO_POLICY 4     /* skip conntrack and policy (a feature switch; the agent never sets it) */
 
 struct ep_config {
 	__u32 ep_id;          /* endpoint id, 1..4095: index in mb_call_policy */

@@ -14,11 +14,11 @@ import * as path from 'node:path';
 import { BpfLink, BpfMap, BpfObject, CGROUP_ATTACH, attachCgroup, attachTcx, ensureBpffs, u16Codec, u32Codec, u64Codec } from '../bpf';
 import { Netns, RtNetlink, setSysctl } from '../netlink';
 import type { AgentConfig } from '../agent/config';
-import { IpAddr, formatCidr, formatIp, parseCidr, parseMac, formatMac } from '../util/ip';
+import { IpAddr, formatCidr, formatIp, parseCidr, parseMac } from '../util/ip';
 import type { Logger } from '../util/log';
 import { MapTable, Undo } from './reconciler';
 import * as gen from './maps.gen';
-import { EP_CFG_F_IPV4, ENDPOINT_F_HOST, FAMILY_IPV4, FAMILY_IPV6 } from './constants';
+import { EP_CFG_F_IPV4, FAMILY_IPV4, FAMILY_IPV6 } from './constants';
 import type { PolicyKey, PolicyValue } from './policymap';
 
 export type EndpointKey = gen.EndpointKey;
@@ -514,4 +514,3 @@ function trySysctl(ns: Netns | null, key: string, value: string): void {
   }
 }
 
-export { formatMac, ENDPOINT_F_HOST };

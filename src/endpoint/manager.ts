@@ -14,12 +14,11 @@ import { hostVethName } from '../agent/config';
 import { Datapath, EndpointConflict, endpointKey, ipcacheKey } from '../datapath/datapath';
 import { Undo } from '../datapath/reconciler';
 import { IdentityAllocator, ReservedIdentity } from '../identity/identity';
-import { podSecurityLabels } from '../identity/labels';
 import { Ipam } from '../ipam/ipam';
 import { formatIp, parseIp, parseMac, IpAddr } from '../util/ip';
 import { mkdirp, readJson, writeJsonAtomic } from '../util/fsutil';
 import type { Logger } from '../util/log';
-import { ENDPOINT_F_HOST, FAMILY_IPV4, MB_MAX_ENDPOINTS } from '../datapath/constants';
+import { ENDPOINT_F_HOST, MB_MAX_ENDPOINTS } from '../datapath/constants';
 import type { EndpointInfo } from '../datapath/datapath';
 import { policyKV, policyTable, PolicyKey, PolicyValue } from '../datapath/policymap';
 import type { MapTable } from '../datapath/reconciler';
@@ -483,4 +482,3 @@ function ipcacheValue(identity: number) {
   return { sec_id: identity, tunnel_family: 0, flags: 0, pad: 0, tunnel_addr: Buffer.alloc(16) } as any;
 }
 
-export { FAMILY_IPV4 };

@@ -7,7 +7,7 @@
  *    prefix and all its super-prefixes, so "cidr:C" selects every prefix inside
  *    C, and an ipcache entry; `except` prefixes get identities of their own.
  */
-import { bitsOf, formatCidr, maskIp, parseCidr } from '../util/ip';
+import { formatCidr, maskIp, parseCidr } from '../util/ip';
 import type { IdentityAllocator } from '../identity/identity';
 import { NAMESPACE_LABEL } from '../identity/labels';
 import { LabelSet, isWildcard, matches } from './selector';
@@ -214,4 +214,3 @@ export class PolicyRepository {
   }
 }
 
-export { bitsOf };
