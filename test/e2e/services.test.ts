@@ -201,9 +201,13 @@ describe('services (eBPF load balancing)', () => {
     };
     node.apply([pol]);
     try {
+      const before = node.metric(133, 'egress');
       const got = who('client', 'tcp', clusterIP('echo'), 80, 3, 800);
       assert.deepEqual(got, ['', '', ''], 'the backends are not allowed: dropped after translation');
-      assert.ok(node.metric(133, 'egress') > 0);
+      assert.ok(node.metric(133, 'egress') >= before + 3, 'each of the three SYNs was dropped by egress policy (133) after translation');
+      const obs = node.cli(['observe', '--from-pod', `${NS}/client`, '--type', 'drop', '--drop-reason', '133', '--last', '20', '-o', 'json']);
+      const lines = obs.stdout.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l));
+      assert.ok(lines.some((f: any) => f.destination?.pod_name?.startsWith('echo-') && f.l4?.TCP?.destination_port === 8080), 'the drop names the backend pod and port, not the ClusterIP');
     } finally {
       node.delete([pol]);
     }
