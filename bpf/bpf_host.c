@@ -6,7 +6,7 @@
  * everything the host stack routes to the pod CIDR (and to the service CIDR,
  * which the agent routes via the host device too) leaves the "host" side and
  * arrives here. Local endpoints get the packet through their policy_ingress
- * (tail call, source identity from the ipcache in skb->cb[0]); anything else
+ * (tail call, source identity from the ipcache in skb->cb, lib/common.h); anything else
  * is unroutable.
  *
  * Services from the host (lib/lb.h): a TCP/UDP/SCTP packet to a frontend
@@ -84,16 +84,17 @@ static __always_inline int deliver_local(struct __sk_buff *ctx, struct endpoint_
 	__u32 dst_id = ep->ep_id;
 	struct mon m;
 
-	ctx->cb[0] = src_identity;
-	ctx->cb[MB_CB_TRACE] = 0;
-	ctx->cb[MB_CB_REVNAT] = rev_nat;
+	cb_set(ctx, MB_CB_SRC_IDENTITY, src_identity);
+	cb_set(ctx, MB_CB_TRACE, 0);
+	cb_set(ctx, MB_CB_REVNAT, rev_nat);
+	cb_set(ctx, MB_CB_DST_EP, dst_id);
 	monitor_load(&m);
 	if (m.flags & MONITOR_F_TRACE) {
 		if (m.agg == MONITOR_AGG_NONE)
 			send_trace(ctx, point, TRACE_CT_UNKNOWN, src_identity, ep->sec_id, 0,
 				   dst_id, ctx->ifindex);
 		else if (point == TRACE_FROM_HOST)
-			ctx->cb[MB_CB_TRACE] = MB_CB_TRACE_FROM_HOST;
+			cb_set(ctx, MB_CB_TRACE, MB_CB_TRACE_FROM_HOST);
 	}
 	bpf_tail_call(ctx, &mb_call_policy, dst_id);
 	return DROP_HOST(ctx, DROP_MISSED_TAIL_CALL, src_identity, ep->sec_id, dst_id);

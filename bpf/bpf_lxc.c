@@ -1,9 +1,12 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
- * Endpoint (pod) datapath. One object serves every endpoint: the agent sets
- * CONFIG (.rodata) before load, loads it with the bpf root as pin root, puts
- * policy_ingress into mb_call_policy[ep_id], and only then attaches
- * from_container (tcx ingress of the host-side veth).
+ * Endpoint (pod) datapath. One loaded object serves every endpoint: the agent
+ * loads it once (maps pinned under its bpf root) and, per endpoint, fills the
+ * endpoint's policy map into mb_policy_maps[ep_id], its configuration into
+ * mb_ep_config[ep_id] and mb_lxc[ifindex], puts the shared policy_ingress into
+ * mb_call_policy[ep_id], and only then attaches the shared from_container to
+ * the tcx ingress of the endpoint's host-side veth. A packet can therefore
+ * never run before its configuration, policy and tail-call target exist.
  *
  *   from_container  packets leaving the pod: ARP responder, anti-spoofing,
  *                   service DNAT (lib/lb.h; a frontend without backends is
@@ -14,10 +17,11 @@
  *                   local delivery (tail call into the destination's
  *                   policy_ingress) or hand-off to the host stack through the
  *                   host device pair.
- *   policy_ingress  tail-call target for traffic *to* this endpoint (source
- *                   identity in skb->cb[0], skb->cb[1] a pending FROM_HOST
- *                   trace, lib/trace.h, skb->cb[2] the rev_nat_index to store
- *                   in a new CT_INGRESS entry): conntrack + ingress policy,
+ *   policy_ingress  tail-call target for traffic *to* an endpoint (skb->cb
+ *                   words, lib/common.h: the destination endpoint id, the
+ *                   source identity, a pending FROM_HOST trace, the
+ *                   rev_nat_index to store in a new CT_INGRESS entry):
+ *                   conntrack + ingress policy,
  *                   reverse NAT of replies to service flows this pod opened
  *                   (and hairpin replies), L3 forward (MACs, TTL) and
  *                   bpf_redirect_peer into the pod.
@@ -48,7 +52,6 @@
 #define MB_FILE_ID MB_FILE_LXC
 
 #include "common.h"
-#include "config.h"
 #include "eth.h"
 #include "ipv4.h"
 #include "arp.h"
@@ -62,25 +65,16 @@
 #include "trace.h"
 #include "lb.h"
 
-/* Per-endpoint values; the agent writes them before load (BpfObject.setConst). */
-volatile const struct ep_config CONFIG;
+#define DROP_EGRESS(ctx, cfg, reason, dst_label) \
+	send_drop(ctx, reason, METRIC_DIR_EGRESS, (cfg)->sec_id, dst_label, (cfg)->ep_id, 0)
+#define DROP_INGRESS(ctx, cfg, reason, src_label) \
+	send_drop(ctx, reason, METRIC_DIR_INGRESS, src_label, (cfg)->sec_id, (cfg)->ep_id, (cfg)->ep_id)
 
-/*
- * Per-endpoint ingress/egress policy. Not pinned by libbpf (one per endpoint):
- * the agent pins it under its bpf root per endpoint and fills it.
- */
-struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__type(key, struct policy_key);
-	__type(value, struct policy_value);
-	__uint(max_entries, 16384);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-} mb_policy SEC(".maps");
-
-#define DROP_EGRESS(ctx, reason, dst_label) \
-	send_drop(ctx, reason, METRIC_DIR_EGRESS, CONFIG.sec_id, dst_label, CONFIG.ep_id, 0)
-#define DROP_INGRESS(ctx, reason, src_label) \
-	send_drop(ctx, reason, METRIC_DIR_INGRESS, src_label, CONFIG.sec_id, CONFIG.ep_id, CONFIG.ep_id)
+/* The endpoint's own IPv4 address (network order). */
+static __always_inline __be32 ep_ipv4(const struct ep_config *cfg)
+{
+	return *(const __be32 *)cfg->ipv4;
+}
 
 /* What ipv4_ct_policy found out about a packet it passed, for trace events and reverse NAT. */
 struct ct_obs {
@@ -115,7 +109,8 @@ struct ct_obs {
  * flow policy allowed (after its CT entry was created) and for every policy
  * drop (the caller reports the drop itself).
  */
-static __always_inline int ipv4_ct_policy(struct __sk_buff *ctx, const struct iphdr *ip,
+static __always_inline int ipv4_ct_policy(struct __sk_buff *ctx, const struct ep_config *cfg,
+					  const struct iphdr *ip,
 					  struct l4_info *l4p, int l4_ready, __u32 remote_id,
 					  const __u8 dir, __u16 rev_nat, const struct mon *m,
 					  struct ct_obs *obs)
@@ -128,13 +123,14 @@ static __always_inline int ipv4_ct_policy(struct __sk_buff *ctx, const struct ip
 	struct ct_key key = {};
 	struct ct_value *ct;
 	struct l4_info l4;
+	void *policy_map;
 	__u8 match;
 	int ret;
 
 	obs->state = TRACE_CT_UNKNOWN;
 	obs->report = 0;
 	obs->rev_nat = 0;
-	if (CONFIG.flags & EP_CFG_F_NO_POLICY) {
+	if (cfg->flags & EP_CFG_F_NO_POLICY) {
 		obs->report = trace_untracked(m);
 		return 0;
 	}
@@ -165,12 +161,18 @@ static __always_inline int ipv4_ct_policy(struct __sk_buff *ctx, const struct ip
 	}
 
 	/* Established or new: policy on every packet, so revoking policy cuts flows. */
-	ret = policy_can_access(&mb_policy, remote_id, egress, l4.proto, l4.policy_port, len,
-				&match);
+	policy_map = ep_policy_map(cfg);
+	if (policy_map) {
+		ret = policy_can_access(policy_map, remote_id, egress, l4.proto, l4.policy_port,
+					len, &match);
+	} else {
+		ret = DROP_POLICY;  /* no policy map installed: deny everything */
+		match = MATCH_NONE;
+	}
 	if (ret) {
 		if (m->flags & MONITOR_F_VERDICT)
 			send_verdict(ctx, remote_id, VERDICT_DENY, ret, mdir, match,
-				     bpf_ntohs(l4.policy_port), l4.proto, CONFIG.ep_id);
+				     bpf_ntohs(l4.policy_port), l4.proto, cfg->ep_id);
 		return ret;
 	}
 	ct_key_ipv4(&key, saddr, daddr, l4.sport, l4.dport, l4.proto, dir);
@@ -188,13 +190,13 @@ static __always_inline int ipv4_ct_policy(struct __sk_buff *ctx, const struct ip
 	obs->report = trace_new(m);
 	if (m->flags & MONITOR_F_VERDICT)
 		send_verdict(ctx, remote_id, VERDICT_ALLOW, 0, mdir, match,
-			     bpf_ntohs(l4.policy_port), l4.proto, CONFIG.ep_id);
+			     bpf_ntohs(l4.policy_port), l4.proto, cfg->ep_id);
 	return 0;
 }
 
 /* ---------------------------------------------------------------------------- */
 
-static __always_inline int handle_arp(struct __sk_buff *ctx)
+static __always_inline int handle_arp(struct __sk_buff *ctx, const struct ep_config *cfg)
 {
 	struct arp_eth_ipv4 *arp = arp_request(ctx);
 
@@ -203,21 +205,21 @@ static __always_inline int handle_arp(struct __sk_buff *ctx)
 	 * (DAD probe / gratuitous ARP): let it go to the host-side veth, where the
 	 * stack has nothing to answer (no address lives on lxc devices).
 	 */
-	if (!arp || arp->tip == *(const volatile __be32 *)CONFIG.ipv4) {
+	if (!arp || arp->tip == ep_ipv4(cfg)) {
 		struct mon m;
 
 		metrics_count(METRIC_FORWARDED, METRIC_DIR_EGRESS, ctx->len);
 		/* Untracked: traced only without aggregation. */
 		monitor_load(&m);
 		if (trace_untracked(&m))
-			send_trace(ctx, TRACE_FROM_LXC, TRACE_CT_UNKNOWN, CONFIG.sec_id, 0,
-				   CONFIG.ep_id, 0, ctx->ifindex);
+			send_trace(ctx, TRACE_FROM_LXC, TRACE_CT_UNKNOWN, cfg->sec_id, 0,
+				   cfg->ep_id, 0, ctx->ifindex);
 		return TC_ACT_OK;
 	}
 	/* Everything else on the pod's link is the router: answer with node_mac (no trace). */
-	arp_make_reply(arp, CONFIG.node_mac);
+	arp_make_reply(arp, cfg->node_mac);
 	metrics_count(METRIC_FORWARDED, METRIC_DIR_EGRESS, ctx->len);
-	return bpf_redirect(CONFIG.ifindex, 0);
+	return bpf_redirect(cfg->ifindex, 0);
 }
 
 /*
@@ -257,24 +259,24 @@ static __always_inline int lb4_from_lxc(struct __sk_buff *ctx, __be32 saddr, __b
  * event on the original packet), then turn the packet into an ICMP port
  * unreachable from the frontend and send it back into the pod.
  */
-static __always_inline int lb4_reject_lxc(struct __sk_buff *ctx)
+static __always_inline int lb4_reject_lxc(struct __sk_buff *ctx, const struct ep_config *cfg)
 {
 	struct ethhdr *eth;
 
-	send_drop(ctx, DROP_NO_SERVICE, METRIC_DIR_EGRESS, CONFIG.sec_id, 0, CONFIG.ep_id, 0);
+	send_drop(ctx, DROP_NO_SERVICE, METRIC_DIR_EGRESS, cfg->sec_id, 0, cfg->ep_id, 0);
 	if (lb4_icmp_port_unreach(ctx) < 0)
 		return TC_ACT_SHOT;
 	eth = ctx_data(ctx, ETH_HLEN);
 	if (!eth)
 		return TC_ACT_SHOT;
-	eth_rewrite(eth, CONFIG.mac, CONFIG.node_mac);
-	return bpf_redirect(CONFIG.ifindex, 0);
+	eth_rewrite(eth, cfg->mac, cfg->node_mac);
+	return bpf_redirect(cfg->ifindex, 0);
 }
 
-static __always_inline int handle_ipv4_from_lxc(struct __sk_buff *ctx)
+static __always_inline int handle_ipv4_from_lxc(struct __sk_buff *ctx, const struct ep_config *cfg)
 {
 	struct iphdr *ip = ipv4_hdr(ctx);
-	__u32 dst_sec, dst_id = 0, src_sec = CONFIG.sec_id;
+	__u32 dst_sec, dst_id = 0, src_sec = cfg->sec_id;
 	struct lb_service_value *svc;
 	struct endpoint_info *ep;
 	struct node_config *node;
@@ -288,12 +290,12 @@ static __always_inline int handle_ipv4_from_lxc(struct __sk_buff *ctx)
 	int ret;
 
 	if (!ip)
-		return DROP_EGRESS(ctx, DROP_INVALID, 0);
+		return DROP_EGRESS(ctx, cfg, DROP_INVALID, 0);
 	eth = ipv4_eth(ip);
-	if (!mac_eq(eth->h_source, CONFIG.mac))
-		return DROP_EGRESS(ctx, DROP_INVALID_SMAC, 0);
-	if (ip->saddr != *(const volatile __be32 *)CONFIG.ipv4)
-		return DROP_EGRESS(ctx, DROP_INVALID_SIP, 0);
+	if (!mac_eq(eth->h_source, cfg->mac))
+		return DROP_EGRESS(ctx, cfg, DROP_INVALID_SMAC, 0);
+	if (ip->saddr != ep_ipv4(cfg))
+		return DROP_EGRESS(ctx, cfg, DROP_INVALID_SIP, 0);
 
 	/*
 	 * Services, before conntrack and policy: a frontend is DNATed to its
@@ -307,12 +309,12 @@ static __always_inline int handle_ipv4_from_lxc(struct __sk_buff *ctx)
 		if (svc) {
 			ret = lb4_from_lxc(ctx, ip->saddr, ip->daddr, svc, &l4, &rev_nat, &hairpin);
 			if (ret == DROP_NO_SERVICE)
-				return lb4_reject_lxc(ctx);
+				return lb4_reject_lxc(ctx, cfg);
 			if (ret)
-				return DROP_EGRESS(ctx, ret, 0);
+				return DROP_EGRESS(ctx, cfg, ret, 0);
 			ip = ipv4_hdr(ctx);
 			if (!ip)
-				return DROP_EGRESS(ctx, DROP_INVALID, 0);
+				return DROP_EGRESS(ctx, cfg, DROP_INVALID, 0);
 			if (hairpin)
 				src_sec = MB_ID_HOST;
 		}
@@ -338,12 +340,12 @@ static __always_inline int handle_ipv4_from_lxc(struct __sk_buff *ctx)
 		}
 	}
 	monitor_load(&m);
-	ret = ipv4_ct_policy(ctx, ip, &l4, l4_ready, dst_sec, CT_EGRESS, rev_nat, &m, &obs);
+	ret = ipv4_ct_policy(ctx, cfg, ip, &l4, l4_ready, dst_sec, CT_EGRESS, rev_nat, &m, &obs);
 	if (ret)
-		return send_drop(ctx, ret, METRIC_DIR_EGRESS, CONFIG.sec_id, dst_sec, CONFIG.ep_id,
+		return send_drop(ctx, ret, METRIC_DIR_EGRESS, cfg->sec_id, dst_sec, cfg->ep_id,
 				 dst_id);
 	if (obs.report)
-		send_trace(ctx, TRACE_FROM_LXC, obs.state, CONFIG.sec_id, dst_sec, CONFIG.ep_id,
+		send_trace(ctx, TRACE_FROM_LXC, obs.state, cfg->sec_id, dst_sec, cfg->ep_id,
 			   dst_id, ctx->ifindex);
 
 	if (unlikely(daddr == bpf_htonl(LB_HAIRPIN_IPV4))) {
@@ -353,10 +355,10 @@ static __always_inline int handle_ipv4_from_lxc(struct __sk_buff *ctx)
 		 * CT_EGRESS entry and reverses both translations.
 		 */
 		if (obs.state != TRACE_CT_REPLY && obs.state != TRACE_CT_RELATED)
-			return send_drop(ctx, DROP_UNROUTABLE, METRIC_DIR_EGRESS, CONFIG.sec_id,
-					 dst_sec, CONFIG.ep_id, 0);
-		dst_id = CONFIG.ep_id;
-		dst_sec = CONFIG.sec_id;
+			return send_drop(ctx, DROP_UNROUTABLE, METRIC_DIR_EGRESS, cfg->sec_id,
+					 dst_sec, cfg->ep_id, 0);
+		dst_id = cfg->ep_id;
+		dst_sec = cfg->sec_id;
 	} else if (obs.rev_nat) {
 		/*
 		 * Reply of a service flow whose client is the host or the world
@@ -365,32 +367,33 @@ static __always_inline int handle_ipv4_from_lxc(struct __sk_buff *ctx)
 		 */
 		ret = lb4_rev_nat(ctx, obs.rev_nat, 0);
 		if (ret)
-			return send_drop(ctx, ret, METRIC_DIR_EGRESS, CONFIG.sec_id, dst_sec,
-					 CONFIG.ep_id, dst_id);
+			return send_drop(ctx, ret, METRIC_DIR_EGRESS, cfg->sec_id, dst_sec,
+					 cfg->ep_id, dst_id);
 	}
 
 	if (dst_id) {
 		/* Local delivery: the destination's policy_ingress does the rest. */
 		metrics_count(METRIC_FORWARDED, METRIC_DIR_EGRESS, ctx->len);
-		ctx->cb[0] = src_sec;
-		ctx->cb[MB_CB_TRACE] = 0;
-		ctx->cb[MB_CB_REVNAT] = 0;   /* the client side (here) reverses pod flows */
+		cb_set(ctx, MB_CB_SRC_IDENTITY, src_sec);
+		cb_set(ctx, MB_CB_TRACE, 0);
+		cb_set(ctx, MB_CB_REVNAT, 0);   /* the client side (here) reverses pod flows */
+		cb_set(ctx, MB_CB_DST_EP, dst_id);
 		bpf_tail_call(ctx, &mb_call_policy, dst_id);
-		return send_drop(ctx, DROP_MISSED_TAIL_CALL, METRIC_DIR_EGRESS, CONFIG.sec_id,
-				 dst_sec, CONFIG.ep_id, dst_id);
+		return send_drop(ctx, DROP_MISSED_TAIL_CALL, METRIC_DIR_EGRESS, cfg->sec_id,
+				 dst_sec, cfg->ep_id, dst_id);
 	}
 
 	/* Host or world: into the host stack via the host device pair. */
 	node = node_config();
 	if (!node || !node->net_ifindex)
-		return DROP_EGRESS(ctx, DROP_UNROUTABLE, 0);
+		return DROP_EGRESS(ctx, cfg, DROP_UNROUTABLE, 0);
 	eth = ctx_data(ctx, ETH_HLEN);
 	if (!eth)
-		return DROP_EGRESS(ctx, DROP_INVALID, 0);
+		return DROP_EGRESS(ctx, cfg, DROP_INVALID, 0);
 	eth_rewrite(eth, node->host_mac, node->net_mac);
 	metrics_count(METRIC_FORWARDED, METRIC_DIR_EGRESS, ctx->len);
 	if (obs.report)
-		send_trace(ctx, TRACE_TO_STACK, obs.state, CONFIG.sec_id, dst_sec, CONFIG.ep_id, 0,
+		send_trace(ctx, TRACE_TO_STACK, obs.state, cfg->sec_id, dst_sec, cfg->ep_id, 0,
 			   node->net_ifindex);
 	return bpf_redirect(node->net_ifindex, 0);
 }
@@ -398,18 +401,23 @@ static __always_inline int handle_ipv4_from_lxc(struct __sk_buff *ctx)
 SEC("tc")
 int from_container(struct __sk_buff *ctx)
 {
-	struct ethhdr *eth = ctx_data(ctx, ETH_HLEN);
+	const struct ep_config *cfg = ep_config_by_ifindex(ctx->ifindex);
+	struct ethhdr *eth;
 
+	/* Not (or no longer) an endpoint's veth: nothing from it may pass. */
+	if (!cfg)
+		return send_drop(ctx, DROP_EP_NOT_READY, METRIC_DIR_EGRESS, 0, 0, 0, 0);
+	eth = ctx_data(ctx, ETH_HLEN);
 	if (!eth)
-		return DROP_EGRESS(ctx, DROP_INVALID, 0);
+		return DROP_EGRESS(ctx, cfg, DROP_INVALID, 0);
 	switch (eth->h_proto) {
 	case bpf_htons(ETH_P_IP):
-		return handle_ipv4_from_lxc(ctx);
+		return handle_ipv4_from_lxc(ctx, cfg);
 	case bpf_htons(ETH_P_ARP):
-		return handle_arp(ctx);
+		return handle_arp(ctx, cfg);
 	default:
 		/* Includes IPv6 (no v6 datapath in v1: the agent disables IPv6 in the pod). */
-		return DROP_EGRESS(ctx, DROP_UNKNOWN_L3, 0);
+		return DROP_EGRESS(ctx, cfg, DROP_UNKNOWN_L3, 0);
 	}
 }
 
@@ -418,9 +426,10 @@ int from_container(struct __sk_buff *ctx)
 SEC("tc")
 int policy_ingress(struct __sk_buff *ctx)
 {
-	__u32 src_identity = ctx->cb[0];
+	__u32 src_identity = ctx->cb[MB_CB_SRC_IDENTITY];
 	__u32 pending = ctx->cb[MB_CB_TRACE];
 	__u16 rev_nat = ctx->cb[MB_CB_REVNAT];
+	const struct ep_config *cfg = ep_config_by_id(ctx->cb[MB_CB_DST_EP]);
 	struct l4_info l4;
 	struct ct_obs obs;
 	struct iphdr *ip;
@@ -428,47 +437,51 @@ int policy_ingress(struct __sk_buff *ctx)
 	struct mon m;
 	int ret;
 
-	ctx->cb[0] = 0;
-	ctx->cb[MB_CB_TRACE] = 0;
-	ctx->cb[MB_CB_REVNAT] = 0;
+	cb_set(ctx, MB_CB_SRC_IDENTITY, 0);
+	cb_set(ctx, MB_CB_TRACE, 0);
+	cb_set(ctx, MB_CB_REVNAT, 0);
+	cb_set(ctx, MB_CB_DST_EP, 0);
+	/* The slot was cleared (endpoint going away) between the tail call and now. */
+	if (!cfg)
+		return send_drop(ctx, DROP_EP_NOT_READY, METRIC_DIR_INGRESS, src_identity, 0, 0, 0);
 	ip = ipv4_hdr(ctx);
 	if (!ip)
-		return DROP_INGRESS(ctx, DROP_INVALID, src_identity);
+		return DROP_INGRESS(ctx, cfg, DROP_INVALID, src_identity);
 	monitor_load(&m);
-	ret = ipv4_ct_policy(ctx, ip, &l4, 0, src_identity, CT_INGRESS, rev_nat, &m, &obs);
+	ret = ipv4_ct_policy(ctx, cfg, ip, &l4, 0, src_identity, CT_INGRESS, rev_nat, &m, &obs);
 	if (ret)
-		return DROP_INGRESS(ctx, ret, src_identity);
+		return DROP_INGRESS(ctx, cfg, ret, src_identity);
 	/* A FROM_HOST trace from_host left to the aggregation decision here (lib/trace.h). */
 	if (obs.report && pending == MB_CB_TRACE_FROM_HOST)
-		send_trace(ctx, TRACE_FROM_HOST, obs.state, src_identity, CONFIG.sec_id, 0,
-			   CONFIG.ep_id, ctx->ifindex);
+		send_trace(ctx, TRACE_FROM_HOST, obs.state, src_identity, cfg->sec_id, 0,
+			   cfg->ep_id, ctx->ifindex);
 	if (obs.rev_nat) {
 		/*
 		 * Reply of a service flow this pod opened (its CT_EGRESS entry
 		 * carries the frontend): source back to the frontend; a hairpin
 		 * reply also gets its destination back to the pod.
 		 */
-		ret = lb4_rev_nat(ctx, obs.rev_nat, *(const volatile __be32 *)CONFIG.ipv4);
+		ret = lb4_rev_nat(ctx, obs.rev_nat, ep_ipv4(cfg));
 		if (ret)
-			return DROP_INGRESS(ctx, ret, src_identity);
+			return DROP_INGRESS(ctx, cfg, ret, src_identity);
 		ip = ipv4_hdr(ctx);
 		if (!ip)
-			return DROP_INGRESS(ctx, DROP_INVALID, src_identity);
+			return DROP_INGRESS(ctx, cfg, DROP_INVALID, src_identity);
 	}
 	ret = ipv4_dec_ttl(ctx, ip);
 	if (ret)
-		return DROP_INGRESS(ctx, ret, src_identity);
+		return DROP_INGRESS(ctx, cfg, ret, src_identity);
 
 	/* bpf_l3_csum_replace invalidated the packet pointers. */
 	eth = ctx_data(ctx, ETH_HLEN);
 	if (!eth)
-		return DROP_INGRESS(ctx, DROP_INVALID, src_identity);
-	eth_rewrite(eth, CONFIG.mac, CONFIG.node_mac);
+		return DROP_INGRESS(ctx, cfg, DROP_INVALID, src_identity);
+	eth_rewrite(eth, cfg->mac, cfg->node_mac);
 	metrics_count(METRIC_FORWARDED, METRIC_DIR_INGRESS, ctx->len);
 	if (obs.report)
-		send_trace(ctx, TRACE_TO_LXC, obs.state, src_identity, CONFIG.sec_id, CONFIG.ep_id,
-			   CONFIG.ep_id, CONFIG.ifindex);
-	return bpf_redirect_peer(CONFIG.ifindex, 0);
+		send_trace(ctx, TRACE_TO_LXC, obs.state, src_identity, cfg->sec_id, cfg->ep_id,
+			   cfg->ep_id, cfg->ifindex);
+	return bpf_redirect_peer(cfg->ifindex, 0);
 }
 
 

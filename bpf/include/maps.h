@@ -21,6 +21,29 @@
 #define MB_FAMILY_IPV6 6
 
 #define MB_MAX_ENDPOINTS 4096 /* endpoint ids 1..4095 */
+#define MB_POLICY_MAX_ENTRIES 16384 /* entries of one endpoint's policy map */
+
+/*
+ * ---- per-endpoint configuration (mb_ep_config[ep_id], mb_lxc[ifindex] -> ep_id) ----
+ * One loaded bpf_lxc.o serves every endpoint: from_container finds its
+ * endpoint by the host-side veth's ifindex (mb_lxc), policy_ingress by the
+ * endpoint id its caller passes in skb->cb[MB_CB_DST_EP]. An identity change
+ * is a write here, never a program reload.
+ */
+#define EP_CFG_F_IPV4 1          /* ipv4 is set */
+#define EP_CFG_F_IPV6 2          /* ipv6 is set */
+#define EP_CFG_F_NO_POLICY 4     /* skip conntrack and policy (a feature switch; the agent never sets it) */
+
+struct ep_config {
+	__u32 ep_id;          /* endpoint id, 1..4095 (0: slot unused) */
+	__u32 sec_id;         /* the endpoint's security identity */
+	__u32 ifindex;        /* host-side veth ifindex (bpf_redirect_peer target) */
+	__u32 flags;          /* EP_CFG_F_* */
+	__u8 ipv4[4];
+	__u8 ipv6[16];
+	__u8 mac[6];          /* pod-side (container) MAC */
+	__u8 node_mac[6];     /* host-side veth MAC: the pod's router MAC */
+};
 
 /* ---- endpoints: local endpoint address -> where and who it is ---- */
 struct endpoint_key {
@@ -457,6 +480,53 @@ struct {
 	__uint(max_entries, 1);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } mb_node SEC(".maps");
+
+/* Endpoint configuration by endpoint id (an unused slot has ep_id 0). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct ep_config);
+	__uint(max_entries, MB_MAX_ENDPOINTS);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mb_ep_config SEC(".maps");
+
+/* Host-side veth ifindex -> endpoint id (from_container's "who am I"). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, MB_MAX_ENDPOINTS);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mb_lxc SEC(".maps");
+
+/*
+ * Each endpoint's policy map (LPM trie, layout above), reached by endpoint id.
+ * The agent creates one inner map per endpoint with exactly this shape and
+ * pins it at <root>/endpoints/<id>/policy. An empty slot denies everything.
+ */
+struct mb_policy_inner {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct policy_key);
+	__type(value, struct policy_value);
+	__uint(max_entries, MB_POLICY_MAX_ENTRIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+};
+
+/*
+ * clang emits only a forward declaration for types an inner map definition
+ * names; these anchors put the full layouts into the object's BTF (libbpf
+ * needs the sizes). Never read.
+ */
+volatile const struct policy_key mb_btf_policy_key;
+volatile const struct policy_value mb_btf_policy_value;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__type(key, __u32);
+	__uint(max_entries, MB_MAX_ENDPOINTS);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct mb_policy_inner);
+} mb_policy_maps SEC(".maps");
 
 /* Tail calls into each endpoint's ingress-policy program, keyed by endpoint id. */
 struct {

@@ -30,6 +30,31 @@
 #define MB_ID_WORLD 2
 
 /*
+ * skb->cb words a program hands to the policy_ingress it tail-calls (and that
+ * policy_ingress clears before anything else runs):
+ *   MB_CB_SRC_IDENTITY  the source's security identity
+ *   MB_CB_TRACE         MB_CB_TRACE_FROM_HOST: a FROM_HOST trace is pending (trace.h)
+ *   MB_CB_REVNAT        rev_nat_index for the CT_INGRESS entry it creates (lb.h)
+ *   MB_CB_DST_EP        the destination endpoint id: whose configuration and
+ *                       policy apply (policy_ingress is shared by all endpoints)
+ */
+#define MB_CB_SRC_IDENTITY 0
+#define MB_CB_TRACE 1
+#define MB_CB_TRACE_FROM_HOST 1
+#define MB_CB_REVNAT 2
+#define MB_CB_DST_EP 3
+
+/*
+ * Write one skb->cb word. Volatile, so clang never merges neighbouring words
+ * into one 64-bit store through a derived pointer, which the verifier refuses
+ * on a context.
+ */
+static __always_inline void cb_set(struct __sk_buff *ctx, const int i, __u32 v)
+{
+	*(volatile __u32 *)&ctx->cb[i] = v;
+}
+
+/*
  * Return the start of the packet with at least @len bytes linear (the verifier
  * then knows [data, data + len) is readable), or NULL if the packet is shorter.
  * bpf_skb_pull_data is only tried when the headers are not already linear

@@ -23,6 +23,38 @@ static __always_inline struct endpoint_info *lookup_ip4_local_endpoint(__be32 ad
 	return NULL;
 }
 
+/* The configuration of endpoint @id, or NULL if the slot is not (or no longer) in use. */
+static __always_inline const struct ep_config *ep_config_by_id(__u32 id)
+{
+	const struct ep_config *cfg = bpf_map_lookup_elem(&mb_ep_config, &id);
+
+	if (!cfg || !id || cfg->ep_id != id)
+		return NULL;
+	return cfg;
+}
+
+/* The endpoint whose host-side veth is @ifindex (from_container's own endpoint). */
+static __always_inline const struct ep_config *ep_config_by_ifindex(__u32 ifindex)
+{
+	const struct ep_config *cfg;
+	__u32 *id = bpf_map_lookup_elem(&mb_lxc, &ifindex);
+
+	if (!id)
+		return NULL;
+	cfg = ep_config_by_id(*id);
+	if (!cfg || cfg->ifindex != ifindex)
+		return NULL;
+	return cfg;
+}
+
+/* The endpoint's policy map (LPM trie), NULL when none is installed (deny all). */
+static __always_inline void *ep_policy_map(const struct ep_config *cfg)
+{
+	__u32 id = cfg->ep_id;
+
+	return bpf_map_lookup_elem(&mb_policy_maps, &id);
+}
+
 static __always_inline struct node_config *node_config(void)
 {
 	__u32 zero = 0;

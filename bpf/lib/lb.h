@@ -54,9 +54,6 @@
 #include "ipv4.h"
 #include "nat.h"
 
-/* skb->cb word: rev_nat_index for the CT_INGRESS entry the destination's policy_ingress creates. */
-#define MB_CB_REVNAT 2
-
 #define LB_SELECT_TRIES 4
 
 struct lb4_result {

@@ -63,10 +63,6 @@
 volatile const struct trace_event mb_btf_trace_event;
 volatile const struct policy_verdict_event mb_btf_policy_verdict_event;
 
-/* skb->cb word carrying "FROM_HOST trace pending" from from_host to policy_ingress. */
-#define MB_CB_TRACE 1
-#define MB_CB_TRACE_FROM_HOST 1
-
 /* TCP flags whose first appearance in a direction is reported (AGG_LOW/MEDIUM). */
 #define TRACE_AGG_TCP_FLAGS (0x01 | 0x02 | 0x04) /* FIN | SYN | RST */
 

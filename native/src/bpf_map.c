@@ -416,6 +416,27 @@ static napi_value js_map_delete_batch(napi_env env, napi_callback_info info)
 	return NULL;
 }
 
+/* mapCreate(type, name, keySize, valueSize, maxEntries, flags) -> fd (owned by the caller) */
+static napi_value js_map_create(napi_env env, napi_callback_info info)
+{
+	MB_ARGS(6);
+	uint32_t type, ks, vs, max, flags;
+	char name[BPF_OBJ_NAME_LEN];
+	if (!mb_arg_u32(env, argv[0], "type", &type) ||
+	    !mb_arg_str(env, argv[1], "name", name, sizeof(name)) ||
+	    !mb_arg_u32(env, argv[2], "keySize", &ks) || !mb_arg_u32(env, argv[3], "valueSize", &vs) ||
+	    !mb_arg_u32(env, argv[4], "maxEntries", &max) || !mb_arg_u32(env, argv[5], "flags", &flags))
+		return NULL;
+	LIBBPF_OPTS(bpf_map_create_opts, opts, .map_flags = flags);
+	int fd = bpf_map_create((enum bpf_map_type)type, name[0] ? name : NULL, ks, vs, max, &opts);
+	if (fd < 0) {
+		mb_throw_errno(env, errno, "bpf(BPF_MAP_CREATE)", "map '%s' (type %u, key %u, value %u, max %u)",
+			       name, type, ks, vs, max);
+		return NULL;
+	}
+	return mb_i32(env, fd);
+}
+
 static napi_value js_num_possible_cpus(napi_env env, napi_callback_info info)
 {
 	int n = libbpf_num_possible_cpus();
@@ -429,6 +450,7 @@ static napi_value js_num_possible_cpus(napi_env env, napi_callback_info info)
 void mb_init_bpf_map(napi_env env, napi_value exports)
 {
 	mb_export(env, exports, "mapInfo", js_map_info);
+	mb_export(env, exports, "mapCreate", js_map_create);
 	mb_export(env, exports, "mapLookup", js_map_lookup);
 	mb_export(env, exports, "mapUpdate", js_map_update);
 	mb_export(env, exports, "mapDelete", js_map_delete);

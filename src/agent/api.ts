@@ -3,8 +3,11 @@
  * Every request body is validated against a JSON schema; a bad body gets a 400
  * naming the field. Paths and shapes follow the reference system's API.
  */
+import * as fs from 'node:fs';
 import Fastify, { FastifyError, FastifyInstance } from 'fastify';
 import type { Agent } from './agent';
+import { MAP_NAMES, dumpMap, dumpPolicyMap, flushConntrack } from '../datapath/dump';
+import { PolicyTraceError } from '../policy/trace';
 import { EndpointError } from '../endpoint/manager';
 import { ResourceValidationError, kindInfo, KINDS } from '../store/kinds';
 import { FilterError, parseFlowQuery } from '../monitor/filter';
@@ -114,7 +117,7 @@ export function buildApi(agent: Agent): FastifyInstance {
   });
   app.put('/v1/endpoint', { schema: { body: createBody } }, async (req, reply) => {
     const t0 = process.hrtime.bigint();
-    const ep = agent.endpoints.create(req.body as any);
+    const ep = await agent.endpoints.create(req.body as any);
     const durationMs = Number(process.hrtime.bigint() - t0) / 1e6;
     return reply.status(201).send({ endpoint: ep, router: agent.routerAddress(), durationMs });
   });
@@ -139,19 +142,19 @@ export function buildApi(agent: Agent): FastifyInstance {
   });
   app.get('/v1/ipam', async () => ({ cidr: agent.cfg.podCidr, router: agent.routerAddress(), allocations: agent.endpoints.ipam.list() }));
 
-  app.get('/v1/service', async () => agent.frontends.map(serviceView));
+  app.get('/v1/service', async () => agent.services.frontends.map(serviceView));
   app.get<{ Params: { id: string } }>('/v1/service/:id', async (req, reply) => {
-    const f = agent.frontends.find((x) => String(x.revNat) === req.params.id);
+    const f = agent.services.frontends.find((x) => String(x.revNat) === req.params.id);
     if (!f) return reply.status(404).send({ error: `service frontend ${req.params.id} not found`, kind: 'not-found' });
     return serviceView(f);
   });
 
-  app.delete<{ Querystring: { services?: string } }>('/v1/map/mb_ct', async (req) => ({ deleted: agent.flushConntrack(req.query.services === '1') }));
+  app.delete<{ Querystring: { services?: string } }>('/v1/map/mb_ct', async (req) => ({ deleted: flushConntrack(agent.dp, req.query.services === '1') }));
 
-  app.get('/v1/map', async () => agent.mapNames());
+  app.get('/v1/map', async () => MAP_NAMES);
   app.get<{ Params: { name: string } }>('/v1/map/:name', async (req, reply) => {
-    const dump = agent.dumpMap(req.params.name);
-    if (!dump) return reply.status(404).send({ error: `map ${req.params.name} not found (known: ${agent.mapNames().join(', ')})`, kind: 'not-found' });
+    const dump = dumpMap(agent.dp, req.params.name);
+    if (!dump) return reply.status(404).send({ error: `map ${req.params.name} not found (known: ${MAP_NAMES.join(', ')})`, kind: 'not-found' });
     return dump;
   });
 
@@ -283,24 +286,42 @@ export function buildApi(agent: Agent): FastifyInstance {
     const rev = Number(req.params.revision);
     const timeoutS = Number(req.query.timeout ?? 30);
     if (!Number.isInteger(rev) || rev < 0) return reply.status(400).send({ error: `revision: "${req.params.revision}" is not a revision number`, kind: 'invalid' });
-    const ok = await agent.waitForRevision(rev, Math.max(0, Math.min(timeoutS, 600)) * 1000);
+    const ok = await agent.changes.waitForRevision(rev, Math.max(0, Math.min(timeoutS, 600)) * 1000);
     if (!ok) return reply.status(504).send({ error: `timed out after ${timeoutS}s waiting for every endpoint to reach policy revision ${rev}`, kind: 'timeout' });
     return { revision: rev, reached: true };
   });
   app.post('/v1/policy/trace', { schema: { body: traceBody } }, async (req, reply) => {
     const b = req.body as { src: string; dst: string; dport: number; protocol?: string };
     try {
-      return agent.trace({ ...b, protocol: b.protocol ?? 'TCP' });
+      return agent.tracer.trace({ ...b, protocol: b.protocol ?? 'TCP' });
     } catch (e) {
-      return reply.status(400).send({ error: (e as Error).message, kind: 'invalid' });
+      if (e instanceof PolicyTraceError) return reply.status(400).send({ error: e.message, kind: 'invalid', field: e.field });
+      throw e;
     }
   });
   app.get('/v1/policy/selectors', async () => agent.policy.cache.list());
   app.get<{ Params: { id: string } }>('/v1/endpoint/:id/policy', async (req, reply) => {
-    const r = agent.endpointPolicy(Number(req.params.id));
-    if (!r) return reply.status(404).send({ error: `endpoint ${req.params.id} not found`, kind: 'not-found' });
-    return r;
+    const ep = agent.endpoints.get(Number(req.params.id));
+    const entries = ep && dumpPolicyMap(agent.dp, ep.id, agent.identities);
+    if (!ep || !entries) return reply.status(404).send({ error: `endpoint ${req.params.id} not found`, kind: 'not-found' });
+    return { endpoint: ep.id, identity: ep.identity, revision: ep.policy.revision, entries };
   });
 
   return app;
+}
+
+/** Serve the API on a Unix socket created owner-only (no window with wider access). */
+export async function listenUnix(app: FastifyInstance, socket: string): Promise<void> {
+  try {
+    fs.unlinkSync(socket);
+  } catch {
+    /* not there */
+  }
+  const old = process.umask(0o177);
+  try {
+    await app.listen({ path: socket });
+  } finally {
+    process.umask(old);
+  }
+  fs.chmodSync(socket, 0o600);
 }

@@ -39,6 +39,8 @@ export interface AgentConfig {
   netDevice: string;
   /** Short tag that scopes per-agent names (veth names, ...). */
   instance: string;
+  /** Seconds between full comparisons of every map with its desired state (drift repair); 0 = never. */
+  resyncInterval: number;
 }
 
 export const DEFAULTS = {
@@ -73,6 +75,7 @@ const USAGE = `Usage: membrane-agent [flags]
   --devices DEV[,DEV]         external devices where NodePort traffic arrives (none)
   --socket-lb-cgroup DIR      also load-balance at the socket (connect/sendmsg) for processes in this
                               dedicated cgroup v2 directory (never the cgroup root); off unless given
+  --resync-interval S         compare every map with its desired state and repair drift every S seconds (30; 0 = never)
 `;
 
 export class ConfigError extends Error {}
@@ -99,6 +102,7 @@ export function parseAgentArgs(argv: string[]): AgentConfig | 'help' {
       'lb-algorithm': { type: 'string' },
       devices: { type: 'string' },
       'socket-lb-cgroup': { type: 'string' },
+      'resync-interval': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
     strict: true,
@@ -117,7 +121,7 @@ export function parseAgentArgs(argv: string[]): AgentConfig | 'help' {
       throw new ConfigError(`--config: ${values.config} must hold a mapping of settings`);
     }
     for (const [k, v] of Object.entries(parsed ?? {})) file[k.replace(/-([a-z])/g, (_, c) => c.toUpperCase())] = v;
-    const known = ['stateDir', 'bpfRoot', 'socket', 'podCidr', 'nodeName', 'mtu', 'logLevel', 'bpfObjDir', 'policyEnforcement', 'monitorAggregation', 'monitorReportInterval', 'flowsBuffer', 'metricsAddress', 'serviceCidr', 'lbAlgorithm', 'devices', 'socketLbCgroup'];
+    const known = ['stateDir', 'bpfRoot', 'socket', 'podCidr', 'nodeName', 'mtu', 'logLevel', 'bpfObjDir', 'policyEnforcement', 'monitorAggregation', 'monitorReportInterval', 'flowsBuffer', 'metricsAddress', 'serviceCidr', 'lbAlgorithm', 'devices', 'socketLbCgroup', 'resyncInterval'];
     for (const k of Object.keys(file)) {
       if (!known.includes(k)) throw new ConfigError(`--config: unknown setting "${k}" in ${values.config} (known: ${known.join(', ')})`);
     }
@@ -145,6 +149,7 @@ export function parseAgentArgs(argv: string[]): AgentConfig | 'help' {
     lbAlgorithm: pick(values['lb-algorithm'], 'lbAlgorithm', 'random'),
     devices: values.devices ?? (Array.isArray(file.devices) ? (file.devices as string[]).join(',') : (file.devices as string | undefined)) ?? '',
     socketLbCgroup: values['socket-lb-cgroup'] ?? (file.socketLbCgroup as string | undefined),
+    resyncInterval: pick(values['resync-interval'], 'resyncInterval', '30'),
   });
 }
 
@@ -166,6 +171,7 @@ export function buildConfig(o: {
   lbAlgorithm?: string;
   devices?: string;
   socketLbCgroup?: string;
+  resyncInterval?: string | number;
 }): AgentConfig {
   const stateDir = path.resolve(o.stateDir);
   const bpfRoot = path.resolve(o.bpfRoot);
@@ -193,6 +199,8 @@ export function buildConfig(o: {
   } catch (e) {
     throw new ConfigError((e as Error).message);
   }
+  const resyncInterval = Number(o.resyncInterval ?? 30);
+  if (!Number.isInteger(resyncInterval) || resyncInterval < 0 || resyncInterval > 86400) throw new ConfigError(`resync-interval: "${o.resyncInterval}" must be 0..86400 seconds`);
   const lbAlgorithm = o.lbAlgorithm ?? 'random';
   if (lbAlgorithm !== 'random' && lbAlgorithm !== 'maglev') throw new ConfigError(`lb-algorithm: "${lbAlgorithm}" must be random or maglev`);
   const devices = (o.devices ?? '').split(',').map((d) => d.trim()).filter(Boolean);
@@ -221,6 +229,7 @@ export function buildConfig(o: {
     hostDevice: isDefault ? 'mb_host' : `mbh_${instance}`,
     netDevice: isDefault ? 'mb_net' : `mbn_${instance}`,
     instance,
+    resyncInterval,
   };
 }
 

@@ -58,3 +58,16 @@ export const u64Codec: Codec<bigint> = intCodec(8, (b, v, o) => b.writeBigUInt64
 /** Network-order 16/32-bit values (__be16/__be32): host numbers, big-endian bytes. */
 export const be16Codec: Codec<number> = intCodec(2, (b, v, o) => b.writeUInt16BE(v, o), (b, o) => b.readUInt16BE(o));
 export const be32Codec: Codec<number> = intCodec(4, (b, v, o) => b.writeUInt32BE(v, o), (b, o) => b.readUInt32BE(o));
+
+/** A value that is a file descriptor when written and a kernel object id when read (PROG_ARRAY, *_OF_MAPS). */
+export interface FdRefValue {
+  fd: number;
+  id: number;
+}
+
+/** fd-valued maps: encode writes the fd, decode returns the id the kernel reports (fd -1). */
+export const fdRefCodec: Codec<FdRefValue> = intCodec(
+  4,
+  (b, v, o) => b.writeUInt32LE(v.fd, o),
+  (b, o) => ({ fd: -1, id: b.readUInt32LE(o) }),
+);

@@ -113,6 +113,19 @@ export class BpfMap<K = Buffer, V = Buffer> {
     }
   }
 
+  /** Create a map (not pinned: pin() it or keep the BpfMap open, or it is gone when closed). */
+  static create(spec: { type: number; name: string; keySize: number; valueSize: number; maxEntries: number; flags?: number }): BpfMap {
+    const fd = wrap({ op: 'create map', map: spec.name }, () =>
+      native().mapCreate(spec.type, spec.name, spec.keySize, spec.valueSize, spec.maxEntries, spec.flags ?? 0),
+    );
+    try {
+      return BpfMap.fromFd(fd, spec.name);
+    } catch (e) {
+      native().close(fd);
+      throw e;
+    }
+  }
+
   /** Wrap a map fd; the BpfMap takes ownership (closes it on close()). name defaults to the kernel's map name. */
   static fromFd(fd: number, name?: string): BpfMap {
     const info = wrap({ op: 'map info', map: name ?? `fd ${fd}` }, () => native().mapInfo(fd));

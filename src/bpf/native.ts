@@ -139,6 +139,8 @@ export interface MembraneNative {
 
   // ---- maps ----
   mapInfo(fd: number): MapInfo;
+  /** bpf(BPF_MAP_CREATE); name <= 15 chars. */
+  mapCreate(type: number, name: string, keySize: number, valueSize: number, maxEntries: number, flags: number): number;
   mapLookup(fd: number, key: Buffer, valueLen: number): Buffer | null;
   mapUpdate(fd: number, key: Buffer, value: Buffer, flags: number): void;
   mapDelete(fd: number, key: Buffer): boolean;

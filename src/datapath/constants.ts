@@ -5,6 +5,7 @@
 export const FAMILY_IPV4 = 4;
 export const FAMILY_IPV6 = 6;
 export const MB_MAX_ENDPOINTS = 4096;
+export const MB_POLICY_MAX_ENTRIES = 16384;
 
 export const ENDPOINT_F_HOST = 1;
 export const IPCACHE_F_HAS_TUNNEL = 1;

@@ -3,23 +3,40 @@
  * program, and each endpoint's programs and links. This module turns desired
  * state into kernel state; it holds no policy of its own.
  *
+ * Every map the agent owns is written only through its desired-state table
+ * (MapTable), registered with the node's Reconciler (retries, periodic resync
+ * repairing drift, per-table status).
+ *
+ * bpf_lxc.o is loaded once per object version and its programs are shared by
+ * every endpoint; per-endpoint values live in mb_ep_config / mb_lxc and each
+ * endpoint's policy map is reached through mb_policy_maps. Creating an
+ * endpoint therefore verifies no program.
+ *
  * Pin layout under --bpf-root:
- *   <root>/mb_*                     global maps (libbpf LIBBPF_PIN_BY_NAME)
- *   <root>/host/from_host           tcx link on the net side of the host pair
- *   <root>/endpoints/<id>/from_container   the tcx link on the lxc veth
- *   <root>/endpoints/<id>/policy    the endpoint's policy map
+ *   <root>/mb_*                              global maps (libbpf LIBBPF_PIN_BY_NAME)
+ *   <root>/programs/lxc-<sha>/{from_container,policy_ingress}
+ *                                            the shared endpoint programs of one
+ *                                            bpf_lxc.o version (reused across restarts)
+ *   <root>/host/from_host, host/netdev_<dev> tcx links of bpf_host.o
+ *   <root>/endpoints/<id>/policy             the endpoint's policy map
+ *
+ * An endpoint's veth runs the shared from_container as a direct-action
+ * cls_bpf filter on its clsact ingress hook (src/netlink/tc.ts): unlike a tcx
+ * attach it costs no RCU grace period, so pod start is not bound by one; the
+ * filter lives as long as the veth and is replaced atomically on upgrade.
  */
+import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { BpfLink, BpfMap, BpfObject, CGROUP_ATTACH, attachCgroup, attachTcx, ensureBpffs, u16Codec, u32Codec, u64Codec } from '../bpf';
-import { Netns, RtNetlink, setSysctl } from '../netlink';
+import { BpfLink, BpfMap, BpfObject, BpfProgram, CGROUP_ATTACH, attachCgroup, attachTcx, ensureBpffs, fdRefCodec, u16Codec, u32Codec, u64Codec } from '../bpf';
+import { Netns, RtNetlink, setSysctl, tcBpfAttach, tcBpfList, tcClsactEnsure } from '../netlink';
 import type { AgentConfig } from '../agent/config';
 import { IpAddr, formatCidr, formatIp, parseCidr, parseMac } from '../util/ip';
 import type { Logger } from '../util/log';
-import { MapTable, Undo } from './reconciler';
+import { FdRef, MapTable, Reconciler, Undo, fdRefOpts, u32KeyOpts } from './reconciler';
 import * as gen from './maps.gen';
 import { EP_CFG_F_IPV4, FAMILY_IPV4, FAMILY_IPV6 } from './constants';
-import type { PolicyKey, PolicyValue } from './policymap';
+import { PolicyKey, PolicyValue, createPolicyMap, policyTable } from './policymap';
 
 export type EndpointKey = gen.EndpointKey;
 export type EndpointInfo = gen.EndpointInfo;
@@ -43,6 +60,20 @@ export interface EndpointDatapathResult {
   podMac: string;
 }
 
+/** What the shared programs need to know about one endpoint (mb_ep_config). */
+export interface EndpointConfig {
+  id: number;
+  identity: number;
+  ipv4: IpAddr;
+  hostIfindex: number;
+  /** host-side veth MAC (the pod's router MAC) */
+  hostMac: Buffer;
+  /** pod-side MAC */
+  podMac: Buffer;
+}
+
+const POLICY_GROUP = 'mb_policy (per endpoint)';
+
 function famCode(a: IpAddr): number {
   return a.family === 4 ? FAMILY_IPV4 : FAMILY_IPV6;
 }
@@ -56,41 +87,76 @@ export function ipcacheKey(a: IpAddr, prefixLen: number): IpcacheKey {
 }
 
 const keyHex = (codec: { encode(v: any): Buffer }) => (k: unknown) => codec.encode(k).toString('hex');
-const sameEncoded = (codec: { encode(v: any): Buffer }) => (a: unknown, b: unknown) => codec.encode(a).equals(codec.encode(b));
+const sameEncoded = <V>(codec: { encode(v: V): Buffer }) => (a: V, b: V) => codec.encode(a).equals(codec.encode(b));
+const hexKeyOpts = <K, V>(k: { encode(v: K): Buffer }, v: { encode(v: V): Buffer }) => ({ keyId: keyHex(k), same: sameEncoded(v) });
+
+function epConfigValue(c: EndpointConfig): gen.EpConfig {
+  const ipv4 = Buffer.alloc(4);
+  c.ipv4.bytes.copy(ipv4, 0, 0, 4);
+  return { ep_id: c.id, sec_id: c.identity, ifindex: c.hostIfindex, flags: EP_CFG_F_IPV4, ipv4, ipv6: Buffer.alloc(16), mac: c.podMac, node_mac: c.hostMac };
+}
+
+const EMPTY_EP_CONFIG = gen.epConfigCodec.decode(Buffer.alloc(gen.epConfigCodec.size));
+const EMPTY_NODE_CONFIG = gen.nodeConfigCodec.decode(Buffer.alloc(gen.nodeConfigCodec.size));
+const EMPTY_MONITOR_CONFIG = gen.monitorConfigCodec.decode(Buffer.alloc(gen.monitorConfigCodec.size));
 
 export class Datapath {
+  readonly reconciler: Reconciler;
+  /** Desired-state tables: the only writers of the maps the agent owns. */
   readonly endpoints: MapTable<EndpointKey, EndpointInfo>;
   readonly ipcache: MapTable<IpcacheKey, IpcacheValue>;
+  readonly epConfig: MapTable<number, gen.EpConfig>;
+  readonly lxc: MapTable<number, number>;
+  readonly policyMaps: MapTable<number, FdRef>;
+  readonly callPolicy: MapTable<number, FdRef>;
+  readonly nodeConfig: MapTable<number, gen.NodeConfig>;
+  readonly monitorConfig: MapTable<number, gen.MonitorConfig>;
+  readonly lbServices: MapTable<gen.LbServiceKey, gen.LbServiceValue>;
+  readonly lbBackends: MapTable<number, gen.LbBackend>;
+  readonly lbRevnat: MapTable<number, gen.LbRevnat>;
+  /** Maps the datapath itself writes (conntrack, counters, events): read, GC'd, never reconciled. */
   readonly maps: {
     endpoints: BpfMap<EndpointKey, EndpointInfo>;
     ipcache: BpfMap<IpcacheKey, IpcacheValue>;
     metrics: BpfMap<gen.MetricsKey, gen.MetricsValue>;
     ct: BpfMap<gen.CtKey, gen.CtValue>;
     node: BpfMap<number, gen.NodeConfig>;
-    callPolicy: BpfMap;
     events: BpfMap;
-    monitor: BpfMap<number, gen.MonitorConfig>;
     eventsLost: BpfMap<number, bigint>;
     lbServices: BpfMap<gen.LbServiceKey, gen.LbServiceValue>;
     lbBackends: BpfMap<number, gen.LbBackend>;
     lbRevnat: BpfMap<number, gen.LbRevnat>;
     lbAffinity: BpfMap<gen.LbAffinityKey, gen.LbAffinityValue>;
   };
-  readonly lbServices: MapTable<gen.LbServiceKey, gen.LbServiceValue>;
-  readonly lbBackends: MapTable<number, gen.LbBackend>;
-  readonly lbRevnat: MapTable<number, gen.LbRevnat>;
   hostIfindex = 0;
   netIfindex = 0;
   private readonly nl: RtNetlink;
+  private readonly policyTables = new Map<number, MapTable<PolicyKey, PolicyValue>>();
 
-  private constructor(private readonly cfg: AgentConfig, private readonly log: Logger, maps: Datapath['maps']) {
+  private constructor(
+    private readonly cfg: AgentConfig,
+    private readonly log: Logger,
+    maps: Datapath['maps'],
+    raw: { epConfig: BpfMap; lxc: BpfMap; policyMaps: BpfMap; callPolicy: BpfMap; monitor: BpfMap },
+    private readonly programs: SharedPrograms,
+  ) {
     this.maps = maps;
     this.nl = RtNetlink.open(null);
-    this.endpoints = new MapTable('mb_endpoints', maps.endpoints, keyHex(gen.endpointKeyCodec), sameEncoded(gen.endpointInfoCodec));
-    this.ipcache = new MapTable('mb_ipcache', maps.ipcache, keyHex(gen.ipcacheKeyCodec), sameEncoded(gen.ipcacheValueCodec));
-    this.lbServices = new MapTable('mb_lb_services', maps.lbServices, keyHex(gen.lbServiceKeyCodec), sameEncoded(gen.lbServiceValueCodec));
-    this.lbBackends = new MapTable('mb_lb_backends', maps.lbBackends, (k) => String(k), sameEncoded(gen.lbBackendCodec));
-    this.lbRevnat = new MapTable('mb_lb_revnat', maps.lbRevnat, (k) => String(k), sameEncoded(gen.lbRevnatCodec));
+    const r = (this.reconciler = new Reconciler(log.child({ component: 'reconciler' })));
+    this.endpoints = r.add(new MapTable('mb_endpoints', maps.endpoints, hexKeyOpts(gen.endpointKeyCodec, gen.endpointInfoCodec)));
+    this.ipcache = r.add(new MapTable('mb_ipcache', maps.ipcache, hexKeyOpts(gen.ipcacheKeyCodec, gen.ipcacheValueCodec)));
+    const sameEp = sameEncoded(gen.epConfigCodec);
+    this.epConfig = r.add(new MapTable('mb_ep_config', raw.epConfig.withCodecs(u32Codec, gen.epConfigCodec), u32KeyOpts(sameEp, EMPTY_EP_CONFIG)));
+    this.lxc = r.add(new MapTable('mb_lxc', raw.lxc.withCodecs(u32Codec, u32Codec), u32KeyOpts((a, b) => a === b)));
+    this.policyMaps = r.add(new MapTable('mb_policy_maps', raw.policyMaps.withCodecs(u32Codec, fdRefCodec), fdRefOpts()));
+    this.callPolicy = r.add(new MapTable('mb_call_policy', raw.callPolicy.withCodecs(u32Codec, fdRefCodec), fdRefOpts()));
+    this.nodeConfig = r.add(new MapTable('mb_node', maps.node, u32KeyOpts(sameEncoded(gen.nodeConfigCodec), EMPTY_NODE_CONFIG)));
+    this.monitorConfig = r.add(
+      new MapTable('mb_monitor', raw.monitor.withCodecs(u32Codec, gen.monitorConfigCodec), u32KeyOpts(sameEncoded(gen.monitorConfigCodec), EMPTY_MONITOR_CONFIG)),
+    );
+    this.lbServices = r.add(new MapTable('mb_lb_services', maps.lbServices, hexKeyOpts(gen.lbServiceKeyCodec, gen.lbServiceValueCodec)));
+    this.lbBackends = r.add(new MapTable('mb_lb_backends', maps.lbBackends, u32KeyOpts(sameEncoded(gen.lbBackendCodec))));
+    this.lbRevnat = r.add(new MapTable('mb_lb_revnat', maps.lbRevnat, u32KeyOpts(sameEncoded(gen.lbRevnatCodec))));
   }
 
   get lxcObject(): string {
@@ -105,7 +171,7 @@ export class Datapath {
     return path.join(this.cfg.bpfRoot, 'endpoints', String(id));
   }
 
-  /** Open (or create) the pinned global maps; nothing is attached yet. */
+  /** Open (or create) the pinned global maps and the shared endpoint programs; nothing is attached yet. */
   static open(cfg: AgentConfig, log: Logger): Datapath {
     ensureBpffs(cfg.bpfRoot);
     for (const f of ['bpf_lxc.o', 'bpf_host.o']) {
@@ -113,14 +179,9 @@ export class Datapath {
         throw new Error(`datapath: BPF object ${path.join(cfg.bpfObjDir, f)} is missing (run the setup: scripts/setup.sh)`);
       }
     }
-    // Loading the host object creates every LIBBPF_PIN_BY_NAME map under the
-    // root, or reuses the pinned ones when they already exist (restart).
-    const obj = BpfObject.open(path.join(cfg.bpfObjDir, 'bpf_host.o'), { pinRoot: cfg.bpfRoot });
-    try {
-      obj.load();
-    } finally {
-      obj.close();
-    }
+    // The shared endpoint programs first: loading bpf_lxc.o creates every
+    // LIBBPF_PIN_BY_NAME map under the root, or reuses the pinned ones (restart).
+    const programs = loadSharedPrograms(cfg, log);
     const pin = (n: string) => BpfMap.fromPin(path.join(cfg.bpfRoot, n), n);
     const maps = {
       endpoints: pin('mb_endpoints').withCodecs(gen.endpointKeyCodec, gen.endpointInfoCodec),
@@ -128,16 +189,26 @@ export class Datapath {
       metrics: pin('mb_metrics').withCodecs(gen.metricsKeyCodec, gen.metricsValueCodec),
       ct: pin('mb_ct').withCodecs(gen.ctKeyCodec, gen.ctValueCodec),
       node: pin('mb_node').withCodecs(u32Codec, gen.nodeConfigCodec),
-      callPolicy: pin('mb_call_policy'),
       events: pin('mb_events'),
-      monitor: pin('mb_monitor').withCodecs(u32Codec, gen.monitorConfigCodec),
       eventsLost: pin('mb_events_lost').withCodecs(u32Codec, u64Codec),
       lbServices: pin('mb_lb_services').withCodecs(gen.lbServiceKeyCodec, gen.lbServiceValueCodec),
       lbBackends: pin('mb_lb_backends').withCodecs(u32Codec, gen.lbBackendCodec),
       lbRevnat: pin('mb_lb_revnat').withCodecs(u16Codec, gen.lbRevnatCodec),
       lbAffinity: pin('mb_lb_affinity').withCodecs(gen.lbAffinityKeyCodec, gen.lbAffinityValueCodec),
     };
-    return new Datapath(cfg, log, maps);
+    const raw = {
+      epConfig: pin('mb_ep_config'),
+      lxc: pin('mb_lxc'),
+      policyMaps: pin('mb_policy_maps'),
+      callPolicy: pin('mb_call_policy'),
+      monitor: pin('mb_monitor'),
+    };
+    return new Datapath(cfg, log, maps, raw, programs);
+  }
+
+  /** Ids of the shared endpoint programs (what every endpoint's link and prog-array slot must run). */
+  get sharedProgramIds(): { fromContainer: number; policyIngress: number } {
+    return { fromContainer: this.programs.fromContainerId, policyIngress: this.programs.policyIngressId };
   }
 
   /**
@@ -177,7 +248,7 @@ export class Datapath {
     this.netIfindex = net.index;
     const routerV4 = Buffer.alloc(4);
     if (router.family === 4) router.bytes.copy(routerV4, 0, 0, 4);
-    this.maps.node.update(0, {
+    this.nodeConfig.upsert(0, {
       host_ifindex: host.index,
       net_ifindex: net.index,
       host_mac: parseMac(host.mac),
@@ -186,7 +257,14 @@ export class Datapath {
       router_ipv6: Buffer.alloc(16),
       flags: 0,
     } as unknown as gen.NodeConfig);
+    this.nodeConfig.flush();
     this.attachHostProgram(net.index);
+  }
+
+  /** The monitor switch and aggregation (mb_monitor[0]). */
+  setMonitorConfig(c: gen.MonitorConfig): void {
+    this.monitorConfig.upsert(0, c);
+    this.monitorConfig.flush();
   }
 
   /**
@@ -211,16 +289,21 @@ export class Datapath {
       obj.load();
       for (const hook of Object.keys(CGROUP_ATTACH) as (keyof typeof CGROUP_ATTACH)[]) {
         const pinPath = path.join(dir, hook);
-        const link = attachCgroup(obj.program(`sock_${hook}`), cgroup, hook);
+        const prog = obj.program(`sock_${hook}`);
         try {
-          const old = BpfLink.fromPin(pinPath);
-          fs.unlinkSync(pinPath);
-          old.close();
-        } catch {
-          /* none before */
+          const link = attachCgroup(prog, cgroup, hook);
+          try {
+            const old = BpfLink.fromPin(pinPath);
+            fs.unlinkSync(pinPath);
+            old.close();
+          } catch {
+            /* none before */
+          }
+          link.pin(pinPath);
+          link.close();
+        } finally {
+          prog.close();
         }
-        link.pin(pinPath);
-        link.close();
       }
     } finally {
       obj.close();
@@ -254,24 +337,34 @@ export class Datapath {
     const obj = BpfObject.open(this.hostObject, { pinRoot: this.cfg.bpfRoot });
     try {
       obj.load();
-      const link = attachTcx(obj.program(program), ifindex, 'ingress');
+      const prog = obj.program(program);
       let old: BpfLink | undefined;
       try {
         old = BpfLink.fromPin(pinPath);
       } catch {
         old = undefined;
       }
-      if (old) {
-        fs.unlinkSync(pinPath);
-        try {
-          old.detach();
-        } catch {
-          /* the device it was attached to may be gone */
+      try {
+        // Same device: swap the program in place; otherwise attach anew and drop the old link.
+        if (old && old.info().ifindex === ifindex) {
+          old.update(prog);
+          return;
         }
-        old.close();
+        const link = attachTcx(prog, ifindex, 'ingress');
+        if (old) {
+          fs.unlinkSync(pinPath);
+          try {
+            old.detach();
+          } catch {
+            /* the device it was attached to may be gone */
+          }
+        }
+        link.pin(pinPath);
+        link.close();
+      } finally {
+        old?.close();
+        prog.close();
       }
-      link.pin(pinPath);
-      link.close();
     } finally {
       obj.close();
     }
@@ -289,8 +382,10 @@ export class Datapath {
 
   /**
    * Create an endpoint's datapath: veth pair (peer created in the pod netns),
-   * pod addressing and routes, programs loaded with the endpoint's constants,
-   * tail-call entry, tcx links. Every step is undone if a later one fails.
+   * pod addressing and routes, its policy map filled with `policy`, its
+   * configuration, the tail-call slot, and last the tcx link running the shared
+   * from_container. Every step is undone if a later one fails. No program is
+   * loaded: the endpoint runs the node's shared programs.
    */
   createEndpoint(spec: EndpointDatapathSpec, router: IpAddr, undo: Undo, policy: { key: PolicyKey; value: PolicyValue }[]): EndpointDatapathResult {
     const ns = Netns.open(spec.netnsPath);
@@ -317,96 +412,114 @@ export class Datapath {
     podNl.routeAdd({ dst: `${routerText}/32`, dev: pod.index, scope: 'link' });
     podNl.routeAdd({ dst: 'default', gateway: routerText, dev: pod.index, onlink: true });
 
-    this.attachEndpointPrograms(spec, host.index, parseMac(host.mac), parseMac(pod.mac), undo, policy);
+    this.attachEndpoint(
+      { id: spec.id, identity: spec.identity, ipv4: spec.ipv4, hostIfindex: host.index, hostMac: parseMac(host.mac), podMac: parseMac(pod.mac) },
+      undo,
+      policy,
+    );
     podNl.close();
     ns.close();
     return { hostIfindex: host.index, hostMac: host.mac, podIfindex: pod.index, podMac: pod.mac };
   }
 
-  /** Open an endpoint's lxc object with its constants set (not loaded yet). */
-  private openEndpointObject(c: { id: number; identity: number; ipv4: IpAddr; hostIfindex: number; hostMac: Buffer; podMac: Buffer }): BpfObject {
-    const obj = BpfObject.open(this.lxcObject, { pinRoot: this.cfg.bpfRoot });
-    const ipv4 = Buffer.alloc(4);
-    c.ipv4.bytes.copy(ipv4, 0, 0, 4);
-    obj.setConst(
-      'CONFIG',
-      gen.epConfigCodec.encode({
-        ep_id: c.id,
-        sec_id: c.identity,
-        ifindex: c.hostIfindex,
-        flags: EP_CFG_F_IPV4,
-        ipv4,
-        ipv6: Buffer.alloc(16),
-        mac: c.podMac,
-        node_mac: c.hostMac,
-      }),
-    );
-    return obj;
-  }
-
-  private attachEndpointPrograms(
-    spec: EndpointDatapathSpec,
-    hostIfindex: number,
-    hostMac: Buffer,
-    podMac: Buffer,
-    undo: Undo,
-    policyEntries: { key: PolicyKey; value: PolicyValue }[],
-  ): void {
-    const dir = this.endpointPinDir(spec.id);
+  /**
+   * Policy map -> mb_policy_maps -> configuration -> tail-call slot -> link.
+   * A packet can never run on the endpoint before all of it is in place.
+   */
+  private attachEndpoint(c: EndpointConfig, undo: Undo, policy: { key: PolicyKey; value: PolicyValue }[]): void {
+    const dir = this.endpointPinDir(c.id);
     fs.rmSync(dir, { recursive: true, force: true });
     fs.mkdirSync(dir, { recursive: true });
     undo.push(`remove pins ${dir}`, () => fs.rmSync(dir, { recursive: true, force: true }));
-    const obj = this.openEndpointObject({ id: spec.id, identity: spec.identity, ipv4: spec.ipv4, hostIfindex, hostMac, podMac });
-    try {
-      obj.load();
-      const policyMap = obj.map('mb_policy').withCodecs(gen.policyKeyCodec, gen.policyValueCodec);
-      // The policy goes in before anything can run: an endpoint without its policy sends nothing.
-      for (const e of policyEntries) policyMap.update(e.key, e.value);
-      policyMap.pin(path.join(dir, 'policy'));
-      // Order matters: the policy program must be reachable before traffic can arrive.
-      const policy = obj.program('policy_ingress');
-      this.maps.callPolicy.update(u32(spec.id), u32(policy.fd));
-      undo.push(`clear mb_call_policy[${spec.id}]`, () => void this.maps.callPolicy.delete(u32(spec.id)));
-      // One tcx link per endpoint: every path *to* the pod tail-calls policy_ingress.
-      const link = attachTcx(obj.program('from_container'), hostIfindex, 'ingress');
-      try {
-        link.pin(path.join(dir, 'from_container'));
-      } finally {
-        link.close();
-      }
-    } finally {
-      obj.close();
+
+    const map = createPolicyMap(c.id, this.cfg.instance);
+    const table = policyTable(`mb_policy of endpoint ${c.id}`, map);
+    undo.push(`close policy map of endpoint ${c.id}`, () => {
+      this.reconciler.remove(table);
+      this.policyTables.delete(c.id);
+      table.close();
+    });
+    table.replaceAll(policy);
+    table.flush();
+    map.pin(path.join(dir, 'policy'));
+    this.policyTables.set(c.id, this.reconciler.add(table, POLICY_GROUP));
+
+    const steps: [MapTable<number, any>, number, unknown][] = [
+      [this.policyMaps, c.id, { fd: map.fd, id: map.id }],
+      [this.epConfig, c.id, epConfigValue(c)],
+      [this.lxc, c.hostIfindex, c.id],
+      [this.callPolicy, c.id, { fd: this.programs.policyIngress.fd, id: this.programs.policyIngressId }],
+    ];
+    for (const [t, key, value] of steps) {
+      t.upsert(key, value);
+      undo.push(`remove ${t.name}[${key}]`, () => {
+        t.delete(key);
+        t.flush();
+      });
+      t.flush();
     }
+    tcClsactEnsure(this.nl, c.hostIfindex);
+    tcBpfAttach(this.nl, { ifindex: c.hostIfindex, direction: 'ingress', progFd: this.programs.fromContainer.fd, name: 'from_container' });
   }
 
-  openPolicyMap(id: number): BpfMap<PolicyKey, PolicyValue> {
-    const p = path.join(this.endpointPinDir(id), 'policy');
-    return BpfMap.fromPin(p, `mb_policy of endpoint ${id}`).withCodecs(gen.policyKeyCodec, gen.policyValueCodec);
+  /** The endpoint's policy table (desired state of its policy map). */
+  policyTable(id: number): MapTable<PolicyKey, PolicyValue> | undefined {
+    return this.policyTables.get(id);
+  }
+
+  /** A new identity (or addresses) for an endpoint: a configuration write, no program is touched. */
+  setEndpointConfig(c: EndpointConfig): void {
+    this.epConfig.upsert(c.id, epConfigValue(c));
+    this.epConfig.flush();
   }
 
   /**
-   * Reload an endpoint's programs with new constants (a new identity) and swap
-   * them in without a gap: the tail-call slot is replaced atomically and each
-   * tcx link is updated in place (BPF_LINK_UPDATE). The policy map is reused.
+   * Adopt an endpoint that exists in the kernel (agent restart): its policy map
+   * becomes a table whose starting desired state is what the kernel holds, its
+   * configuration and slots are desired again (the next resync repairs them),
+   * and a veth still running an older program version (or an older agent's
+   * per-endpoint tcx link) is moved to the shared program without a gap.
+   * Returns the problems found.
    */
-  reloadEndpoint(id: number, c: { identity: number; ipv4: IpAddr; hostIfindex: number; hostMac: Buffer; podMac: Buffer }): void {
-    const dir = this.endpointPinDir(id);
-    const policyMap = BpfMap.fromPin(path.join(dir, 'policy'), `mb_policy of endpoint ${id}`);
-    const obj = this.openEndpointObject({ id, ...c });
+  restoreEndpoint(c: EndpointConfig): string[] {
+    const problems: string[] = [];
+    const dir = this.endpointPinDir(c.id);
+    let map: BpfMap<PolicyKey, PolicyValue> | undefined;
     try {
-      obj.reuseMap('mb_policy', policyMap.fd);
-      obj.load();
-      this.maps.callPolicy.update(u32(id), u32(obj.program('policy_ingress').fd));
-      const link = BpfLink.fromPin(path.join(dir, 'from_container'));
-      try {
-        link.update(obj.program('from_container'));
-      } finally {
-        link.close();
-      }
-    } finally {
-      obj.close();
-      policyMap.close();
+      map = BpfMap.fromPin(path.join(dir, 'policy'), `mb_policy of endpoint ${c.id}`).withCodecs(gen.policyKeyCodec, gen.policyValueCodec);
+      const table = policyTable(`mb_policy of endpoint ${c.id}`, map);
+      table.replaceAll([...table.kernelEntries()]);
+      table.markClean();
+      this.policyTables.set(c.id, this.reconciler.add(table, POLICY_GROUP));
+      this.policyMaps.upsert(c.id, { fd: map.fd, id: map.id });
+    } catch (e) {
+      map?.close();
+      problems.push(`policy map: ${(e as Error).message}`);
     }
+    this.epConfig.upsert(c.id, epConfigValue(c));
+    this.lxc.upsert(c.hostIfindex, c.id);
+    this.callPolicy.upsert(c.id, { fd: this.programs.policyIngress.fd, id: this.programs.policyIngressId });
+    try {
+      const f = tcBpfList(this.nl, c.hostIfindex, 'ingress').find((x) => x.priority === 1 && x.handle === 1);
+      if (!f || f.progId !== this.programs.fromContainerId) {
+        tcClsactEnsure(this.nl, c.hostIfindex);
+        tcBpfAttach(this.nl, { ifindex: c.hostIfindex, direction: 'ingress', progFd: this.programs.fromContainer.fd, name: 'from_container' });
+      }
+      // An endpoint made by an older agent runs its own program through a pinned tcx link: retire it now that the filter runs.
+      const legacy = path.join(dir, 'from_container');
+      if (fs.existsSync(legacy)) {
+        const link = BpfLink.fromPin(legacy);
+        try {
+          link.detach();
+        } finally {
+          link.close();
+          fs.rmSync(legacy, { force: true });
+        }
+      }
+    } catch (e) {
+      problems.push(`from_container on ifindex ${c.hostIfindex}: ${(e as Error).message}`);
+    }
+    return problems;
   }
 
   /** Is the endpoint's datapath in place? Returns the problems found. */
@@ -414,19 +527,17 @@ export class Datapath {
     const problems: string[] = [];
     const host = this.nl.linkGet(hostIfname);
     if (!host) problems.push(`host veth ${hostIfname} is missing`);
-    const dir = this.endpointPinDir(id);
-    for (const prog of ['from_container']) {
-      const p = path.join(dir, prog);
-      try {
-        const l = BpfLink.fromPin(p);
-        const info = l.info();
-        l.close();
-        if (host && info.ifindex !== host.index) problems.push(`link ${p} is attached to ifindex ${info.ifindex}, not ${hostIfname} (${host.index})`);
-      } catch (e) {
-        problems.push(`link ${p}: ${(e as Error).message}`);
-      }
+    if (host) {
+      const f = tcBpfList(this.nl, host.index, 'ingress').find((x) => x.priority === 1 && x.handle === 1);
+      if (!f) problems.push(`${hostIfname} has no from_container filter`);
+      else if (f.progId !== this.programs.fromContainerId) problems.push(`${hostIfname} runs program ${f.progId}, not the shared from_container (${this.programs.fromContainerId})`);
+      else if (!f.directAction) problems.push(`${hostIfname}: the from_container filter is not direct-action`);
     }
-    if (this.maps.callPolicy.lookup(u32(id)) === undefined) problems.push(`mb_call_policy[${id}] is empty`);
+    if (this.callPolicy.kernelGet(id)?.id !== this.programs.policyIngressId) problems.push(`mb_call_policy[${id}] does not hold the shared policy_ingress`);
+    const table = this.policyTables.get(id);
+    if (!table) problems.push(`endpoint ${id} has no policy map`);
+    else if (this.policyMaps.kernelGet(id)?.id !== this.policyMaps.get(id)?.id) problems.push(`mb_policy_maps[${id}] does not hold the endpoint's policy map`);
+    if (this.epConfig.kernelGet(id)?.ep_id !== id) problems.push(`mb_ep_config[${id}] is not set`);
     return problems;
   }
 
@@ -459,8 +570,12 @@ export class Datapath {
     return problems;
   }
 
-  /** Remove an endpoint's programs, pins and veth. Best effort, idempotent. */
-  deleteEndpoint(id: number, hostIfname: string): string[] {
+  /**
+   * Remove an endpoint: the veth first (its link goes with it, so nothing runs
+   * for it any more), then its slot, configuration and policy map, then its
+   * pins. Best effort and idempotent; returns what could not be done.
+   */
+  deleteEndpoint(id: number, hostIfname: string, hostIfindex?: number): string[] {
     const errors: string[] = [];
     const step = (what: string, fn: () => void) => {
       try {
@@ -469,11 +584,32 @@ export class Datapath {
         errors.push(`${what}: ${(e as Error).message}`);
       }
     };
-    step(`clear mb_call_policy[${id}]`, () => void this.maps.callPolicy.delete(u32(id)));
-    const dir = this.endpointPinDir(id);
-    step(`remove pins ${dir}`, () => fs.rmSync(dir, { recursive: true, force: true }));
-    // Deleting the host side removes the pair (and the links attached to it).
+    // Deleting the host side removes the pair (and the link attached to it).
     step(`delete veth ${hostIfname}`, () => void this.nl.linkDel(hostIfname));
+    if (id > 0) {
+      for (const t of [this.callPolicy, this.epConfig, this.policyMaps] as MapTable<number, unknown>[]) {
+        step(`remove ${t.name}[${id}]`, () => {
+          t.delete(id);
+          t.flush();
+        });
+      }
+      const table = this.policyTables.get(id);
+      if (table) {
+        this.reconciler.remove(table);
+        this.policyTables.delete(id);
+        table.close();
+      }
+    }
+    if (hostIfindex) {
+      step(`remove mb_lxc[${hostIfindex}]`, () => {
+        if (this.lxc.get(hostIfindex) === id || id === 0) this.lxc.delete(hostIfindex);
+        this.lxc.flush();
+      });
+    }
+    if (id > 0) {
+      const dir = this.endpointPinDir(id);
+      step(`remove pins ${dir}`, () => fs.rmSync(dir, { recursive: true, force: true }));
+    }
     return errors;
   }
 
@@ -487,9 +623,86 @@ export class Datapath {
   }
 
   close(): void {
+    this.reconciler.stop();
     this.nl.close();
+    for (const t of this.policyTables.values()) t.close();
+    this.policyTables.clear();
+    for (const t of [this.epConfig, this.lxc, this.policyMaps, this.callPolicy, this.monitorConfig]) t.close();
     for (const m of Object.values(this.maps)) m.close();
+    this.programs.fromContainer.close();
+    this.programs.policyIngress.close();
   }
+}
+
+interface SharedPrograms {
+  fromContainer: BpfProgram;
+  policyIngress: BpfProgram;
+  fromContainerId: number;
+  policyIngressId: number;
+}
+
+/**
+ * The endpoint programs of this bpf_lxc.o, loaded and verified once: pinned
+ * under <root>/programs/lxc-<sha of the object>, so a restart with the same
+ * object reuses them and endpoints need no update; a new object is loaded
+ * once and restored endpoints are moved to it (Datapath.restoreEndpoint).
+ */
+function loadSharedPrograms(cfg: AgentConfig, log: Logger): SharedPrograms {
+  const obj = path.join(cfg.bpfObjDir, 'bpf_lxc.o');
+  const sha = crypto.createHash('sha256').update(fs.readFileSync(obj)).digest('hex').slice(0, 16);
+  const base = path.join(cfg.bpfRoot, 'programs');
+  const dir = path.join(base, `lxc-${sha}`);
+  const names = ['from_container', 'policy_ingress'] as const;
+  let progs: BpfProgram[] | undefined;
+  try {
+    progs = names.map((n) => BpfProgram.fromPin(path.join(dir, n), n));
+    // The maps must be pinned too (a root emptied behind our back keeps no pins).
+    fs.accessSync(path.join(cfg.bpfRoot, 'mb_ep_config'));
+  } catch {
+    for (const p of progs ?? []) p.close();
+    progs = undefined;
+  }
+  if (!progs) {
+    const t0 = Date.now();
+    const o = BpfObject.open(obj, { pinRoot: cfg.bpfRoot });
+    try {
+      o.load();
+      progs = names.map((n) => o.program(n));
+    } finally {
+      o.close();
+    }
+    fs.rmSync(dir, { recursive: true, force: true });
+    fs.mkdirSync(dir, { recursive: true });
+    progs.forEach((p, i) => p.pin(path.join(dir, names[i])));
+    log.info('endpoint programs loaded', { object: obj, version: sha, ms: Date.now() - t0 });
+  }
+  return {
+    fromContainer: progs[0],
+    policyIngress: progs[1],
+    fromContainerId: progs[0].info().id,
+    policyIngressId: progs[1].info().id,
+  };
+}
+
+/** Remove pinned program versions other than the current one (after every endpoint moved off them). */
+export function pruneSharedPrograms(bpfRoot: string, keepIds: { fromContainer: number }): string[] {
+  const base = path.join(bpfRoot, 'programs');
+  const removed: string[] = [];
+  if (!fs.existsSync(base)) return removed;
+  for (const d of fs.readdirSync(base)) {
+    const p = path.join(base, d, 'from_container');
+    try {
+      const prog = BpfProgram.fromPin(p);
+      const id = prog.info().id;
+      prog.close();
+      if (id === keepIds.fromContainer) continue;
+    } catch {
+      /* a broken version directory goes too */
+    }
+    fs.rmSync(path.join(base, d), { recursive: true, force: true });
+    removed.push(d);
+  }
+  return removed;
 }
 
 export class EndpointConflict extends Error {}
@@ -497,12 +710,6 @@ export class EndpointConflict extends Error {}
 function ipBytes(text: string): Buffer {
   const b = Buffer.alloc(16);
   text.split('.').forEach((p, i) => (b[i] = Number(p)));
-  return b;
-}
-
-function u32(n: number): Buffer {
-  const b = Buffer.alloc(4);
-  b.writeUInt32LE(n);
   return b;
 }
 

@@ -1,47 +1,108 @@
 /**
- * Desired-state tables for BPF maps. Callers state what a map should hold
- * (upsert/delete); flush() makes the kernel match the pending changes, resync()
- * compares the whole map with the desired table and repairs any drift.
- * Nothing else writes to a map.
+ * Desired-state reconciliation of BPF maps: the only writer of every map the
+ * agent owns.
+ *
+ * A MapTable holds what one map should contain. Callers state it (upsert /
+ * delete / replaceAll); flush() makes the kernel match the pending changes;
+ * resync() compares the whole kernel map with the desired table and repairs
+ * drift in both directions (an entry changed or removed behind the agent's
+ * back is written again, an entry nobody wants is removed), counting what it
+ * repaired. The Reconciler owns the tables of a node: it flushes them with
+ * retries and backoff, resyncs them all periodically, and reports per-table
+ * status (desired, in kernel, pending, failed, last error, drift repaired).
+ *
+ * ARRAY-like maps (every index exists) are tables with an `absent` value: an
+ * index that is not desired holds it, delete() writes it, and resync treats it
+ * as "no entry". Maps whose values are file descriptors (program arrays, map
+ * of maps) store {fd, id}: fds are written, ids are what the kernel reads back.
  */
 import type { BpfMap } from '../bpf';
+import type { Logger } from '../util/log';
 
 export interface TableStatus {
   map: string;
+  /** entries the agent wants in the map */
   desired: number;
+  /** entries found in the kernel at the last resync */
+  inKernel?: number;
+  /** changes not yet written (failed writes stay pending until a retry succeeds) */
   pending: number;
+  /** writes that failed since the last successful flush */
+  failed: number;
   lastError?: string;
   lastResync?: string;
+  /** entries repaired by resyncs since start (written again / removed) */
+  driftRepaired: number;
+  /** several tables of one kind summarised (per-endpoint policy maps) */
+  tables?: number;
+}
+
+export interface MapTableOptions<K, V> {
+  /** stable identity of a key */
+  keyId: (k: K) => string;
+  /** do two values mean the same thing (counters maintained by the datapath never count) */
+  same: (a: V, b: V) => boolean;
+  /** ARRAY semantics: the value an index holds when nothing is desired there */
+  absent?: V;
+}
+
+/** A value that is an fd when written and an id when read back (PROG_ARRAY, *_OF_MAPS). */
+export interface FdRef {
+  fd: number;
+  id: number;
+}
+
+export class TableError extends Error {
+  constructor(
+    readonly table: string,
+    readonly op: 'update' | 'delete' | 'resync',
+    readonly key: string,
+    readonly cause: Error,
+  ) {
+    super(`${op} ${key} in ${table}: ${cause.message}`);
+    this.name = 'TableError';
+  }
 }
 
 export class MapTable<K, V> {
   private readonly desired = new Map<string, { key: K; value: V }>();
-  private readonly pending = new Set<string>();
-  private readonly pendingKeys = new Map<string, K>();
+  private readonly pending = new Map<string, K>();
   private lastError?: string;
   private lastResync?: string;
+  private failures = 0;
+  private inKernel?: number;
+  private repaired = 0;
+  private readonly keyId: (k: K) => string;
+  private readonly same: (a: V, b: V) => boolean;
+  private readonly absent?: V;
 
   constructor(
     readonly name: string,
     private readonly map: BpfMap<K, V>,
-    private readonly keyId: (k: K) => string,
-    private readonly same: (a: V, b: V) => boolean,
-  ) {}
+    opts: MapTableOptions<K, V>,
+  ) {
+    this.keyId = opts.keyId;
+    this.same = opts.same;
+    this.absent = opts.absent;
+  }
 
   upsert(key: K, value: V): void {
     const id = this.keyId(key);
     const cur = this.desired.get(id);
     if (cur && this.same(cur.value, value)) return;
     this.desired.set(id, { key, value });
-    this.pending.add(id);
-    this.pendingKeys.set(id, key);
+    this.pending.set(id, key);
   }
 
   delete(key: K): void {
     const id = this.keyId(key);
+    if (!this.desired.has(id) && !this.pending.has(id)) {
+      // Not ours (or already gone): still make sure the kernel does not hold it.
+      this.pending.set(id, key);
+      return;
+    }
     this.desired.delete(id);
-    this.pending.add(id);
-    this.pendingKeys.set(id, key);
+    this.pending.set(id, key);
   }
 
   /** Make the desired table exactly `entries`: a diff against the current desired state. */
@@ -50,14 +111,14 @@ export class MapTable<K, V> {
     for (const e of entries) next.set(this.keyId(e.key), e);
     let upserts = 0;
     let deletes = 0;
-    for (const [id, cur] of this.desired) {
+    for (const [id, cur] of [...this.desired]) {
       if (!next.has(id)) {
         this.delete(cur.key);
         deletes++;
       }
     }
-    for (const e of next.values()) {
-      const cur = this.desired.get(this.keyId(e.key));
+    for (const [id, e] of next) {
+      const cur = this.desired.get(id);
       if (!cur || !this.same(cur.value, e.value)) upserts++;
       this.upsert(e.key, e.value);
     }
@@ -68,87 +129,272 @@ export class MapTable<K, V> {
     return this.desired.size;
   }
 
+  get dirty(): boolean {
+    return this.pending.size > 0;
+  }
+
   get(key: K): V | undefined {
     return this.desired.get(this.keyId(key))?.value;
+  }
+
+  has(key: K): boolean {
+    return this.desired.has(this.keyId(key));
   }
 
   entries(): { key: K; value: V }[] {
     return [...this.desired.values()];
   }
 
-  /** Apply pending changes to the kernel. Throws on the first failure (what failed stays pending). */
+  /**
+   * Write pending changes to the kernel. Throws a TableError on the first
+   * failure; what failed (and everything after it) stays pending for a retry.
+   */
   flush(): void {
-    for (const id of [...this.pending]) {
+    for (const [id, key] of [...this.pending]) {
       const want = this.desired.get(id);
-      const key = this.pendingKeys.get(id)!;
       try {
         if (want) this.map.update(want.key, want.value);
+        else if (this.absent !== undefined) this.map.update(key, this.absent);
         else this.map.delete(key);
       } catch (e) {
-        this.lastError = `${want ? 'update' : 'delete'} ${id} in ${this.name}: ${(e as Error).message}`;
-        throw new Error(this.lastError);
+        this.failures++;
+        const err = new TableError(this.name, want ? 'update' : 'delete', id, e as Error);
+        this.lastError = err.message;
+        throw err;
       }
       this.pending.delete(id);
-      this.pendingKeys.delete(id);
     }
+    this.failures = 0;
     this.lastError = undefined;
   }
 
-  /** What the kernel map holds now. */
-  *kernelEntries(): Iterable<{ key: K; value: V }> {
-    for (const [key, value] of this.map.entries()) yield { key, value };
+  /** The kernel's value for one key now (undefined if absent). */
+  kernelGet(key: K): V | undefined {
+    const v = this.map.lookup(key);
+    if (v === undefined || (this.absent !== undefined && this.same(v, this.absent))) return undefined;
+    return v;
   }
 
-  /** Declare the kernel in sync with the desired table (after writing it another way). */
+  /** What the kernel map holds now (ARRAY tables: only indices not holding the absent value). */
+  *kernelEntries(): Iterable<{ key: K; value: V }> {
+    for (const [key, value] of this.map.entries()) {
+      if (this.absent !== undefined && this.same(value, this.absent)) continue;
+      yield { key, value };
+    }
+  }
+
+  /** Declare the kernel in sync with the desired table (after adopting what the kernel holds). */
   markClean(): void {
     this.pending.clear();
-    this.pendingKeys.clear();
   }
 
-  /** Remove every entry from the kernel map and the desired table (fail closed). */
+  /** Remove every entry from the kernel map and the desired table now (fail closed). */
   clearAll(): void {
+    for (const { key } of [...this.kernelEntries()]) this.pending.set(this.keyId(key), key);
+    for (const [id, e] of this.desired) this.pending.set(id, e.key);
     this.desired.clear();
-    this.markClean();
-    for (const [k] of [...this.map.entries()]) this.map.delete(k);
+    this.flush();
   }
 
   close(): void {
     this.map.close();
   }
 
-  /** Compare the kernel map with the desired table; fix both directions. */
+  /**
+   * Compare the kernel map with the desired table and repair both directions.
+   * Returns what was repaired; pending changes are written as part of it.
+   */
   resync(): { updated: number; removed: number } {
     let updated = 0;
     let removed = 0;
     const seen = new Set<string>();
-    for (const [k, v] of this.map.entries()) {
-      const id = this.keyId(k);
-      const want = this.desired.get(id);
-      if (!want) {
-        this.map.delete(k);
-        removed++;
-        continue;
+    let inKernel = 0;
+    try {
+      for (const { key, value } of [...this.kernelEntries()]) {
+        inKernel++;
+        const id = this.keyId(key);
+        const want = this.desired.get(id);
+        if (!want) {
+          if (this.absent !== undefined) this.map.update(key, this.absent);
+          else this.map.delete(key);
+          if (!this.pending.has(id)) removed++;
+          continue;
+        }
+        seen.add(id);
+        if (!this.same(want.value, value)) {
+          this.map.update(want.key, want.value);
+          if (!this.pending.has(id)) updated++;
+        }
       }
-      seen.add(id);
-      if (!this.same(want.value, v)) {
+      for (const [id, want] of this.desired) {
+        if (seen.has(id)) continue;
         this.map.update(want.key, want.value);
-        updated++;
+        if (!this.pending.has(id)) updated++;
       }
-    }
-    for (const [id, want] of this.desired) {
-      if (!seen.has(id)) {
-        this.map.update(want.key, want.value);
-        updated++;
-      }
+    } catch (e) {
+      this.failures++;
+      const err = new TableError(this.name, 'resync', '*', e as Error);
+      this.lastError = err.message;
+      throw err;
     }
     this.pending.clear();
-    this.pendingKeys.clear();
+    this.failures = 0;
+    this.lastError = undefined;
+    this.inKernel = inKernel - removed + updated;
+    this.repaired += updated + removed;
     this.lastResync = new Date().toISOString();
     return { updated, removed };
   }
 
   status(): TableStatus {
-    return { map: this.name, desired: this.desired.size, pending: this.pending.size, lastError: this.lastError, lastResync: this.lastResync };
+    return {
+      map: this.name,
+      desired: this.desired.size,
+      inKernel: this.inKernel,
+      pending: this.pending.size,
+      failed: this.failures,
+      lastError: this.lastError,
+      lastResync: this.lastResync,
+      driftRepaired: this.repaired,
+    };
+  }
+}
+
+/** Options for tables keyed by a u32 index or id. */
+export function u32KeyOpts<V>(same: (a: V, b: V) => boolean, absent?: V): MapTableOptions<number, V> {
+  return { keyId: (k) => String(k), same, absent };
+}
+
+/** Options for fd-valued tables (program arrays, maps of maps): compared by kernel object id. */
+export function fdRefOpts(): MapTableOptions<number, FdRef> {
+  return { keyId: (k) => String(k), same: (a, b) => a.id === b.id };
+}
+
+/**
+ * The node's tables: flushed with retries, resynced periodically, reported.
+ * Groups (e.g. the per-endpoint policy maps) are summarised in status().
+ */
+export class Reconciler {
+  private readonly tables = new Map<MapTable<any, any>, string | undefined>();
+  private retryTimer?: NodeJS.Timeout;
+  private resyncTimer?: NodeJS.Timeout;
+  private retryDelayMs = 0;
+  /** Called after a resync repaired drift in some table (for metrics and logs). */
+  onDrift?: (table: string, repaired: { updated: number; removed: number }) => void;
+  /** Called before each periodic resync, to refresh desired state that has no event of its own (node addresses). */
+  beforeResync?: () => void;
+  readonly counters = { flushFailures: 0, retries: 0, resyncs: 0, driftRepaired: 0 };
+
+  constructor(private readonly log: Logger) {}
+
+  /** Register a table; `group` summarises many tables of one kind in status(). */
+  add<T extends MapTable<any, any>>(table: T, group?: string): T {
+    this.tables.set(table, group);
+    return table;
+  }
+
+  remove(table: MapTable<any, any>): void {
+    this.tables.delete(table);
+  }
+
+  /**
+   * Write every pending change. Failures are recorded per table and retried
+   * with backoff (100 ms doubling to 10 s) until they succeed; returns false
+   * if something is still pending.
+   */
+  flush(): boolean {
+    let ok = true;
+    for (const t of this.tables.keys()) {
+      if (!t.dirty) continue;
+      try {
+        t.flush();
+      } catch (e) {
+        ok = false;
+        this.counters.flushFailures++;
+        this.log.error('map write failed; will retry', { table: t.name, error: e });
+      }
+    }
+    if (ok) {
+      this.retryDelayMs = 0;
+      if (this.retryTimer) clearTimeout(this.retryTimer);
+      this.retryTimer = undefined;
+    } else this.scheduleRetry();
+    return ok;
+  }
+
+  private scheduleRetry(): void {
+    if (this.retryTimer) return;
+    this.retryDelayMs = Math.min(10_000, this.retryDelayMs ? this.retryDelayMs * 2 : 100);
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = undefined;
+      this.counters.retries++;
+      this.flush();
+    }, this.retryDelayMs);
+    this.retryTimer.unref();
+  }
+
+  /** Compare every table with the kernel and repair drift. */
+  resyncAll(): { table: string; updated: number; removed: number }[] {
+    this.counters.resyncs++;
+    try {
+      this.beforeResync?.();
+    } catch (e) {
+      this.log.error('refreshing desired state before resync failed', { error: e });
+    }
+    const out: { table: string; updated: number; removed: number }[] = [];
+    for (const t of this.tables.keys()) {
+      try {
+        const r = t.resync();
+        if (r.updated || r.removed) {
+          out.push({ table: t.name, ...r });
+          this.counters.driftRepaired += r.updated + r.removed;
+          this.log.warn('map drift repaired', { table: t.name, ...r });
+          this.onDrift?.(t.name, r);
+        }
+      } catch (e) {
+        this.log.error('map resync failed; will retry', { table: t.name, error: e });
+        this.scheduleRetry();
+      }
+    }
+    return out;
+  }
+
+  /** Resync every table every intervalMs (0: never). */
+  start(intervalMs: number): void {
+    if (this.resyncTimer) clearInterval(this.resyncTimer);
+    if (intervalMs <= 0) return;
+    this.resyncTimer = setInterval(() => this.resyncAll(), intervalMs);
+    this.resyncTimer.unref();
+  }
+
+  stop(): void {
+    if (this.resyncTimer) clearInterval(this.resyncTimer);
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    this.resyncTimer = undefined;
+    this.retryTimer = undefined;
+  }
+
+  status(): TableStatus[] {
+    const out: TableStatus[] = [];
+    const groups = new Map<string, TableStatus>();
+    for (const [t, group] of this.tables) {
+      const s = t.status();
+      if (!group) {
+        out.push(s);
+        continue;
+      }
+      const g = groups.get(group) ?? { map: group, desired: 0, inKernel: 0, pending: 0, failed: 0, driftRepaired: 0, tables: 0 };
+      g.tables!++;
+      g.desired += s.desired;
+      g.inKernel = (g.inKernel ?? 0) + (s.inKernel ?? s.desired - s.pending);
+      g.pending += s.pending;
+      g.failed += s.failed;
+      g.driftRepaired += s.driftRepaired;
+      if (s.lastError) g.lastError = s.lastError;
+      if (s.lastResync && (!g.lastResync || s.lastResync > g.lastResync)) g.lastResync = s.lastResync;
+      groups.set(group, g);
+    }
+    return [...out, ...groups.values()];
   }
 }
 

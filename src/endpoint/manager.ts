@@ -11,17 +11,17 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { AgentConfig } from '../agent/config';
 import { hostVethName } from '../agent/config';
-import { Datapath, EndpointConflict, endpointKey, ipcacheKey } from '../datapath/datapath';
+import { Datapath, EndpointConfig, EndpointConflict, endpointKey } from '../datapath/datapath';
 import { Undo } from '../datapath/reconciler';
 import { IdentityAllocator, ReservedIdentity } from '../identity/identity';
-import { Ipam } from '../ipam/ipam';
+import { Ipam, IpamError } from '../ipam/ipam';
 import { formatIp, parseIp, parseMac, IpAddr } from '../util/ip';
 import { mkdirp, readJson, writeJsonAtomic } from '../util/fsutil';
 import type { Logger } from '../util/log';
 import { ENDPOINT_F_HOST, MB_MAX_ENDPOINTS } from '../datapath/constants';
 import type { EndpointInfo } from '../datapath/datapath';
-import { policyKV, policyTable, PolicyKey, PolicyValue } from '../datapath/policymap';
-import type { MapTable } from '../datapath/reconciler';
+import { policyKV } from '../datapath/policymap';
+import type { IpCache } from '../ipcache/ipcache';
 import type { PolicyEngine } from '../policy/engine';
 import type { NamedPort } from '../policy/mapstate';
 
@@ -77,7 +77,9 @@ export function attachmentKey(containerId: string, ifname: string): string {
 
 export class EndpointManager {
   private readonly byId = new Map<number, Endpoint>();
-  private readonly policyTables = new Map<number, MapTable<PolicyKey, PolicyValue>>();
+  /** ids and attachments of creations in flight */
+  private readonly reservedIds = new Set<number>();
+  private readonly inFlight = new Set<string>();
   private readonly dir: string;
   readonly createDurationsMs: number[] = [];
   readonly regenerationDurationsMs: number[] = [];
@@ -95,6 +97,7 @@ export class EndpointManager {
     readonly identities: IdentityAllocator,
     readonly policy: PolicyEngine,
     private readonly pods: PodSource,
+    private readonly ipcache: IpCache,
   ) {
     this.dir = path.join(cfg.stateDir, 'endpoints');
     mkdirp(this.dir);
@@ -118,7 +121,7 @@ export class EndpointManager {
     const router = this.ipam.router;
     const addrs = [router, ...this.dp.hostAddresses()];
     for (const a of addrs) {
-      this.dp.ipcache.upsert(ipcacheKey(a, 32), ipcacheValue(ReservedIdentity.host));
+      this.ipcache.upsert(a, 'host', { identity: ReservedIdentity.host });
       this.dp.endpoints.upsert(endpointKey(a), {
         ifindex: 0,
         ep_id: 0,
@@ -147,27 +150,30 @@ export class EndpointManager {
       } catch (e) {
         this.log.error('restore: address conflict', { endpoint: ep.id, error: e });
       }
-      const problems = this.dp.checkEndpoint(ep.id, ep.hostIfname);
+      ep.namedPorts ??= {};
+      ep.policy ??= { ingress: false, egress: false, revision: 0, entries: 0 };
+      const problems = this.dp.restoreEndpoint(this.config(ep));
+      if (!problems.length) problems.push(...this.dp.checkEndpoint(ep.id, ep.hostIfname).filter((p) => !p.startsWith('mb_')));
       ep.state = problems.length ? 'not-ready' : 'ready';
       ep.problems = problems.length ? problems : undefined;
       if (problems.length) this.log.warn('restored endpoint is not intact', { endpoint: ep.id, problems });
-      ep.namedPorts ??= {};
-      ep.policy ??= { ingress: false, egress: false, revision: 0, entries: 0 };
       this.byId.set(ep.id, ep);
       this.desire(ep);
-      try {
-        const table = policyTable(`policy of endpoint ${ep.id}`, this.dp.openPolicyMap(ep.id));
-        // Adopt what the kernel holds as the starting desired state; regeneration diffs from it.
-        table.replaceAll([...table.kernelEntries()]);
-        table.markClean();
-        this.policyTables.set(ep.id, table);
-      } catch (e) {
-        ep.state = 'not-ready';
-        ep.problems = [...(ep.problems ?? []), `policy map: ${(e as Error).message}`];
-      }
     }
     this.identities.pruneUnreferenced();
     this.log.info('restored endpoints', { count: this.byId.size });
+  }
+
+  /** What the shared programs need to know about the endpoint. */
+  private config(ep: Endpoint, identity = ep.identity): EndpointConfig {
+    return {
+      id: ep.id,
+      identity,
+      ipv4: parseIp(ep.ipv4),
+      hostIfindex: ep.hostIfindex,
+      hostMac: parseMac(ep.hostMac),
+      podMac: parseMac(ep.mac),
+    };
   }
 
   private desire(ep: Endpoint): void {
@@ -181,42 +187,53 @@ export class EndpointManager {
       mac: parseMac(ep.mac),
       node_mac: parseMac(ep.hostMac),
     } as unknown as EndpointInfo);
-    this.dp.ipcache.upsert(ipcacheKey(ip, 32), ipcacheValue(ep.identity));
+    this.ipcache.upsert(ip, 'endpoint', { identity: ep.identity, namespace: ep.namespace, pod: ep.podName });
   }
 
   private undesire(ep: Endpoint): void {
     const ip = parseIp(ep.ipv4);
     this.dp.endpoints.delete(endpointKey(ip));
-    this.dp.ipcache.delete(ipcacheKey(ip, 32));
+    this.ipcache.delete(ip, 'endpoint');
   }
 
   private allocateId(): number {
-    for (let id = 1; id < MB_MAX_ENDPOINTS; id++) if (!this.byId.has(id)) return id;
+    for (let id = 1; id < MB_MAX_ENDPOINTS; id++) {
+      if (this.byId.has(id) || this.reservedIds.has(id)) continue;
+      this.reservedIds.add(id);
+      return id;
+    }
     throw new EndpointError(`endpoint ids 1..${MB_MAX_ENDPOINTS - 1} are exhausted`, 'exhausted');
   }
 
-  create(req: CreateRequest): Endpoint {
+  /**
+   * Create an endpoint. Returns when its veth, addresses, routes, policy map,
+   * configuration, tail-call slot and link are in place. Creations run
+   * concurrently (ids and addresses are reserved up front); the identity is
+   * awaited, so a cluster-wide allocator can take its time.
+   */
+  async create(req: CreateRequest): Promise<Endpoint> {
     const t0 = process.hrtime.bigint();
     const owner = attachmentKey(req.containerId, req.ifname);
-    if (this.findByAttachment(req.containerId, req.ifname)) {
+    if (this.findByAttachment(req.containerId, req.ifname) || this.inFlight.has(owner)) {
       throw new EndpointError(`an endpoint for container ${req.containerId} interface ${req.ifname} already exists`, 'conflict');
     }
     if (!fs.existsSync(req.netns)) throw new EndpointError(`netns: "${req.netns}" does not exist`, 'invalid');
     const args = req.args ?? {};
     const namespace = args.K8S_POD_NAMESPACE || 'default';
     const pod = this.pods.podInfo(namespace, args.K8S_POD_NAME || undefined);
-    const labels = pod.labels;
     const undo = new Undo();
     const log = this.log.child({ containerId: req.containerId, ifname: req.ifname });
+    this.inFlight.add(owner);
+    let id = 0;
     try {
       const ip: IpAddr = this.ipam.allocate(owner);
       undo.push(`release ${formatIp(ip)}`, () => void this.ipam.release(formatIp(ip)));
-      const id = this.allocateId();
-      const ident = this.identities.acquire(labels);
+      id = this.allocateId();
+      const ident = await this.identities.acquire(pod.labels);
       undo.push(`release identity ${ident.id}`, () => this.identities.release(ident.id));
       const hostIfname = hostVethName(this.cfg, req.containerId, req.ifname);
       const mtu = req.mtu ?? this.cfg.mtu;
-      // The policy is computed first and written before the programs are attached:
+      // The policy is computed first and written before the link is attached:
       // an endpoint never sends a packet without its policy in place.
       const revision = this.policy.revision;
       const computed = this.policy.compute({ identity: ident.id, labels: ident.labels, namedPorts: pod.namedPorts });
@@ -227,9 +244,6 @@ export class EndpointManager {
         undo,
         entries,
       );
-      const table = policyTable(`policy of endpoint ${id}`, this.dp.openPolicyMap(id));
-      table.replaceAll(entries);
-      table.markClean();
       const ep: Endpoint = {
         id,
         containerId: req.containerId,
@@ -261,7 +275,6 @@ export class EndpointManager {
       this.dp.ipcache.flush();
       writeJsonAtomic(path.join(this.dir, `${id}.json`), ep);
       this.byId.set(id, ep);
-      this.policyTables.set(id, table);
       undo.clear();
       const ms = Number(process.hrtime.bigint() - t0) / 1e6;
       this.createDurationsMs.push(ms);
@@ -276,9 +289,11 @@ export class EndpointManager {
       log.warn('endpoint create failed', { error: e });
       if (e instanceof EndpointError) throw e;
       if (e instanceof EndpointConflict) throw new EndpointError(e.message, 'conflict');
-      const err = e as Error & { code?: string };
-      if (/exhausted/.test(err.message)) throw new EndpointError(err.message, 'exhausted');
-      throw new EndpointError(err.message, 'internal');
+      if (e instanceof IpamError) throw new EndpointError(e.message, e.code === 'exhausted' ? 'exhausted' : 'internal');
+      throw new EndpointError((e as Error).message, 'internal');
+    } finally {
+      this.inFlight.delete(owner);
+      if (id) this.reservedIds.delete(id);
     }
   }
 
@@ -302,7 +317,7 @@ export class EndpointManager {
    * drops everything but replies of tracked connections, and the error is kept.
    */
   regenerate(ep: Endpoint): boolean {
-    const table = this.policyTables.get(ep.id);
+    const table = this.dp.policyTable(ep.id);
     if (!table) return false;
     const before = durable(ep);
     try {
@@ -313,7 +328,7 @@ export class EndpointManager {
     }
   }
 
-  private regenerateInner(ep: Endpoint, table: MapTable<PolicyKey, PolicyValue>): boolean {
+  private regenerateInner(ep: Endpoint, table: NonNullable<ReturnType<Datapath['policyTable']>>): boolean {
     const revision = this.policy.revision;
     const computed = this.policy.compute({ identity: ep.identity, labels: ep.labels, namedPorts: ep.namedPorts ?? {} });
     const entries = [...computed.entries.values()].map(policyKV);
@@ -359,19 +374,26 @@ export class EndpointManager {
     return { endpoints: this.byId.size, failed, ms, revision: this.policy.revision };
   }
 
+  /** The lowest policy revision every endpoint enforces (-1 if one failed to apply its policy). */
+  enforcedRevision(): number {
+    let min = this.policy.revision;
+    for (const e of this.byId.values()) min = Math.min(min, e.policy.error ? -1 : e.policy.revision);
+    return min;
+  }
+
   private persist(ep: Endpoint): void {
     writeJsonAtomic(path.join(this.dir, `${ep.id}.json`), ep);
   }
 
   /**
    * Re-derive the security labels of endpoints from the Pod and Namespace
-   * objects; an endpoint whose labels changed gets its new identity: its
-   * programs are reloaded with the new identity constant and swapped in place.
+   * objects; an endpoint whose labels changed gets its new identity, which is
+   * one configuration write (the programs are shared; nothing is reloaded).
    * Returns the number of endpoints whose identity changed.
    */
-  refreshIdentities(): number {
+  async refreshIdentities(): Promise<number> {
     let changed = 0;
-    for (const ep of this.byId.values()) {
+    for (const ep of [...this.byId.values()]) {
       const pod = this.pods.podInfo(ep.namespace, ep.podName);
       const portsChanged = JSON.stringify(pod.namedPorts) !== JSON.stringify(ep.namedPorts ?? {});
       if (portsChanged) ep.namedPorts = pod.namedPorts;
@@ -379,15 +401,13 @@ export class EndpointManager {
         if (portsChanged) this.persist(ep);
         continue;
       }
-      const next = this.identities.acquire(pod.labels);
+      const next = await this.identities.acquire(pod.labels);
+      if (!this.byId.has(ep.id)) {
+        this.identities.release(next.id); // deleted meanwhile
+        continue;
+      }
       try {
-        this.dp.reloadEndpoint(ep.id, {
-          identity: next.id,
-          ipv4: parseIp(ep.ipv4),
-          hostIfindex: ep.hostIfindex,
-          hostMac: parseMac(ep.hostMac),
-          podMac: parseMac(ep.mac),
-        });
+        this.dp.setEndpointConfig(this.config(ep, next.id));
       } catch (e) {
         this.identities.release(next.id);
         this.log.error('identity change failed', { endpoint: ep.id, error: e });
@@ -417,7 +437,7 @@ export class EndpointManager {
     const errors: string[] = [];
     if (ep) {
       ep.state = 'disconnecting';
-      errors.push(...this.dp.deleteEndpoint(ep.id, ep.hostIfname));
+      errors.push(...this.dp.deleteEndpoint(ep.id, ep.hostIfname, ep.hostIfindex));
       this.undesire(ep);
       try {
         this.dp.endpoints.flush();
@@ -428,14 +448,12 @@ export class EndpointManager {
       this.identities.release(ep.identity);
       fs.rmSync(path.join(this.dir, `${ep.id}.json`), { force: true });
       this.byId.delete(ep.id);
-      this.policyTables.get(ep.id)?.close();
-      this.policyTables.delete(ep.id);
       this.onEndpointsChanged?.();
       this.log.info('endpoint deleted', { endpoint: ep.id, containerId, ifname, errors: errors.length ? errors : undefined });
     } else {
       // A failed ADD may have left a veth behind under the name this attachment would use.
       const name = hostVethName(this.cfg, containerId, ifname);
-      if (this.dp.linkByName(name)) errors.push(...this.dp.deleteEndpoint(0, name).filter((x) => !x.includes('mb_call_policy')));
+      if (this.dp.linkByName(name)) errors.push(...this.dp.deleteEndpoint(0, name));
     }
     this.ipam.releaseOwner(owner);
     return { deleted: !!ep, errors };
@@ -477,8 +495,3 @@ export class EndpointManager {
 function durable(ep: Endpoint): string {
   return JSON.stringify([ep.state, ep.problems, ep.identity, ep.labels, ep.namedPorts]);
 }
-
-function ipcacheValue(identity: number) {
-  return { sec_id: identity, tunnel_family: 0, flags: 0, pad: 0, tunnel_addr: Buffer.alloc(16) } as any;
-}
-

@@ -3,7 +3,9 @@
  * from the kernel's per-CPU metrics map at scrape time; agent-side figures are
  * kept as they happen.
  */
+import * as http from 'node:http';
 import * as client from 'prom-client';
+import type { Logger } from '../util/log';
 import type { BpfMap } from '../bpf';
 import { DROP_REASONS, metricDirName } from '../datapath/constants';
 import type * as gen from '../datapath/maps.gen';
@@ -35,6 +37,7 @@ export class AgentMetrics {
   readonly regeneration: client.Histogram;
   readonly endpointCreate: client.Histogram;
   readonly apiLatency: client.Histogram;
+  readonly driftRepaired: client.Counter;
 
   constructor(src: MetricSources) {
     const reg = this.registry;
@@ -126,6 +129,12 @@ export class AgentMetrics {
       buckets,
       registers: [reg],
     });
+    this.driftRepaired = new client.Counter({
+      name: 'membrane_map_drift_repaired_total',
+      help: 'Map entries the periodic resync found changed or missing behind the agent and repaired',
+      labelNames: ['map'],
+      registers: [reg],
+    });
     client.collectDefaultMetrics({ register: reg, prefix: 'membrane_agent_' });
   }
 
@@ -136,4 +145,28 @@ export class AgentMetrics {
   get contentType(): string {
     return this.registry.contentType;
   }
+}
+
+/** Prometheus on TCP, only when asked for (--metrics-address HOST:PORT). Only GET /metrics is served. */
+export function serveMetricsTcp(address: string, metrics: AgentMetrics, log: Logger): Promise<http.Server> {
+  const i = address.lastIndexOf(':');
+  const host = address.slice(0, i);
+  const port = Number(address.slice(i + 1));
+  const server = http.createServer((req, res) => {
+    if (req.method !== 'GET' || (req.url ?? '').split('?')[0] !== '/metrics') {
+      res.writeHead(404, { 'content-type': 'text/plain' }).end('only GET /metrics is served here\n');
+      return;
+    }
+    metrics.text().then(
+      (t) => res.writeHead(200, { 'content-type': metrics.contentType }).end(t),
+      (e) => res.writeHead(500, { 'content-type': 'text/plain' }).end(String(e)),
+    );
+  });
+  return new Promise((resolve, reject) => {
+    server.once('error', (e) => reject(new Error(`metrics-address ${address}: ${e.message}`)));
+    server.listen(port, host, () => {
+      log.info('serving Prometheus metrics', { address });
+      resolve(server);
+    });
+  });
 }

@@ -38,7 +38,7 @@ export class Monitor {
   constructor(
     private readonly events: BpfMap,
     private readonly lost: BpfMap<number, bigint>,
-    private readonly config: BpfMap<number, gen.MonitorConfig>,
+    private readonly config: { set(c: gen.MonitorConfig): void },
     private readonly enricher: Enricher,
     private readonly log: Logger,
     readonly opts: MonitorOptions,
@@ -48,7 +48,7 @@ export class Monitor {
 
   /** Write the datapath's monitor configuration and start reading events. */
   start(): void {
-    this.config.update(0, {
+    this.config.set({
       flags: this.opts.observe ? MONITOR_F_TRACE | MONITOR_F_VERDICT : 0,
       aggregation: AGGREGATION_LEVELS[this.opts.aggregation],
       report_interval: this.opts.reportInterval,

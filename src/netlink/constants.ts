@@ -59,6 +59,12 @@ export const RTM_GETROUTE = 26;
 export const RTM_NEWNEIGH = 28;
 export const RTM_DELNEIGH = 29;
 export const RTM_GETNEIGH = 30;
+export const RTM_NEWQDISC = 36;
+export const RTM_DELQDISC = 37;
+export const RTM_GETQDISC = 38;
+export const RTM_NEWTFILTER = 44;
+export const RTM_DELTFILTER = 45;
+export const RTM_GETTFILTER = 46;
 
 export const MSG_TYPE_NAMES: Record<number, string> = {
   [NLMSG_NOOP]: 'NLMSG_NOOP',
@@ -78,6 +84,12 @@ export const MSG_TYPE_NAMES: Record<number, string> = {
   [RTM_NEWNEIGH]: 'RTM_NEWNEIGH',
   [RTM_DELNEIGH]: 'RTM_DELNEIGH',
   [RTM_GETNEIGH]: 'RTM_GETNEIGH',
+  [RTM_NEWQDISC]: 'RTM_NEWQDISC',
+  [RTM_DELQDISC]: 'RTM_DELQDISC',
+  [RTM_GETQDISC]: 'RTM_GETQDISC',
+  [RTM_NEWTFILTER]: 'RTM_NEWTFILTER',
+  [RTM_DELTFILTER]: 'RTM_DELTFILTER',
+  [RTM_GETTFILTER]: 'RTM_GETTFILTER',
 };
 
 export function msgTypeName(type: number): string {

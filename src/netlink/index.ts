@@ -4,3 +4,4 @@ export * from './message';
 export { Netns } from './netns';
 export * from './rtnetlink';
 export { setSysctl, getSysctl, sysctlPath } from './sysctl';
+export * from './tc';

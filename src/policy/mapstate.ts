@@ -22,6 +22,8 @@ export interface PolicyEntry {
   port: number; // host order; ICMP: type
   prefixLen: number; // 40..64
   deny: boolean;
+  /** L7: the proxy listener port this flow is redirected to (0/absent: none). */
+  proxyPort?: number;
   /** Which rules produced the entry (for explanations). */
   derivedFrom: string[];
 }

@@ -15,7 +15,7 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { BpfMap, BpfObject, BpfProgram, RingBufReader, ensureBpffs, skbCtx, testRun, u32Codec } from '../../src/bpf';
+import { BpfMap, RingBufReader, TestRunResult, u32Codec } from '../../src/bpf';
 import * as gen from '../../src/datapath/maps.gen';
 import {
   ARPOP_REPLY,
@@ -33,10 +33,9 @@ import {
   parseEth,
   parseIpv4,
 } from '../helpers/packet';
-import { DIR_EGRESS, DIR_INGRESS, DROP_INVALID, DROP_INVALID_SIP, DROP_INVALID_SMAC, DROP_MISSED_TAIL_CALL, DROP_POLICY, DROP_POLICY_DENY, DROP_TTL_EXCEEDED, DROP_UNKNOWN_L3, DROP_UNROUTABLE, ENDPOINT_F_HOST, EP_CFG_F_IPV4, EP_CFG_F_NO_POLICY, FORWARDED, HOST_OBJ, ID_HOST, ID_WORLD, LXC_OBJ, ROOT, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, testPinRoot } from '../helpers/datapath';
+import { DIR_EGRESS, DIR_INGRESS, DROP_INVALID, DROP_INVALID_SIP, DROP_INVALID_SMAC, DROP_MISSED_TAIL_CALL, DROP_POLICY, DROP_POLICY_DENY, DROP_TTL_EXCEEDED, DROP_UNKNOWN_L3, DROP_UNROUTABLE, DatapathFixture, DpEndpoint, FORWARDED, HOST_OBJ, ID_HOST, ID_WORLD, LXC_OBJ, ROOT, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT } from '../helpers/datapath';
 
-const PIN_ROOT = testPinRoot('dp');
-
+const fx = new DatapathFixture('dp');
 
 
 const FILE_LXC = 1;
@@ -56,15 +55,7 @@ const NODE = {
   flags: 0,
 };
 
-interface Ep {
-  id: number;
-  secId: number;
-  ifindex: number;
-  ip: Buffer;
-  mac: Buffer;
-  nodeMac: Buffer;
-  policy: boolean; // enforce ingress policy (no EP_CFG_F_NO_POLICY)
-}
+type Ep = DpEndpoint;
 
 function ep(id: number, policy = false): Ep {
   const h = id.toString(16).padStart(2, '0');
@@ -76,41 +67,14 @@ function ep(id: number, policy = false): Ep {
 
 const A = ep(11); // source pod
 const B = ep(12); // destination pod, no policy
-const C = ep(13); // in mb_endpoints, but no program in mb_call_policy
+const C = ep(13); // configured, but no program in mb_call_policy
 const D = ep(14, true); // destination with policy enforcement
 
 // ---- state ----
-const objs: BpfObject[] = [];
-const closers: { close(): void }[] = [];
-const progs: Record<string, BpfProgram> = {};
 let metrics: BpfMap<gen.MetricsKey, gen.MetricsValue>;
 let policyD: BpfMap<gen.PolicyKey, gen.PolicyValue>;
 let reader: RingBufReader | undefined;
 const events: DropEvent[] = [];
-
-function u32(n: number): Buffer {
-  return u32Codec.encode(n);
-}
-
-function own<T extends { close(): void }>(x: T): T {
-  closers.push(x);
-  return x;
-}
-
-function loadLxc(e: Ep): BpfObject {
-  const obj = BpfObject.open(LXC_OBJ, { pinRoot: PIN_ROOT });
-  objs.push(obj);
-  obj.setConst(
-    'CONFIG',
-    gen.epConfigCodec.encode({
-      ep_id: e.id, sec_id: e.secId, ifindex: e.ifindex,
-      flags: EP_CFG_F_IPV4 | (e.policy ? 0 : EP_CFG_F_NO_POLICY),
-      ipv4: e.ip, ipv6: Buffer.alloc(16), mac: e.mac, node_mac: e.nodeMac,
-    }),
-  );
-  obj.load();
-  return obj;
-}
 
 /** struct drop_event (maps.h), decoded by hand: no generated codec for it. */
 interface DropEvent {
@@ -134,12 +98,17 @@ function metric(reason: number, dir: number): { count: bigint; bytes: bigint } {
 }
 
 /**
- * Run prog on pkt and check the counter (reason, dir) moved by one packet of
- * pkt.length bytes. Returns the test-run result.
+ * Run a program on pkt and check the counter (reason, dir) moved by one packet
+ * of pkt.length bytes: from_container on an endpoint's veth (A unless `as`),
+ * policy_ingress_X as a tail call into endpoint X's policy (source identity
+ * cb0), from_host on the host device.
  */
-function run(prog: string, pkt: Buffer, opts: { cb0?: number; reason?: number; dir?: number } = {}) {
+function run(prog: string, pkt: Buffer, opts: { cb0?: number; reason?: number; dir?: number; as?: Ep } = {}): TestRunResult {
   const before = opts.reason !== undefined ? metric(opts.reason, opts.dir!) : undefined;
-  const r = testRun(progs[prog], { data: pkt, ctx: skbCtx({ cb: [opts.cb0 ?? 0, 0, 0, 0, 0] }) });
+  let r: TestRunResult;
+  if (prog === 'from_container') r = fx.fromContainer(opts.as ?? A, pkt);
+  else if (prog.startsWith('policy_ingress_')) r = fx.policyIngress({ B, D }[prog.slice('policy_ingress_'.length)]!, pkt, { identity: opts.cb0 ?? 0 });
+  else r = fx.runHost(prog as 'from_host', pkt);
   if (before) {
     const now = metric(opts.reason!, opts.dir!);
     assert.equal(now.count - before.count, 1n, `${prog}: metric {reason ${opts.reason}, dir ${opts.dir}} count`);
@@ -184,56 +153,21 @@ function assertDelivered(out: Buffer, input: Buffer, to: Ep): void {
 
 before(() => {
   if (!fs.existsSync(LXC_OBJ) || !fs.existsSync(HOST_OBJ)) execFileSync('make', ['-s', '-C', path.join(ROOT, 'bpf')], { stdio: 'inherit' });
-  ensureBpffs(PIN_ROOT);
-
-  const a = loadLxc(A);
-  const b = loadLxc(B);
-  const c = loadLxc(C);
-  const d = loadLxc(D);
-  const host = BpfObject.open(HOST_OBJ, { pinRoot: PIN_ROOT });
-  objs.push(host);
-  host.load();
-
-  progs.from_container = own(a.program('from_container'));
-  progs.policy_ingress_B = own(b.program('policy_ingress'));
-  progs.policy_ingress_D = own(d.program('policy_ingress'));
-  progs.from_container_C = own(c.program('from_container'));
-  progs.from_host = own(host.program('from_host'));
-  policyD = own(d.map('mb_policy')).withCodecs(gen.policyKeyCodec, gen.policyValueCodec);
-
-  const pin = (n: string) => own(BpfMap.fromPin(path.join(PIN_ROOT, n), n));
-  metrics = pin('mb_metrics').withCodecs(gen.metricsKeyCodec, gen.metricsValueCodec);
-  const endpoints = pin('mb_endpoints').withCodecs(gen.endpointKeyCodec, gen.endpointInfoCodec);
-  const ipcache = pin('mb_ipcache').withCodecs(gen.ipcacheKeyCodec, gen.ipcacheValueCodec);
-  pin('mb_node').withCodecs(u32Codec, gen.nodeConfigCodec).update(0, NODE);
-  const callPolicy = pin('mb_call_policy');
-
-  for (const e of [A, B, C, D]) {
-    endpoints.update({ addr: e.ip, family: 4 }, { ifindex: e.ifindex, ep_id: e.id, flags: 0, sec_id: e.secId, mac: e.mac, node_mac: e.nodeMac });
-    ipcache.update({ prefixlen: 64, family: 4, addr: e.ip }, { sec_id: e.secId, tunnel_family: 0, flags: 0, tunnel_addr: Buffer.alloc(16) });
-  }
-  for (const h of [ROUTER, NODE_IP]) {
-    endpoints.update({ addr: h, family: 4 }, { ifindex: 0, ep_id: 0, flags: ENDPOINT_F_HOST, sec_id: ID_HOST, mac: Buffer.alloc(6), node_mac: Buffer.alloc(6) });
-    ipcache.update({ prefixlen: 64, family: 4, addr: h }, { sec_id: ID_HOST, tunnel_family: 0, flags: 0, tunnel_addr: Buffer.alloc(16) });
-  }
-  // Load -> prog-array insert (what the agent does before attaching). C is left out on purpose.
-  callPolicy.update(u32(B.id), u32(progs.policy_ingress_B.fd));
-  callPolicy.update(u32(D.id), u32(progs.policy_ingress_D.fd));
-
-  reader = new RingBufReader(pin('mb_events'), (rec) => {
+  fx.load();
+  // C is configured but left out of mb_call_policy on purpose.
+  for (const e of [A, B, C, D]) fx.addEndpoint(e, { callPolicy: e !== C });
+  for (const h of [ROUTER, NODE_IP]) fx.addHostAddress(h);
+  policyD = fx.policy[D.id];
+  metrics = fx.pin('mb_metrics').withCodecs(gen.metricsKeyCodec, gen.metricsValueCodec);
+  fx.pin('mb_node').withCodecs(u32Codec, gen.nodeConfigCodec).update(0, NODE);
+  reader = new RingBufReader(fx.pin('mb_events'), (rec) => {
     if (rec.length >= DROP_EVENT_SIZE && rec[0] === 1) events.push(decodeDrop(rec));
   });
 });
 
 after(() => {
   reader?.close();
-  for (const c of closers.reverse()) {
-    try { c.close(); } catch { /* keep cleaning */ }
-  }
-  for (const o of objs) {
-    try { o.close(); } catch { /* keep cleaning */ }
-  }
-  fs.rmSync(PIN_ROOT, { recursive: true, force: true });
+  fx.close();
 });
 
 describe('from_container: ARP responder', () => {
@@ -444,6 +378,6 @@ describe('from_host', () => {
 
 describe('endpoint C (its own object instance)', () => {
   it('anti-spoofing uses the per-object CONFIG: A\'s packet is spoofed for C', () => {
-    assert.equal(run('from_container_C', podFrame(A, B.ip), { reason: DROP_INVALID_SMAC, dir: DIR_EGRESS }).retval, TC_ACT_SHOT);
+    assert.equal(run('from_container', podFrame(A, B.ip), { as: C, reason: DROP_INVALID_SMAC, dir: DIR_EGRESS }).retval, TC_ACT_SHOT);
   });
 });

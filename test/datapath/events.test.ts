@@ -24,7 +24,7 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { BpfMap, BpfObject, BpfProgram, RingBufReader, ensureBpffs, skbCtx, testRun, u32Codec, u64Codec } from '../../src/bpf';
+import { BpfMap, RingBufReader, testRun, u32Codec, u64Codec } from '../../src/bpf';
 import * as gen from '../../src/datapath/maps.gen';
 import {
   ICMP_ECHO,
@@ -44,10 +44,9 @@ import {
   tcp,
   udp,
 } from '../helpers/packet';
-import { CT_EGRESS, DIR_EGRESS, DIR_INGRESS, DROP_INVALID_SIP, DROP_POLICY, DROP_POLICY_DENY, ENDPOINT_F_HOST, EP_CFG_F_IPV4, EVENT_DROP, EVENT_POLICY_VERDICT, EVENT_TRACE, HOST_OBJ, ID_HOST, LXC_OBJ, POLICY_F_DENY, ROOT, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, testPinRoot } from '../helpers/datapath';
+import { CT_EGRESS, DIR_EGRESS, DIR_INGRESS, DROP_INVALID_SIP, DROP_POLICY, DROP_POLICY_DENY, ENDPOINT_F_HOST, EP_CFG_F_IPV4, EVENT_DROP, EVENT_POLICY_VERDICT, EVENT_TRACE, HOST_OBJ, ID_HOST, LXC_OBJ, POLICY_F_DENY, ROOT, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, DatapathFixture } from '../helpers/datapath';
 
-const PIN_ROOT = testPinRoot('ev');
-
+const fx = new DatapathFixture('ev');
 
 // maps.h
 const TRACE_TO_LXC = 0;
@@ -72,7 +71,7 @@ const AGG_MAX = 3;
 const F_TRACE = 1;
 const F_VERDICT = 2;
 const ID_REMOTE = 3000; // 10.2.0.0/16 in the ipcache
-const TEST_RUN_IFINDEX = 1; // BPF_PROG_TEST_RUN puts the skb on loopback
+const TEST_RUN_IFINDEX = 1; // BPF_PROG_TEST_RUN puts the skb on loopback unless ctx names a device (from_container runs on the endpoint's veth)
 
 // ---- topology ----
 const ROUTER = ip4('10.200.0.1');
@@ -95,13 +94,10 @@ const P = ep(31);
 const Q = ep(32);
 
 // ---- state ----
-const objs: BpfObject[] = [];
-const closers: { close(): void }[] = [];
-const progs: Record<string, BpfProgram> = {};
 let monitor: BpfMap<number, gen.MonitorConfig>;
 let lost: BpfMap<number, bigint>;
 let ct: BpfMap<gen.CtKey, gen.CtValue>;
-const policy: Record<number, BpfMap<gen.PolicyKey, gen.PolicyValue>> = {};
+const policy = fx.policy;
 let reader: RingBufReader | undefined;
 
 type Trace = gen.TraceEvent & { kind: 'trace' };
@@ -110,22 +106,6 @@ type Drop = gen.DropEvent & { kind: 'drop' };
 type Ev = Trace | Verdict | Drop;
 const events: Ev[] = [];
 let records = 0;
-
-function own<T extends { close(): void }>(x: T): T {
-  closers.push(x);
-  return x;
-}
-
-function loadLxc(e: Ep): BpfObject {
-  const obj = BpfObject.open(LXC_OBJ, { pinRoot: PIN_ROOT });
-  objs.push(obj);
-  obj.setConst('CONFIG', gen.epConfigCodec.encode({
-    ep_id: e.id, sec_id: e.secId, ifindex: e.ifindex, flags: EP_CFG_F_IPV4,
-    ipv4: e.ip, ipv6: Buffer.alloc(16), mac: e.mac, node_mac: e.nodeMac,
-  }));
-  obj.load();
-  return obj;
-}
 
 function onRecord(b: Buffer): void {
   records++;
@@ -212,7 +192,7 @@ function udpIn(src: Buffer, to: Ep, sport: number, dport: number): Buffer {
 }
 
 function run(prog: string, pkt: Buffer, verdict: number, cb0 = 0, repeat?: number): void {
-  const r = testRun(progs[prog], { data: pkt, ctx: skbCtx({ cb: [cb0, 0, 0, 0, 0] }), repeat });
+  const r = fx.runNamed(prog, { P, Q }, pkt, { cb0, repeat });
   assert.equal(r.retval, verdict, `${prog}: verdict`);
 }
 
@@ -228,54 +208,20 @@ function assertCapture(e: { orig_len: number; cap_len: number; data: Buffer }, p
 
 before(() => {
   if (!fs.existsSync(LXC_OBJ) || !fs.existsSync(HOST_OBJ)) execFileSync('make', ['-s', '-C', path.join(ROOT, 'bpf')], { stdio: 'inherit' });
-  ensureBpffs(PIN_ROOT);
-
-  const p = loadLxc(P);
-  const q = loadLxc(Q);
-  const host = BpfObject.open(HOST_OBJ, { pinRoot: PIN_ROOT });
-  objs.push(host);
-  host.load();
-
-  progs.from_container_P = own(p.program('from_container'));
-  progs.policy_ingress_P = own(p.program('policy_ingress'));
-  progs.from_container_Q = own(q.program('from_container'));
-  progs.policy_ingress_Q = own(q.program('policy_ingress'));
-  progs.from_host = own(host.program('from_host'));
-  policy[P.id] = own(p.map('mb_policy')).withCodecs(gen.policyKeyCodec, gen.policyValueCodec);
-  policy[Q.id] = own(q.map('mb_policy')).withCodecs(gen.policyKeyCodec, gen.policyValueCodec);
-
-  const pin = (n: string) => own(BpfMap.fromPin(path.join(PIN_ROOT, n), n));
-  monitor = pin('mb_monitor').withCodecs(u32Codec, gen.monitorConfigCodec);
-  lost = pin('mb_events_lost').withCodecs(u32Codec, u64Codec);
-  ct = pin('mb_ct').withCodecs(gen.ctKeyCodec, gen.ctValueCodec);
-  const endpoints = pin('mb_endpoints').withCodecs(gen.endpointKeyCodec, gen.endpointInfoCodec);
-  const ipcache = pin('mb_ipcache').withCodecs(gen.ipcacheKeyCodec, gen.ipcacheValueCodec);
-  pin('mb_node').withCodecs(u32Codec, gen.nodeConfigCodec).update(0, NODE);
-  const callPolicy = pin('mb_call_policy');
-
-  const noTunnel = { tunnel_family: 0, flags: 0, tunnel_addr: Buffer.alloc(16) };
-  for (const e of [P, Q]) {
-    endpoints.update({ addr: e.ip, family: 4 }, { ifindex: e.ifindex, ep_id: e.id, flags: 0, sec_id: e.secId, mac: e.mac, node_mac: e.nodeMac });
-    ipcache.update({ prefixlen: 64, family: 4, addr: e.ip }, { sec_id: e.secId, ...noTunnel });
-  }
-  endpoints.update({ addr: ROUTER, family: 4 }, { ifindex: 0, ep_id: 0, flags: ENDPOINT_F_HOST, sec_id: ID_HOST, mac: Buffer.alloc(6), node_mac: Buffer.alloc(6) });
-  ipcache.update({ prefixlen: 64, family: 4, addr: ROUTER }, { sec_id: ID_HOST, ...noTunnel });
-  ipcache.update({ prefixlen: 32 + 16, family: 4, addr: ip4('10.2.0.0') }, { sec_id: ID_REMOTE, ...noTunnel });
-  callPolicy.update(u32Codec.encode(P.id), u32Codec.encode(progs.policy_ingress_P.fd));
-  callPolicy.update(u32Codec.encode(Q.id), u32Codec.encode(progs.policy_ingress_Q.fd));
-
-  reader = new RingBufReader(pin('mb_events'), onRecord);
+  fx.load();
+  for (const e of [P, Q]) fx.addEndpoint(e);
+  fx.addHostAddress(ROUTER);
+  fx.setIpcache(ip4('10.2.0.0'), 16, ID_REMOTE);
+  monitor = fx.pin('mb_monitor').withCodecs(u32Codec, gen.monitorConfigCodec);
+  lost = fx.pin('mb_events_lost').withCodecs(u32Codec, u64Codec);
+  ct = fx.pin('mb_ct').withCodecs(gen.ctKeyCodec, gen.ctValueCodec);
+  fx.pin('mb_node').withCodecs(u32Codec, gen.nodeConfigCodec).update(0, NODE);
+  reader = new RingBufReader(fx.pin('mb_events'), onRecord);
 });
 
 after(() => {
   reader?.close();
-  for (const c of closers.reverse()) {
-    try { c.close(); } catch { /* keep cleaning */ }
-  }
-  for (const o of objs) {
-    try { o.close(); } catch { /* keep cleaning */ }
-  }
-  fs.rmSync(PIN_ROOT, { recursive: true, force: true });
+  fx.close();
 });
 
 beforeEach(() => {
@@ -303,7 +249,7 @@ describe('trace points (MONITOR_F_TRACE, aggregation NONE)', () => {
       assert.equal(e.ct_state, CT_NEW);
       assertCapture(e, syn, 'egress');
     }
-    assert.equal(from.ifindex, TEST_RUN_IFINDEX, 'FROM_LXC: the device it came in on');
+    assert.equal(from.ifindex, P.ifindex, 'FROM_LXC: the device it came in on');
     assert.deepEqual(from.data.subarray(0, syn.length), syn, 'FROM_LXC captures the packet as sent');
     assert.equal(to.ifindex, NODE.net_ifindex, 'TO_STACK: the device it is redirected to');
     assert.deepEqual(to.data.subarray(0, 6), NODE.host_mac, 'TO_STACK captures the rewritten packet');
@@ -432,7 +378,7 @@ describe('policy verdict events (MONITOR_F_VERDICT)', () => {
     assert.equal(v.dst_port, dport);
     assert.equal(v.proto, proto);
     assert.equal(v.audited, 0);
-    assert.equal(v.ifindex, TEST_RUN_IFINDEX);
+    assert.equal(v.ifindex, P.ifindex);
     assertCapture(v, pkt, 'verdict');
     assert.deepEqual(v.data.subarray(0, pkt.length), pkt);
     return v;

@@ -25,7 +25,7 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { BpfMap, BpfObject, BpfProgram, RingBufReader, ensureBpffs, skbCtx, testRun, u16Codec, u32Codec } from '../../src/bpf';
+import { BpfMap, BpfObject, RingBufReader, u16Codec, u32Codec } from '../../src/bpf';
 import * as gen from '../../src/datapath/maps.gen';
 import {
   ETH_HLEN,
@@ -54,11 +54,9 @@ import {
   tcp,
   udp,
 } from '../helpers/packet';
-import { CT_EGRESS, CT_INGRESS, CT_SERVICE, DIR_EGRESS, DIR_INGRESS, DROP_NO_SERVICE, DROP_POLICY, DROP_UNROUTABLE, ENDPOINT_F_HOST, EP_CFG_F_IPV4, FORWARDED, HOST_OBJ, ID_HOST, ID_WORLD, LB_BACKEND_ACTIVE, LB_BACKEND_TERMINATING, LB_MAGLEV_M, LB_SVC_F_AFFINITY, LB_SVC_F_CLUSTERIP, LB_SVC_F_MAGLEV, LB_SVC_F_NODEPORT, LXC_OBJ, ROOT, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, testPinRoot } from '../helpers/datapath';
+import { CT_EGRESS, CT_INGRESS, CT_SERVICE, DIR_EGRESS, DIR_INGRESS, DROP_NO_SERVICE, DROP_POLICY, DROP_UNROUTABLE, ENDPOINT_F_HOST, EP_CFG_F_IPV4, FORWARDED, HOST_OBJ, ID_HOST, ID_WORLD, LB_BACKEND_ACTIVE, LB_BACKEND_TERMINATING, LB_MAGLEV_M, LB_SVC_F_AFFINITY, LB_SVC_F_CLUSTERIP, LB_SVC_F_MAGLEV, LB_SVC_F_NODEPORT, LXC_OBJ, ROOT, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, DatapathFixture } from '../helpers/datapath';
 
-const PIN_ROOT = testPinRoot('lb');
-
-
+const fx = new DatapathFixture('lb');
 
 // maps.h
 const HAIRPIN = ip4('169.254.42.1');
@@ -89,6 +87,7 @@ const B1 = ep('B1', 32);
 const B2 = ep('B2', 33);
 const B3 = ep('B3', 34);
 const EPS = [C, B1, B2, B3];
+const EPS_BY_NAME: Record<string, Ep> = Object.fromEntries(EPS.map((e) => [e.name, e]));
 
 // Backend ids: B1..B3 = 1..3, REMOTE = 4, the client itself = 5 (hairpin), ROUTER = 6.
 const BE: Record<number, { addr: Buffer; port: number }> = {
@@ -98,34 +97,15 @@ const BE: Record<number, { addr: Buffer; port: number }> = {
 const BY_ADDR = (a: Buffer) => Number(Object.entries(BE).find(([, b]) => b.addr.equals(a))?.[0] ?? 0);
 
 // ---- state ----
-const objs: BpfObject[] = [];
-const closers: { close(): void }[] = [];
-const progs: Record<string, BpfProgram> = {};
 let metrics: BpfMap<gen.MetricsKey, gen.MetricsValue>;
 let ct: BpfMap<gen.CtKey, gen.CtValue>;
 let services: BpfMap<gen.LbServiceKey, gen.LbServiceValue>;
 let backends: BpfMap<number, gen.LbBackend>;
 let revnat: BpfMap<number, gen.LbRevnat>;
 let affinity: BpfMap<gen.LbAffinityKey, gen.LbAffinityValue>;
-const policy: Record<number, BpfMap<gen.PolicyKey, gen.PolicyValue>> = {};
+const policy = fx.policy;
 let reader: RingBufReader | undefined;
 const events: { reason: number; srcLabel: number; dstLabel: number; source: number }[] = [];
-
-function own<T extends { close(): void }>(x: T): T {
-  closers.push(x);
-  return x;
-}
-
-function loadLxc(e: Ep): BpfObject {
-  const obj = BpfObject.open(LXC_OBJ, { pinRoot: PIN_ROOT });
-  objs.push(obj);
-  obj.setConst('CONFIG', gen.epConfigCodec.encode({
-    ep_id: e.id, sec_id: e.secId, ifindex: e.ifindex, flags: EP_CFG_F_IPV4,
-    ipv4: e.ip, ipv6: Buffer.alloc(16), mac: e.mac, node_mac: e.nodeMac,
-  }));
-  obj.load();
-  return obj;
-}
 
 async function mark(): Promise<number> {
   let n = -1;
@@ -204,7 +184,7 @@ function tcpIn(src: Buffer, dst: Buffer, sport: number, dport: number, flags = T
 
 function run(prog: string, pkt: Buffer, expect: { verdict: number; reason: number; dir: number; cb0?: number }) {
   const before = metric(expect.reason, expect.dir);
-  const r = testRun(progs[prog], { data: pkt, ctx: skbCtx({ cb: [expect.cb0 ?? 0, 0, 0, 0, 0] }) });
+  const r = fx.runNamed(prog, EPS_BY_NAME, pkt, { cb0: expect.cb0 });
   const now = metric(expect.reason, expect.dir);
   assert.equal(r.retval, expect.verdict, `${prog}: verdict`);
   assert.equal(now.count - before.count, 1n, `${prog}: metric {reason ${expect.reason}, dir ${expect.dir}} count`);
@@ -262,59 +242,26 @@ function lb4Hash(saddr: Buffer, daddr: Buffer, sport: number, dport: number, pro
 // ---- setup ----
 before(() => {
   if (!fs.existsSync(LXC_OBJ) || !fs.existsSync(HOST_OBJ)) execFileSync('make', ['-s', '-C', path.join(ROOT, 'bpf')], { stdio: 'inherit' });
-  ensureBpffs(PIN_ROOT);
-
-  for (const e of EPS) {
-    const o = loadLxc(e);
-    progs[`from_container_${e.name}`] = own(o.program('from_container'));
-    progs[`policy_ingress_${e.name}`] = own(o.program('policy_ingress'));
-    policy[e.id] = own(o.map('mb_policy')).withCodecs(gen.policyKeyCodec, gen.policyValueCodec);
-  }
-  const host = BpfObject.open(HOST_OBJ, { pinRoot: PIN_ROOT });
-  objs.push(host);
-  host.load();
-  progs.from_host = own(host.program('from_host'));
-  progs.from_netdev = own(host.program('from_netdev'));
-
-  const pin = (n: string) => own(BpfMap.fromPin(path.join(PIN_ROOT, n), n));
-  metrics = pin('mb_metrics').withCodecs(gen.metricsKeyCodec, gen.metricsValueCodec);
-  ct = pin('mb_ct').withCodecs(gen.ctKeyCodec, gen.ctValueCodec);
-  services = pin('mb_lb_services').withCodecs(gen.lbServiceKeyCodec, gen.lbServiceValueCodec);
-  backends = pin('mb_lb_backends').withCodecs(u32Codec, gen.lbBackendCodec);
-  revnat = pin('mb_lb_revnat').withCodecs(u16Codec, gen.lbRevnatCodec);
-  affinity = pin('mb_lb_affinity').withCodecs(gen.lbAffinityKeyCodec, gen.lbAffinityValueCodec);
-  const endpoints = pin('mb_endpoints').withCodecs(gen.endpointKeyCodec, gen.endpointInfoCodec);
-  const ipcache = pin('mb_ipcache').withCodecs(gen.ipcacheKeyCodec, gen.ipcacheValueCodec);
-  pin('mb_node').withCodecs(u32Codec, gen.nodeConfigCodec).update(0, NODE);
-  const callPolicy = pin('mb_call_policy');
-
-  const noTunnel = { tunnel_family: 0, flags: 0, tunnel_addr: Buffer.alloc(16) };
-  for (const e of EPS) {
-    endpoints.update({ addr: e.ip, family: 4 }, { ifindex: e.ifindex, ep_id: e.id, flags: 0, sec_id: e.secId, mac: e.mac, node_mac: e.nodeMac });
-    ipcache.update({ prefixlen: 64, family: 4, addr: e.ip }, { sec_id: e.secId, ...noTunnel });
-    callPolicy.update(u32Codec.encode(e.id), u32Codec.encode(progs[`policy_ingress_${e.name}`].fd));
-  }
-  for (const a of [ROUTER, NODE_IP]) {
-    endpoints.update({ addr: a, family: 4 }, { ifindex: 0, ep_id: 0, flags: ENDPOINT_F_HOST, sec_id: ID_HOST, mac: Buffer.alloc(6), node_mac: Buffer.alloc(6) });
-    ipcache.update({ prefixlen: 64, family: 4, addr: a }, { sec_id: ID_HOST, ...noTunnel });
-  }
-  ipcache.update({ prefixlen: 32 + 16, family: 4, addr: ip4('10.2.0.0') }, { sec_id: ID_REMOTE, ...noTunnel });
+  fx.load();
+  for (const e of EPS) fx.addEndpoint(e);
+  for (const a of [ROUTER, NODE_IP]) fx.addHostAddress(a);
+  fx.setIpcache(ip4('10.2.0.0'), 16, ID_REMOTE);
+  metrics = fx.pin('mb_metrics').withCodecs(gen.metricsKeyCodec, gen.metricsValueCodec);
+  ct = fx.pin('mb_ct').withCodecs(gen.ctKeyCodec, gen.ctValueCodec);
+  services = fx.pin('mb_lb_services').withCodecs(gen.lbServiceKeyCodec, gen.lbServiceValueCodec);
+  backends = fx.pin('mb_lb_backends').withCodecs(u32Codec, gen.lbBackendCodec);
+  revnat = fx.pin('mb_lb_revnat').withCodecs(u16Codec, gen.lbRevnatCodec);
+  affinity = fx.pin('mb_lb_affinity').withCodecs(gen.lbAffinityKeyCodec, gen.lbAffinityValueCodec);
+  fx.pin('mb_node').withCodecs(u32Codec, gen.nodeConfigCodec).update(0, NODE);
   for (const id of Object.keys(BE)) putBackend(Number(id));
-
-  reader = new RingBufReader(pin('mb_events'), (rec) => {
+  reader = new RingBufReader(fx.pin('mb_events'), (rec) => {
     if (rec.length >= 36 && rec[0] === 1) events.push({ reason: rec[1], source: rec.readUInt16LE(2), srcLabel: rec.readUInt32LE(8), dstLabel: rec.readUInt32LE(12) });
   });
 });
 
 after(() => {
   reader?.close();
-  for (const c of closers.reverse()) {
-    try { c.close(); } catch { /* keep cleaning */ }
-  }
-  for (const o of objs) {
-    try { o.close(); } catch { /* keep cleaning */ }
-  }
-  fs.rmSync(PIN_ROOT, { recursive: true, force: true });
+  fx.close();
 });
 
 /** Allow everything in both directions for every endpoint (policy is not the subject here). */
@@ -704,7 +651,7 @@ describe('NodePort (from_netdev)', () => {
     assert.equal(parseEth(pkts[4]).type, ETH_P_ARP);
     const before = metric(FORWARDED, DIR_INGRESS);
     for (const p of pkts) {
-      const r = testRun(progs.from_netdev, { data: p, ctx: skbCtx() });
+      const r = fx.runHost('from_netdev', p);
       assert.equal(r.retval, TC_ACT_OK);
       assert.deepEqual(r.data, p, 'untouched');
     }
@@ -724,24 +671,27 @@ describe('socket LB (bpf_sock.o on a dedicated cgroup)', () => {
   before(() => {
     const mnt = fs.readFileSync('/proc/mounts', 'utf8').split('\n').map((l) => l.split(' ')).find((f) => f[2] === 'cgroup2')?.[1];
     assert.ok(mnt, 'a cgroup2 mount');
-    cgroup = path.join(mnt, path.basename(PIN_ROOT));
+    cgroup = path.join(mnt, path.basename(fx.pinRoot));
     fs.mkdirSync(cgroup);
-    const o = BpfObject.open(SOCK_OBJ, { pinRoot: PIN_ROOT });
-    objs.push(o);
-    o.load();
-    for (const h of HOOKS) {
-      const p = own(o.program(`sock_${h}`));
-      const pinPath = path.join(PIN_ROOT, `sock_${h}`);
-      p.pin(pinPath);
-      execFileSync('bpftool', ['cgroup', 'attach', cgroup, h, 'pinned', pinPath]);
-      attached.push(h);
+    const o = BpfObject.open(SOCK_OBJ, { pinRoot: fx.pinRoot });
+    try {
+      o.load();
+      for (const h of HOOKS) {
+        const p = fx.own(o.program(`sock_${h}`));
+        const pinPath = path.join(fx.pinRoot, `sock_${h}`);
+        p.pin(pinPath);
+        execFileSync('bpftool', ['cgroup', 'attach', cgroup, h, 'pinned', pinPath]);
+        attached.push(h);
+      }
+    } finally {
+      o.close();
     }
   });
 
   after(() => {
     for (const s of servers) s.close();
     for (const h of attached) {
-      try { execFileSync('bpftool', ['cgroup', 'detach', cgroup, h, 'pinned', path.join(PIN_ROOT, `sock_${h}`)]); } catch { /* rmdir frees them */ }
+      try { execFileSync('bpftool', ['cgroup', 'detach', cgroup, h, 'pinned', path.join(fx.pinRoot, `sock_${h}`)]); } catch { /* rmdir frees them */ }
     }
     if (cgroup) try { fs.rmdirSync(cgroup); } catch { /* keep cleaning */ }
   });

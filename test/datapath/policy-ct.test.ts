@@ -18,7 +18,7 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { BpfMap, BpfObject, BpfProgram, RingBufReader, ensureBpffs, skbCtx, testRun, u32Codec } from '../../src/bpf';
+import { BpfMap, RingBufReader, testRun, u32Codec } from '../../src/bpf';
 import * as gen from '../../src/datapath/maps.gen';
 import {
   ETH_HLEN,
@@ -46,11 +46,9 @@ import {
   tcp,
   udp,
 } from '../helpers/packet';
-import { CT_EGRESS, CT_F_RX_CLOSING, CT_F_SEEN_NON_SYN, CT_F_TX_CLOSING, CT_INGRESS, DIR_EGRESS, DIR_INGRESS, DROP_FRAG_NOSUPPORT, DROP_POLICY, DROP_POLICY_DENY, ENDPOINT_F_HOST, EP_CFG_F_IPV4, FORWARDED, HOST_OBJ, ID_HOST, ID_WORLD, LXC_OBJ, POLICY_F_DENY, ROOT, TC_ACT_REDIRECT, TC_ACT_SHOT, testPinRoot } from '../helpers/datapath';
+import { CT_EGRESS, CT_F_RX_CLOSING, CT_F_SEEN_NON_SYN, CT_F_TX_CLOSING, CT_INGRESS, DIR_EGRESS, DIR_INGRESS, DROP_FRAG_NOSUPPORT, DROP_POLICY, DROP_POLICY_DENY, ENDPOINT_F_HOST, EP_CFG_F_IPV4, FORWARDED, HOST_OBJ, ID_HOST, ID_WORLD, LXC_OBJ, POLICY_F_DENY, ROOT, TC_ACT_REDIRECT, TC_ACT_SHOT, DatapathFixture } from '../helpers/datapath';
 
-const PIN_ROOT = testPinRoot('pct');
-
-
+const fx = new DatapathFixture('pct');
 
 const ID_REMOTE = 3000; // pods of another node, 10.2.0.0/16 in the ipcache
 
@@ -76,30 +74,11 @@ const P = ep(21); // both enforce policy in both directions
 const Q = ep(22);
 
 // ---- state ----
-const objs: BpfObject[] = [];
-const closers: { close(): void }[] = [];
-const progs: Record<string, BpfProgram> = {};
 let metrics: BpfMap<gen.MetricsKey, gen.MetricsValue>;
 let ct: BpfMap<gen.CtKey, gen.CtValue>;
-const policy: Record<number, BpfMap<gen.PolicyKey, gen.PolicyValue>> = {};
+const policy = fx.policy;
 let reader: RingBufReader | undefined;
 const events: DropEvent[] = [];
-
-function own<T extends { close(): void }>(x: T): T {
-  closers.push(x);
-  return x;
-}
-
-function loadLxc(e: Ep): BpfObject {
-  const obj = BpfObject.open(LXC_OBJ, { pinRoot: PIN_ROOT });
-  objs.push(obj);
-  obj.setConst('CONFIG', gen.epConfigCodec.encode({
-    ep_id: e.id, sec_id: e.secId, ifindex: e.ifindex, flags: EP_CFG_F_IPV4,
-    ipv4: e.ip, ipv6: Buffer.alloc(16), mac: e.mac, node_mac: e.nodeMac,
-  }));
-  obj.load();
-  return obj;
-}
 
 interface DropEvent { reason: number; source: number; srcLabel: number; dstLabel: number; dstId: number; file: number }
 const DROP_EVENT_SIZE = 36 + 128;
@@ -209,7 +188,7 @@ function l3(frame: Buffer): Buffer {
  */
 function run(prog: string, pkt: Buffer, expect: { verdict: number; reason: number; dir: number; cb0?: number }) {
   const before = metric(expect.reason, expect.dir);
-  const r = testRun(progs[prog], { data: pkt, ctx: skbCtx({ cb: [expect.cb0 ?? 0, 0, 0, 0, 0] }) });
+  const r = fx.runNamed(prog, { P, Q }, pkt, { cb0: expect.cb0 });
   const now = metric(expect.reason, expect.dir);
   assert.equal(r.retval, expect.verdict, `${prog}: verdict`);
   assert.equal(now.count - before.count, 1n, `${prog}: metric {reason ${expect.reason}, dir ${expect.dir}} count`);
@@ -254,55 +233,21 @@ function assertLifetime(v: gen.CtValue, secs: number): void {
 
 before(() => {
   if (!fs.existsSync(LXC_OBJ) || !fs.existsSync(HOST_OBJ)) execFileSync('make', ['-s', '-C', path.join(ROOT, 'bpf')], { stdio: 'inherit' });
-  ensureBpffs(PIN_ROOT);
-
-  const p = loadLxc(P);
-  const q = loadLxc(Q);
-  const host = BpfObject.open(HOST_OBJ, { pinRoot: PIN_ROOT });
-  objs.push(host);
-  host.load();
-
-  progs.from_container_P = own(p.program('from_container'));
-  progs.policy_ingress_P = own(p.program('policy_ingress'));
-  progs.from_container_Q = own(q.program('from_container'));
-  progs.policy_ingress_Q = own(q.program('policy_ingress'));
-  progs.from_host = own(host.program('from_host'));
-  policy[P.id] = own(p.map('mb_policy')).withCodecs(gen.policyKeyCodec, gen.policyValueCodec);
-  policy[Q.id] = own(q.map('mb_policy')).withCodecs(gen.policyKeyCodec, gen.policyValueCodec);
-
-  const pin = (n: string) => own(BpfMap.fromPin(path.join(PIN_ROOT, n), n));
-  metrics = pin('mb_metrics').withCodecs(gen.metricsKeyCodec, gen.metricsValueCodec);
-  ct = pin('mb_ct').withCodecs(gen.ctKeyCodec, gen.ctValueCodec);
-  const endpoints = pin('mb_endpoints').withCodecs(gen.endpointKeyCodec, gen.endpointInfoCodec);
-  const ipcache = pin('mb_ipcache').withCodecs(gen.ipcacheKeyCodec, gen.ipcacheValueCodec);
-  pin('mb_node').withCodecs(u32Codec, gen.nodeConfigCodec).update(0, NODE);
-  const callPolicy = pin('mb_call_policy');
-
-  const noTunnel = { tunnel_family: 0, flags: 0, tunnel_addr: Buffer.alloc(16) };
-  for (const e of [P, Q]) {
-    endpoints.update({ addr: e.ip, family: 4 }, { ifindex: e.ifindex, ep_id: e.id, flags: 0, sec_id: e.secId, mac: e.mac, node_mac: e.nodeMac });
-    ipcache.update({ prefixlen: 64, family: 4, addr: e.ip }, { sec_id: e.secId, ...noTunnel });
-  }
-  endpoints.update({ addr: ROUTER, family: 4 }, { ifindex: 0, ep_id: 0, flags: ENDPOINT_F_HOST, sec_id: ID_HOST, mac: Buffer.alloc(6), node_mac: Buffer.alloc(6) });
-  ipcache.update({ prefixlen: 64, family: 4, addr: ROUTER }, { sec_id: ID_HOST, ...noTunnel });
-  ipcache.update({ prefixlen: 32 + 16, family: 4, addr: ip4('10.2.0.0') }, { sec_id: ID_REMOTE, ...noTunnel });
-  callPolicy.update(u32Codec.encode(P.id), u32Codec.encode(progs.policy_ingress_P.fd));
-  callPolicy.update(u32Codec.encode(Q.id), u32Codec.encode(progs.policy_ingress_Q.fd));
-
-  reader = new RingBufReader(pin('mb_events'), (rec) => {
+  fx.load();
+  for (const e of [P, Q]) fx.addEndpoint(e);
+  fx.addHostAddress(ROUTER);
+  fx.setIpcache(ip4('10.2.0.0'), 16, ID_REMOTE);
+  metrics = fx.pin('mb_metrics').withCodecs(gen.metricsKeyCodec, gen.metricsValueCodec);
+  ct = fx.pin('mb_ct').withCodecs(gen.ctKeyCodec, gen.ctValueCodec);
+  fx.pin('mb_node').withCodecs(u32Codec, gen.nodeConfigCodec).update(0, NODE);
+  reader = new RingBufReader(fx.pin('mb_events'), (rec) => {
     if (rec.length >= DROP_EVENT_SIZE && rec[0] === 1) events.push(decodeDrop(rec));
   });
 });
 
 after(() => {
   reader?.close();
-  for (const c of closers.reverse()) {
-    try { c.close(); } catch { /* keep cleaning */ }
-  }
-  for (const o of objs) {
-    try { o.close(); } catch { /* keep cleaning */ }
-  }
-  fs.rmSync(PIN_ROOT, { recursive: true, force: true });
+  fx.close();
 });
 
 beforeEach(() => {

@@ -5,8 +5,13 @@
  * which test/unit/constants.test.ts checks against the C headers.
  */
 import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as C from '../../src/datapath/constants';
+import { BpfMap, BpfObject, BpfProgram, TestRunResult, ensureBpffs, fdRefCodec, skbCtx, testRun, u32Codec } from '../../src/bpf';
+import * as gen from '../../src/datapath/maps.gen';
+import { createPolicyMap } from '../../src/datapath/policymap';
+import { RtNetlink } from '../../src/netlink';
 
 export const ROOT = path.resolve(__dirname, '..', '..', '..');
 export const LXC_OBJ = path.join(ROOT, 'bpf/bpf_lxc.o');
@@ -51,3 +56,150 @@ export const LB_BACKEND_ACTIVE = 0;
 
 export const ID_HOST = 1;
 export const ID_WORLD = 2;
+
+// ---------------------------------------------------------------------------
+// The shared datapath fixture: the objects loaded once, per-run pins, and
+// endpoints installed exactly as the agent installs them (configuration,
+// ifindex -> id, policy map in mb_policy_maps, tail-call slot).
+
+
+export interface DpEndpoint {
+  id: number;
+  secId: number;
+  /** the endpoint's host-side veth; set by addEndpoint (BPF_PROG_TEST_RUN needs an existing device for ctx->ifindex) */
+  ifindex: number;
+  ip: Buffer;
+  mac: Buffer;
+  nodeMac: Buffer;
+  /** enforce policy (false: EP_CFG_F_NO_POLICY) */
+  policy?: boolean;
+}
+
+export class DatapathFixture {
+  readonly pinRoot: string;
+  private readonly devPrefix: string;
+  private readonly closers: { close(): void }[] = [];
+  private readonly devs: string[] = [];
+  private nl?: RtNetlink;
+  progs!: { from_container: BpfProgram; policy_ingress: BpfProgram; from_host: BpfProgram; from_netdev: BpfProgram };
+  /** each endpoint's policy map, by endpoint id */
+  readonly policy: Record<number, BpfMap<gen.PolicyKey, gen.PolicyValue>> = {};
+
+  constructor(readonly tag: string) {
+    this.pinRoot = testPinRoot(tag);
+    this.devPrefix = `mbd${crypto.randomBytes(3).toString('hex')}`;
+  }
+
+  own<T extends { close(): void }>(x: T): T {
+    this.closers.push(x);
+    return x;
+  }
+
+  /** A pinned global map of this run. */
+  pin(name: string): BpfMap {
+    return this.own(BpfMap.fromPin(path.join(this.pinRoot, name), name));
+  }
+
+  /** Load bpf_lxc.o and bpf_host.o once (their maps pinned by name under the run's root). */
+  load(): this {
+    ensureBpffs(this.pinRoot);
+    this.nl = RtNetlink.open(null);
+    const progs: Record<string, BpfProgram> = {};
+    for (const [obj, names] of [
+      [LXC_OBJ, ['from_container', 'policy_ingress']],
+      [HOST_OBJ, ['from_host', 'from_netdev']],
+    ] as const) {
+      const o = BpfObject.open(obj, { pinRoot: this.pinRoot });
+      try {
+        o.load();
+        for (const n of names) progs[n] = this.own(o.program(n));
+      } finally {
+        o.close();
+      }
+    }
+    this.progs = progs as DatapathFixture['progs'];
+    return this;
+  }
+
+  /**
+   * Install an endpoint as the agent does: a real veth (its host side's
+   * ifindex becomes e.ifindex), mb_ep_config, mb_lxc, an empty policy map in
+   * mb_policy_maps, mb_endpoints and ipcache entries, and the tail-call slot
+   * (unless callPolicy is false).
+   */
+  addEndpoint(e: DpEndpoint, o: { callPolicy?: boolean } = {}): void {
+    const name = `${this.devPrefix}${e.id}`;
+    this.nl!.linkAddVeth({ name, peerName: `${name}p` });
+    this.devs.push(name);
+    e.ifindex = this.nl!.linkGet(name)!.index;
+    const map = this.own(createPolicyMap(e.id));
+    this.policy[e.id] = map;
+    this.pin('mb_policy_maps').withCodecs(u32Codec, fdRefCodec).update(e.id, { fd: map.fd, id: 0 });
+    this.pin('mb_ep_config').withCodecs(u32Codec, gen.epConfigCodec).update(e.id, {
+      ep_id: e.id, sec_id: e.secId, ifindex: e.ifindex,
+      flags: EP_CFG_F_IPV4 | (e.policy === false ? EP_CFG_F_NO_POLICY : 0),
+      ipv4: e.ip, ipv6: Buffer.alloc(16), mac: e.mac, node_mac: e.nodeMac,
+    });
+    this.pin('mb_lxc').withCodecs(u32Codec, u32Codec).update(e.ifindex, e.id);
+    this.pin('mb_endpoints').withCodecs(gen.endpointKeyCodec, gen.endpointInfoCodec)
+      .update({ addr: e.ip, family: 4 }, { ifindex: e.ifindex, ep_id: e.id, flags: 0, sec_id: e.secId, mac: e.mac, node_mac: e.nodeMac });
+    this.pin('mb_ipcache').withCodecs(gen.ipcacheKeyCodec, gen.ipcacheValueCodec)
+      .update({ prefixlen: 64, family: 4, addr: e.ip }, { sec_id: e.secId, tunnel_family: 0, flags: 0, tunnel_addr: Buffer.alloc(16) });
+    if (o.callPolicy !== false) this.pin('mb_call_policy').withCodecs(u32Codec, fdRefCodec).update(e.id, { fd: this.progs.policy_ingress.fd, id: 0 });
+  }
+
+  /** A node address (ENDPOINT_F_HOST, identity host). */
+  addHostAddress(ip: Buffer): void {
+    this.pin('mb_endpoints').withCodecs(gen.endpointKeyCodec, gen.endpointInfoCodec)
+      .update({ addr: ip, family: 4 }, { ifindex: 0, ep_id: 0, flags: ENDPOINT_F_HOST, sec_id: ID_HOST, mac: Buffer.alloc(6), node_mac: Buffer.alloc(6) });
+    this.setIpcache(ip, 32, ID_HOST);
+  }
+
+  setIpcache(ip: Buffer, prefixLen: number, secId: number): void {
+    this.pin('mb_ipcache').withCodecs(gen.ipcacheKeyCodec, gen.ipcacheValueCodec)
+      .update({ prefixlen: 32 + prefixLen, family: 4, addr: ip }, { sec_id: secId, tunnel_family: 0, flags: 0, tunnel_addr: Buffer.alloc(16) });
+  }
+
+  /** from_container as it runs on endpoint e's veth. */
+  fromContainer(e: DpEndpoint, data: Buffer, extra: { mark?: number } = {}): TestRunResult {
+    return testRun(this.progs.from_container, { data, ctx: skbCtx({ ifindex: e.ifindex, mark: extra.mark }) });
+  }
+
+  /** policy_ingress as a caller's tail call runs it for endpoint e (source identity, rev_nat, pending trace). */
+  policyIngress(e: DpEndpoint, data: Buffer, src: { identity: number; revNat?: number; trace?: number }): TestRunResult {
+    return testRun(this.progs.policy_ingress, { data, ctx: skbCtx({ cb: [src.identity, src.trace ?? 0, src.revNat ?? 0, e.id, 0] }) });
+  }
+
+  /**
+   * Run a program by the name the tests use: `from_container_X` on endpoint
+   * X's veth, `policy_ingress_X` as a tail call into X (cb0 = source
+   * identity), `from_host` / `from_netdev` on node devices.
+   */
+  runNamed(name: string, eps: Record<string, DpEndpoint>, data: Buffer, o: { cb0?: number; repeat?: number } = {}): TestRunResult {
+    const m = /^(from_container|policy_ingress)_(\w+)$/.exec(name);
+    if (m) {
+      const e = eps[m[2]];
+      if (!e) throw new Error(`runNamed: no endpoint ${m[2]}`);
+      const ctx = m[1] === 'from_container' ? skbCtx({ ifindex: e.ifindex }) : skbCtx({ cb: [o.cb0 ?? 0, 0, 0, e.id, 0] });
+      return testRun(m[1] === 'from_container' ? this.progs.from_container : this.progs.policy_ingress, { data, ctx, repeat: o.repeat });
+    }
+    if (name !== 'from_host' && name !== 'from_netdev') throw new Error(`runNamed: unknown program ${name}`);
+    return testRun(this.progs[name], { data, ctx: skbCtx({}), repeat: o.repeat });
+  }
+
+  /** A bpf_host.o program on a node device (ctx->ifindex 0 unless given). */
+  runHost(prog: 'from_host' | 'from_netdev', data: Buffer, extra: { ifindex?: number; mark?: number } = {}): TestRunResult {
+    return testRun(this.progs[prog], { data, ctx: skbCtx({ ifindex: extra.ifindex, mark: extra.mark }) });
+  }
+
+  close(): void {
+    for (const c of this.closers.reverse()) {
+      try { c.close(); } catch { /* keep cleaning */ }
+    }
+    for (const d of this.devs) {
+      try { this.nl?.linkDel(d); } catch { /* keep cleaning */ }
+    }
+    this.nl?.close();
+    fs.rmSync(this.pinRoot, { recursive: true, force: true });
+  }
+}

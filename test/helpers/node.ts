@@ -6,6 +6,7 @@
  */
 import { ChildProcess, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as http from 'node:http';
 import * as path from 'node:path';
 import { NETKIT, REPO, netnsAdd, netnsDel, runPrefix, sh, sleep, tryRun } from './sys';
 
@@ -46,6 +47,8 @@ export class TestNode {
   /** The namespace standing in for the world outside the node (192.0.2.0/24), when asked for. */
   worldNs?: string;
   readonly agentArgs: string[] = [];
+  /** Resource limits for the agent process (prlimit), e.g. { nofile: 300 }. */
+  agentLimits: { nofile?: number } = {};
 
   constructor(tag = 'n', podCidr = '10.200.0.0/24') {
     this.prefix = runPrefix(tag);
@@ -61,10 +64,11 @@ export class TestNode {
     return { cniVersion: '1.1.0', name: 'membrane', type: 'membrane-cni', socket: this.socket };
   }
 
-  async start(opts: { world?: boolean; agentArgs?: string[] } = {}): Promise<void> {
+  async start(opts: { world?: boolean; agentArgs?: string[]; limits?: { nofile?: number } } = {}): Promise<void> {
     if (!fs.existsSync(`/run/netns/${this.nodeNs}`)) netnsAdd(this.nodeNs);
     if (opts.world) this.addWorld();
     this.agentArgs.push(...(opts.agentArgs ?? []));
+    if (opts.limits) this.agentLimits = opts.limits;
     await this.startAgent();
   }
 
@@ -144,6 +148,7 @@ export class TestNode {
       [
         `--net=/run/netns/${this.nodeNs}`,
         '--',
+        ...(this.agentLimits.nofile ? ['prlimit', `--nofile=${this.agentLimits.nofile}:${this.agentLimits.nofile}`, '--'] : []),
         process.execPath,
         AGENT_BIN,
         '--state-dir', this.stateDir,
@@ -212,6 +217,33 @@ export class TestNode {
 
   cli(args: string[]): { code: number; stdout: string; stderr: string } {
     return tryRun(process.execPath, [CLI_BIN, '--socket', this.socket, ...args]);
+  }
+
+  /** Call the agent's REST API directly on its socket (what the plugin and CLI do). */
+  api(method: string, urlPath: string, body?: unknown): Promise<{ status: number; json: any }> {
+    return new Promise((resolve, reject) => {
+      const payload = body === undefined ? undefined : JSON.stringify(body);
+      const req = http.request(
+        { socketPath: this.socket, agent: false, method, path: urlPath, headers: payload ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } : {} },
+        (res) => {
+          const chunks: Buffer[] = [];
+          res.on('data', (c) => chunks.push(c));
+          res.on('end', () => {
+            const text = Buffer.concat(chunks).toString('utf8');
+            let json: any;
+            try {
+              json = text ? JSON.parse(text) : undefined;
+            } catch {
+              json = text;
+            }
+            resolve({ status: res.statusCode ?? 0, json });
+          });
+        },
+      );
+      req.setTimeout(30_000, () => req.destroy(new Error(`${method} ${urlPath}: no answer in 30 s`)));
+      req.on('error', reject);
+      req.end(payload);
+    });
   }
 
   cliJson(args: string[]): any {

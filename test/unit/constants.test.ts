@@ -9,7 +9,7 @@ const REPO = path.resolve(__dirname, '..', '..', '..');
 
 function defines(): Map<string, number> {
   const out = new Map<string, number>();
-  for (const f of ['bpf/include/maps.h', 'bpf/include/config.h']) {
+  for (const f of ['bpf/include/maps.h']) {
     for (const m of fs.readFileSync(path.join(REPO, f), 'utf8').matchAll(/^#define\s+([A-Z0-9_]+)\s+(\d+)\b/gm)) out.set(m[1], Number(m[2]));
   }
   return out;
@@ -22,6 +22,7 @@ describe('constants shared with the datapath', () => {
       ['MB_FAMILY_IPV4', C.FAMILY_IPV4],
       ['MB_FAMILY_IPV6', C.FAMILY_IPV6],
       ['MB_MAX_ENDPOINTS', C.MB_MAX_ENDPOINTS],
+      ['MB_POLICY_MAX_ENTRIES', C.MB_POLICY_MAX_ENTRIES],
       ['ENDPOINT_F_HOST', C.ENDPOINT_F_HOST],
       ['IPCACHE_F_HAS_TUNNEL', C.IPCACHE_F_HAS_TUNNEL],
       ['POLICY_F_DENY', C.POLICY_F_DENY],

@@ -1,0 +1,111 @@
+/**
+ * `policy trace`: the verdict for src -> dst:port/proto, computed exactly as
+ * the endpoints' map state is (the egress side of the source, then the
+ * ingress side of the destination), naming the rule that decided.
+ */
+import { IdentityAllocator, ReservedIdentity } from '../identity/identity';
+import type { PolicyEngine } from './engine';
+import { NamedPort, lookupVerdict } from './mapstate';
+
+export interface TraceEndpoint {
+  id: number;
+  identity: number;
+  labels: string[];
+  namespace: string;
+  podName?: string;
+  namedPorts?: Record<string, NamedPort[]>;
+}
+
+export class PolicyTraceError extends Error {
+  constructor(
+    readonly field: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+interface Subject {
+  identity: number;
+  labels: string[];
+  endpoint?: TraceEndpoint;
+  release?: () => void;
+  describe: string;
+}
+
+export class PolicyTracer {
+  constructor(
+    private readonly policy: PolicyEngine,
+    private readonly identities: IdentityAllocator,
+    private readonly endpoints: { list(): TraceEndpoint[]; get(id: number): TraceEndpoint | undefined },
+  ) {}
+
+  /** Resolve "--src/--dst": an endpoint id, a pod "ns/name" or "name", or labels "k=v,k2=v2". */
+  private resolve(field: string, spec: string): Subject {
+    if (/^\d+$/.test(spec)) {
+      const ep = this.endpoints.get(Number(spec));
+      if (!ep) throw new PolicyTraceError(field, `${field}: endpoint ${spec} not found`);
+      return { identity: ep.identity, labels: ep.labels, endpoint: ep, describe: `endpoint ${ep.id}` };
+    }
+    if (!spec.includes('=')) {
+      const [ns, name] = spec.includes('/') ? spec.split('/', 2) : ['default', spec];
+      const ep = this.endpoints.list().find((e) => e.namespace === ns && e.podName === name);
+      if (!ep) throw new PolicyTraceError(field, `${field}: no endpoint for pod ${ns}/${name}`);
+      return { identity: ep.identity, labels: ep.labels, endpoint: ep, describe: `pod ${ns}/${name} (endpoint ${ep.id})` };
+    }
+    const labels = spec
+      .split(',')
+      .map((l) => l.trim())
+      .filter(Boolean)
+      .map((l) => (/^[a-z0-9-]+:/.test(l) && !l.startsWith('http') ? l : `k8s:${l}`));
+    if (!labels.some((l) => l.startsWith('k8s:io.kubernetes.pod.namespace=')) && !labels.some((l) => l.startsWith('reserved:') || l.startsWith('cidr:'))) {
+      labels.push('k8s:io.kubernetes.pod.namespace=default');
+    }
+    if (labels.length === 1 && labels[0].startsWith('reserved:')) {
+      const name = labels[0].slice('reserved:'.length) as keyof typeof ReservedIdentity;
+      if (ReservedIdentity[name] !== undefined) return { identity: ReservedIdentity[name], labels, describe: labels[0] };
+    }
+    const ident = this.identities.acquire(labels);
+    return { identity: ident.id, labels: ident.labels, release: () => this.identities.release(ident.id), describe: `labels ${ident.labels.join(' ')}` };
+  }
+
+  trace(q: { src: string; dst: string; dport: number; protocol: string }) {
+    const proto = ({ TCP: 6, UDP: 17, SCTP: 132, ICMP: 1, ANY: 0 } as Record<string, number>)[q.protocol.toUpperCase()];
+    if (proto === undefined) throw new PolicyTraceError('protocol', `protocol: "${q.protocol}" is not TCP, UDP, SCTP or ICMP`);
+    const src = this.resolve('src', q.src);
+    let dst: Subject | undefined;
+    try {
+      dst = this.resolve('dst', q.dst);
+      const side = (who: Subject, remote: number, egress: boolean) => {
+        if (who.identity < 256 || (who.identity & (1 << 24)) !== 0) return { enforced: false, verdict: 'ALLOWED', reason: 'not a managed endpoint: no policy applies here' };
+        const computed = this.policy.compute({ identity: who.identity, labels: who.labels, namedPorts: who.endpoint?.namedPorts ?? {} });
+        const v = lookupVerdict(computed.entries, remote, egress, proto, q.dport);
+        return {
+          enforced: computed[egress ? 'egress' : 'ingress'].enforced,
+          verdict: v.allowed ? 'ALLOWED' : 'DENIED',
+          dropReason: v.reason || undefined,
+          proxyPort: v.entry?.proxyPort || undefined,
+          reason: v.entry
+            ? `${v.entry.deny ? 'denied' : 'allowed'} by ${v.entry.derivedFrom.join(', ')} (identity ${v.entry.identity === 0 ? 'ANY' : v.entry.identity}, prefix ${v.entry.prefixLen})`
+            : 'no rule allows it: default deny',
+        };
+      };
+      const egress = side(src, dst.identity, true);
+      const ingress = side(dst, src.identity, false);
+      const allowed = egress.verdict === 'ALLOWED' && ingress.verdict === 'ALLOWED';
+      return {
+        source: { describe: src.describe, identity: src.identity, labels: src.labels },
+        destination: { describe: dst.describe, identity: dst.identity, labels: dst.labels },
+        port: q.dport,
+        protocol: q.protocol.toUpperCase(),
+        policyRevision: this.policy.revision,
+        egress,
+        ingress,
+        verdict: allowed ? 'ALLOWED' : 'DENIED',
+      };
+    } finally {
+      src.release?.();
+      dst?.release?.();
+    }
+  }
+}

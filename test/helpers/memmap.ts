@@ -1,0 +1,46 @@
+/**
+ * An in-memory stand-in for a BPF hash map, for unit tests of the desired-state
+ * logic above the kernel (MapTable, the ipcache). Keys are compared by their
+ * encoded bytes, as the kernel does. Never used where the kernel is under test.
+ */
+import type { Codec } from '../../src/bpf';
+
+export class MemMap<K, V> {
+  private readonly m = new Map<string, { k: K; v: V }>();
+  failNext = 0;
+
+  constructor(
+    private readonly kc: Codec<K>,
+    private readonly vc: Codec<V>,
+  ) {}
+
+  private id(k: K): string {
+    return this.kc.encode(k).toString('hex');
+  }
+
+  lookup(k: K): V | undefined {
+    return this.m.get(this.id(k))?.v;
+  }
+
+  update(k: K, v: V): void {
+    if (this.failNext > 0) {
+      this.failNext--;
+      throw Object.assign(new Error('bpf(BPF_MAP_UPDATE_ELEM): No space left on device (errno 28)'), { code: 'E2BIG' });
+    }
+    this.m.set(this.id(k), { k: this.kc.decode(this.kc.encode(k)), v: this.vc.decode(this.vc.encode(v)) });
+  }
+
+  delete(k: K): boolean {
+    return this.m.delete(this.id(k));
+  }
+
+  *entries(): IterableIterator<[K, V]> {
+    for (const { k, v } of [...this.m.values()]) yield [k, v];
+  }
+
+  get size(): number {
+    return this.m.size;
+  }
+
+  close(): void {}
+}

@@ -1,0 +1,71 @@
+/** MapTable and Reconciler: diffs, retries, drift repair and its counts, ARRAY semantics (in-memory map). */
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { BpfMap, u32Codec } from '../../src/bpf';
+import { MapTable, Reconciler, TableError, u32KeyOpts } from '../../src/datapath/reconciler';
+import type { Logger } from '../../src/util/log';
+import { MemMap } from '../helpers/memmap';
+
+function table(absent?: number) {
+  const map = new MemMap<number, number>(u32Codec, u32Codec);
+  const t = new MapTable('t', map as unknown as BpfMap<number, number>, u32KeyOpts<number>((a, b) => a === b, absent));
+  return { map, t };
+}
+
+describe('MapTable', () => {
+  it('writes only the diff and leaves failed writes pending for a retry', () => {
+    const { map, t } = table();
+    t.replaceAll([{ key: 1, value: 10 }, { key: 2, value: 20 }]);
+    t.flush();
+    assert.deepEqual([...map.entries()], [[1, 10], [2, 20]]);
+    map.failNext = 1;
+    t.replaceAll([{ key: 1, value: 11 }, { key: 3, value: 30 }]);
+    assert.throws(() => t.flush(), (e: unknown) => e instanceof TableError && e.table === 't' && e.op === 'update');
+    assert.equal(t.status().failed, 1);
+    assert.ok(t.dirty, 'still pending');
+    t.flush();
+    assert.deepEqual(new Map(map.entries()), new Map([[1, 11], [3, 30]]));
+    assert.equal(t.status().failed, 0);
+  });
+
+  it('resync repairs entries changed, removed or added behind its back, and counts them', () => {
+    const { map, t } = table();
+    t.replaceAll([{ key: 1, value: 10 }, { key: 2, value: 20 }]);
+    t.flush();
+    map.update(1, 99);
+    map.delete(2);
+    map.update(7, 70);
+    assert.deepEqual(t.resync(), { updated: 2, removed: 1 });
+    assert.deepEqual(new Map(map.entries()), new Map([[1, 10], [2, 20]]));
+    assert.equal(t.status().driftRepaired, 3);
+    assert.deepEqual(t.resync(), { updated: 0, removed: 0 }, 'nothing left to repair');
+  });
+
+  it('ARRAY tables: an index nobody wants holds the absent value and is not drift', () => {
+    const { map, t } = table(0);
+    t.upsert(3, 33);
+    t.flush();
+    t.delete(3);
+    t.flush();
+    assert.equal(map.lookup(3), 0, 'delete writes the absent value');
+    map.update(5, 0);
+    assert.deepEqual(t.resync(), { updated: 0, removed: 0 });
+  });
+});
+
+describe('Reconciler', () => {
+  it('retries failed flushes with backoff until they succeed, and reports per table', async () => {
+    const { map, t } = table();
+    const quiet: Logger = { debug() {}, info() {}, warn() {}, error() {}, child: () => quiet };
+    const r = new Reconciler(quiet);
+    r.add(t);
+    map.failNext = 2;
+    t.upsert(1, 1);
+    assert.equal(r.flush(), false);
+    for (let i = 0; i < 100 && t.dirty; i++) await new Promise((res) => setTimeout(res, 50));
+    assert.equal(t.dirty, false, 'retried until written');
+    assert.equal(map.lookup(1), 1);
+    assert.ok(r.counters.retries >= 1);
+    r.stop();
+  });
+});
