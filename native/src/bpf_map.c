@@ -416,6 +416,82 @@ static napi_value js_map_delete_batch(napi_env env, napi_callback_info info)
 	return NULL;
 }
 
+/*
+ * mapUpdateAsync(fd, key, value, flags) -> Promise<void>: the update runs on a
+ * libuv worker thread. For maps whose syscall waits for an RCU grace period
+ * (maps of maps: ~10 ms), so the event loop keeps serving meanwhile. key and
+ * value are copied; the fd must stay open until the promise settles.
+ */
+struct map_update_work {
+	napi_async_work work;
+	napi_deferred deferred;
+	int fd;
+	__u64 flags;
+	void *key;
+	void *val;
+	int err;
+};
+
+static void map_update_execute(napi_env env, void *data)
+{
+	struct map_update_work *w = data;
+	(void)env;
+	w->err = bpf_map_update_elem(w->fd, w->key, w->val, w->flags) < 0 ? errno : 0;
+}
+
+static void map_update_complete(napi_env env, napi_status status, void *data)
+{
+	struct map_update_work *w = data;
+	if (status != napi_ok || w->err) {
+		char nb[64];
+		napi_value e = mb_errno_error(env, w->err ? w->err : EIO, "bpf(BPF_MAP_UPDATE_ELEM)", NULL, "map %s",
+					      map_name(w->fd, nb, sizeof(nb)));
+		napi_reject_deferred(env, w->deferred, e);
+	} else {
+		napi_resolve_deferred(env, w->deferred, mb_undef(env));
+	}
+	napi_delete_async_work(env, w->work);
+	free(w->key);
+	free(w->val);
+	free(w);
+}
+
+static napi_value js_map_update_async(napi_env env, napi_callback_info info)
+{
+	MB_ARGS(4);
+	int32_t fd;
+	int64_t flags = 0;
+	void *key, *val;
+	size_t klen, vlen;
+	if (!arg_fd(env, argv[0], &fd) || !mb_arg_buf(env, argv[1], "key", &key, &klen) ||
+	    !mb_arg_buf(env, argv[2], "value", &val, &vlen))
+		return NULL;
+	if (!mb_is_nullish(env, argv[3]) && !mb_arg_i64(env, argv[3], "flags", &flags))
+		return NULL;
+	struct map_update_work *w = calloc(1, sizeof(*w));
+	if (!w)
+		return NULL;
+	w->fd = fd;
+	w->flags = (__u64)flags;
+	w->key = malloc(klen ? klen : 1);
+	w->val = malloc(vlen ? vlen : 1);
+	if (!w->key || !w->val) {
+		free(w->key);
+		free(w->val);
+		free(w);
+		mb_throw_type(env, "mapUpdateAsync: out of memory");
+		return NULL;
+	}
+	memcpy(w->key, key, klen);
+	memcpy(w->val, val, vlen);
+	napi_value promise, name;
+	napi_create_promise(env, &w->deferred, &promise);
+	napi_create_string_utf8(env, "mapUpdateAsync", NAPI_AUTO_LENGTH, &name);
+	napi_create_async_work(env, NULL, name, map_update_execute, map_update_complete, w, &w->work);
+	napi_queue_async_work(env, w->work);
+	return promise;
+}
+
 /* mapCreate(type, name, keySize, valueSize, maxEntries, flags) -> fd (owned by the caller) */
 static napi_value js_map_create(napi_env env, napi_callback_info info)
 {
@@ -451,6 +527,7 @@ void mb_init_bpf_map(napi_env env, napi_value exports)
 {
 	mb_export(env, exports, "mapInfo", js_map_info);
 	mb_export(env, exports, "mapCreate", js_map_create);
+	mb_export(env, exports, "mapUpdateAsync", js_map_update_async);
 	mb_export(env, exports, "mapLookup", js_map_lookup);
 	mb_export(env, exports, "mapUpdate", js_map_update);
 	mb_export(env, exports, "mapDelete", js_map_delete);

@@ -10,7 +10,7 @@
  */
 import * as path from 'node:path';
 import { Codec, rawCodec } from './codec';
-import { BpfErrorContext, bpfUsageError, wrap } from './errors';
+import { BpfErrorContext, bpfUsageError, toBpfError, wrap } from './errors';
 import { MapInfo, native } from './native';
 
 export const BPF_MAP_TYPE = {
@@ -218,6 +218,21 @@ export class BpfMap<K = Buffer, V = Buffer> {
   }
 
   /** Per-CPU maps: one value per possible CPU (vs.length must equal numPossibleCpus()). */
+  /**
+   * update() on a worker thread: for maps whose update waits for an RCU grace
+   * period (maps of maps), so the event loop is not blocked meanwhile. The map
+   * must stay open until the promise settles.
+   */
+  async updateAsync(k: K, v: V, flag: UpdateFlag = 'any'): Promise<void> {
+    const key = this.encKey(k, 'update');
+    const val = this.valueBytes(v, 'update');
+    try {
+      await native().mapUpdateAsync(this.fd, key, val, UPDATE_FLAGS[flag]);
+    } catch (e) {
+      throw toBpfError(e, this.ctx('update (async)'));
+    }
+  }
+
   updatePerCpu(k: K, vs: V[], flag: UpdateFlag = 'any'): void {
     if (!this.isPerCpu) throw bpfUsageError(this.ctx('updatePerCpu'), 'map is not per-CPU: use update()');
     const n = this.valueLen / this.cpuStride;

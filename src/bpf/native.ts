@@ -143,6 +143,8 @@ export interface MembraneNative {
   mapCreate(type: number, name: string, keySize: number, valueSize: number, maxEntries: number, flags: number): number;
   mapLookup(fd: number, key: Buffer, valueLen: number): Buffer | null;
   mapUpdate(fd: number, key: Buffer, value: Buffer, flags: number): void;
+  /** The same update on a libuv worker thread (for updates that wait for an RCU grace period). */
+  mapUpdateAsync(fd: number, key: Buffer, value: Buffer, flags: number): Promise<void>;
   mapDelete(fd: number, key: Buffer): boolean;
   mapNextKey(fd: number, key: Buffer | null, keyLen: number): Buffer | null;
   /** Whole map (maxCount caps the count, 0 = no cap); falls back to next-key iteration for map types without batch ops. */

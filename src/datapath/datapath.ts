@@ -73,6 +73,13 @@ export interface EndpointConfig {
 }
 
 const POLICY_GROUP = 'mb_policy (per endpoint)';
+/**
+ * Emptied policy maps kept installed in their mb_policy_maps slot for the next
+ * endpoint that gets the same id: writing a map-of-maps slot waits for an RCU
+ * grace period (~10 ms), so ADD and DEL recycle slots instead. Spares beyond
+ * this many are released in the background, one per event-loop turn.
+ */
+const SPARE_POLICY_MAPS = 64;
 
 function famCode(a: IpAddr): number {
   return a.family === 4 ? FAMILY_IPV4 : FAMILY_IPV6;
@@ -131,7 +138,13 @@ export class Datapath {
   hostIfindex = 0;
   netIfindex = 0;
   private readonly nl: RtNetlink;
-  private readonly policyTables = new Map<number, MapTable<PolicyKey, PolicyValue>>();
+  /** Each endpoint's policy map and its table, by endpoint id. */
+  private readonly policyTables = new Map<number, PolicyMapState>();
+  /** Emptied policy maps still installed in mb_policy_maps, by endpoint id (oldest first). */
+  private readonly sparePolicy = new Map<number, PolicyMapState>();
+  private spareReaper?: NodeJS.Timeout;
+  /** Policy-map slots being installed on a worker thread, by endpoint id. */
+  private readonly installing = new Map<number, Promise<void>>();
 
   private constructor(
     private readonly cfg: AgentConfig,
@@ -432,17 +445,20 @@ export class Datapath {
     fs.mkdirSync(dir, { recursive: true });
     undo.push(`remove pins ${dir}`, () => fs.rmSync(dir, { recursive: true, force: true }));
 
-    const map = createPolicyMap(c.id, this.cfg.instance);
-    const table = policyTable(`mb_policy of endpoint ${c.id}`, map);
-    undo.push(`close policy map of endpoint ${c.id}`, () => {
-      this.reconciler.remove(table);
+    // A spare map left in this id's slot by an earlier endpoint is reused as is
+    // (empty, already installed): no map-of-maps write, no grace period.
+    const spare = this.sparePolicy.get(c.id);
+    this.sparePolicy.delete(c.id);
+    const map = spare?.map ?? createPolicyMap(c.id, this.cfg.instance);
+    const table = spare?.table ?? this.reconciler.add(policyTable(`mb_policy of endpoint ${c.id}`, map), POLICY_GROUP);
+    undo.push(`release policy map of endpoint ${c.id}`, () => {
       this.policyTables.delete(c.id);
-      table.close();
+      this.retirePolicyMap(c.id, { map, table });
     });
     table.replaceAll(policy);
     table.flush();
     map.pin(path.join(dir, 'policy'));
-    this.policyTables.set(c.id, this.reconciler.add(table, POLICY_GROUP));
+    this.policyTables.set(c.id, { map, table });
 
     const steps: [MapTable<number, any>, number, unknown][] = [
       [this.policyMaps, c.id, { fd: map.fd, id: map.id }],
@@ -451,20 +467,57 @@ export class Datapath {
       [this.callPolicy, c.id, { fd: this.programs.policyIngress.fd, id: this.programs.policyIngressId }],
     ];
     for (const [t, key, value] of steps) {
+      if (t === this.policyMaps && t.get(key)?.id === map.id) continue; // a recycled slot: already there
       t.upsert(key, value);
-      undo.push(`remove ${t.name}[${key}]`, () => {
-        t.delete(key);
-        t.flush();
-      });
+      if (t !== this.policyMaps) {
+        undo.push(`remove ${t.name}[${key}]`, () => {
+          t.delete(key);
+          t.flush();
+        });
+      }
       t.flush();
     }
     tcClsactEnsure(this.nl, c.hostIfindex);
     tcBpfAttach(this.nl, { ifindex: c.hostIfindex, direction: 'ingress', progFd: this.programs.fromContainer.fd, name: 'from_container' });
   }
 
+  /**
+   * Make sure endpoint id `id` has an empty policy map installed in its
+   * mb_policy_maps slot, ready for attachEndpoint. Installing one waits for an
+   * RCU grace period; it happens on a worker thread, so the agent keeps serving.
+   */
+  ensurePolicySlot(id: number): Promise<void> {
+    if (this.sparePolicy.has(id) || this.policyTables.has(id)) return Promise.resolve();
+    const inFlight = this.installing.get(id);
+    if (inFlight) return inFlight;
+    const p = (async () => {
+      const map = createPolicyMap(id, this.cfg.instance);
+      const table = this.reconciler.add(policyTable(`mb_policy of endpoint ${id}`, map), POLICY_GROUP);
+      try {
+        this.policyMaps.upsert(id, { fd: map.fd, id: map.id });
+        await this.policyMaps.flushAsync();
+      } catch (e) {
+        if (this.policyMaps.get(id)?.id === map.id) this.policyMaps.delete(id);
+        this.reconciler.remove(table);
+        table.close();
+        throw e;
+      }
+      this.sparePolicy.set(id, { map, table });
+    })().finally(() => this.installing.delete(id));
+    this.installing.set(id, p);
+    return p;
+  }
+
+  /** Install policy-map slots for ids likely to come next, in the background. */
+  prewarmPolicySlots(ids: number[]): void {
+    for (const id of ids) {
+      this.ensurePolicySlot(id).catch((e) => this.log.warn('preparing a policy map slot failed', { endpoint: id, error: e }));
+    }
+  }
+
   /** The endpoint's policy table (desired state of its policy map). */
   policyTable(id: number): MapTable<PolicyKey, PolicyValue> | undefined {
-    return this.policyTables.get(id);
+    return this.policyTables.get(id)?.table;
   }
 
   /** A new identity (or addresses) for an endpoint: a configuration write, no program is touched. */
@@ -490,7 +543,7 @@ export class Datapath {
       const table = policyTable(`mb_policy of endpoint ${c.id}`, map);
       table.replaceAll([...table.kernelEntries()]);
       table.markClean();
-      this.policyTables.set(c.id, this.reconciler.add(table, POLICY_GROUP));
+      this.policyTables.set(c.id, { map, table: this.reconciler.add(table, POLICY_GROUP) });
       this.policyMaps.upsert(c.id, { fd: map.fd, id: map.id });
     } catch (e) {
       map?.close();
@@ -587,18 +640,16 @@ export class Datapath {
     // Deleting the host side removes the pair (and the link attached to it).
     step(`delete veth ${hostIfname}`, () => void this.nl.linkDel(hostIfname));
     if (id > 0) {
-      for (const t of [this.callPolicy, this.epConfig, this.policyMaps] as MapTable<number, unknown>[]) {
+      for (const t of [this.callPolicy, this.epConfig] as MapTable<number, unknown>[]) {
         step(`remove ${t.name}[${id}]`, () => {
           t.delete(id);
           t.flush();
         });
       }
-      const table = this.policyTables.get(id);
-      if (table) {
-        this.reconciler.remove(table);
-        this.policyTables.delete(id);
-        table.close();
-      }
+      const st = this.policyTables.get(id);
+      this.policyTables.delete(id);
+      // Nothing can reach the endpoint any more: empty its map and keep the slot for the next endpoint with this id.
+      if (st) step(`empty the policy map of endpoint ${id}`, () => this.retirePolicyMap(id, st));
     }
     if (hostIfindex) {
       step(`remove mb_lxc[${hostIfindex}]`, () => {
@@ -613,6 +664,42 @@ export class Datapath {
     return errors;
   }
 
+  /**
+   * Keep an endpoint's policy map as the spare of its id: emptied, still
+   * installed in mb_policy_maps (a map never installed is simply closed).
+   */
+  private retirePolicyMap(id: number, st: PolicyMapState): void {
+    if (this.policyMaps.get(id)?.id !== st.map.id) {
+      // Never installed (a create undone early): just let it go.
+      this.reconciler.remove(st.table);
+      st.table.close();
+      return;
+    }
+    st.table.clearAll();
+    this.sparePolicy.set(id, st);
+    this.scheduleSpareRelease();
+  }
+
+  /** Release spares beyond SPARE_POLICY_MAPS, oldest first, one per turn (each costs a grace period). */
+  private scheduleSpareRelease(): void {
+    if (this.spareReaper || this.sparePolicy.size <= SPARE_POLICY_MAPS) return;
+    this.spareReaper = setTimeout(() => {
+      this.spareReaper = undefined;
+      const [id, spare] = this.sparePolicy.entries().next().value as [number, PolicyMapState];
+      this.sparePolicy.delete(id);
+      try {
+        this.policyMaps.delete(id);
+        this.policyMaps.flush();
+      } catch (e) {
+        this.log.error('releasing a spare policy map failed', { endpoint: id, error: e });
+      }
+      this.reconciler.remove(spare.table);
+      spare.table.close();
+      this.scheduleSpareRelease();
+    }, 50);
+    this.spareReaper.unref();
+  }
+
   linkByName(name: string) {
     return this.nl.linkGet(name);
   }
@@ -625,13 +712,20 @@ export class Datapath {
   close(): void {
     this.reconciler.stop();
     this.nl.close();
-    for (const t of this.policyTables.values()) t.close();
+    if (this.spareReaper) clearTimeout(this.spareReaper);
+    for (const st of [...this.policyTables.values(), ...this.sparePolicy.values()]) st.table.close();
     this.policyTables.clear();
+    this.sparePolicy.clear();
     for (const t of [this.epConfig, this.lxc, this.policyMaps, this.callPolicy, this.monitorConfig]) t.close();
     for (const m of Object.values(this.maps)) m.close();
     this.programs.fromContainer.close();
     this.programs.policyIngress.close();
   }
+}
+
+interface PolicyMapState {
+  map: BpfMap<PolicyKey, PolicyValue>;
+  table: MapTable<PolicyKey, PolicyValue>;
 }
 
 interface SharedPrograms {

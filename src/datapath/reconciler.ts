@@ -168,6 +168,32 @@ export class MapTable<K, V> {
     this.lastError = undefined;
   }
 
+  /**
+   * flush() with updates on a worker thread (BpfMap.updateAsync): for tables
+   * whose writes wait for an RCU grace period (maps of maps). A change made
+   * while a write is in flight stays pending.
+   */
+  async flushAsync(): Promise<void> {
+    for (const [id, key] of [...this.pending]) {
+      const want = this.desired.get(id);
+      try {
+        if (want) await this.map.updateAsync(want.key, want.value);
+        else if (this.absent !== undefined) this.map.update(key, this.absent);
+        else this.map.delete(key);
+      } catch (e) {
+        this.failures++;
+        const err = new TableError(this.name, want ? 'update' : 'delete', id, e as Error);
+        this.lastError = err.message;
+        throw err;
+      }
+      if (this.pending.get(id) === key && this.desired.get(id) === want) this.pending.delete(id);
+    }
+    if (!this.pending.size) {
+      this.failures = 0;
+      this.lastError = undefined;
+    }
+  }
+
   /** The kernel's value for one key now (undefined if absent). */
   kernelGet(key: K): V | undefined {
     const v = this.map.lookup(key);

@@ -25,6 +25,9 @@ import type { IpCache } from '../ipcache/ipcache';
 import type { PolicyEngine } from '../policy/engine';
 import type { NamedPort } from '../policy/mapstate';
 
+/** Policy-map slots kept ready for the next endpoint ids (see Datapath.ensurePolicySlot). */
+const PREWARM_SLOTS = 4;
+
 export type EndpointState = 'ready' | 'restoring' | 'not-ready' | 'disconnecting';
 
 export interface Endpoint {
@@ -161,6 +164,7 @@ export class EndpointManager {
       this.desire(ep);
     }
     this.identities.pruneUnreferenced();
+    this.dp.prewarmPolicySlots(this.nextFreeIds(PREWARM_SLOTS));
     this.log.info('restored endpoints', { count: this.byId.size });
   }
 
@@ -196,6 +200,13 @@ export class EndpointManager {
     this.ipcache.delete(ip, 'endpoint');
   }
 
+  /** The ids allocateId would hand out next (for preparing their policy-map slots). */
+  nextFreeIds(n: number): number[] {
+    const out: number[] = [];
+    for (let id = 1; id < MB_MAX_ENDPOINTS && out.length < n; id++) if (!this.byId.has(id) && !this.reservedIds.has(id)) out.push(id);
+    return out;
+  }
+
   private allocateId(): number {
     for (let id = 1; id < MB_MAX_ENDPOINTS; id++) {
       if (this.byId.has(id) || this.reservedIds.has(id)) continue;
@@ -229,7 +240,9 @@ export class EndpointManager {
       const ip: IpAddr = this.ipam.allocate(owner);
       undo.push(`release ${formatIp(ip)}`, () => void this.ipam.release(formatIp(ip)));
       id = this.allocateId();
-      const ident = await this.identities.acquire(pod.labels);
+      // The identity (maybe from the cluster) and the endpoint's policy-map slot
+      // (a grace-period wait on a worker thread unless prepared) come in parallel.
+      const [ident] = await Promise.all([this.identities.acquire(pod.labels), this.dp.ensurePolicySlot(id)]);
       undo.push(`release identity ${ident.id}`, () => this.identities.release(ident.id));
       const hostIfname = hostVethName(this.cfg, req.containerId, req.ifname);
       const mtu = req.mtu ?? this.cfg.mtu;
@@ -273,9 +286,10 @@ export class EndpointManager {
       });
       this.dp.endpoints.flush();
       this.dp.ipcache.flush();
-      writeJsonAtomic(path.join(this.dir, `${id}.json`), ep);
+      writeJsonAtomic(path.join(this.dir, `${id}.json`), ep, { durable: false });
       this.byId.set(id, ep);
       undo.clear();
+      this.dp.prewarmPolicySlots(this.nextFreeIds(PREWARM_SLOTS));
       const ms = Number(process.hrtime.bigint() - t0) / 1e6;
       this.createDurationsMs.push(ms);
       this.onCreated?.(ms);
@@ -382,7 +396,7 @@ export class EndpointManager {
   }
 
   private persist(ep: Endpoint): void {
-    writeJsonAtomic(path.join(this.dir, `${ep.id}.json`), ep);
+    writeJsonAtomic(path.join(this.dir, `${ep.id}.json`), ep, { durable: false });
   }
 
   /**

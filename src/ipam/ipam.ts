@@ -116,6 +116,6 @@ export class Ipam {
 
   private save(): void {
     const allocations = [...this.byIp.values()].filter((a) => a.owner !== 'router');
-    writeJsonAtomic(this.file, { cidr: formatCidr(this.cidr), allocations, next: this.next } satisfies IpamFile);
+    writeJsonAtomic(this.file, { cidr: formatCidr(this.cidr), allocations, next: this.next } satisfies IpamFile, { durable: false });
   }
 }

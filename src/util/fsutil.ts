@@ -1,21 +1,35 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 
+export interface AtomicWriteOptions {
+  mode?: number;
+  /**
+   * fsync the file and its directory (default). Runtime state that describes
+   * kernel objects (endpoints, their addresses) passes false: those objects do
+   * not survive a reboot either, and the rename alone already leaves the old or
+   * the new file whole when the process dies.
+   */
+  durable?: boolean;
+}
+
 /**
  * Write a file atomically: write a temporary file beside it, fsync, rename over
  * the target, fsync the directory. A crash leaves either the old or the new file.
  */
-export function writeFileAtomic(file: string, data: string | Buffer, mode = 0o600): void {
+export function writeFileAtomic(file: string, data: string | Buffer, opts: AtomicWriteOptions | number = {}): void {
+  const o = typeof opts === 'number' ? { mode: opts } : opts;
+  const durable = o.durable ?? true;
   const dir = path.dirname(file);
   const tmp = path.join(dir, `.${path.basename(file)}.${process.pid}.tmp`);
-  const fd = fs.openSync(tmp, 'w', mode);
+  const fd = fs.openSync(tmp, 'w', o.mode ?? 0o600);
   try {
     fs.writeSync(fd, typeof data === 'string' ? Buffer.from(data) : data);
-    fs.fsyncSync(fd);
+    if (durable) fs.fsyncSync(fd);
   } finally {
     fs.closeSync(fd);
   }
   fs.renameSync(tmp, file);
+  if (!durable) return;
   const dfd = fs.openSync(dir, 'r');
   try {
     fs.fsyncSync(dfd);
@@ -24,8 +38,8 @@ export function writeFileAtomic(file: string, data: string | Buffer, mode = 0o60
   }
 }
 
-export function writeJsonAtomic(file: string, value: unknown, mode = 0o600): void {
-  writeFileAtomic(file, JSON.stringify(value, null, 2) + '\n', mode);
+export function writeJsonAtomic(file: string, value: unknown, opts: AtomicWriteOptions | number = {}): void {
+  writeFileAtomic(file, JSON.stringify(value, null, 2) + '\n', opts);
 }
 
 export function readJson<T>(file: string): T | undefined {
