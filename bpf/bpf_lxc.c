@@ -165,6 +165,17 @@ static __always_inline int ipv4_ct_policy(struct __sk_buff *ctx, const struct ep
 	if (policy_map) {
 		ret = policy_can_access(policy_map, remote_id, egress, l4.proto, l4.policy_port,
 					len, &match);
+		/*
+		 * Nothing for the peer's identity: a NetworkPolicy ipBlock may still
+		 * select its address (pods and nodes included), through mb_ipblock.
+		 */
+		if (ret == DROP_POLICY && (cfg->flags & EP_CFG_F_ADDR_POLICY)) {
+			__u32 block = ipblock_ip4_identity(egress ? daddr : saddr);
+
+			if (block)
+				ret = policy_can_access(policy_map, block, egress, l4.proto,
+							l4.policy_port, len, &match);
+		}
 	} else {
 		ret = DROP_POLICY;  /* no policy map installed: deny everything */
 		match = MATCH_NONE;

@@ -33,6 +33,7 @@
 #define EP_CFG_F_IPV4 1          /* ipv4 is set */
 #define EP_CFG_F_IPV6 2          /* ipv6 is set */
 #define EP_CFG_F_NO_POLICY 4     /* skip conntrack and policy (a feature switch; the agent never sets it) */
+#define EP_CFG_F_ADDR_POLICY 8   /* the policy names address blocks: also look peers up in mb_ipblock */
 
 struct ep_config {
 	__u32 ep_id;          /* endpoint id, 1..4095 (0: slot unused) */
@@ -480,6 +481,22 @@ struct {
 	__uint(max_entries, 1);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } mb_node SEC(".maps");
+
+/*
+ * Address blocks (Kubernetes NetworkPolicy ipBlock): prefix -> an identity
+ * that stands for "this address", whatever identity the address has in the
+ * ipcache (pods and nodes included). LPM with the ipcache's key layout. An
+ * endpoint whose policy names such identities (EP_CFG_F_ADDR_POLICY) looks the
+ * peer's address up here when its identity found no policy entry.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct ipcache_key);
+	__type(value, __u32);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mb_ipblock SEC(".maps");
 
 /* Endpoint configuration by endpoint id (an unused slot has ep_id 0). */
 struct {

@@ -19,4 +19,18 @@ static __always_inline __u32 ipcache_ip4_identity(__be32 addr)
 	return v ? v->sec_id : MB_ID_WORLD;
 }
 
+/* The address-block identity of an IPv4 address (mb_ipblock), 0 if none. */
+static __always_inline __u32 ipblock_ip4_identity(__be32 addr)
+{
+	struct ipcache_key key = {
+		.prefixlen = 32 + 32,
+		.family = MB_FAMILY_IPV4,
+	};
+	__u32 *id;
+
+	*(__be32 *)key.addr = addr;
+	id = bpf_map_lookup_elem(&mb_ipblock, &key);
+	return id ? *id : 0;
+}
+
 #endif

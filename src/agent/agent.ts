@@ -23,6 +23,7 @@ import { EndpointManager } from '../endpoint/manager';
 import { storePodSource } from '../endpoint/podsource';
 import { IdentityAllocator } from '../identity/identity';
 import { IpCache } from '../ipcache/ipcache';
+import { AddressBlocks } from '../ipcache/ipblock';
 import { Ipam } from '../ipam/ipam';
 import { PolicyEngine } from '../policy/engine';
 import { PolicyTracer } from '../policy/trace';
@@ -72,6 +73,8 @@ export class Agent {
       (prefix, id) => (id === undefined ? this.ipcache.delete(prefix, 'cidr') : this.ipcache.upsert(prefix, 'cidr', { identity: id })),
       cfg.policyEnforcement,
     );
+    const blocks = new AddressBlocks(dp.ipblock);
+    this.policy.repo.onAddressBlock = (prefix, id) => blocks.set(prefix, id);
     this.endpoints = new EndpointManager(cfg, log, dp, ipam, this.identities, this.policy, storePodSource(this.store), this.ipcache);
     this.tracer = new PolicyTracer(this.policy, this.identities, this.endpoints);
     this.services = new ServiceSync(new ServiceManager(cfg.serviceCidr, cfg.stateDir, cfg.lbAlgorithm), this.store, dp, log.child({ component: 'services' }));
@@ -129,7 +132,10 @@ export class Agent {
         },
         servicePeersChanged: () => this.policy.repo.refreshServicePeers() > 0,
         refreshIdentities: () => this.endpoints.refreshIdentities(),
-        flushIpcache: () => dp.ipcache.flush(),
+        flushIpcache: () => {
+          dp.ipcache.flush();
+          dp.ipblock.flush();
+        },
         regenerateAll: () => this.endpoints.regenerateAll(),
         syncServices: () => this.syncServices(),
         done: () => this.identities.flush(),

@@ -14,6 +14,7 @@ export const POLICY_F_DENY = 1;
 export const EP_CFG_F_IPV4 = 1;
 export const EP_CFG_F_IPV6 = 2;
 export const EP_CFG_F_NO_POLICY = 4;
+export const EP_CFG_F_ADDR_POLICY = 8;
 
 export const METRIC_DIR_INGRESS = 1;
 export const METRIC_DIR_EGRESS = 2;

@@ -35,7 +35,7 @@ import { IpAddr, formatCidr, formatIp, parseCidr, parseMac } from '../util/ip';
 import type { Logger } from '../util/log';
 import { FdRef, MapTable, Reconciler, Undo, fdRefOpts, u32KeyOpts } from './reconciler';
 import * as gen from './maps.gen';
-import { EP_CFG_F_IPV4, FAMILY_IPV4, FAMILY_IPV6 } from './constants';
+import { EP_CFG_F_ADDR_POLICY, EP_CFG_F_IPV4, FAMILY_IPV4, FAMILY_IPV6 } from './constants';
 import { PolicyKey, PolicyValue, createPolicyMap, policyTable } from './policymap';
 
 export type EndpointKey = gen.EndpointKey;
@@ -46,6 +46,8 @@ export type IpcacheValue = gen.IpcacheValue;
 export interface EndpointDatapathSpec {
   id: number;
   identity: number;
+  /** the endpoint's policy names address blocks */
+  addressRules?: boolean;
   ipv4: IpAddr;
   hostIfname: string;
   podIfname: string;
@@ -70,6 +72,8 @@ export interface EndpointConfig {
   hostMac: Buffer;
   /** pod-side MAC */
   podMac: Buffer;
+  /** the endpoint's policy names address blocks (EP_CFG_F_ADDR_POLICY) */
+  addressRules?: boolean;
 }
 
 const POLICY_GROUP = 'mb_policy (per endpoint)';
@@ -100,7 +104,8 @@ const hexKeyOpts = <K, V>(k: { encode(v: K): Buffer }, v: { encode(v: V): Buffer
 function epConfigValue(c: EndpointConfig): gen.EpConfig {
   const ipv4 = Buffer.alloc(4);
   c.ipv4.bytes.copy(ipv4, 0, 0, 4);
-  return { ep_id: c.id, sec_id: c.identity, ifindex: c.hostIfindex, flags: EP_CFG_F_IPV4, ipv4, ipv6: Buffer.alloc(16), mac: c.podMac, node_mac: c.hostMac };
+  const flags = EP_CFG_F_IPV4 | (c.addressRules ? EP_CFG_F_ADDR_POLICY : 0);
+  return { ep_id: c.id, sec_id: c.identity, ifindex: c.hostIfindex, flags, ipv4, ipv6: Buffer.alloc(16), mac: c.podMac, node_mac: c.hostMac };
 }
 
 const EMPTY_EP_CONFIG = gen.epConfigCodec.decode(Buffer.alloc(gen.epConfigCodec.size));
@@ -112,6 +117,7 @@ export class Datapath {
   /** Desired-state tables: the only writers of the maps the agent owns. */
   readonly endpoints: MapTable<EndpointKey, EndpointInfo>;
   readonly ipcache: MapTable<IpcacheKey, IpcacheValue>;
+  readonly ipblock: MapTable<IpcacheKey, number>;
   readonly epConfig: MapTable<number, gen.EpConfig>;
   readonly lxc: MapTable<number, number>;
   readonly policyMaps: MapTable<number, FdRef>;
@@ -150,7 +156,7 @@ export class Datapath {
     private readonly cfg: AgentConfig,
     private readonly log: Logger,
     maps: Datapath['maps'],
-    raw: { epConfig: BpfMap; lxc: BpfMap; policyMaps: BpfMap; callPolicy: BpfMap; monitor: BpfMap },
+    raw: { epConfig: BpfMap; lxc: BpfMap; policyMaps: BpfMap; callPolicy: BpfMap; monitor: BpfMap; ipblock: BpfMap },
     private readonly programs: SharedPrograms,
   ) {
     this.maps = maps;
@@ -158,6 +164,7 @@ export class Datapath {
     const r = (this.reconciler = new Reconciler(log.child({ component: 'reconciler' })));
     this.endpoints = r.add(new MapTable('mb_endpoints', maps.endpoints, hexKeyOpts(gen.endpointKeyCodec, gen.endpointInfoCodec)));
     this.ipcache = r.add(new MapTable('mb_ipcache', maps.ipcache, hexKeyOpts(gen.ipcacheKeyCodec, gen.ipcacheValueCodec)));
+    this.ipblock = r.add(new MapTable('mb_ipblock', raw.ipblock.withCodecs(gen.ipcacheKeyCodec, u32Codec), { keyId: keyHex(gen.ipcacheKeyCodec), same: (a, b) => a === b }));
     const sameEp = sameEncoded(gen.epConfigCodec);
     this.epConfig = r.add(new MapTable('mb_ep_config', raw.epConfig.withCodecs(u32Codec, gen.epConfigCodec), u32KeyOpts(sameEp, EMPTY_EP_CONFIG)));
     this.lxc = r.add(new MapTable('mb_lxc', raw.lxc.withCodecs(u32Codec, u32Codec), u32KeyOpts((a, b) => a === b)));
@@ -215,6 +222,7 @@ export class Datapath {
       policyMaps: pin('mb_policy_maps'),
       callPolicy: pin('mb_call_policy'),
       monitor: pin('mb_monitor'),
+      ipblock: pin('mb_ipblock'),
     };
     return new Datapath(cfg, log, maps, raw, programs);
   }
@@ -426,7 +434,7 @@ export class Datapath {
     podNl.routeAdd({ dst: 'default', gateway: routerText, dev: pod.index, onlink: true });
 
     this.attachEndpoint(
-      { id: spec.id, identity: spec.identity, ipv4: spec.ipv4, hostIfindex: host.index, hostMac: parseMac(host.mac), podMac: parseMac(pod.mac) },
+      { id: spec.id, identity: spec.identity, ipv4: spec.ipv4, hostIfindex: host.index, hostMac: parseMac(host.mac), podMac: parseMac(pod.mac), addressRules: spec.addressRules },
       undo,
       policy,
     );
@@ -716,7 +724,7 @@ export class Datapath {
     for (const st of [...this.policyTables.values(), ...this.sparePolicy.values()]) st.table.close();
     this.policyTables.clear();
     this.sparePolicy.clear();
-    for (const t of [this.epConfig, this.lxc, this.policyMaps, this.callPolicy, this.monitorConfig]) t.close();
+    for (const t of [this.epConfig, this.lxc, this.policyMaps, this.callPolicy, this.monitorConfig, this.ipblock]) t.close();
     for (const m of Object.values(this.maps)) m.close();
     this.programs.fromContainer.close();
     this.programs.policyIngress.close();

@@ -52,7 +52,7 @@ export interface Endpoint {
   /** Container ports by name (from the Pod object), for named ports in policy. */
   namedPorts: Record<string, NamedPort[]>;
   /** Policy enforcement per direction and the policy revision this endpoint has reached. */
-  policy: { ingress: boolean; egress: boolean; revision: number; entries: number; error?: string };
+  policy: { ingress: boolean; egress: boolean; revision: number; entries: number; error?: string; addressRules?: boolean };
 }
 
 /** Where an endpoint's security labels and named ports come from (Pod and Namespace objects). */
@@ -177,6 +177,7 @@ export class EndpointManager {
       hostIfindex: ep.hostIfindex,
       hostMac: parseMac(ep.hostMac),
       podMac: parseMac(ep.mac),
+      addressRules: ep.policy.addressRules,
     };
   }
 
@@ -252,7 +253,7 @@ export class EndpointManager {
       const computed = this.policy.compute({ identity: ident.id, labels: ident.labels, namedPorts: pod.namedPorts });
       const entries = [...computed.entries.values()].map(policyKV);
       const res = this.dp.createEndpoint(
-        { id, identity: ident.id, ipv4: ip, hostIfname, podIfname: req.ifname, netnsPath: req.netns, mtu },
+        { id, identity: ident.id, ipv4: ip, hostIfname, podIfname: req.ifname, netnsPath: req.netns, mtu, addressRules: computed.addressRules },
         this.ipam.router,
         undo,
         entries,
@@ -276,7 +277,7 @@ export class EndpointManager {
         state: 'ready',
         createdAt: new Date().toISOString(),
         namedPorts: pod.namedPorts,
-        policy: { ingress: computed.ingress.enforced, egress: computed.egress.enforced, revision, entries: entries.length },
+        policy: { ingress: computed.ingress.enforced, egress: computed.egress.enforced, revision, entries: entries.length, addressRules: computed.addressRules },
       };
       this.desire(ep);
       undo.push('remove map entries', () => {
@@ -349,7 +350,11 @@ export class EndpointManager {
     try {
       table.replaceAll(entries);
       table.flush();
-      ep.policy = { ingress: computed.ingress.enforced, egress: computed.egress.enforced, revision, entries: entries.length };
+      // Address-block rules appear before the switch that makes the datapath use them, and go after it.
+      if (!!computed.addressRules !== !!ep.policy.addressRules) {
+        this.dp.setEndpointConfig({ ...this.config(ep), addressRules: computed.addressRules });
+      }
+      ep.policy = { ingress: computed.ingress.enforced, egress: computed.egress.enforced, revision, entries: entries.length, addressRules: computed.addressRules };
       if (ep.state === 'not-ready' && ep.problems?.every((p) => p.startsWith('policy'))) {
         ep.state = 'ready';
         ep.problems = undefined;

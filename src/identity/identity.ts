@@ -83,7 +83,7 @@ export class IdentityAllocator {
       if (!cur.reserved) cur.refs = (cur.refs ?? 0) + 1;
       return cur;
     }
-    const local = canon.length > 0 && canon.every((l) => l.startsWith('cidr:') || l === 'reserved:world');
+    const local = canon.length > 0 && canon.every((l) => l.startsWith('cidr:') || l.startsWith('ipblock:') || l === 'reserved:world');
     const id = local ? this.allocLocal() : this.allocCluster();
     const ident: Identity = { id, labels: canon, local, refs: 1 };
     this.insert(ident);

@@ -85,6 +85,12 @@ export class PolicyEngine {
       mode: this.mode,
       allowLocalhost: this.allowLocalhost,
     });
+    for (const e of computed.entries.values()) {
+      if (this.repo.isAddressBlockIdentity(e.identity)) {
+        computed.addressRules = true;
+        break;
+      }
+    }
     this.memo.set(key, computed);
     return computed;
   }

@@ -112,6 +112,11 @@ export interface ComputedPolicy {
   entries: MapState;
   ingress: DirectionState;
   egress: DirectionState;
+  /**
+   * Some entry names an address-block identity (NetworkPolicy ipBlock): the
+   * datapath must also look the peer's address up in mb_ipblock.
+   */
+  addressRules?: boolean;
 }
 
 function ruleName(r: Rule): string {
@@ -189,7 +194,12 @@ export interface Verdict {
 }
 
 /** The datapath's decision, computed from a map state (LPM per identity, then deny-wins across the two lookups). */
-export function lookupVerdict(state: MapState, remoteIdentity: number, egress: boolean, protocol: number, port: number): Verdict {
+/**
+ * The datapath's decision (bpf/lib/policy.h): the remote identity, then the
+ * wildcard; with no entry hit and an address-block identity for the remote
+ * address (NetworkPolicy ipBlock, mb_ipblock), that identity's entries too.
+ */
+export function lookupVerdict(state: MapState, remoteIdentity: number, egress: boolean, protocol: number, port: number, addressIdentity?: number): Verdict {
   const probe: PolicyEntry = { identity: 0, egress, protocol, port, prefixLen: 64, deny: false, derivedFrom: [] };
   const longest = (identity: number): PolicyEntry | undefined => {
     let best: PolicyEntry | undefined;
@@ -205,5 +215,10 @@ export function lookupVerdict(state: MapState, remoteIdentity: number, egress: b
   if (deny) return { allowed: false, reason: 181, entry: deny };
   const allow = exact ?? wild;
   if (allow) return { allowed: true, reason: 0, entry: allow };
+  if (addressIdentity !== undefined) {
+    const block = longest(addressIdentity);
+    if (block?.deny) return { allowed: false, reason: 181, entry: block };
+    if (block) return { allowed: true, reason: 0, entry: block };
+  }
   return { allowed: false, reason: 133 };
 }

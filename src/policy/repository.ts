@@ -7,7 +7,7 @@
  *    prefix and all its super-prefixes, so "cidr:C" selects every prefix inside
  *    C, and an ipcache entry; `except` prefixes get identities of their own.
  */
-import { formatCidr, maskIp, parseCidr } from '../util/ip';
+import { cidrContains, formatCidr, maskIp, parseCidr, parseIp } from '../util/ip';
 import type { IdentityAllocator } from '../identity/identity';
 import { NAMESPACE_LABEL } from '../identity/labels';
 import { LabelSet, isWildcard, matches } from './selector';
@@ -55,8 +55,19 @@ interface StoredPolicy {
   object: Resource;
   rules: Rule[];
   cidrs: string[];
+  /** address-block prefixes (NetworkPolicy ipBlock) */
+  blocks: string[];
   /** Whether a rule names services (re-resolved when services change). */
   usesServices: boolean;
+}
+
+/**
+ * Labels of an address-block identity (NetworkPolicy ipBlock): "ipblock:P" for
+ * the prefix and each super-prefix. These identities live in mb_ipblock,
+ * looked up by address whatever the address's own identity is.
+ */
+export function ipblockLabels(prefix: string): string[] {
+  return cidrLabels(prefix).map((l) => `ipblock:${l.slice('cidr:'.length)}`);
 }
 
 /** Labels of the CIDR identity for a prefix: the prefix and every super-prefix. */
@@ -68,8 +79,9 @@ export function cidrLabels(prefix: string): string[] {
 }
 
 function cidrSelector(p: CidrPeer): Selector {
-  const reqs: Requirement[] = [{ key: p.cidr, source: 'cidr', operator: 'Exists', values: [] }];
-  for (const e of p.except) reqs.push({ key: e, source: 'cidr', operator: 'DoesNotExist', values: [] });
+  const source = p.byAddress ? 'ipblock' : 'cidr';
+  const reqs: Requirement[] = [{ key: p.cidr, source, operator: 'Exists', values: [] }];
+  for (const e of p.except) reqs.push({ key: e, source, operator: 'DoesNotExist', values: [] });
   return { requirements: reqs };
 }
 
@@ -79,6 +91,11 @@ export class PolicyRepository {
   private readonly peerSel = new WeakMap<PeerRule, PeerSelection>();
   /** prefix -> {identity, refs} */
   private readonly cidrIds = new Map<string, { id: number; refs: number }>();
+  /** Address-block identities (NetworkPolicy ipBlock), by prefix. */
+  private readonly blockIds = new Map<string, { id: number; refs: number }>();
+  private readonly blockIdSet = new Set<number>();
+  /** Called when an address-block identity appears (id) or goes (undefined): the mb_ipblock entries. */
+  onAddressBlock: (prefix: string, identity: number | undefined) => void = () => {};
 
   /** Resolves toServices peers; set by the agent (no services known: nothing). */
   serviceResolver: ServiceResolver = () => ({ selectors: [], cidrs: [] });
@@ -99,6 +116,7 @@ export class PolicyRepository {
     const rules = translatePolicy(o);
     const old = this.policies.get(key);
     const cidrs = new Set<string>();
+    const blocks = new Set<string>();
     let usesServices = false;
     for (const r of rules) {
       this.cache.add(r.subject);
@@ -111,14 +129,16 @@ export class PolicyRepository {
           pr.peers.cidrs.push(...res.cidrs.map((c) => ({ cidr: c, except: [] })));
         }
         for (const c of pr.peers.cidrs) {
-          cidrs.add(c.cidr);
-          c.except.forEach((e) => cidrs.add(e));
+          const set = c.byAddress ? blocks : cidrs;
+          set.add(c.cidr);
+          c.except.forEach((e) => set.add(e));
         }
       }
     }
-    for (const c of cidrs) this.acquireCidr(c);
+    for (const c of cidrs) this.acquirePrefix(this.cidrIds, c, cidrLabels, this.onCidr);
+    for (const c of blocks) this.acquirePrefix(this.blockIds, c, ipblockLabels, this.onAddressBlock, this.blockIdSet);
     for (const r of rules) for (const pr of [...r.ingress, ...r.ingressDeny, ...r.egress, ...r.egressDeny]) this.registerPeers(pr);
-    this.policies.set(key, { key, object: o, rules, cidrs: [...cidrs], usesServices });
+    this.policies.set(key, { key, object: o, rules, cidrs: [...cidrs], blocks: [...blocks], usesServices });
     if (old) this.release(old);
     return ++this.revision;
   }
@@ -139,7 +159,8 @@ export class PolicyRepository {
         for (const s of this.peerSel.get(pr)?.selectors ?? []) this.cache.release(s);
       }
     }
-    for (const c of p.cidrs) this.releaseCidr(c);
+    for (const c of p.cidrs) this.releasePrefix(this.cidrIds, c, this.onCidr);
+    for (const c of p.blocks) this.releasePrefix(this.blockIds, c, this.onAddressBlock, this.blockIdSet);
   }
 
   private registerPeers(pr: PeerRule): void {
@@ -151,30 +172,54 @@ export class PolicyRepository {
     for (const e of pr.peers.entities) if (e !== 'all') sel.selectors.push(...ENTITY_SELECTORS[e]);
     for (const c of pr.peers.cidrs) {
       sel.selectors.push(cidrSelector(c));
-      if (parseCidr(c.cidr).prefixLen === 0) sel.selectors.push(...ENTITY_SELECTORS[parseCidr(c.cidr).addr.family === 4 ? 'world-ipv4' : 'world-ipv6']);
+      if (!c.byAddress && parseCidr(c.cidr).prefixLen === 0) sel.selectors.push(...ENTITY_SELECTORS[parseCidr(c.cidr).addr.family === 4 ? 'world-ipv4' : 'world-ipv6']);
     }
     for (const s of sel.selectors) this.cache.add(s);
     this.peerSel.set(pr, sel);
   }
 
-  private acquireCidr(prefix: string): void {
-    const cur = this.cidrIds.get(prefix);
+  private acquirePrefix(
+    ids: Map<string, { id: number; refs: number }>,
+    prefix: string,
+    labels: (p: string) => string[],
+    notify: (prefix: string, identity: number | undefined) => void,
+    idSet?: Set<number>,
+  ): void {
+    const cur = ids.get(prefix);
     if (cur) {
       cur.refs++;
       return;
     }
-    const ident = this.identities.acquire(cidrLabels(prefix));
-    this.cidrIds.set(prefix, { id: ident.id, refs: 1 });
-    this.onCidr(prefix, ident.id);
+    const ident = this.identities.acquire(labels(prefix));
+    ids.set(prefix, { id: ident.id, refs: 1 });
+    idSet?.add(ident.id);
+    notify(prefix, ident.id);
   }
 
-  private releaseCidr(prefix: string): void {
-    const cur = this.cidrIds.get(prefix);
+  private releasePrefix(ids: Map<string, { id: number; refs: number }>, prefix: string, notify: (prefix: string, identity: number | undefined) => void, idSet?: Set<number>): void {
+    const cur = ids.get(prefix);
     if (!cur) return;
     if (--cur.refs > 0) return;
-    this.cidrIds.delete(prefix);
-    this.onCidr(prefix, undefined);
+    ids.delete(prefix);
+    idSet?.delete(cur.id);
+    notify(prefix, undefined);
     this.identities.release(cur.id);
+  }
+
+  /** Is this an address-block identity (matched by address in mb_ipblock)? */
+  isAddressBlockIdentity(id: number): boolean {
+    return this.blockIdSet.has(id);
+  }
+
+  /** The address-block identity the datapath finds for an address (longest prefix), if any. */
+  addressBlockIdentity(ip: string): number | undefined {
+    let best: { len: number; id: number } | undefined;
+    const a = parseIp(ip);
+    for (const [prefix, v] of this.blockIds) {
+      const c = parseCidr(prefix);
+      if (c.addr.family === a.family && cidrContains(c, a) && (!best || c.prefixLen > best.len)) best = { len: c.prefixLen, id: v.id };
+    }
+    return best?.id;
   }
 
   /** Re-resolve the policies that name services (a Service or EndpointSlice changed). Returns how many. */

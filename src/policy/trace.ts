@@ -10,6 +10,7 @@ import { NamedPort, lookupVerdict } from './mapstate';
 export interface TraceEndpoint {
   id: number;
   identity: number;
+  ipv4?: string;
   labels: string[];
   namespace: string;
   podName?: string;
@@ -76,10 +77,11 @@ export class PolicyTracer {
     let dst: Subject | undefined;
     try {
       dst = this.resolve('dst', q.dst);
-      const side = (who: Subject, remote: number, egress: boolean) => {
+      const side = (who: Subject, remote: Subject, egress: boolean) => {
         if (who.identity < 256 || (who.identity & (1 << 24)) !== 0) return { enforced: false, verdict: 'ALLOWED', reason: 'not a managed endpoint: no policy applies here' };
         const computed = this.policy.compute({ identity: who.identity, labels: who.labels, namedPorts: who.endpoint?.namedPorts ?? {} });
-        const v = lookupVerdict(computed.entries, remote, egress, proto, q.dport);
+        const block = computed.addressRules && remote.endpoint?.ipv4 ? this.policy.repo.addressBlockIdentity(remote.endpoint.ipv4) : undefined;
+        const v = lookupVerdict(computed.entries, remote.identity, egress, proto, q.dport, block);
         return {
           enforced: computed[egress ? 'egress' : 'ingress'].enforced,
           verdict: v.allowed ? 'ALLOWED' : 'DENIED',
@@ -90,8 +92,8 @@ export class PolicyTracer {
             : 'no rule allows it: default deny',
         };
       };
-      const egress = side(src, dst.identity, true);
-      const ingress = side(dst, src.identity, false);
+      const egress = side(src, dst, true);
+      const ingress = side(dst, src, false);
       const allowed = egress.verdict === 'ALLOWED' && ingress.verdict === 'ALLOWED';
       return {
         source: { describe: src.describe, identity: src.identity, labels: src.labels },

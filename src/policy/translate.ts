@@ -412,7 +412,8 @@ function parseK8sPeer(p: Problems, path: string, v: unknown, namespace: string, 
     const b = v.ipBlock;
     if (!isObj(b)) return p.add(`${path}.ipBlock`, `must be an object, got ${show(b)}`);
     const set = parseCidrSet(p, `${path}.ipBlock`, b);
-    if (set) peers.cidrs.push(set);
+    // Kubernetes defines ipBlock on addresses, pod and node addresses included.
+    if (set) peers.cidrs.push({ ...set, byAddress: true });
     return;
   }
   if (v.podSelector === undefined && v.namespaceSelector === undefined) return p.add(path, 'needs podSelector, namespaceSelector or ipBlock');

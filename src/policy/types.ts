@@ -53,6 +53,12 @@ export type Entity =
 export interface CidrPeer {
   cidr: string;
   except: string[];
+  /**
+   * Match by address, whoever holds it (Kubernetes NetworkPolicy ipBlock: pods
+   * and nodes too). Without it the prefix selects CIDR identities only, which
+   * never stand for pods or nodes (CiliumNetworkPolicy toCIDR semantics).
+   */
+  byAddress?: boolean;
 }
 
 /**

@@ -46,7 +46,7 @@ import {
   tcp,
   udp,
 } from '../helpers/packet';
-import { CT_EGRESS, CT_F_RX_CLOSING, CT_F_SEEN_NON_SYN, CT_F_TX_CLOSING, CT_INGRESS, DIR_EGRESS, DIR_INGRESS, DROP_FRAG_NOSUPPORT, DROP_POLICY, DROP_POLICY_DENY, ENDPOINT_F_HOST, EP_CFG_F_IPV4, FORWARDED, HOST_OBJ, ID_HOST, ID_WORLD, LXC_OBJ, POLICY_F_DENY, ROOT, TC_ACT_REDIRECT, TC_ACT_SHOT, DatapathFixture } from '../helpers/datapath';
+import { CT_EGRESS, CT_F_RX_CLOSING, CT_F_SEEN_NON_SYN, CT_F_TX_CLOSING, CT_INGRESS, DIR_EGRESS, DIR_INGRESS, DROP_FRAG_NOSUPPORT, DROP_POLICY, DROP_POLICY_DENY, ENDPOINT_F_HOST, EP_CFG_F_IPV4, FORWARDED, HOST_OBJ, ID_HOST, ID_WORLD, LXC_OBJ, POLICY_F_DENY, ROOT, TC_ACT_REDIRECT, TC_ACT_SHOT, DatapathFixture, DpEndpoint } from '../helpers/datapath';
 
 const fx = new DatapathFixture('pct');
 
@@ -63,7 +63,7 @@ const NODE = {
   router_ipv4: ROUTER, router_ipv6: Buffer.alloc(16), flags: 0,
 };
 
-interface Ep { id: number; secId: number; ifindex: number; ip: Buffer; mac: Buffer; nodeMac: Buffer }
+type Ep = DpEndpoint;
 
 function ep(id: number): Ep {
   const h = id.toString(16).padStart(2, '0');
@@ -399,6 +399,50 @@ describe('ingress policy', () => {
     run('from_host', inb(REMOTE, P, { udp: { sport: port(), dport: 53 } }), { verdict: TC_ACT_REDIRECT, reason: FORWARDED, dir: DIR_INGRESS });
     run('from_host', inb(WORLD, P, { udp: { sport: port(), dport: 53 } }), { verdict: TC_ACT_SHOT, reason: DROP_POLICY, dir: DIR_INGRESS });
     run('from_host', inb(REMOTE, P, { udp: { sport: port(), dport: 54 } }), { verdict: TC_ACT_SHOT, reason: DROP_POLICY, dir: DIR_INGRESS });
+  });
+});
+
+// ============================================================================
+
+describe('address blocks (NetworkPolicy ipBlock, mb_ipblock)', () => {
+  const BLOCK = 0x1000000 + 77; // a local (address-block) identity
+  const EXCEPT = 0x1000000 + 78;
+
+  it('with EP_CFG_F_ADDR_POLICY, a peer whose identity finds nothing is matched by its address', () => {
+    const POD = ip4('10.2.0.9'); // a pod of another node: identity ID_REMOTE in the ipcache, no entry for it
+    put(P, { id: BLOCK, egress: true, proto: IPPROTO_TCP, port: 80 });
+    fx.setIpblock(POD, 32, BLOCK);
+    try {
+      egressDrop(out(P, REMOTE, { tcp: { sport: port(), dport: 80 } }), DROP_POLICY); // no block for REMOTE
+      egressDrop(out(P, POD, { tcp: { sport: port(), dport: 80 } }), DROP_POLICY); // switch off: identity only
+      P.addressRules = true;
+      fx.configure(P);
+      egressPass(out(P, POD, { tcp: { sport: port(), dport: 80 } })); // allowed by its address
+      egressDrop(out(P, POD, { tcp: { sport: port(), dport: 81 } }), DROP_POLICY); // the block's entry is for port 80 only
+    } finally {
+      P.addressRules = false;
+      fx.configure(P);
+      fx.setIpblock(POD, 32, undefined);
+    }
+  });
+
+  it('the longest prefix decides (except), at ingress too; a deny for the identity still wins', () => {
+    put(P, { id: BLOCK, egress: false });
+    fx.setIpblock(ip4('10.2.0.0'), 16, BLOCK);
+    fx.setIpblock(REMOTE, 32, EXCEPT); // except 10.2.0.5/32: an identity no entry names
+    P.addressRules = true;
+    fx.configure(P);
+    try {
+      ingressPass(P, inb(ip4('10.2.9.9'), P, { udp: { sport: port(), dport: 53 } }), ID_REMOTE);
+      ingressDrop(P, inb(REMOTE, P, { udp: { sport: port(), dport: 53 } }), ID_REMOTE, DROP_POLICY);
+      put(P, { id: ID_REMOTE, egress: false, deny: true });
+      ingressDrop(P, inb(ip4('10.2.9.9'), P, { udp: { sport: port(), dport: 53 } }), ID_REMOTE, DROP_POLICY_DENY);
+    } finally {
+      P.addressRules = false;
+      fx.configure(P);
+      fx.setIpblock(ip4('10.2.0.0'), 16, undefined);
+      fx.setIpblock(REMOTE, 32, undefined);
+    }
   });
 });
 

@@ -206,11 +206,12 @@ describe('node state under churn, drift and overlapping claims', () => {
       },
     ]);
     assert.equal(node.tcp(node.nodeNs, b.ip, 80), true, 'host -> b before');
+    // CIDR identities of CiliumNetworkPolicy toCIDR are ipcache claims (NetworkPolicy ipBlocks live in mb_ipblock).
     const cidrs = {
-      apiVersion: 'networking.k8s.io/v1',
-      kind: 'NetworkPolicy',
+      apiVersion: 'cilium.io/v2',
+      kind: 'CiliumNetworkPolicy',
       metadata: { name: 'to-router', namespace: 'other' },
-      spec: { podSelector: {}, policyTypes: ['Egress'], egress: [{ to: [{ ipBlock: { cidr: `${router}/32` } }, { ipBlock: { cidr: `${a.ip}/32` } }] }] },
+      spec: { endpointSelector: {}, egress: [{ toCIDR: [`${router}/32`, `${a.ip}/32`] }] },
     };
     node.apply([{ apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'other' } }, cidrs]);
     const ipcache = () => new Map<string, number>(node.cliJson(['bpf', 'ipcache', 'list']).map((e: any) => [e.prefix, e.identity]));

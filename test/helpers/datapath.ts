@@ -73,6 +73,8 @@ export interface DpEndpoint {
   nodeMac: Buffer;
   /** enforce policy (false: EP_CFG_F_NO_POLICY) */
   policy?: boolean;
+  /** the policy names address blocks (EP_CFG_F_ADDR_POLICY) */
+  addressRules?: boolean;
 }
 
 export class DatapathFixture {
@@ -135,17 +137,30 @@ export class DatapathFixture {
     const map = this.own(createPolicyMap(e.id));
     this.policy[e.id] = map;
     this.pin('mb_policy_maps').withCodecs(u32Codec, fdRefCodec).update(e.id, { fd: map.fd, id: 0 });
-    this.pin('mb_ep_config').withCodecs(u32Codec, gen.epConfigCodec).update(e.id, {
-      ep_id: e.id, sec_id: e.secId, ifindex: e.ifindex,
-      flags: EP_CFG_F_IPV4 | (e.policy === false ? EP_CFG_F_NO_POLICY : 0),
-      ipv4: e.ip, ipv6: Buffer.alloc(16), mac: e.mac, node_mac: e.nodeMac,
-    });
+    this.configure(e);
     this.pin('mb_lxc').withCodecs(u32Codec, u32Codec).update(e.ifindex, e.id);
     this.pin('mb_endpoints').withCodecs(gen.endpointKeyCodec, gen.endpointInfoCodec)
       .update({ addr: e.ip, family: 4 }, { ifindex: e.ifindex, ep_id: e.id, flags: 0, sec_id: e.secId, mac: e.mac, node_mac: e.nodeMac });
     this.pin('mb_ipcache').withCodecs(gen.ipcacheKeyCodec, gen.ipcacheValueCodec)
       .update({ prefixlen: 64, family: 4, addr: e.ip }, { sec_id: e.secId, tunnel_family: 0, flags: 0, tunnel_addr: Buffer.alloc(16) });
     if (o.callPolicy !== false) this.pin('mb_call_policy').withCodecs(u32Codec, fdRefCodec).update(e.id, { fd: this.progs.policy_ingress.fd, id: 0 });
+  }
+
+  /** (Re)write an endpoint's mb_ep_config entry from its fields. */
+  configure(e: DpEndpoint): void {
+    this.pin('mb_ep_config').withCodecs(u32Codec, gen.epConfigCodec).update(e.id, {
+      ep_id: e.id, sec_id: e.secId, ifindex: e.ifindex,
+      flags: EP_CFG_F_IPV4 | (e.policy === false ? EP_CFG_F_NO_POLICY : 0) | (e.addressRules ? C.EP_CFG_F_ADDR_POLICY : 0),
+      ipv4: e.ip, ipv6: Buffer.alloc(16), mac: e.mac, node_mac: e.nodeMac,
+    });
+  }
+
+  /** An address block (mb_ipblock): prefix -> identity; identity undefined removes it. */
+  setIpblock(ip: Buffer, prefixLen: number, identity: number | undefined): void {
+    const m = this.pin('mb_ipblock').withCodecs(gen.ipcacheKeyCodec, u32Codec);
+    const k = { prefixlen: 32 + prefixLen, family: 4, addr: ip } as gen.IpcacheKey;
+    if (identity === undefined) m.delete(k);
+    else m.update(k, identity);
   }
 
   /** A node address (ENDPOINT_F_HOST, identity host). */

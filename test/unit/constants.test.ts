@@ -29,6 +29,7 @@ describe('constants shared with the datapath', () => {
       ['EP_CFG_F_IPV4', C.EP_CFG_F_IPV4],
       ['EP_CFG_F_IPV6', C.EP_CFG_F_IPV6],
       ['EP_CFG_F_NO_POLICY', C.EP_CFG_F_NO_POLICY],
+      ['EP_CFG_F_ADDR_POLICY', C.EP_CFG_F_ADDR_POLICY],
       ['METRIC_DIR_INGRESS', C.METRIC_DIR_INGRESS],
       ['METRIC_DIR_EGRESS', C.METRIC_DIR_EGRESS],
       ['EVENT_DROP', C.EVENT_DROP],

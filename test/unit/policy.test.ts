@@ -168,6 +168,27 @@ describe('policy semantics (map state)', () => {
     assert.equal(w2.verdict(c2, 2, 'egress', TCP, 80).allowed, true);
   });
 
+  it('KNP ipBlock matches by address (pods included): address-block identities, except carved out, the endpoint switched to address lookups', () => {
+    const w = world();
+    const blocks = new Map<string, number>();
+    w.engine.repo.onAddressBlock = (p, id) => (id === undefined ? blocks.delete(p) : blocks.set(p, id));
+    const c = w.pod('x', { kind: 'client' });
+    const server = w.pod('x', { kind: 'server' });
+    w.apply(knp('x', { podSelector: { matchLabels: { kind: 'client' } }, policyTypes: ['Egress'], egress: [{ to: [{ ipBlock: { cidr: '10.200.0.0/24', except: ['10.200.0.7/32'] } }] }] }));
+    assert.deepEqual([...blocks.keys()].sort(), ['10.200.0.0/24', '10.200.0.7/32']);
+    assert.equal(w.cidrs.size, 0, 'no CIDR (ipcache) identities: ipBlocks live in mb_ipblock');
+    const computed = w.engine.compute({ identity: c.id, labels: c.labels, namedPorts: {} });
+    assert.equal(computed.addressRules, true);
+    const inBlock = w.engine.repo.addressBlockIdentity('10.200.0.9')!;
+    const excepted = w.engine.repo.addressBlockIdentity('10.200.0.7')!;
+    assert.equal(inBlock, blocks.get('10.200.0.0/24'));
+    assert.equal(excepted, blocks.get('10.200.0.7/32'), 'longest prefix');
+    assert.equal(lookupVerdict(computed.entries, server.id, true, TCP, 80, inBlock).allowed, true, 'a pod inside the block, by its address');
+    assert.equal(lookupVerdict(computed.entries, server.id, true, TCP, 80, excepted).allowed, false, 'the except');
+    assert.equal(lookupVerdict(computed.entries, server.id, true, TCP, 80).allowed, false, 'not by its identity');
+    assert.equal(w.engine.repo.addressBlockIdentity('10.201.0.1'), undefined);
+  });
+
   it('entities: cluster, host, world, all', () => {
     const w = world();
     const c = w.pod('x', { kind: 'client' });
