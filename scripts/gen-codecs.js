@@ -32,7 +32,7 @@ const path = require('node:path');
 const ROOT = path.resolve(__dirname, '..');
 const STRUCTS = [
   'endpoint_key', 'endpoint_info', 'ipcache_key', 'ipcache_value', 'policy_key', 'policy_value',
-  'ct_key', 'ct_value', 'metrics_key', 'metrics_value', 'node_config', 'event_hdr', 'drop_event', 'ep_config', 'trace_event', 'policy_verdict_event', 'monitor_config', 'lb_service_key', 'lb_service_value', 'lb_backend', 'lb_revnat', 'lb_affinity_key', 'lb_affinity_value', 'lb_sock_revnat_key', 'lb_sock_revnat_value',
+  'ct_key', 'ct_value', 'metrics_value', 'node_config', 'event_hdr', 'drop_event', 'ep_config', 'trace_event', 'policy_verdict_event', 'monitor_config', 'lb_service_key', 'lb_service_value', 'lb_backend', 'lb_revnat', 'lb_affinity_key', 'lb_affinity_value', 'lb_sock_revnat_key', 'lb_sock_revnat_value',
 ];
 
 function usage(msg) {

@@ -274,16 +274,16 @@ struct lb_sock_revnat_value {
 	__u8 pad[3];
 };
 
-/* ---- metrics: (reason, direction) -> packets, bytes; per CPU ---- */
+/*
+ * ---- metrics: (reason, direction) -> packets, bytes; per CPU ----
+ * A per-CPU array indexed by METRIC_INDEX(reason, dir): the lookup is inlined
+ * by the verifier (no hashing on every packet).
+ */
 #define METRIC_DIR_INGRESS 1
 #define METRIC_DIR_EGRESS 2
 #define METRIC_DIR_SERVICE 3
-
-struct metrics_key {
-	__u8 reason;       /* 0 = forwarded, else drop reason */
-	__u8 dir;          /* METRIC_DIR_* */
-	__u16 pad;
-};
+#define METRIC_INDEX(reason, dir) (((__u32)(reason) << 2) | ((__u32)(dir) & 3))
+#define METRIC_ENTRIES 1024   /* 256 reasons x 4 directions */
 
 struct metrics_value {
 	__u64 count;
@@ -467,10 +467,10 @@ struct {
 } mb_ct SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__type(key, struct metrics_key);
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
 	__type(value, struct metrics_value);
-	__uint(max_entries, 1024);
+	__uint(max_entries, METRIC_ENTRIES);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } mb_metrics SEC(".maps");
 

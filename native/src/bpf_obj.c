@@ -430,6 +430,33 @@ static napi_value js_obj_map_names(napi_env env, napi_callback_info info)
 	return arr;
 }
 
+/* objMapDefs(h) -> [{name, type, keySize, valueSize, maxEntries, flags, pinPath}] of an opened object */
+static napi_value js_obj_map_defs(napi_env env, napi_callback_info info)
+{
+	MB_ARGS(1);
+	struct mb_obj *o = obj_arg(env, argv[0]);
+	if (!o)
+		return NULL;
+	napi_value arr;
+	napi_create_array(env, &arr);
+	uint32_t i = 0;
+	struct bpf_map *m;
+	bpf_object__for_each_map(m, o->obj) {
+		napi_value d;
+		napi_create_object(env, &d);
+		mb_set(env, d, "name", mb_str(env, bpf_map__name(m)));
+		mb_set(env, d, "type", mb_u32(env, bpf_map__type(m)));
+		mb_set(env, d, "keySize", mb_u32(env, bpf_map__key_size(m)));
+		mb_set(env, d, "valueSize", mb_u32(env, bpf_map__value_size(m)));
+		mb_set(env, d, "maxEntries", mb_u32(env, bpf_map__max_entries(m)));
+		mb_set(env, d, "flags", mb_u32(env, bpf_map__map_flags(m)));
+		const char *pp = bpf_map__pin_path(m);
+		mb_set(env, d, "pinPath", pp ? mb_str(env, pp) : mb_null(env));
+		napi_set_element(env, arr, i++, d);
+	}
+	return arr;
+}
+
 static napi_value js_obj_close(napi_env env, napi_callback_info info)
 {
 	MB_ARGS(1);
@@ -503,6 +530,7 @@ void mb_init_bpf_obj(napi_env env, napi_value exports)
 	mb_export(env, exports, "objMapFd", js_obj_map_fd);
 	mb_export(env, exports, "objProgNames", js_obj_prog_names);
 	mb_export(env, exports, "objMapNames", js_obj_map_names);
+	mb_export(env, exports, "objMapDefs", js_obj_map_defs);
 	mb_export(env, exports, "objClose", js_obj_close);
 	mb_export(env, exports, "objPin", js_obj_pin);
 	mb_export(env, exports, "objGet", js_obj_get);

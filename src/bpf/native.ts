@@ -134,6 +134,8 @@ export interface MembraneNative {
   objPin(fd: number, path: string): void;
   /** Throws code ENOENT if nothing is pinned there. */
   objGet(path: string): number;
+  /** The maps an opened (not yet loaded) object defines, with the pin path libbpf will use. */
+  objMapDefs(handle: number): { name: string; type: number; keySize: number; valueSize: number; maxEntries: number; flags: number; pinPath: string | null }[];
   /** mount -t bpf bpf <path> */
   mountBpffs(path: string): void;
 

@@ -4,6 +4,7 @@
  * and must close); close() releases the object itself. Pinned maps, pinned or
  * attached links and fds handed out stay alive after close().
  */
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { bpfUsageError, wrap } from './errors';
 import { BpfMap } from './map';
@@ -88,6 +89,42 @@ export class BpfObject {
 
   programNames(): string[] {
     return native().objProgNames(this.h('programNames'));
+  }
+
+  /** Definitions of the object's maps (before load) and where libbpf pins them. */
+  mapDefs() {
+    return native().objMapDefs(this.h('mapDefs'));
+  }
+
+  /**
+   * Remove pins of maps whose layout no longer matches this object's
+   * definition (an upgrade changed a map): libbpf would refuse to reuse them.
+   * Returns the names of the maps whose pins were removed (they are created
+   * anew, empty, at load).
+   */
+  dropIncompatiblePins(): string[] {
+    const dropped: string[] = [];
+    for (const d of this.mapDefs()) {
+      if (!d.pinPath || !fs.existsSync(d.pinPath)) continue;
+      let info;
+      try {
+        const fd = native().objGet(d.pinPath);
+        try {
+          info = native().mapInfo(fd);
+        } finally {
+          native().close(fd);
+        }
+      } catch {
+        continue; // not a map we can inspect: let load report it
+      }
+      // Inner-map templates (maps of maps) are compared by the kernel itself; the rest field by field.
+      const same = info.type === d.type && info.keySize === d.keySize && info.valueSize === d.valueSize && info.maxEntries === d.maxEntries && info.flags === d.flags;
+      if (!same) {
+        fs.unlinkSync(d.pinPath);
+        dropped.push(d.name);
+      }
+    }
+    return dropped;
   }
 
   /** Includes internal maps such as '<obj>.rodata'. */

@@ -19,6 +19,7 @@ export const EP_CFG_F_ADDR_POLICY = 8;
 export const METRIC_DIR_INGRESS = 1;
 export const METRIC_DIR_EGRESS = 2;
 export const METRIC_DIR_SERVICE = 3;
+export const METRIC_ENTRIES = 1024;
 
 export const EVENT_DROP = 1;
 export const EVENT_DEBUG = 2;

@@ -35,6 +35,7 @@ import { IpAddr, formatCidr, formatIp, parseCidr, parseMac } from '../util/ip';
 import type { Logger } from '../util/log';
 import { FdRef, MapTable, Reconciler, Undo, fdRefOpts, u32KeyOpts } from './reconciler';
 import * as gen from './maps.gen';
+import { MetricsKey, metricsKeyCodec } from './metricsmap';
 import { EP_CFG_F_ADDR_POLICY, EP_CFG_F_IPV4, FAMILY_IPV4, FAMILY_IPV6 } from './constants';
 import { PolicyKey, PolicyValue, createPolicyMap, policyTable } from './policymap';
 
@@ -131,7 +132,7 @@ export class Datapath {
   readonly maps: {
     endpoints: BpfMap<EndpointKey, EndpointInfo>;
     ipcache: BpfMap<IpcacheKey, IpcacheValue>;
-    metrics: BpfMap<gen.MetricsKey, gen.MetricsValue>;
+    metrics: BpfMap<MetricsKey, gen.MetricsValue>;
     ct: BpfMap<gen.CtKey, gen.CtValue>;
     node: BpfMap<number, gen.NodeConfig>;
     events: BpfMap;
@@ -206,7 +207,7 @@ export class Datapath {
     const maps = {
       endpoints: pin('mb_endpoints').withCodecs(gen.endpointKeyCodec, gen.endpointInfoCodec),
       ipcache: pin('mb_ipcache').withCodecs(gen.ipcacheKeyCodec, gen.ipcacheValueCodec),
-      metrics: pin('mb_metrics').withCodecs(gen.metricsKeyCodec, gen.metricsValueCodec),
+      metrics: pin('mb_metrics').withCodecs(metricsKeyCodec, gen.metricsValueCodec),
       ct: pin('mb_ct').withCodecs(gen.ctKeyCodec, gen.ctValueCodec),
       node: pin('mb_node').withCodecs(u32Codec, gen.nodeConfigCodec),
       events: pin('mb_events'),
@@ -768,6 +769,10 @@ function loadSharedPrograms(cfg: AgentConfig, log: Logger): SharedPrograms {
     const t0 = Date.now();
     const o = BpfObject.open(obj, { pinRoot: cfg.bpfRoot });
     try {
+      // A map whose layout changed with this object version is recreated (its entries are lost; the
+      // agent's tables fill it again, conntrack starts over).
+      const dropped = o.dropIncompatiblePins();
+      if (dropped.length) log.warn('pinned maps with an older layout were recreated', { maps: dropped });
       o.load();
       progs = names.map((n) => o.program(n));
     } finally {

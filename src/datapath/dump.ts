@@ -53,7 +53,7 @@ export function dumpMap(dp: Datapath, name: string): { name: string; entries: un
     case 'mb_metrics':
       return {
         name,
-        entries: [...m.metrics.entriesPerCpu()].map(([k, vs]) => ({
+        entries: [...m.metrics.entriesPerCpu()].filter(([, vs]) => vs.some((v) => v.count || v.bytes)).map(([k, vs]) => ({
           reason: k.reason,
           description: dropReasonText(k.reason),
           direction: metricDirName(k.dir),

@@ -415,36 +415,6 @@ export const ctValueCodec: Codec<CtValue> = {
   },
 };
 
-/** struct metrics_key (4 bytes) */
-export interface MetricsKey {
-  /** __u8 @0 */
-  reason: number;
-  /** __u8 @1 */
-  dir: number;
-  /** __u16 @2 */
-  pad?: number;
-}
-
-export const metricsKeyCodec: Codec<MetricsKey> = {
-  size: 4,
-  encode(v: MetricsKey, out?: Buffer, offset = 0): Buffer {
-    const b = target(4, out, offset);
-    const o = out ? offset : 0;
-    wint(b, o + 0, v.reason, 1, false, false, "metrics_key.reason");
-    wint(b, o + 1, v.dir, 1, false, false, "metrics_key.dir");
-    if (v.pad !== undefined) wint(b, o + 2, v.pad, 2, false, false, "metrics_key.pad");
-    return b;
-  },
-  decode(b: Buffer, o = 0): MetricsKey {
-    if (o + 4 > b.length) throw new RangeError(`struct metrics_key: need 4 bytes at offset ${o}, buffer has ${b.length}`);
-    return {
-      reason: rint(b, o + 0, 1, false, false),
-      dir: rint(b, o + 1, 1, false, false),
-      pad: rint(b, o + 2, 2, false, false),
-    };
-  },
-};
-
 /** struct metrics_value (16 bytes) */
 export interface MetricsValue {
   /** __u64 @0 */
@@ -1147,7 +1117,6 @@ export const STRUCT_SIZES = {
   policy_value: 24,
   ct_key: 40,
   ct_value: 56,
-  metrics_key: 4,
   metrics_value: 16,
   node_config: 44,
   event_hdr: 8,

@@ -9,9 +9,10 @@ import type { Logger } from '../util/log';
 import type { BpfMap } from '../bpf';
 import { DROP_REASONS, metricDirName } from '../datapath/constants';
 import type * as gen from '../datapath/maps.gen';
+import { MetricsKey, metricsKeyCodec } from '../datapath/metricsmap';
 
 export interface MetricSources {
-  datapath: BpfMap<gen.MetricsKey, gen.MetricsValue>;
+  datapath: BpfMap<MetricsKey, gen.MetricsValue>;
   endpointsByState(): Record<string, number>;
   identities(): { reserved: number; cluster: number; local: number };
   policyRevision(): number;
@@ -44,6 +45,7 @@ export class AgentMetrics {
     const datapath = () => {
       const rows: { reason: number; dir: string; packets: number; bytes: number }[] = [];
       for (const [k, vs] of src.datapath.entriesPerCpu()) {
+        if (!vs.some((v) => v.count || v.bytes)) continue; // an array: untouched slots are zero
         rows.push({
           reason: k.reason,
           dir: metricDirName(k.dir),

@@ -17,6 +17,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { BpfMap, RingBufReader, TestRunResult, u32Codec } from '../../src/bpf';
 import * as gen from '../../src/datapath/maps.gen';
+import { MetricsKey, metricsKeyCodec } from '../../src/datapath/metricsmap';
 import {
   ARPOP_REPLY,
   ETH_HLEN,
@@ -71,7 +72,7 @@ const C = ep(13); // configured, but no program in mb_call_policy
 const D = ep(14, true); // destination with policy enforcement
 
 // ---- state ----
-let metrics: BpfMap<gen.MetricsKey, gen.MetricsValue>;
+let metrics: BpfMap<MetricsKey, gen.MetricsValue>;
 let policyD: BpfMap<gen.PolicyKey, gen.PolicyValue>;
 let reader: RingBufReader | undefined;
 const events: DropEvent[] = [];
@@ -158,7 +159,7 @@ before(() => {
   for (const e of [A, B, C, D]) fx.addEndpoint(e, { callPolicy: e !== C });
   for (const h of [ROUTER, NODE_IP]) fx.addHostAddress(h);
   policyD = fx.policy[D.id];
-  metrics = fx.pin('mb_metrics').withCodecs(gen.metricsKeyCodec, gen.metricsValueCodec);
+  metrics = fx.pin('mb_metrics').withCodecs(metricsKeyCodec, gen.metricsValueCodec);
   fx.pin('mb_node').withCodecs(u32Codec, gen.nodeConfigCodec).update(0, NODE);
   reader = new RingBufReader(fx.pin('mb_events'), (rec) => {
     if (rec.length >= DROP_EVENT_SIZE && rec[0] === 1) events.push(decodeDrop(rec));

@@ -27,6 +27,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { BpfMap, BpfObject, RingBufReader, u16Codec, u32Codec } from '../../src/bpf';
 import * as gen from '../../src/datapath/maps.gen';
+import { MetricsKey, metricsKeyCodec } from '../../src/datapath/metricsmap';
 import {
   ETH_HLEN,
   ETH_P_ARP,
@@ -97,7 +98,7 @@ const BE: Record<number, { addr: Buffer; port: number }> = {
 const BY_ADDR = (a: Buffer) => Number(Object.entries(BE).find(([, b]) => b.addr.equals(a))?.[0] ?? 0);
 
 // ---- state ----
-let metrics: BpfMap<gen.MetricsKey, gen.MetricsValue>;
+let metrics: BpfMap<MetricsKey, gen.MetricsValue>;
 let ct: BpfMap<gen.CtKey, gen.CtValue>;
 let services: BpfMap<gen.LbServiceKey, gen.LbServiceValue>;
 let backends: BpfMap<number, gen.LbBackend>;
@@ -246,7 +247,7 @@ before(() => {
   for (const e of EPS) fx.addEndpoint(e);
   for (const a of [ROUTER, NODE_IP]) fx.addHostAddress(a);
   fx.setIpcache(ip4('10.2.0.0'), 16, ID_REMOTE);
-  metrics = fx.pin('mb_metrics').withCodecs(gen.metricsKeyCodec, gen.metricsValueCodec);
+  metrics = fx.pin('mb_metrics').withCodecs(metricsKeyCodec, gen.metricsValueCodec);
   ct = fx.pin('mb_ct').withCodecs(gen.ctKeyCodec, gen.ctValueCodec);
   services = fx.pin('mb_lb_services').withCodecs(gen.lbServiceKeyCodec, gen.lbServiceValueCodec);
   backends = fx.pin('mb_lb_backends').withCodecs(u32Codec, gen.lbBackendCodec);

@@ -20,6 +20,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { BpfMap, RingBufReader, testRun, u32Codec } from '../../src/bpf';
 import * as gen from '../../src/datapath/maps.gen';
+import { MetricsKey, metricsKeyCodec } from '../../src/datapath/metricsmap';
 import {
   ETH_HLEN,
   ICMP_ECHO,
@@ -74,7 +75,7 @@ const P = ep(21); // both enforce policy in both directions
 const Q = ep(22);
 
 // ---- state ----
-let metrics: BpfMap<gen.MetricsKey, gen.MetricsValue>;
+let metrics: BpfMap<MetricsKey, gen.MetricsValue>;
 let ct: BpfMap<gen.CtKey, gen.CtValue>;
 const policy = fx.policy;
 let reader: RingBufReader | undefined;
@@ -237,7 +238,7 @@ before(() => {
   for (const e of [P, Q]) fx.addEndpoint(e);
   fx.addHostAddress(ROUTER);
   fx.setIpcache(ip4('10.2.0.0'), 16, ID_REMOTE);
-  metrics = fx.pin('mb_metrics').withCodecs(gen.metricsKeyCodec, gen.metricsValueCodec);
+  metrics = fx.pin('mb_metrics').withCodecs(metricsKeyCodec, gen.metricsValueCodec);
   ct = fx.pin('mb_ct').withCodecs(gen.ctKeyCodec, gen.ctValueCodec);
   fx.pin('mb_node').withCodecs(u32Codec, gen.nodeConfigCodec).update(0, NODE);
   reader = new RingBufReader(fx.pin('mb_events'), (rec) => {

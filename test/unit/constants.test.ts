@@ -31,6 +31,7 @@ describe('constants shared with the datapath', () => {
       ['EP_CFG_F_NO_POLICY', C.EP_CFG_F_NO_POLICY],
       ['EP_CFG_F_ADDR_POLICY', C.EP_CFG_F_ADDR_POLICY],
       ['METRIC_DIR_INGRESS', C.METRIC_DIR_INGRESS],
+      ['METRIC_ENTRIES', C.METRIC_ENTRIES],
       ['METRIC_DIR_EGRESS', C.METRIC_DIR_EGRESS],
       ['EVENT_DROP', C.EVENT_DROP],
       ['EVENT_TRACE', C.EVENT_TRACE],
