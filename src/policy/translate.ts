@@ -472,14 +472,15 @@ function parseK8sPolicy(p: Problems, spec: unknown, namespace: string, source: P
   const subject: Selector = {
     requirements: [...(sel?.requirements ?? []).map((r) => ({ ...r, source: 'k8s' })), { key: NAMESPACE_LABEL, source: 'k8s', operator: 'In', values: [namespace] }],
   };
-  let types: string[];
-  if (spec.policyTypes === undefined) types = ['Ingress', ...(spec.egress !== undefined ? ['Egress'] : [])];
-  else {
-    types = arrayAt(p, 'spec.policyTypes', spec.policyTypes).map(String);
-    types.forEach((t, i) => {
-      if (t !== 'Ingress' && t !== 'Egress') p.add(`spec.policyTypes[${i}]`, `${show(t)} is not Ingress or Egress`);
-    });
-  }
+  // Kubernetes' defaulting: policyTypes omitted, null or [] means Ingress, plus
+  // Egress only when the egress list is non-empty (`egress: []` or null isolates nothing).
+  const given = arrayAt(p, 'spec.policyTypes', spec.policyTypes);
+  given.forEach((t, i) => {
+    if (t !== 'Ingress' && t !== 'Egress') p.add(`spec.policyTypes[${i}]`, `${show(t)} is not Ingress or Egress`);
+    else if (given.indexOf(t) !== i) p.add(`spec.policyTypes[${i}]`, `${show(t)} is listed twice`);
+  });
+  const egressGiven = Array.isArray(spec.egress) && spec.egress.length > 0;
+  const types: string[] = given.length ? (given as string[]) : ['Ingress', ...(egressGiven ? ['Egress'] : [])];
   const rules = (k: 'ingress' | 'egress') =>
     arrayAt(p, `spec.${k}`, spec[k]).flatMap((r, i) => {
       const pr = parseK8sRule(p, `spec.${k}[${i}]`, r, k, namespace);

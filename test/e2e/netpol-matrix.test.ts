@@ -132,6 +132,25 @@ describe('Kubernetes NetworkPolicy matrix (x, y, z; a, b, c; TCP/UDP 80, 81)', (
     });
   });
 
+  it('policyTypes defaulting: omitted, null or [] = Ingress, plus Egress only for a non-empty egress list', () => {
+    // egress: [] and egress: null with policyTypes omitted isolate ingress only: y reaches out, nothing reaches y.
+    for (const egress of [[], null]) {
+      withPolicies([np('y', 'types-default', { podSelector: {}, egress })], () => matrix(80, 'tcp', (_f, t) => t.ns !== 'y'));
+    }
+    // policyTypes: [] and null default like an omitted field: ingress is isolated (only y/a gets in).
+    for (const policyTypes of [[], null]) {
+      withPolicies([np('y', 'types-empty', { podSelector: {}, policyTypes, ingress: [{ from: [{ podSelector: { matchLabels: { pod: 'a' } } }] }] })], () =>
+        matrix(80, 'tcp', (f, t) => t.ns !== 'y' || (f.ns === 'y' && f.pod === 'a')),
+      );
+    }
+    // A non-empty egress list adds Egress: y may only reach x (and nothing reaches y).
+    for (const policyTypes of [undefined, []]) {
+      withPolicies([np('y', 'types-egress', { podSelector: {}, ...(policyTypes === undefined ? {} : { policyTypes }), egress: [{ to: [{ namespaceSelector: { matchLabels: { ns: 'x' } } }] }] })], () =>
+        matrix(80, 'tcp', (f, t) => t.ns !== 'y' && (f.ns !== 'y' || t.ns === 'x')),
+      );
+    }
+  });
+
   it('updates, pod relabelling, namespace relabelling and deletion take effect', () => {
     const isXA = (t: Peer) => t.ns === 'x' && t.pod === 'a';
     const pol = np('x', 'from-team-blue', { podSelector: { matchLabels: { pod: 'a' } }, ingress: [{ from: [{ namespaceSelector: {}, podSelector: { matchLabels: { team: 'blue' } } }] }] });

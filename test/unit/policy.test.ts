@@ -106,6 +106,24 @@ describe('policy semantics (map state)', () => {
     assert.equal(w.verdict(b, a.id, 'egress', TCP, 81).reason, 133);
   });
 
+  it('KNP policyTypes default as in Kubernetes: Egress only for a non-empty egress list; [] and null like omitted', () => {
+    const enforced = (spec: any) => {
+      const [r] = translatePolicy({ ...knp('x', spec), metadata: { name: 'n', namespace: 'x' } } as any);
+      return `${r.defaultDeny.ingress ? 'I' : ''}${r.defaultDeny.egress ? 'E' : ''}`;
+    };
+    const to = [{ to: [{ podSelector: {} }] }];
+    assert.equal(enforced({ podSelector: {} }), 'I');
+    assert.equal(enforced({ podSelector: {}, egress: [] }), 'I');
+    assert.equal(enforced({ podSelector: {}, egress: null }), 'I');
+    assert.equal(enforced({ podSelector: {}, egress: to }), 'IE');
+    assert.equal(enforced({ podSelector: {}, policyTypes: [] }), 'I');
+    assert.equal(enforced({ podSelector: {}, policyTypes: null }), 'I');
+    assert.equal(enforced({ podSelector: {}, policyTypes: [], egress: to }), 'IE');
+    assert.equal(enforced({ podSelector: {}, policyTypes: ['Egress'] }), 'E');
+    assert.equal(enforced({ podSelector: {}, policyTypes: ['Egress'], egress: [] }), 'E');
+    assert.throws(() => enforced({ podSelector: {}, policyTypes: ['Ingress', 'Ingress'] }), /policyTypes\[1\]: "Ingress" is listed twice/);
+  });
+
   it('KNP namespaceSelector, podSelector and both together', () => {
     const w = world();
     const target = w.pod('x', { app: 't' });
