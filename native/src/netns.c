@@ -15,7 +15,9 @@
 #include <limits.h>
 #include <sched.h>
 #include <stdio.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <linux/nsfs.h>
 #include <unistd.h>
 
 #define MB_SELF_NETNS "/proc/thread-self/ns/net"
@@ -45,7 +47,8 @@ static napi_value js_ns_open(napi_env env, napi_callback_info info)
 	char path[PATH_MAX];
 	if (!mb_arg_str(env, argv[0], "path", path, sizeof(path)))
 		return NULL;
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	/* O_NONBLOCK: a FIFO given as a netns path must not block the agent. */
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
 	if (fd < 0) {
 		mb_throw_errno(env, errno, "open", "netns %s", path);
 		return NULL;
@@ -115,10 +118,27 @@ static napi_value js_ns_identity(napi_env env, napi_callback_info info)
 	return o;
 }
 
+/* ioctl(NS_GET_NSTYPE): the CLONE_NEW* type of a namespace fd; ENOTTY when
+ * the fd is not a namespace at all (a regular file, a directory, ...). */
+static napi_value js_ns_type(napi_env env, napi_callback_info info)
+{
+	MB_ARGS(1);
+	int32_t fd;
+	if (!mb_arg_i32(env, argv[0], "fd", &fd))
+		return NULL;
+	int t = ioctl(fd, NS_GET_NSTYPE);
+	if (t < 0) {
+		mb_throw_errno(env, errno, "ioctl", "NS_GET_NSTYPE fd %d", fd);
+		return NULL;
+	}
+	return mb_i32(env, t);
+}
+
 void mb_init_netns(napi_env env, napi_value exports)
 {
 	mb_export(env, exports, "nsOpen", js_ns_open);
 	mb_export(env, exports, "nsCurrent", js_ns_current);
 	mb_export(env, exports, "nsRun", js_ns_run);
 	mb_export(env, exports, "nsIdentity", js_ns_identity);
+	mb_export(env, exports, "nsType", js_ns_type);
 }

@@ -5,8 +5,19 @@
 import * as http from 'node:http';
 
 export class ApiError extends Error {
-  constructor(message: string, readonly status: number, readonly kind?: string, readonly body?: unknown) {
+  constructor(message: string, readonly status: number, readonly kind?: string, readonly body?: unknown, readonly field?: string) {
     super(message);
+  }
+}
+
+/**
+ * The agent accepted the request but the connection ended before it answered
+ * (it was stopped, restarted or died mid-request): whether the request took
+ * effect is unknown, and it can be retried.
+ */
+export class AgentConnectionLost extends Error {
+  constructor(readonly socket: string, readonly cause: Error) {
+    super(`the membrane agent at ${socket} closed the connection before answering (${cause.message}); try again`);
   }
 }
 
@@ -43,7 +54,7 @@ export class AgentClient {
             }
             if ((res.statusCode ?? 500) >= 400) {
               const msg = parsed && typeof parsed === 'object' && parsed.error ? parsed.error : `HTTP ${res.statusCode}`;
-              reject(new ApiError(msg, res.statusCode ?? 500, parsed?.kind, parsed));
+              reject(new ApiError(msg, res.statusCode ?? 500, parsed?.kind, parsed, typeof parsed?.field === 'string' ? parsed.field : undefined));
             } else resolve(parsed as T);
           });
         },
@@ -51,6 +62,7 @@ export class AgentClient {
       req.on('timeout', () => req.destroy(new Error(`timed out after ${this.timeoutMs} ms`)));
       req.on('error', (e: NodeJS.ErrnoException) => {
         if (e.code === 'ENOENT' || e.code === 'ECONNREFUSED' || e.code === 'EACCES') reject(new AgentUnreachable(this.socket, e));
+        else if (e.code === 'ECONNRESET' || e.code === 'EPIPE') reject(new AgentConnectionLost(this.socket, e));
         else reject(e);
       });
       if (payload) req.write(payload);

@@ -6,7 +6,8 @@
  * (veths, addresses, routes, programs, maps) so that creation is synchronous,
  * rolled back on failure, and the plugin itself stays small and fast to start.
  */
-import { AgentClient, AgentUnreachable, ApiError } from '../agent/client';
+import { AgentClient, AgentConnectionLost, AgentUnreachable, ApiError } from '../agent/client';
+import { ifnameProblem } from '../netlink/ifname';
 
 export const SUPPORTED_VERSIONS = ['0.1.0', '0.2.0', '0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0'];
 export const DEFAULT_SOCKET = '/var/run/membrane/membrane.sock';
@@ -91,8 +92,6 @@ export function parseConf(stdin: string, command: string): NetConf {
   return c;
 }
 
-const IFNAME_RE = /^[^/\s:]{1,15}$/;
-
 function requireEnv(env: Invocation['env'], names: string[]): Record<string, string> {
   const out: Record<string, string> = {};
   for (const n of names) {
@@ -100,9 +99,8 @@ function requireEnv(env: Invocation['env'], names: string[]): Record<string, str
     if (v === undefined || v === '') throw new CniError(Code.InvalidEnv, `environment variable ${n} is required for ${env.CNI_COMMAND}`);
     out[n] = v;
   }
-  if (out.CNI_IFNAME !== undefined && !IFNAME_RE.test(out.CNI_IFNAME)) {
-    throw new CniError(Code.InvalidEnv, `environment variable CNI_IFNAME: "${out.CNI_IFNAME}" is not a valid interface name (1-15 characters, no '/', ':' or spaces)`);
-  }
+  const badIfname = out.CNI_IFNAME !== undefined ? ifnameProblem(out.CNI_IFNAME) : undefined;
+  if (badIfname) throw new CniError(Code.InvalidEnv, `environment variable CNI_IFNAME: ${badIfname}`);
   if (out.CNI_NETNS !== undefined && !out.CNI_NETNS.startsWith('/')) {
     throw new CniError(Code.InvalidEnv, `environment variable CNI_NETNS: "${out.CNI_NETNS}" must be an absolute path`);
   }
@@ -162,18 +160,25 @@ export function convertResult(res: any, version: string): any {
   };
 }
 
+/** Which CNI variable or configuration setting an API field came from. */
+const ENV_OF_FIELD: Record<string, string> = { containerId: 'CNI_CONTAINERID', ifname: 'CNI_IFNAME', netns: 'CNI_NETNS', args: 'CNI_ARGS' };
+
 function mapApiError(e: unknown, command: string): CniError {
   if (e instanceof CniError) return e;
   if (e instanceof AgentUnreachable) {
     return new CniError(command === 'STATUS' ? Code.NotAvailable : Code.TryAgainLater, e.message, 'is membrane-agent running and is "socket" in the network configuration right?');
+  }
+  if (e instanceof AgentConnectionLost) {
+    // The agent went away mid-request (restart, crash): the runtime should try again.
+    return new CniError(command === 'STATUS' ? Code.NotAvailable : Code.TryAgainLater, e.message, 'the agent restarts on its own or under its supervisor; the request can be retried');
   }
   if (e instanceof ApiError) {
     const msg = `membrane agent: ${e.message}`;
     if (e.kind === 'conflict') return new CniError(Code.EndpointConflict, msg);
     if (e.kind === 'exhausted') return new CniError(Code.AddressExhausted, msg);
     if (e.kind === 'invalid') {
-      const m = /^netns: (.*)$/.exec(e.message);
-      if (m) return new CniError(Code.InvalidEnv, `environment variable CNI_NETNS: ${m[1]}`);
+      const env = e.field ? ENV_OF_FIELD[e.field] : undefined;
+      if (env) return new CniError(Code.InvalidEnv, `environment variable ${env}: ${e.message.replace(new RegExp(`^(body\\.)?${e.field}: `), '')}`);
       return new CniError(Code.InvalidConfig, msg);
     }
     return new CniError(Code.AgentFailure, msg);

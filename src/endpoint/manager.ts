@@ -13,6 +13,7 @@ import type { AgentConfig } from '../agent/config';
 import { hostVethName } from '../agent/config';
 import { Datapath, EndpointConfig, EndpointConflict, endpointKey } from '../datapath/datapath';
 import { Undo } from '../datapath/reconciler';
+import { Netns, NetnsError } from '../netlink';
 import { IdentityAllocator, ReservedIdentity } from '../identity/identity';
 import { Ipam, IpamError } from '../ipam/ipam';
 import { formatIp, parseIp, parseMac, IpAddr } from '../util/ip';
@@ -69,7 +70,8 @@ export interface CreateRequest {
 }
 
 export class EndpointError extends Error {
-  constructor(message: string, readonly kind: 'conflict' | 'invalid' | 'not-found' | 'internal' | 'exhausted') {
+  /** `field`: the request field at fault (netns, ifname, ...), for callers that map it to their own names. */
+  constructor(message: string, readonly kind: 'conflict' | 'invalid' | 'not-found' | 'internal' | 'exhausted', readonly field?: string) {
     super(message);
   }
 }
@@ -166,6 +168,24 @@ export class EndpointManager {
     this.identities.pruneUnreferenced();
     this.dp.prewarmPolicySlots(this.nextFreeIds(PREWARM_SLOTS));
     this.log.info('restored endpoints', { count: this.byId.size });
+    this.reclaimInterrupted();
+  }
+
+  /**
+   * An ADD the agent died in left an address allocated (IPAM is written first)
+   * and no endpoint record (written last): release such addresses, and the
+   * veth that ADD may have created. Addresses of restored endpoints stay.
+   */
+  private reclaimInterrupted(): void {
+    const live = new Set([...this.byId.values()].map((ep) => attachmentKey(ep.containerId, ep.ifname)));
+    for (const a of this.ipam.list()) {
+      if (a.owner === 'router' || live.has(a.owner)) continue;
+      this.ipam.release(a.ip);
+      const slash = a.owner.lastIndexOf('/');
+      const veth = slash > 0 ? hostVethName(this.cfg, a.owner.slice(0, slash), a.owner.slice(slash + 1)) : undefined;
+      const errors = veth && this.dp.linkByName(veth) ? this.dp.deleteEndpoint(0, veth).filter((x) => !x.includes('mb_call_policy')) : [];
+      this.log.warn('reclaimed the address of an interrupted ADD (no endpoint was created)', { owner: a.owner, ipv4: a.ip, veth, errors: errors.length ? errors : undefined });
+    }
   }
 
   /** What the shared programs need to know about the endpoint. */
@@ -229,7 +249,12 @@ export class EndpointManager {
     if (this.findByAttachment(req.containerId, req.ifname) || this.inFlight.has(owner)) {
       throw new EndpointError(`an endpoint for container ${req.containerId} interface ${req.ifname} already exists`, 'conflict');
     }
-    if (!fs.existsSync(req.netns)) throw new EndpointError(`netns: "${req.netns}" does not exist`, 'invalid');
+    try {
+      Netns.open(req.netns).close();
+    } catch (e) {
+      if (e instanceof NetnsError) throw new EndpointError(`netns: ${e.message}`, 'invalid', 'netns');
+      throw e;
+    }
     const args = req.args ?? {};
     const namespace = args.K8S_POD_NAMESPACE || 'default';
     const pod = this.pods.podInfo(namespace, args.K8S_POD_NAME || undefined);

@@ -1,7 +1,7 @@
 export * from './constants';
 export * from './errors';
 export * from './message';
-export { Netns } from './netns';
+export { Netns, NetnsError } from './netns';
 export * from './rtnetlink';
 export { setSysctl, getSysctl, sysctlPath } from './sysctl';
 export * from './tc';

@@ -7,7 +7,7 @@
 import * as path from 'node:path';
 
 export interface NetlinkNative {
-  /** open(path, O_RDONLY|O_CLOEXEC); the error names the path. */
+  /** open(path, O_RDONLY|O_CLOEXEC|O_NONBLOCK|O_NOCTTY); the error names the path. */
   nsOpen(path: string): number;
   /** fd of the calling thread's current netns (/proc/thread-self/ns/net). */
   nsCurrent(): number;
@@ -18,6 +18,8 @@ export interface NetlinkNative {
    * (async fs, dns.lookup, ...) does not.
    */
   nsRun<T>(fd: number, fn: () => T): T;
+  /** ioctl(NS_GET_NSTYPE): CLONE_NEW* of a namespace fd; throws (ENOTTY) for anything else. */
+  nsType(fd: number): number;
   /** fstat() of a namespace fd: equal {dev, ino} means the same namespace. */
   nsIdentity(fd: number): { dev: number; ino: number };
   /** AF_NETLINK raw socket created inside netnsFd (-1 = current), bound, EXT_ACK + CAP_ACK on. */

@@ -4,8 +4,11 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { TestNode } from '../helpers/node';
-import { inNs, ping, tryRun } from '../helpers/sys';
+import { spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { CNI_BIN, TestNode } from '../helpers/node';
+import { inNs, ping, sleep, tryRun } from '../helpers/sys';
 
 describe('CNI spec behaviour', () => {
   const node = new TestNode('cni');
@@ -61,6 +64,82 @@ describe('CNI spec behaviour', () => {
     assert.match(r.json.msg, /FROB/);
     assert.deepEqual(lxcLinks(), []);
     assert.deepEqual(allocations(), []);
+  });
+
+  it('a CNI_NETNS that is not a network namespace is code 4 naming CNI_NETNS; CNI_IFNAME "." and ".." are refused', () => {
+    const { nsPath } = node.podNs('notns');
+    const file = path.join(node.dir, 'not-a-netns');
+    fs.writeFileSync(file, 'x');
+    const fifo = path.join(node.dir, 'a-fifo');
+    assert.equal(tryRun('mkfifo', [fifo]).code, 0);
+    const cases: [string, RegExp][] = [
+      [file, /regular file/],
+      [node.dir, /directory/],
+      [fifo, /FIFO/],
+      ['/proc/self/ns/mnt', /mount namespace/],
+      ['/proc/self/ns/uts', /UTS namespace/],
+    ];
+    for (const [netns, what] of cases) {
+      const r = node.cni({ command: 'ADD', containerId: 'c-notns', netns, ifname: 'eth0' });
+      assert.equal(r.code, 1, r.stdout);
+      assert.equal(r.json.code, 4, `${netns}: ${r.stdout}`);
+      assert.match(r.json.msg, /CNI_NETNS/);
+      assert.match(r.json.msg, what);
+      assert.ok(r.json.msg.includes(netns), r.json.msg);
+    }
+    for (const ifname of ['.', '..', 'a b', 'tab\there', 'x:y', 'sixteen-bytes-xx', 'ééééééééé']) {
+      const r = node.cni({ command: 'ADD', containerId: 'c-notns', netns: nsPath, ifname });
+      assert.equal(r.json?.code, 4, `${JSON.stringify(ifname)}: ${r.stdout}`);
+      assert.match(r.json.msg, /CNI_IFNAME/);
+    }
+    // Nothing was left by the refused calls: a valid ADD into the same pod works.
+    const direct = node.cni({ command: 'ADD', containerId: 'c-notns', netns: nsPath, ifname: 'eth0' });
+    assert.equal(direct.code, 0, direct.stdout);
+    assert.equal(node.cni({ command: 'DEL', containerId: 'c-notns', ifname: 'eth0' }).code, 0);
+    assert.deepEqual(lxcLinks(), []);
+    assert.deepEqual(allocations(), []);
+  });
+
+  it('an agent that dies mid-ADD answers 11 (try again); its address is reclaimed at start, other endpoints keep theirs', async () => {
+    const keep = node.addPod('survivor');
+    const { nsPath } = node.podNs('midadd');
+    const agentPid = node.agent!.pid!;
+    // Hold the agent inside this ADD: its first setns (entering the pod's namespace, after the
+    // address is allocated and persisted) is delayed by strace while the agent is killed.
+    const strace = spawn('strace', ['-qq', '-p', String(agentPid), '-e', 'trace=setns', '-e', 'inject=setns:delay_enter=60000000'], { stdio: ['ignore', 'ignore', 'pipe'] });
+    try {
+      await sleep(500); // strace attached
+      const add = spawn('nsenter', [`--net=/run/netns/${node.nodeNs}`, '--', CNI_BIN], {
+        env: { PATH: process.env.PATH, CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'c-midadd', CNI_NETNS: nsPath, CNI_IFNAME: 'eth0', CNI_PATH: path.dirname(CNI_BIN) },
+        stdio: ['pipe', 'pipe', 'pipe'],
+      });
+      let out = '';
+      add.stdout.on('data', (d) => (out += d));
+      const exited = new Promise<number>((r) => add.on('exit', (c) => r(c ?? -1)));
+      add.stdin.end(JSON.stringify(node.conf));
+      const ipamFile = path.join(node.stateDir, 'ipam.json');
+      const deadline = Date.now() + 20_000;
+      while (Date.now() < deadline && !fs.readFileSync(ipamFile, 'utf8').includes('c-midadd/eth0')) await sleep(50);
+      assert.ok(fs.readFileSync(ipamFile, 'utf8').includes('c-midadd/eth0'), 'the ADD allocated its address');
+      await node.stopAgent('SIGKILL');
+      const code = await Promise.race([exited, sleep(20_000).then(() => -2)]);
+      assert.equal(code, 1, out);
+      const res = JSON.parse(out);
+      assert.equal(res.code, 11, out);
+      assert.match(res.msg, /try again/);
+    } finally {
+      strace.kill('SIGKILL');
+    }
+    await node.startAgent();
+    const owners = allocations().map((a: any) => a.owner);
+    assert.ok(!owners.includes('c-midadd/eth0'), `interrupted ADD's address reclaimed: ${owners}`);
+    assert.deepEqual(allocations().map((a: any) => a.ip), [keep.ip], 'the existing endpoint keeps its address');
+    assert.ok(ping(keep.ns, '10.200.0.1'), 'and its connectivity');
+    // The runtime retries: the ADD now succeeds.
+    const again = node.cni({ command: 'ADD', containerId: 'c-midadd', netns: nsPath, ifname: 'eth0' });
+    assert.equal(again.code, 0, again.stdout);
+    assert.equal(node.cni({ command: 'DEL', containerId: 'c-midadd', ifname: 'eth0' }).code, 0);
+    assert.equal(node.cni({ command: 'DEL', containerId: keep.containerId, ifname: 'eth0' }).code, 0);
   });
 
   it('an interface already present in the pod is an error, and nothing is left behind', () => {
