@@ -36,7 +36,7 @@ import { AgentMetrics, serveMetricsTcp } from '../monitor/metrics';
 import { nodeEnricher } from '../monitor/enricher';
 import { ServiceManager } from '../service/manager';
 import { ServiceSync } from '../service/sync';
-import { mkdirp } from '../util/fsutil';
+import { ensurePrivateDir, mkdirp } from '../util/fsutil';
 import type { Logger } from '../util/log';
 
 const VERSION = '0.1.0';
@@ -177,7 +177,7 @@ export class Agent {
 
   /** Validate every object, then store them all (nothing is applied if any is invalid); answers once the kernel reflects it. */
   async apply(objects: unknown[]) {
-    const valid = validateResources(objects);
+    const valid = validateResources(objects, { serviceCidr: this.cfg.serviceCidr });
     const results = this.store.apply(valid);
     await this.changes.flush();
     return { results, policyRevision: this.policy.revision };
@@ -190,7 +190,8 @@ export class Agent {
   }
 
   static async start(cfg: AgentConfig, log: Logger): Promise<Agent> {
-    mkdirp(cfg.stateDir);
+    const wider = ensurePrivateDir(cfg.stateDir);
+    if (wider !== undefined) log.warn('state directory was accessible to others: mode tightened to 0700', { stateDir: cfg.stateDir, was: wider.toString(8) });
     mkdirp(path.dirname(cfg.socket));
     await assertSocketFree(cfg.socket);
     const dp = Datapath.open(cfg, log);

@@ -1,7 +1,9 @@
 /**
  * The agent's REST API (basePath /v1) on a Unix socket, owner-only (0600).
- * Every request body is validated against a JSON schema; a bad body gets a 400
- * naming the field. Paths and shapes follow the reference system's API.
+ * Every route declares JSON schemas for its body, query string and path
+ * parameters, checked by Fastify's own validator (Ajv) with nothing coerced
+ * and nothing dropped: an unknown field or a wrong type is a 400 naming the
+ * field path and the value. Paths and shapes follow the reference system's API.
  */
 import * as fs from 'node:fs';
 import Fastify, { FastifyError, FastifyInstance } from 'fastify';
@@ -10,8 +12,13 @@ import { MAP_NAMES, dumpMap, dumpPolicyMap, flushConntrack } from '../datapath/d
 import { PolicyTraceError } from '../policy/trace';
 import { EndpointError } from '../endpoint/manager';
 import { ResourceValidationError, kindInfo, KINDS } from '../store/kinds';
-import { FilterError, parseFlowQuery } from '../monitor/filter';
+import { FILTER_FIELDS, FilterError, parseFlowQuery } from '../monitor/filter';
 import { OBSERVATION_SHORT } from '../monitor/events';
+import { ifnameProblem } from '../netlink/ifname';
+import { MAX_DEPTH, showValue, tooDeep } from '../util/depth';
+
+/** Linux interface names (dev_valid_name): not "." or "..", no '/', ':' or whitespace; bytes are checked by ifnameProblem. */
+const IFNAME_PATTERN = '^(?!\\.\\.?$)[^/:\\s]+$';
 
 const attachment = {
   type: 'object',
@@ -19,7 +26,7 @@ const attachment = {
   additionalProperties: false,
   properties: {
     containerId: { type: 'string', minLength: 1, maxLength: 256 },
-    ifname: { type: 'string', minLength: 1, maxLength: 15, pattern: '^[^/\\s:]+$' },
+    ifname: { type: 'string', minLength: 1, maxLength: 15, pattern: IFNAME_PATTERN },
   },
 } as const;
 
@@ -29,7 +36,7 @@ const createBody = {
   additionalProperties: false,
   properties: {
     containerId: { type: 'string', minLength: 1, maxLength: 256 },
-    ifname: { type: 'string', minLength: 1, maxLength: 15, pattern: '^[^/\\s:]+$' },
+    ifname: { type: 'string', minLength: 1, maxLength: 15, pattern: IFNAME_PATTERN },
     netns: { type: 'string', minLength: 1, maxLength: 4096, pattern: '^/' },
     args: { type: 'object', additionalProperties: { type: 'string' } },
     mtu: { type: 'integer', minimum: 576, maximum: 65535 },
@@ -41,9 +48,9 @@ const checkBody = {
   required: ['containerId', 'ifname'],
   additionalProperties: false,
   properties: {
-    containerId: { type: 'string', minLength: 1 },
-    ifname: { type: 'string', minLength: 1 },
-    netns: { type: 'string' },
+    containerId: { type: 'string', minLength: 1, maxLength: 256 },
+    ifname: { type: 'string', minLength: 1, maxLength: 15, pattern: IFNAME_PATTERN },
+    netns: { type: 'string', maxLength: 4096 },
   },
 } as const;
 
@@ -53,6 +60,57 @@ const gcBody = {
   additionalProperties: false,
   properties: { validAttachments: { type: 'array', items: attachment } },
 } as const;
+
+/** No query parameters at all. */
+const noQuery = { type: 'object', additionalProperties: false, properties: {} } as const;
+const idParams = { type: 'object', required: ['id'], additionalProperties: false, properties: { id: { type: 'string', pattern: '^[0-9]{1,10}$' } } } as const;
+/** A query parameter given once or repeated (?type=a&type=b). */
+const oneOrMany = { anyOf: [{ type: 'string', maxLength: 4096 }, { type: 'array', maxItems: 64, items: { type: 'string', maxLength: 4096 } }] } as const;
+const flowsQuery = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    ...Object.fromEntries(FILTER_FIELDS.flatMap((f) => [[f, oneOrMany], [`not.${f}`, oneOrMany]])),
+    last: { type: 'string', pattern: '^[0-9]{1,9}$' },
+    follow: { type: 'string', enum: ['0', '1', 'true', 'false'] },
+    since: { type: 'string', maxLength: 64 },
+    until: { type: 'string', maxLength: 64 },
+  },
+};
+
+/** JSON-pointer segments of an Ajv instancePath. */
+function pointerSegments(instancePath: string): string[] {
+  return instancePath
+    .split('/')
+    .slice(1)
+    .map((s) => s.replace(/~1/g, '/').replace(/~0/g, '~'));
+}
+
+function fieldPath(where: string, segs: string[]): string {
+  return where + segs.map((s) => (/^[0-9]+$/.test(s) ? `[${s}]` : `.${s}`)).join('');
+}
+
+/**
+ * Ajv errors -> "body.mtu: must be integer, got \"1400\"", "body.extra: unknown
+ * field (allowed: ...)"; `field` is the top-level property concerned (the CNI
+ * plugin maps it to the variable or setting it came from).
+ */
+export function describeValidation(where: string, errors: { keyword: string; instancePath: string; message?: string; params: Record<string, unknown>; data?: unknown; parentSchema?: any }[]) {
+  const details = errors.map((v) => {
+    const segs = pointerSegments(v.instancePath);
+    if (v.keyword === 'additionalProperties') {
+      segs.push(String(v.params.additionalProperty));
+      const allowed = Object.keys(v.parentSchema?.properties ?? {});
+      return { segs, text: `${fieldPath(where, segs)}: unknown field${allowed.length ? ` (allowed: ${allowed.join(', ')})` : ''}` };
+    }
+    if (v.keyword === 'required') {
+      segs.push(String(v.params.missingProperty));
+      return { segs, text: `${fieldPath(where, segs)}: is required` };
+    }
+    return { segs, text: `${fieldPath(where, segs)}: ${v.message ?? 'is invalid'}, got ${showValue(v.data)}` };
+  });
+  return { details: details.map((d) => d.text), field: details[0]?.segs[0] };
+}
 
 const STATUS_OF: Record<EndpointError['kind'], number> = {
   conflict: 409,
@@ -78,24 +136,30 @@ function serviceView(f: import('../service/manager').Frontend) {
 }
 
 export function buildApi(agent: Agent): FastifyInstance {
-  const app = Fastify({ logger: false, bodyLimit: 8 * 1024 * 1024 });
+  const app = Fastify({
+    logger: false,
+    bodyLimit: 8 * 1024 * 1024,
+    // Nothing coerced ("1400" is not a number), nothing dropped (an unknown field is an error).
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: false, useDefaults: false, allErrors: false, verbose: true } },
+  });
+
+  // A body nested deeper than any resource needs is refused before anything walks it.
+  app.addHook('preValidation', async (req, reply) => {
+    const at = req.body !== undefined ? tooDeep(req.body, MAX_DEPTH, 'body') : undefined;
+    if (at) return reply.status(400).send({ error: `${at}: nested more than ${MAX_DEPTH} levels deep`, kind: 'invalid', field: 'body' });
+  });
 
   app.setErrorHandler((err: FastifyError, req, reply) => {
     if (err instanceof ResourceValidationError) {
-      return reply.status(400).send({ error: err.message, kind: 'invalid', details: err.problems });
+      return reply.status(400).send({ error: err.message, kind: 'invalid', details: err.problems, total: err.total });
     }
     if (err instanceof EndpointError) {
-      return reply.status(STATUS_OF[err.kind]).send({ error: err.message, kind: err.kind });
+      return reply.status(STATUS_OF[err.kind]).send({ error: err.message, kind: err.kind, field: err.field });
     }
     if (err.validation) {
-      const where = err.validationContext ?? 'body';
-      const details = err.validation.map((v) => {
-        const field = (v.instancePath || '').replace(/^\//, '').replace(/\//g, '.');
-        const extra = (v.params as Record<string, unknown>)?.missingProperty ?? (v.params as Record<string, unknown>)?.additionalProperty;
-        const name = [field, extra].filter(Boolean).join('.');
-        return `${where}${name ? '.' + name : ''}: ${v.message}`;
-      });
-      return reply.status(400).send({ error: `invalid request: ${details.join('; ')}`, kind: 'invalid', details });
+      const ctx = err.validationContext ?? 'body';
+      const { details, field } = describeValidation(ctx === 'querystring' ? 'query' : ctx, err.validation as any);
+      return reply.status(400).send({ error: `invalid request: ${details.join('; ')}`, kind: 'invalid', details, field });
     }
     const status = err.statusCode && err.statusCode >= 400 ? err.statusCode : 500;
     if (status >= 500) agent.log.error('API request failed', { method: req.method, url: req.url, error: err });
@@ -106,53 +170,55 @@ export function buildApi(agent: Agent): FastifyInstance {
     agent.recordApiLatency(req.method, req.routeOptions.url ?? req.url, reply.statusCode, reply.elapsedTime);
   });
 
-  app.get('/v1/healthz', async () => ({ status: 'ok' }));
-  app.get('/v1/status', async () => agent.status());
+  app.get('/v1/healthz', { schema: { querystring: noQuery } }, async () => ({ status: 'ok' }));
+  app.get('/v1/status', { schema: { querystring: noQuery } }, async () => agent.status());
 
-  app.get('/v1/endpoint', async () => agent.endpoints.list());
-  app.get<{ Params: { id: string } }>('/v1/endpoint/:id', async (req, reply) => {
+  app.get('/v1/endpoint', { schema: { querystring: noQuery } }, async () => agent.endpoints.list());
+  app.get<{ Params: { id: string } }>('/v1/endpoint/:id', { schema: { params: idParams, querystring: noQuery } }, async (req, reply) => {
     const ep = agent.endpoints.get(Number(req.params.id));
     if (!ep) return reply.status(404).send({ error: `endpoint ${req.params.id} not found`, kind: 'not-found' });
     return ep;
   });
-  app.put('/v1/endpoint', { schema: { body: createBody } }, async (req, reply) => {
+  app.put('/v1/endpoint', { schema: { body: createBody, querystring: noQuery } }, async (req, reply) => {
+    const bad = ifnameProblem((req.body as { ifname: string }).ifname);
+    if (bad) throw new EndpointError(`ifname: ${bad}`, 'invalid', 'ifname');
     const t0 = process.hrtime.bigint();
     const ep = await agent.endpoints.create(req.body as any);
     const durationMs = Number(process.hrtime.bigint() - t0) / 1e6;
     return reply.status(201).send({ endpoint: ep, router: agent.routerAddress(), durationMs });
   });
-  app.delete('/v1/endpoint', { schema: { body: attachment } }, async (req) => {
+  app.delete('/v1/endpoint', { schema: { body: attachment, querystring: noQuery } }, async (req) => {
     const b = req.body as { containerId: string; ifname: string };
     return agent.endpoints.delete(b.containerId, b.ifname);
   });
-  app.post('/v1/endpoint/check', { schema: { body: checkBody } }, async (req) => {
+  app.post('/v1/endpoint/check', { schema: { body: checkBody, querystring: noQuery } }, async (req) => {
     const b = req.body as { containerId: string; ifname: string; netns?: string };
     const problems = agent.endpoints.check(b.containerId, b.ifname, b.netns);
     return { ok: problems.length === 0, problems };
   });
-  app.post('/v1/gc', { schema: { body: gcBody } }, async (req) => {
+  app.post('/v1/gc', { schema: { body: gcBody, querystring: noQuery } }, async (req) => {
     return agent.endpoints.gc((req.body as { validAttachments: { containerId: string; ifname: string }[] }).validAttachments);
   });
 
-  app.get('/v1/identity', async () => agent.endpoints.identities.list());
-  app.get<{ Params: { id: string } }>('/v1/identity/:id', async (req, reply) => {
+  app.get('/v1/identity', { schema: { querystring: noQuery } }, async () => agent.endpoints.identities.list());
+  app.get<{ Params: { id: string } }>('/v1/identity/:id', { schema: { params: idParams, querystring: noQuery } }, async (req, reply) => {
     const ident = agent.endpoints.identities.get(Number(req.params.id));
     if (!ident) return reply.status(404).send({ error: `identity ${req.params.id} not found`, kind: 'not-found' });
     return ident;
   });
-  app.get('/v1/ipam', async () => ({ cidr: agent.cfg.podCidr, router: agent.routerAddress(), allocations: agent.endpoints.ipam.list() }));
+  app.get('/v1/ipam', { schema: { querystring: noQuery } }, async () => ({ cidr: agent.cfg.podCidr, router: agent.routerAddress(), allocations: agent.endpoints.ipam.list() }));
 
-  app.get('/v1/service', async () => agent.services.frontends.map(serviceView));
-  app.get<{ Params: { id: string } }>('/v1/service/:id', async (req, reply) => {
+  app.get('/v1/service', { schema: { querystring: noQuery } }, async () => agent.services.frontends.map(serviceView));
+  app.get<{ Params: { id: string } }>('/v1/service/:id', { schema: { params: idParams, querystring: noQuery } }, async (req, reply) => {
     const f = agent.services.frontends.find((x) => String(x.revNat) === req.params.id);
     if (!f) return reply.status(404).send({ error: `service frontend ${req.params.id} not found`, kind: 'not-found' });
     return serviceView(f);
   });
 
-  app.delete<{ Querystring: { services?: string } }>('/v1/map/mb_ct', async (req) => ({ deleted: flushConntrack(agent.dp, req.query.services === '1') }));
+  app.delete<{ Querystring: { services?: string } }>('/v1/map/mb_ct', { schema: { querystring: { type: 'object', additionalProperties: false, properties: { services: { type: 'string', enum: ['0', '1'] } } } } }, async (req) => ({ deleted: flushConntrack(agent.dp, req.query.services === '1') }));
 
-  app.get('/v1/map', async () => MAP_NAMES);
-  app.get<{ Params: { name: string } }>('/v1/map/:name', async (req, reply) => {
+  app.get('/v1/map', { schema: { querystring: noQuery } }, async () => MAP_NAMES);
+  app.get<{ Params: { name: string } }>('/v1/map/:name', { schema: { params: { type: 'object', required: ['name'], additionalProperties: false, properties: { name: { type: 'string', pattern: '^[a-z0-9_]{1,64}$' } } }, querystring: noQuery } }, async (req, reply) => {
     const dump = dumpMap(agent.dp, req.params.name);
     if (!dump) return reply.status(404).send({ error: `map ${req.params.name} not found (known: ${MAP_NAMES.join(', ')})`, kind: 'not-found' });
     return dump;
@@ -200,13 +266,13 @@ export function buildApi(agent: Agent): FastifyInstance {
     });
 
   // Observability: Prometheus metrics, flows, the raw event stream.
-  app.get('/v1/metrics', async (req, reply) => {
+  app.get('/v1/metrics', { schema: { querystring: noQuery } }, async (req, reply) => {
     reply.header('content-type', agent.metrics.contentType);
     return agent.metrics.text();
   });
 
   /** NDJSON: stored flows matching the filters, then (follow=1) every new one until the client goes away. */
-  app.get('/v1/flows', async (req, reply) => {
+  app.get('/v1/flows', { schema: { querystring: flowsQuery } }, async (req, reply) => {
     let q;
     try {
       q = parseFlowQuery(new URLSearchParams(req.url.split('?')[1] ?? ''));
@@ -229,7 +295,7 @@ export function buildApi(agent: Agent): FastifyInstance {
   });
 
   /** NDJSON stream of decoded events ({event, flow}) for `membrane monitor`. */
-  app.get<{ Querystring: { type?: string | string[]; related_to?: string } }>('/v1/monitor', async (req, reply) => {
+  app.get<{ Querystring: { type?: string | string[]; related_to?: string } }>('/v1/monitor', { schema: { querystring: { type: 'object', additionalProperties: false, properties: { type: oneOrMany, related_to: { type: 'string', pattern: '^[0-9]{1,10}$' } } } } }, async (req, reply) => {
     const types = ([] as string[]).concat(req.query.type ?? []).flatMap((t) => t.split(','));
     for (const t of types) {
       if (!['drop', 'trace', 'policy-verdict'].includes(t)) return reply.status(400).send({ error: `type: "${t}" is not drop, trace or policy-verdict`, kind: 'invalid' });
@@ -250,9 +316,9 @@ export function buildApi(agent: Agent): FastifyInstance {
   });
 
   // Resources in Kubernetes shapes: apply (all or nothing), get, delete.
-  app.post('/v1/apply', { schema: { body: objectsBody } }, async (req) => agent.apply((req.body as { objects: unknown[] }).objects));
-  app.post('/v1/delete', { schema: { body: refsBody } }, async (req) => agent.deleteResources(normaliseRefs((req.body as any).refs)));
-  app.get<{ Params: { kind: string }; Querystring: { namespace?: string; name?: string } }>('/v1/resources/:kind', async (req, reply) => {
+  app.post('/v1/apply', { schema: { body: objectsBody, querystring: noQuery } }, async (req) => agent.apply((req.body as { objects: unknown[] }).objects));
+  app.post('/v1/delete', { schema: { body: refsBody, querystring: noQuery } }, async (req) => agent.deleteResources(normaliseRefs((req.body as any).refs)));
+  app.get<{ Params: { kind: string }; Querystring: { namespace?: string; name?: string } }>('/v1/resources/:kind', { schema: { params: { type: 'object', required: ['kind'], additionalProperties: false, properties: { kind: { type: 'string', pattern: '^[A-Za-z]{1,64}$' } } }, querystring: { type: 'object', additionalProperties: false, properties: { namespace: { type: 'string', maxLength: 253 }, name: { type: 'string', maxLength: 253 } } } } }, async (req, reply) => {
     const info = kindInfo(req.params.kind);
     if (!info) return reply.status(404).send({ error: `unknown kind "${req.params.kind}" (${KINDS.map((k) => k.kind).join(', ')})`, kind: 'not-found' });
     const ns = info.namespaced ? req.query.namespace : undefined;
@@ -265,8 +331,8 @@ export function buildApi(agent: Agent): FastifyInstance {
   });
 
   // Policy.
-  app.get('/v1/policy', async () => ({ revision: agent.policy.revision, policies: agent.policy.repo.objects() }));
-  app.put('/v1/policy', { schema: { body: objectsBody } }, async (req) => {
+  app.get('/v1/policy', { schema: { querystring: noQuery } }, async () => ({ revision: agent.policy.revision, policies: agent.policy.repo.objects() }));
+  app.put('/v1/policy', { schema: { body: objectsBody, querystring: noQuery } }, async (req) => {
     const objects = (req.body as { objects: any[] }).objects;
     objects.forEach((o, i) => {
       if (!['NetworkPolicy', 'CiliumNetworkPolicy', 'CiliumClusterwideNetworkPolicy'].includes(o?.kind)) {
@@ -275,14 +341,14 @@ export function buildApi(agent: Agent): FastifyInstance {
     });
     return agent.apply(objects);
   });
-  app.delete('/v1/policy', { schema: { body: { type: 'object', additionalProperties: false, properties: { all: { type: 'boolean' }, refs: refsBody.properties.refs } } } }, async (req) => {
+  app.delete('/v1/policy', { schema: { body: { type: 'object', additionalProperties: false, properties: { all: { type: 'boolean' }, refs: refsBody.properties.refs } }, querystring: noQuery } }, async (req) => {
     const b = req.body as { all?: boolean; refs?: { kind: string; namespace?: string; name: string }[] };
     const refs = b.all
       ? agent.policy.repo.objects().map((o) => ({ kind: o.kind, namespace: o.metadata.namespace, name: o.metadata.name }))
       : normaliseRefs(b.refs ?? []);
     return agent.deleteResources(refs);
   });
-  app.get<{ Params: { revision: string }; Querystring: { timeout?: string } }>('/v1/policy/wait/:revision', async (req, reply) => {
+  app.get<{ Params: { revision: string }; Querystring: { timeout?: string } }>('/v1/policy/wait/:revision', { schema: { params: { type: 'object', required: ['revision'], additionalProperties: false, properties: { revision: { type: 'string', pattern: '^[0-9]{1,15}$' } } }, querystring: { type: 'object', additionalProperties: false, properties: { timeout: { type: 'string', pattern: '^[0-9]{1,6}(\\.[0-9]{1,3})?$' } } } } }, async (req, reply) => {
     const rev = Number(req.params.revision);
     const timeoutS = Number(req.query.timeout ?? 30);
     if (!Number.isInteger(rev) || rev < 0) return reply.status(400).send({ error: `revision: "${req.params.revision}" is not a revision number`, kind: 'invalid' });
@@ -290,7 +356,7 @@ export function buildApi(agent: Agent): FastifyInstance {
     if (!ok) return reply.status(504).send({ error: `timed out after ${timeoutS}s waiting for every endpoint to reach policy revision ${rev}`, kind: 'timeout' });
     return { revision: rev, reached: true };
   });
-  app.post('/v1/policy/trace', { schema: { body: traceBody } }, async (req, reply) => {
+  app.post('/v1/policy/trace', { schema: { body: traceBody, querystring: noQuery } }, async (req, reply) => {
     const b = req.body as { src: string; dst: string; dport: number; protocol?: string };
     try {
       return agent.tracer.trace({ ...b, protocol: b.protocol ?? 'TCP' });
@@ -299,8 +365,8 @@ export function buildApi(agent: Agent): FastifyInstance {
       throw e;
     }
   });
-  app.get('/v1/policy/selectors', async () => agent.policy.cache.list());
-  app.get<{ Params: { id: string } }>('/v1/endpoint/:id/policy', async (req, reply) => {
+  app.get('/v1/policy/selectors', { schema: { querystring: noQuery } }, async () => agent.policy.cache.list());
+  app.get<{ Params: { id: string } }>('/v1/endpoint/:id/policy', { schema: { params: idParams, querystring: noQuery } }, async (req, reply) => {
     const ep = agent.endpoints.get(Number(req.params.id));
     const entries = ep && dumpPolicyMap(agent.dp, ep.id, agent.identities);
     if (!ep || !entries) return reply.status(404).send({ error: `endpoint ${req.params.id} not found`, kind: 'not-found' });

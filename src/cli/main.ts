@@ -9,6 +9,8 @@ import YAML from 'yaml';
 import { AgentClient, AgentUnreachable, ApiError } from '../agent/client';
 import { table } from './table';
 import { flowCompact, flowRow, monitorLine } from './flowfmt';
+import { isBareRule, isRuleList, rulesToPolicy, RuleImportError } from '../policy/import';
+import { MAX_DEPTH, tooDeep } from '../util/depth';
 
 const DEFAULT_SOCKET = '/var/run/membrane/membrane.sock';
 
@@ -21,7 +23,10 @@ Commands:
   delete -f FILE|DIR|-       delete the resources a file describes
   delete KIND NAME [-n NS]   delete one resource
   policy get                 the policies in force and the policy revision
-  policy import -f FILE      apply policy objects only
+  policy import -f FILE [--name NAME]
+                             apply policy objects only; a file holding a JSON list of plain rules
+                             (the reference system's format) becomes one CiliumClusterwideNetworkPolicy
+                             named after the rules' name label, else the file (or --name)
   policy delete NAME [-n NS] [--kind K] | --all
   policy wait REVISION       wait until every endpoint enforces REVISION (--timeout S)
   policy trace --src S --dst D --dport N[/PROTO]
@@ -77,7 +82,7 @@ export function parseCli(argv: string[], env: NodeJS.ProcessEnv): Opts | 'help' 
   const flags: Record<string, string | true> = {};
   const flagList: [string, string | true][] = [];
   let outputGiven = false;
-  const valued: Record<string, string> = { '-n': 'namespace', '--namespace': 'namespace', '-f': 'filename', '--filename': 'filename', '--src': 'src', '--dst': 'dst', '--dport': 'dport', '--timeout': 'timeout', '--kind': 'kind', '-t': 'type', '--type': 'type', '--related-to': 'related-to', '--last': 'last', '--since': 'since', '--until': 'until', '--port': 'port', '--ui-port': 'port' };
+  const valued: Record<string, string> = { '-n': 'namespace', '--namespace': 'namespace', '-f': 'filename', '--filename': 'filename', '--src': 'src', '--dst': 'dst', '--dport': 'dport', '--timeout': 'timeout', '--kind': 'kind', '--name': 'name', '-t': 'type', '--type': 'type', '--related-to': 'related-to', '--last': 'last', '--since': 'since', '--until': 'until', '--port': 'port', '--ui-port': 'port' };
   for (const f of ['pod', 'label', 'ip', 'identity', 'port']) {
     for (const side of ['', 'from-', 'to-']) valued[`--${side}${f}`] = `${side}${f}`;
   }
@@ -125,8 +130,8 @@ function needId(rest: string[], what: string): number {
   return id;
 }
 
-/** Read resources from a file, a directory (*.yaml, *.yml, *.json) or stdin ("-"). */
-export function readResources(target: string): unknown[] {
+/** The documents of a file, a directory (*.yaml, *.yml, *.json) or stdin ("-"), by source. */
+export function readDocuments(target: string): { name: string; docs: unknown[] }[] {
   const sources: { name: string; text: string }[] = [];
   if (target === '-') sources.push({ name: 'stdin', text: fs.readFileSync(0, 'utf8') });
   else {
@@ -142,17 +147,74 @@ export function readResources(target: string): unknown[] {
       }
     } else sources.push({ name: target, text: fs.readFileSync(target, 'utf8') });
   }
-  const out: unknown[] = [];
-  for (const src of sources) {
-    for (const doc of YAML.parseAllDocuments(src.text)) {
+  return sources.map((src) => {
+    const docs: unknown[] = [];
+    let parsed;
+    try {
+      parsed = YAML.parseAllDocuments(src.text);
+    } catch (e) {
+      // The parser recurses per nesting level: a document nested thousands deep overflows the stack.
+      if (e instanceof RangeError) throw new UsageError(`${src.name}: a document is nested too deeply (more than ${MAX_DEPTH} levels)`);
+      throw e;
+    }
+    for (const [i, doc] of (Array.isArray(parsed) ? parsed : [parsed]).entries()) {
       if (doc.errors.length) {
         const e = doc.errors[0];
+        // The parser reports the stack it ran out of (a document nested thousands deep) as RESOURCE_EXHAUSTION.
+        if (e.code === 'RESOURCE_EXHAUSTION') throw new UsageError(`${src.name}: document ${i + 1} is nested too deeply (more than ${MAX_DEPTH} levels) or too large (line ${e.linePos?.[0].line ?? '?'})`);
         throw new UsageError(`${src.name}: ${e.message.split('\n')[0]}`);
       }
-      const v = doc.toJS();
+      let v;
+      try {
+        v = doc.toJS({ maxAliasCount: 100 });
+      } catch (e) {
+        if (e instanceof RangeError) throw new UsageError(`${src.name}: document ${i + 1} is nested too deeply (more than ${MAX_DEPTH} levels)`);
+        throw e;
+      }
       if (v === null || v === undefined) continue;
+      const deep = tooDeep(v, MAX_DEPTH);
+      if (deep) throw new UsageError(`${src.name}: document ${i + 1}: ${deep}: nested more than ${MAX_DEPTH} levels deep`);
+      docs.push(v);
+    }
+    return { name: src.name, docs };
+  });
+}
+
+/** Kubernetes-shaped objects (a `kind: List` is unpacked); a list of plain policy rules is pointed to `policy import`. */
+export function readResources(target: string): unknown[] {
+  const out: unknown[] = [];
+  for (const src of readDocuments(target)) {
+    src.docs.forEach((v: any, i) => {
+      if (isRuleList(v) || isBareRule(v)) {
+        throw new UsageError(
+          `${src.name}: document ${i + 1} is a list of plain policy rules (the reference system's \`policy import\` format), not Kubernetes objects; import it with \`membrane policy import -f ${src.name === 'stdin' ? '- --name NAME' : src.name}\``,
+        );
+      }
       if (typeof v === 'object' && !Array.isArray(v) && v.kind === 'List' && Array.isArray(v.items)) out.push(...v.items);
       else out.push(v);
+    });
+  }
+  return out;
+}
+
+/** Policy objects for `policy import`: objects as they are, each file's plain rules as one CiliumClusterwideNetworkPolicy. */
+export function readPolicyImport(target: string, name?: string): unknown[] {
+  const out: unknown[] = [];
+  for (const src of readDocuments(target)) {
+    const rules: unknown[] = [];
+    for (const v of src.docs as any[]) {
+      if (isRuleList(v)) rules.push(...v);
+      else if (isBareRule(v)) rules.push(v);
+      else if (typeof v === 'object' && !Array.isArray(v) && v?.kind === 'List' && Array.isArray(v.items)) out.push(...v.items);
+      else out.push(v);
+    }
+    if (rules.length) {
+      try {
+        out.push(rulesToPolicy(rules, { name, fileName: src.name === 'stdin' ? undefined : src.name }));
+      } catch (e) {
+        if (e instanceof RuleImportError) throw new UsageError(`policy import: ${src.name}: ${e.message}`);
+        throw e;
+      }
     }
   }
   return out;
@@ -310,7 +372,8 @@ const commands: Record<string, Handler> = {
   },
   async 'policy import'(c, o) {
     if (typeof o.flags.filename !== 'string') throw new UsageError('policy import: -f FILE|DIR|- is required');
-    const r: any = await c.request('PUT', '/v1/policy', { objects: readResources(o.flags.filename) });
+    const name = typeof o.flags.name === 'string' ? o.flags.name : undefined;
+    const r: any = await c.request('PUT', '/v1/policy', { objects: readPolicyImport(o.flags.filename, name) });
     if (o.output === 'json') return json(r);
     return appliedLines(r.results) + `Revision: ${r.policyRevision}\n`;
   },

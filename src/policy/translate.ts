@@ -16,6 +16,7 @@
  * unless the whole object is valid.
  */
 import { parseCidr, cidrContains } from '../util/ip';
+import { labelValueProblems, qualifiedNameProblems } from '../util/k8snames';
 import { NAMESPACE_LABEL, NAMESPACE_LABELS_PREFIX } from '../identity/labels';
 import { CidrPeer, Entity, ENTITIES, IcmpSpec, PeerRule, Peers, PolicySource, PortSpec, Protocol, Requirement, Rule, Selector, ServicePeer } from './types';
 
@@ -66,6 +67,22 @@ export function splitKey(raw: string): { source?: string; key: string } {
 
 const OPERATORS = ['In', 'NotIn', 'Exists', 'DoesNotExist'];
 
+/**
+ * A selector's label key, validated as Kubernetes validates label keys once the
+ * reference system's source prefix ("k8s:", "any:", ...) is taken off. Keys of
+ * the reserved and cidr sources name identities, not labels, and are not checked.
+ */
+function checkLabelKey(p: Problems, path: string, raw: string, source: string | undefined, key: string): boolean {
+  if (!key) {
+    p.add(path, `empty label key ${show(raw)}`);
+    return false;
+  }
+  if (source === 'reserved' || source === 'cidr') return true;
+  const bad = qualifiedNameProblems(key);
+  if (bad.length) p.add(path, `key ${show(raw)} is not a valid label key: ${bad.join('; ')}`);
+  return bad.length === 0;
+}
+
 export function parseSelector(p: Problems, path: string, v: unknown, keyPrefix = ''): Selector | undefined {
   if (!isObj(v)) {
     p.add(path, `must be a label selector object, got ${show(v)}`);
@@ -77,13 +94,14 @@ export function parseSelector(p: Problems, path: string, v: unknown, keyPrefix =
     if (!isObj(v.matchLabels)) p.add(`${path}.matchLabels`, `must be a map of label key to value, got ${show(v.matchLabels)}`);
     else
       for (const [k, val] of Object.entries(v.matchLabels)) {
-        if (typeof val !== 'string' && typeof val !== 'number' && typeof val !== 'boolean') {
-          p.add(`${path}.matchLabels.${k}`, `value must be a string, got ${show(val)}`);
+        const { source, key } = splitKey(k);
+        if (!checkLabelKey(p, `${path}.matchLabels`, k, source, key)) continue;
+        const bad = labelValueProblems(val);
+        if (bad.length) {
+          p.add(`${path}.matchLabels.${k}`, `value ${show(val)} is not a valid label value: ${bad.join('; ')}`);
           continue;
         }
-        const { source, key } = splitKey(k);
-        if (!key) p.add(`${path}.matchLabels`, `empty label key ${show(k)}`);
-        requirements.push({ key: keyPrefix + key, source, operator: 'In', values: [String(val)] });
+        requirements.push({ key: keyPrefix + key, source, operator: 'In', values: [val as string] });
       }
   }
   arrayAt(p, `${path}.matchExpressions`, v.matchExpressions).forEach((e, i) => {
@@ -94,7 +112,13 @@ export function parseSelector(p: Problems, path: string, v: unknown, keyPrefix =
     if (typeof e.operator !== 'string' || !OPERATORS.includes(e.operator)) {
       return p.add(`${ep}.operator`, `${show(e.operator)} is not one of ${OPERATORS.join(', ')}`);
     }
-    const values = arrayAt(p, `${ep}.values`, e.values).map(String);
+    const split = splitKey(e.key);
+    if (!checkLabelKey(p, `${ep}.key`, e.key, split.source, split.key)) return;
+    const values = arrayAt(p, `${ep}.values`, e.values).flatMap((x, j) => {
+      const bad = labelValueProblems(x);
+      if (bad.length) p.add(`${ep}.values[${j}]`, `${show(x)} is not a valid label value: ${bad.join('; ')}`);
+      return bad.length ? [] : [x as string];
+    });
     if ((e.operator === 'In' || e.operator === 'NotIn') && values.length === 0) p.add(`${ep}.values`, `must not be empty for operator ${e.operator}`);
     if ((e.operator === 'Exists' || e.operator === 'DoesNotExist') && values.length > 0) p.add(`${ep}.values`, `must be empty for operator ${e.operator}`);
     const { source, key } = splitKey(e.key);
@@ -216,9 +240,22 @@ function parseIcmps(p: Problems, path: string, v: unknown): IcmpSpec[] {
   return out;
 }
 
-function parseCidrText(p: Problems, path: string, v: unknown): string | undefined {
+/**
+ * A CIDR as written in a policy: a string without whitespace; `requirePrefix`
+ * (Kubernetes ipBlock) demands address/prefix-length, otherwise a bare address
+ * means a host prefix (the reference system's toCIDR). Host bits are cleared.
+ */
+function parseCidrText(p: Problems, path: string, v: unknown, requirePrefix = false): string | undefined {
   if (typeof v !== 'string') {
     p.add(path, `must be a CIDR string, got ${show(v)}`);
+    return undefined;
+  }
+  if (/\s/.test(v)) {
+    p.add(path, `${show(v)} is not a valid CIDR: it contains whitespace`);
+    return undefined;
+  }
+  if (requirePrefix && !v.includes('/')) {
+    p.add(path, `${show(v)} is not a valid CIDR (expected address/prefix-length, e.g. "10.0.0.0/8")`);
     return undefined;
   }
   try {
@@ -230,20 +267,30 @@ function parseCidrText(p: Problems, path: string, v: unknown): string | undefine
   }
 }
 
-function parseCidrSet(p: Problems, path: string, v: unknown): CidrPeer | undefined {
+/**
+ * cidr + except. `strict` (Kubernetes ipBlock): cidr needs a prefix length and
+ * each except must be a strict subset of cidr; otherwise (the reference
+ * system's CIDRRule) an except may equal the cidr.
+ */
+function parseCidrSet(p: Problems, path: string, v: unknown, strict = false): CidrPeer | undefined {
   if (!isObj(v)) {
     p.add(path, `must be an object with cidr and except, got ${show(v)}`);
     return undefined;
   }
   checkKeys(p, path, v, ['cidr', 'except'], { cidrGroupRef: 'CIDR groups are not supported yet', cidrGroupSelector: 'CIDR groups are not supported yet' });
-  const cidr = parseCidrText(p, `${path}.cidr`, v.cidr);
+  if (v.cidr === undefined || v.cidr === '') {
+    p.add(`${path}.cidr`, 'is required');
+    return undefined;
+  }
+  const cidr = parseCidrText(p, `${path}.cidr`, v.cidr, strict);
   const except: string[] = [];
   arrayAt(p, `${path}.except`, v.except).forEach((e, i) => {
-    const c = parseCidrText(p, `${path}.except[${i}]`, e);
+    const c = parseCidrText(p, `${path}.except[${i}]`, e, strict);
     if (!c || !cidr) return;
     const outer = parseCidr(cidr);
     const inner = parseCidr(c);
     if (inner.prefixLen < outer.prefixLen || !cidrContains(outer, inner.addr)) p.add(`${path}.except[${i}]`, `${show(e)} is not inside ${cidr}`);
+    else if (strict && inner.prefixLen === outer.prefixLen) p.add(`${path}.except[${i}]`, `${show(e)} must be a strict subset of cidr ${cidr}`);
     else except.push(c);
   });
   return cidr ? { cidr, except } : undefined;
@@ -293,12 +340,43 @@ function parseCiliumPorts(p: Problems, path: string, v: unknown, allowRules: boo
       checkKeys(p, ep, e, ['port', 'endPort', 'protocol']);
       const port = parsePort(p, `${ep}.port`, e.port);
       const endPort = parseEndPort(p, `${ep}.endPort`, e.endPort, port);
-      const protocol = parseProtocol(p, `${ep}.protocol`, e.protocol, 'ANY', ['TCP', 'UDP', 'SCTP', 'ANY']);
-      if (port !== undefined) ports.push({ port, endPort, protocol });
+      const protocol = parseCiliumProtocol(p, `${ep}`, e.protocol, port, endPort);
+      if (port !== undefined && protocol) ports.push({ port, endPort, protocol });
     });
   });
   return list.length ? ports : undefined;
 }
+
+/** Protocols of the reference system's toPorts that Membrane does not enforce yet. */
+const NOT_SUPPORTED_PROTOCOLS: Record<string, string> = {
+  ICMPV6: 'ICMPv6 in toPorts is not supported yet (IPv6 is not wired in the datapath)',
+  VRRP: 'VRRP is not supported yet',
+  IGMP: 'IGMP is not supported yet',
+};
+
+/**
+ * toPorts protocol: TCP, UDP, SCTP, ANY (default), or ICMP, whose port is the
+ * ICMP type (0-255; 0 or none = every type), as in the reference system.
+ */
+function parseCiliumProtocol(p: Problems, path: string, v: unknown, port: number | string | undefined, endPort: number | undefined): Protocol | undefined {
+  const name = typeof v === 'string' ? v.toUpperCase() : undefined;
+  if (name && name in NOT_SUPPORTED_PROTOCOLS) {
+    p.add(`${path}.protocol`, `${show(v)}: ${NOT_SUPPORTED_PROTOCOLS[name]}`);
+    return undefined;
+  }
+  const protocol = parseProtocol(p, `${path}.protocol`, v, 'ANY', ['TCP', 'UDP', 'SCTP', 'ANY', 'ICMP']);
+  if (protocol === 'ICMP') {
+    if (typeof port === 'string') p.add(`${path}.port`, `${show(port)}: an ICMP port is an ICMP type number, not a port name`);
+    else if (typeof port === 'number' && port > 255) p.add(`${path}.port`, `${port} is not an ICMP type (0-255)`);
+    if (endPort !== undefined) p.add(`${path}.endPort`, 'cannot be used with protocol ICMP');
+  }
+  return protocol;
+}
+
+/** Rule fields of the reference system that Membrane does not support yet (named, never "unknown field"). */
+const NOT_SUPPORTED_RULE_FIELDS: Record<string, string> = {
+  auth: 'auth (mutual authentication) is not supported',
+};
 
 function parseCiliumRule(p: Problems, path: string, v: unknown, dir: 'ingress' | 'egress', deny: boolean, namespace: string | undefined): PeerRule | undefined {
   if (!isObj(v)) {
@@ -307,7 +385,7 @@ function parseCiliumRule(p: Problems, path: string, v: unknown, dir: 'ingress' |
   }
   const f = dir === 'ingress' ? 'from' : 'to';
   const allowed = [`${f}Endpoints`, `${f}CIDR`, `${f}CIDRSet`, `${f}Entities`, 'toPorts', 'icmps', ...(dir === 'egress' ? ['toServices'] : [])];
-  checkKeys(p, path, v, allowed, UNSUPPORTED_PEERS);
+  checkKeys(p, path, v, allowed, { ...UNSUPPORTED_PEERS, ...NOT_SUPPORTED_RULE_FIELDS });
   const peers: Peers = { selectors: [], entities: [], cidrs: [] };
   const eps = v[`${f}Endpoints`];
   arrayAt(p, `${path}.${f}Endpoints`, eps).forEach((s, i) => {
@@ -365,6 +443,13 @@ function parseCiliumSpec(p: Problems, path: string, spec: unknown, source: Polic
     nodeSelector: 'host policies (nodeSelector) are not supported yet',
   });
   if (spec.endpointSelector === undefined && spec.nodeSelector === undefined) p.add(`${path}.endpointSelector`, 'is required');
+  // Rule labels (reference system): "source:key=value" strings or {key, value, source} objects.
+  arrayAt(p, `${path}.labels`, spec.labels).forEach((l, i) => {
+    if (typeof l === 'string' && l !== '') return;
+    if (isObj(l) && typeof l.key === 'string' && l.key !== '') return checkKeys(p, `${path}.labels[${i}]`, l, ['key', 'value', 'source']);
+    p.add(`${path}.labels[${i}]`, `${show(l)} is not a label ("key=value" or {key, value, source})`);
+  });
+  if (spec.description !== undefined && typeof spec.description !== 'string') p.add(`${path}.description`, `must be a string, got ${show(spec.description)}`);
   const sel = spec.endpointSelector !== undefined ? parseSelector(p, `${path}.endpointSelector`, spec.endpointSelector) : undefined;
   const subject = sel ? (clusterwide ? sel : scoped(sel, namespace)) : { requirements: [] };
   const rules = (k: 'ingress' | 'ingressDeny' | 'egress' | 'egressDeny'): PeerRule[] =>
@@ -411,7 +496,7 @@ function parseK8sPeer(p: Problems, path: string, v: unknown, namespace: string, 
     if (v.podSelector !== undefined || v.namespaceSelector !== undefined) p.add(path, 'ipBlock cannot be combined with podSelector or namespaceSelector');
     const b = v.ipBlock;
     if (!isObj(b)) return p.add(`${path}.ipBlock`, `must be an object, got ${show(b)}`);
-    const set = parseCidrSet(p, `${path}.ipBlock`, b);
+    const set = parseCidrSet(p, `${path}.ipBlock`, b, true);
     // Kubernetes defines ipBlock on addresses, pod and node addresses included.
     if (set) peers.cidrs.push({ ...set, byAddress: true });
     return;

@@ -21,7 +21,8 @@ export interface Selector {
   requirements: Requirement[];
 }
 
-export type Protocol = 'TCP' | 'UDP' | 'SCTP' | 'ANY';
+/** ICMP (reference system toPorts): the port is the ICMP type. */
+export type Protocol = 'TCP' | 'UDP' | 'SCTP' | 'ANY' | 'ICMP';
 
 export interface PortSpec {
   /** Port number, or a named port resolved on the destination pod. 0 = all ports. */

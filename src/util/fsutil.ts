@@ -60,3 +60,18 @@ export function readJson<T>(file: string): T | undefined {
 export function mkdirp(dir: string, mode = 0o700): void {
   fs.mkdirSync(dir, { recursive: true, mode });
 }
+
+/**
+ * A directory only its owner may enter: created 0700, or an existing one
+ * tightened to 0700 (state must not be readable or writable by others).
+ * Returns the mode it had when that was wider, else undefined.
+ */
+export function ensurePrivateDir(dir: string): number | undefined {
+  fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const st = fs.lstatSync(dir);
+  if (!st.isDirectory()) throw new Error(`${dir} is not a directory`);
+  const mode = st.mode & 0o7777;
+  if (mode === 0o700) return undefined;
+  fs.chmodSync(dir, 0o700);
+  return mode;
+}
