@@ -33,13 +33,13 @@ if [ "${1:-}" = "--clean" ] || [ "${1:-}" = "--purge" ]; then
   fi
   for p in "${PODS[@]}"; do [ -e /run/netns/$p ] && ip netns del $p; done
   if [ -f /var/run/membrane/agent.pid ]; then
-    kill "$(cat /var/run/membrane/agent.pid)" 2>/dev/null || true
+    pid=$(cat /var/run/membrane/agent.pid)
+    kill "$pid" 2>/dev/null || true
     rm -f /var/run/membrane/agent.pid
-    sleep 0.5
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
   fi
   if [ "$1" = "--purge" ]; then
-    ip link del mb_host 2>/dev/null || true
-    rm -rf /sys/fs/bpf/membrane /var/run/membrane
+    bin/membrane-agent --cleanup
     echo "demo purged: pods, agent, devices, pinned maps and state removed"
   else
     echo "demo removed (the agent's devices and pinned maps stay; the agent restores them on start)"

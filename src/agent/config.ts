@@ -41,6 +41,8 @@ export interface AgentConfig {
   instance: string;
   /** Seconds between full comparisons of every map with its desired state (drift repair); 0 = never. */
   resyncInterval: number;
+  /** --cleanup: remove this node's devices, programs, pins and state instead of running. */
+  cleanup?: boolean;
 }
 
 export const DEFAULTS = {
@@ -50,6 +52,9 @@ export const DEFAULTS = {
   podCidr: '10.200.0.0/24',
   mtu: 1500,
 };
+
+/** Directories the agent must never take as its state directory. */
+const SYSTEM_DIRS = ['/', '/bin', '/boot', '/dev', '/etc', '/home', '/lib', '/lib64', '/media', '/mnt', '/opt', '/proc', '/root', '/run', '/sbin', '/srv', '/sys', '/tmp', '/usr', '/var', '/var/lib', '/var/run', '/var/tmp', '/var/log'];
 
 export function repoRoot(): string {
   // dist/src/agent -> repo root
@@ -76,6 +81,9 @@ const USAGE = `Usage: membrane-agent [flags]
   --socket-lb-cgroup DIR      also load-balance at the socket (connect/sendmsg) for processes in this
                               dedicated cgroup v2 directory (never the cgroup root); off unless given
   --resync-interval S         compare every map with its desired state and repair drift every S seconds (30; 0 = never)
+  --cleanup                   do not run: remove what an agent with the same flags left on this node
+                              (endpoint veths, host devices and routes, programs on --devices, pins
+                              under --bpf-root, the state directory); refused while an agent serves
 `;
 
 export class ConfigError extends Error {}
@@ -103,6 +111,7 @@ export function parseAgentArgs(argv: string[]): AgentConfig | 'help' {
       devices: { type: 'string' },
       'socket-lb-cgroup': { type: 'string' },
       'resync-interval': { type: 'string' },
+      cleanup: { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     },
     strict: true,
@@ -131,7 +140,7 @@ export function parseAgentArgs(argv: string[]): AgentConfig | 'help' {
     if (typeof v !== 'string' && typeof v !== 'number') throw new ConfigError(`${key}: expected a string, got ${JSON.stringify(v)}`);
     return String(v);
   };
-  return buildConfig({
+  const cfg = buildConfig({
     stateDir: pick(values['state-dir'], 'stateDir', DEFAULTS.stateDir),
     bpfRoot: pick(values['bpf-root'], 'bpfRoot', DEFAULTS.bpfRoot),
     socket: values.socket ?? (file.socket as string | undefined),
@@ -151,6 +160,7 @@ export function parseAgentArgs(argv: string[]): AgentConfig | 'help' {
     socketLbCgroup: values['socket-lb-cgroup'] ?? (file.socketLbCgroup as string | undefined),
     resyncInterval: pick(values['resync-interval'], 'resyncInterval', '30'),
   });
+  return values.cleanup ? { ...cfg, cleanup: true } : cfg;
 }
 
 export function buildConfig(o: {
@@ -174,6 +184,8 @@ export function buildConfig(o: {
   resyncInterval?: string | number;
 }): AgentConfig {
   const stateDir = path.resolve(o.stateDir);
+  // The agent owns its state directory (it is made 0700 and removed by --cleanup): never a shared system directory.
+  if (SYSTEM_DIRS.includes(stateDir)) throw new ConfigError(`state-dir: "${o.stateDir}" is a system directory; give Membrane a directory of its own (e.g. ${DEFAULTS.stateDir})`);
   const bpfRoot = path.resolve(o.bpfRoot);
   let podCidr: string;
   try {

@@ -2,6 +2,7 @@
 import { Agent } from './agent';
 import { ConfigError, parseAgentArgs, usage } from './config';
 import { log, setLogLevel } from '../util/log';
+import { CleanupRefused, cleanupNode } from '../node/cleanup';
 
 async function main(): Promise<void> {
   let cfg;
@@ -16,6 +17,17 @@ async function main(): Promise<void> {
     return;
   }
   setLogLevel(cfg.logLevel);
+  if (cfg.cleanup) {
+    try {
+      const r = await cleanupNode(cfg);
+      process.stdout.write(r.removed.length ? r.removed.map((x) => `removed ${x}\n`).join('') : 'nothing to remove\n');
+      for (const e of r.errors) process.stderr.write(`membrane-agent: cleanup: ${e}\n`);
+      process.exit(r.errors.length ? 1 : 0);
+    } catch (e) {
+      process.stderr.write(`membrane-agent: cleanup: ${(e as Error).message}\n`);
+      process.exit(e instanceof CleanupRefused ? 3 : 1);
+    }
+  }
   let agent: Agent;
   try {
     agent = await Agent.start(cfg, log);

@@ -151,12 +151,7 @@ export class TestNode {
         ...(this.agentLimits.nofile ? ['prlimit', `--nofile=${this.agentLimits.nofile}:${this.agentLimits.nofile}`, '--'] : []),
         process.execPath,
         AGENT_BIN,
-        '--state-dir', this.stateDir,
-        '--bpf-root', this.bpfRoot,
-        '--socket', this.socket,
-        '--pod-cidr', this.podCidr,
-        '--node-name', this.prefix,
-        ...this.agentArgs,
+        ...this.agentFlags(),
       ],
       { stdio: ['ignore', this.logFd, this.logFd] },
     );
@@ -167,6 +162,16 @@ export class TestNode {
       await sleep(100);
     }
     throw new Error(`agent did not become ready in 20 s:\n${this.agentLog()}`);
+  }
+
+  /** The agent's flags (the same for `membrane-agent --cleanup`). */
+  agentFlags(): string[] {
+    return ['--state-dir', this.stateDir, '--bpf-root', this.bpfRoot, '--socket', this.socket, '--pod-cidr', this.podCidr, '--node-name', this.prefix, ...this.agentArgs];
+  }
+
+  /** `membrane-agent --cleanup` with the node's flags, in the node's namespace. */
+  agentCleanup() {
+    return tryRun('nsenter', [`--net=/run/netns/${this.nodeNs}`, '--', process.execPath, AGENT_BIN, ...this.agentFlags(), '--cleanup'], { timeoutMs: 60_000 });
   }
 
   agentLog(): string {
@@ -282,13 +287,20 @@ export class TestNode {
     return rows.filter((r) => r.reason === reason && (!direction || r.direction === direction)).reduce((s, r) => s + r.packets, 0);
   }
 
+  /**
+   * Stop everything and remove the node with `membrane-agent --cleanup` (the
+   * way users remove a node); the namespaces and the test's directory go last,
+   * whatever happened. A failed cleanup fails the test after that.
+   */
   async cleanup(): Promise<void> {
     for (const p of this.procs) p.kill('SIGKILL');
     await this.stopAgent('SIGKILL').catch(() => {});
+    const r = fs.existsSync(`/run/netns/${this.nodeNs}`) ? this.agentCleanup() : undefined;
     for (const ns of this.pods) netnsDel(ns);
-    netnsDel(this.nodeNs); // takes the host device pair and every veth with it
+    netnsDel(this.nodeNs);
     tryRun('rm', ['-rf', this.bpfRoot]);
     fs.rmSync(this.dir, { recursive: true, force: true });
+    if (r && r.code !== 0) throw new Error(`membrane-agent --cleanup exited with ${r.code}: ${r.stderr}`);
   }
 }
 
