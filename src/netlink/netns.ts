@@ -18,6 +18,8 @@ export class NetnsError extends Error {
     readonly path: string,
     readonly reason: 'missing' | 'inaccessible' | 'not-a-namespace' | 'other-namespace',
     detail: string,
+    /** The errno name behind it (ENOENT, EACCES, ENOTTY, EINVAL). */
+    readonly code: string,
   ) {
     super(`${JSON.stringify(path)} ${detail}`);
     this.name = 'NetnsError';
@@ -67,19 +69,19 @@ export class Netns {
       fd = nat.nsOpen(path);
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
-      if (code === 'ENOENT' || code === 'ENOTDIR') throw new NetnsError(path, 'missing', 'does not exist');
-      throw new NetnsError(path, 'inaccessible', `cannot be opened: ${(e as Error).message}`);
+      if (code === 'ENOENT' || code === 'ENOTDIR') throw new NetnsError(path, 'missing', 'does not exist', 'ENOENT');
+      throw new NetnsError(path, 'inaccessible', `cannot be opened: ${(e as Error).message}`, code ?? 'EIO');
     }
     let type: number;
     try {
       type = nat.nsType(fd);
     } catch {
       nat.close(fd);
-      throw new NetnsError(path, 'not-a-namespace', `is not a network namespace (it is ${describeFile(path)})`);
+      throw new NetnsError(path, 'not-a-namespace', `is not a network namespace (it is ${describeFile(path)})`, 'ENOTTY');
     }
     if (type !== CLONE_NEWNET) {
       nat.close(fd);
-      throw new NetnsError(path, 'other-namespace', `is not a network namespace (it is ${NS_TYPE_NAMES[type] ?? `a namespace of type 0x${type.toString(16)}`})`);
+      throw new NetnsError(path, 'other-namespace', `is not a network namespace (it is ${NS_TYPE_NAMES[type] ?? `a namespace of type 0x${type.toString(16)}`})`, 'EINVAL');
     }
     return new Netns(fd, path);
   }

@@ -106,9 +106,13 @@ describe('CNI spec behaviour', () => {
     const agentPid = node.agent!.pid!;
     // Hold the agent inside this ADD: its first setns (entering the pod's namespace, after the
     // address is allocated and persisted) is delayed by strace while the agent is killed.
-    const strace = spawn('strace', ['-qq', '-p', String(agentPid), '-e', 'trace=setns', '-e', 'inject=setns:delay_enter=60000000'], { stdio: ['ignore', 'ignore', 'pipe'] });
+    const strace = spawn('strace', ['-p', String(agentPid), '-e', 'trace=setns', '-e', 'inject=setns:delay_enter=60000000'], { stdio: ['ignore', 'ignore', 'pipe'] });
     try {
-      await sleep(500); // strace attached
+      let traced = '';
+      strace.stderr!.on('data', (d) => (traced += d));
+      const attachDeadline = Date.now() + 15_000;
+      while (Date.now() < attachDeadline && !traced.includes('attached')) await sleep(50);
+      assert.match(traced, /attached/, 'strace attached to the agent');
       const add = spawn('nsenter', [`--net=/run/netns/${node.nodeNs}`, '--', CNI_BIN], {
         env: { PATH: process.env.PATH, CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'c-midadd', CNI_NETNS: nsPath, CNI_IFNAME: 'eth0', CNI_PATH: path.dirname(CNI_BIN) },
         stdio: ['pipe', 'pipe', 'pipe'],
@@ -121,6 +125,9 @@ describe('CNI spec behaviour', () => {
       const deadline = Date.now() + 20_000;
       while (Date.now() < deadline && !fs.readFileSync(ipamFile, 'utf8').includes('c-midadd/eth0')) await sleep(50);
       assert.ok(fs.readFileSync(ipamFile, 'utf8').includes('c-midadd/eth0'), 'the ADD allocated its address');
+      // SIGKILL takes effect once strace lets go of the stopped agent.
+      node.agent!.kill('SIGKILL');
+      strace.kill('SIGKILL');
       await node.stopAgent('SIGKILL');
       const code = await Promise.race([exited, sleep(20_000).then(() => -2)]);
       assert.equal(code, 1, out);
