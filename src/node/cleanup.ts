@@ -9,8 +9,9 @@
  *
  * Endpoint veths are found from every trace an agent leaves, so a node whose
  * state directory is already gone is cleaned too: the endpoint records, the
- * pinned tcx links (their ifindex), the endpoints map, and the IPAM owners of
- * interrupted ADDs. Only veths named like Membrane's (lxc + 12 hex) are deleted.
+ * veths whose tc ingress runs this root's pinned shared programs, the endpoints
+ * map, and the IPAM owners of interrupted ADDs. Only veths named like
+ * Membrane's (lxc + 12 hex) are deleted.
  * Refuses while an agent serves on the socket; idempotent.
  */
 import * as fs from 'node:fs';
@@ -18,8 +19,8 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import type { AgentConfig } from '../agent/config';
 import { hostVethName } from '../agent/config';
-import { BPF_LINK_TYPE_TCX, BpfLink, BpfMap, isOnBpffs } from '../bpf';
-import { RtNetlink } from '../netlink';
+import { BPF_LINK_TYPE_TCX, BpfLink, BpfMap, BpfProgram, isOnBpffs } from '../bpf';
+import { RtNetlink, tcBpfList } from '../netlink';
 import { endpointKeyCodec, endpointInfoCodec } from '../datapath/maps.gen';
 import { ENDPOINT_F_HOST } from '../datapath/constants';
 import { readJson } from '../util/fsutil';
@@ -100,19 +101,23 @@ export async function cleanupNode(cfg: AgentConfig): Promise<CleanupReport> {
     }
     const bpfRoot = isOnBpffs(cfg.bpfRoot) && fs.existsSync(cfg.bpfRoot) ? cfg.bpfRoot : undefined;
     if (bpfRoot) {
-      for (const pin of walk(path.join(bpfRoot, 'endpoints'))) {
+      // Veths whose clsact ingress runs one of this root's shared from_container programs.
+      const progIds = new Set<number>();
+      for (const pin of walk(path.join(bpfRoot, 'programs')).filter((p) => path.basename(p) === 'from_container')) {
         try {
-          const l = BpfLink.fromPin(pin);
+          const prog = BpfProgram.fromPin(pin);
           try {
-            if (!isLinkFd(l.fd)) continue;
-            const ifindex = l.info().ifindex;
-            if (ifindex) ifindexes.add(ifindex);
+            progIds.add(prog.info().id);
           } finally {
-            l.close();
+            prog.close();
           }
         } catch {
-          /* a map pin, or a link whose device is gone */
+          /* not a program */
         }
+      }
+      for (const l of nl.linkList()) {
+        if (l.kind !== 'veth' || !VETH_RE.test(l.name) || !progIds.size) continue;
+        if (tcBpfList(nl, l.index, 'ingress').some((f) => progIds.has(f.progId))) ifindexes.add(l.index);
       }
       try {
         const m = BpfMap.fromPin(path.join(bpfRoot, 'mb_endpoints'), 'mb_endpoints').withCodecs(endpointKeyCodec, endpointInfoCodec);
