@@ -157,15 +157,20 @@ export class MapTable<K, V> {
         else if (this.absent !== undefined) this.map.update(key, this.absent);
         else this.map.delete(key);
       } catch (e) {
-        this.failures++;
-        const err = new TableError(this.name, want ? 'update' : 'delete', id, e as Error);
-        this.lastError = err.message;
-        throw err;
+        throw this.failed(want ? 'update' : 'delete', id, e);
       }
       this.pending.delete(id);
     }
     this.failures = 0;
     this.lastError = undefined;
+  }
+
+  /** Record a failed write (status) and return the error to throw. */
+  private failed(op: TableError['op'], id: string, e: unknown): TableError {
+    this.failures++;
+    const err = new TableError(this.name, op, id, e as Error);
+    this.lastError = err.message;
+    return err;
   }
 
   /**
@@ -181,10 +186,7 @@ export class MapTable<K, V> {
         else if (this.absent !== undefined) this.map.update(key, this.absent);
         else this.map.delete(key);
       } catch (e) {
-        this.failures++;
-        const err = new TableError(this.name, want ? 'update' : 'delete', id, e as Error);
-        this.lastError = err.message;
-        throw err;
+        throw this.failed(want ? 'update' : 'delete', id, e);
       }
       if (this.pending.get(id) === key && this.desired.get(id) === want) this.pending.delete(id);
     }
@@ -258,10 +260,7 @@ export class MapTable<K, V> {
         if (!this.pending.has(id)) updated++;
       }
     } catch (e) {
-      this.failures++;
-      const err = new TableError(this.name, 'resync', '*', e as Error);
-      this.lastError = err.message;
-      throw err;
+      throw this.failed('resync', '*', e);
     }
     this.pending.clear();
     this.failures = 0;
