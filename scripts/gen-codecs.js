@@ -7,7 +7,7 @@
  * Objects default to bpf/*.o. For each struct in STRUCTS present in any object
  * (missing ones are skipped; structs they embed are added) it emits a TS
  * interface and a Codec<T> `<camelName>Codec` that encodes/decodes at the BTF
- * offsets, plus STRUCT_SIZES. Field names are the C names.
+ * offsets, plus STRUCT_SIZES and FIELD_OFFSETS. Field names are the C names.
  *
  * Field mapping:
  *   __u8/__u16/__u32 (and signed, enums)  -> number, little-endian (host order)
@@ -193,7 +193,7 @@ function genStruct(s) {
   lines.push('};');
   const deps = [];
   fields.forEach((f) => structDeps(f.c, deps));
-  return { text: lines.join('\n'), deps };
+  return { text: lines.join('\n'), deps, offsets: fields.map((f) => [f.name, f.off]) };
 }
 
 const PRELUDE = `/* eslint-disable */
@@ -280,7 +280,7 @@ function generate(byName, outFile) {
     seen.add(name);
     const g = genStruct(e.struct);
     for (const d of g.deps) visit(d, [...stack, name]);
-    order.push({ name, size: e.struct.size, text: g.text });
+    order.push({ name, size: e.struct.size, text: g.text, offsets: g.offsets });
   };
   for (const n of STRUCTS) visit(n, []);
   let rel = path.relative(path.dirname(outFile), path.join(ROOT, 'src/bpf/codec')).split(path.sep).join('/');
@@ -288,6 +288,11 @@ function generate(byName, outFile) {
   const parts = [PRELUDE.replace('__CODEC__', rel)];
   for (const s of order) parts.push(s.text);
   parts.push(`/** sizeof() of every generated struct, from BTF. */\nexport const STRUCT_SIZES = {\n${order.map((s) => `  ${s.name}: ${s.size},`).join('\n')}\n} as const;`);
+  parts.push(
+    `/** Byte offset of every member, from BTF (for readers that decode in place, without a codec). */\nexport const FIELD_OFFSETS = {\n${order
+      .map((s) => `  ${s.name}: { ${s.offsets.map(([n, o]) => `${n}: ${o}`).join(', ')} },`)
+      .join('\n')}\n} as const;`,
+  );
   return { text: parts.join('\n\n') + '\n', missing, structs: order.map((s) => s.name) };
 }
 

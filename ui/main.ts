@@ -19,6 +19,7 @@ import {
   connectionOutcomes,
   dropReason,
   flowKey,
+  l7Text,
   matches,
   peerOf,
   portProto,
@@ -97,6 +98,8 @@ function reviewFlows(): void {
 // ---- the live stream -----------------------------------------------------------
 
 let source: EventSource | null = null;
+/** Flows the agent dropped for this page because it did not keep up. */
+let lostFlows = 0;
 let streamQuery = '';
 let retryTimer: number | undefined;
 
@@ -117,13 +120,22 @@ function connect(): void {
   source = es;
   setConnection('connecting', 'connecting…');
   es.addEventListener('ready', () => setConnection('live', 'live'));
+  es.addEventListener('lost', (ev) => {
+    try {
+      const n = Number(JSON.parse((ev as MessageEvent).data).lost_events?.num_events_lost) || 0;
+      lostFlows += n;
+      setConnection('live', `live — ${lostFlows} flows dropped: client too slow`);
+    } catch {
+      /* not a lost_events record */
+    }
+  });
   es.onmessage = (ev) => {
     try {
       addFlow(JSON.parse(ev.data));
     } catch {
       /* not a flow record */
     }
-    if (connection.state !== 'live') setConnection('live', 'live');
+    if (connection.state !== 'live') setConnection('live', lostFlows ? `live — ${lostFlows} flows dropped: client too slow` : 'live');
   };
   es.addEventListener('apierror', (ev) => {
     let msg = 'the flow stream failed';
@@ -194,7 +206,7 @@ async function loadStatus(): Promise<void> {
 
 cytoscape.use(fcose);
 
-const COLORS = { forwarded: '#1f9d55', dropped: '#d64545', mixed: '#e08e0b' };
+const COLORS = { forwarded: '#1f9d55', dropped: '#d64545', mixed: '#e08e0b', l7Denied: '#8e3fc7' };
 
 const cy = cytoscape({
   container: $('graph'),
@@ -269,6 +281,9 @@ const cy = cytoscape({
     },
     { selector: 'edge.dropped', style: { 'line-color': COLORS.dropped, 'target-arrow-color': COLORS.dropped, 'line-style': 'dashed', 'target-arrow-shape': 'tee' } },
     { selector: 'edge.mixed', style: { 'line-color': COLORS.mixed, 'target-arrow-color': COLORS.mixed } },
+    // L7 (HTTP/DNS through the proxy): a double line; requests the proxy denied (403): purple, dotted, barred.
+    { selector: 'edge.l7', style: { 'line-style': 'double', width: 5 } },
+    { selector: 'edge.l7-denied', style: { 'line-color': COLORS.l7Denied, 'target-arrow-color': COLORS.l7Denied, 'line-style': 'dotted', 'target-arrow-shape': 'tee', width: 4 } },
     { selector: 'edge:selected', style: { width: 5 } },
   ],
 });
@@ -353,8 +368,15 @@ function runLayout(): void {
   if (!userMoved) fit();
 }
 
-function edgeLabel(ports: string[]): string {
-  return ports.length > 3 ? `${ports.slice(0, 3).join(', ')} +${ports.length - 3}` : ports.join(', ');
+function edgeLabel(ports: string[], l7Kinds: string[] = [], l7Denied = 0): string {
+  const p = ports.length > 3 ? `${ports.slice(0, 3).join(', ')} +${ports.length - 3}` : ports.join(', ');
+  if (!l7Kinds.length) return p;
+  return `${p} ${l7Kinds.join('/')}${l7Denied ? ` (${l7Denied} denied)` : ''}`;
+}
+
+/** An edge's classes: its L4 verdict, and whether it carries L7 requests (some denied). */
+function edgeClasses(e: Graph['edges'][number]): string {
+  return [e.verdict, e.l7 ? 'l7' : '', e.l7Denied ? 'l7-denied' : ''].filter(Boolean).join(' ');
 }
 
 let lastGraph: Graph = { nodes: [], edges: [] };
@@ -400,13 +422,13 @@ function renderGraph(visible: ViewFlow[]): void {
     for (const e of g.edges) {
       want.add(`e:${e.id}`);
       const el = cy.getElementById(`e:${e.id}`);
-      const data = { label: edgeLabel(e.ports), verdict: e.verdict, forwarded: e.forwarded, dropped: e.dropped, flows: e.flows, ports: e.ports, key: e.id };
+      const data = { label: edgeLabel(e.ports, e.l7Kinds, e.l7Denied), verdict: e.verdict, forwarded: e.forwarded, dropped: e.dropped, flows: e.flows, ports: e.ports, key: e.id, l7: e.l7, l7Denied: e.l7Denied };
       if (el.empty()) {
-        cy.add({ group: 'edges', data: { id: `e:${e.id}`, source: e.source, target: e.target, ...data }, classes: e.verdict });
+        cy.add({ group: 'edges', data: { id: `e:${e.id}`, source: e.source, target: e.target, ...data }, classes: edgeClasses(e) });
         added = true;
       } else {
         el.data(data);
-        el.classes(e.verdict);
+        el.classes(edgeClasses(e));
       }
     }
     const gone = cy.elements().filter((el) => !want.has(el.id()));
@@ -475,6 +497,7 @@ function observedAt(f: Flow): string {
   if (t === 1) return 'drop';
   if (t === 5) return `policy verdict${f.policy_match_type ? ` (${f.policy_match_type})` : ''}`;
   if (t === 4) return 'trace';
+  if (f.l7) return `proxy (${f.l7.http ? 'http' : 'dns'} ${String(f.l7.type).toLowerCase()})`;
   return '';
 }
 
@@ -509,6 +532,7 @@ function renderTable(visible: ViewFlow[]): void {
     cell(tr, tcpFlags(f), 'mono');
     cell(tr, (f.traffic_direction ?? '').replace('TRAFFIC_DIRECTION_UNKNOWN', 'unknown').toLowerCase());
     cell(tr, observedAt(f), 'muted', f.Summary);
+    cell(tr, l7Text(f), `mono l7${f.l7 && f.verdict === 'DROPPED' ? ' l7-denied' : ''}`, f.l7 ? f.Summary : undefined);
   }
   tbody.replaceWith(fresh);
   const total = flows.size;

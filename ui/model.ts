@@ -41,6 +41,12 @@ export interface Flow {
     ICMPv4?: { type: number; code: number };
     ICMPv6?: { type: number; code: number };
   };
+  l7?: {
+    type: 'REQUEST' | 'RESPONSE' | string;
+    latency_ns?: number;
+    http?: { code?: number; method: string; url: string; protocol?: string };
+    dns?: { query: string; rcode?: string; ips?: string[]; qtypes?: string[] };
+  };
   source: FlowEndpoint;
   destination: FlowEndpoint;
   traffic_direction?: string;
@@ -177,6 +183,26 @@ export function dropReason(f: Flow): string {
   return desc || (f.drop_reason ? String(f.drop_reason) : '');
 }
 
+/** The path of an HTTP URL. */
+function urlPath(url: string): string {
+  const m = /^[a-z][a-z0-9+.-]*:\/\/[^/?#]*/i.exec(url);
+  return (m ? url.slice(m[0].length) : url) || '/';
+}
+
+/** What an L7 flow says: "GET /api 403", "DNS example.com A NXDomain"; "" for other flows. */
+export function l7Text(f: Flow): string {
+  const l7 = f.l7;
+  if (!l7) return '';
+  if (l7.http) return [l7.http.method, urlPath(l7.http.url), l7.http.code].filter((x) => x !== undefined && x !== '').join(' ');
+  if (l7.dns) return ['DNS', l7.dns.query, ...(l7.dns.qtypes ?? []), l7.dns.rcode ?? '', ...(l7.dns.ips ?? [])].filter(Boolean).join(' ');
+  return '';
+}
+
+/** An L7 flow the proxy denied (an HTTP 403 for a request the policy refuses). */
+export function isL7Denied(f: Flow): boolean {
+  return !!f.l7 && isDenied(f.verdict);
+}
+
 /** Denied or failed: the red side of the map. Everything else reached its destination. */
 export function isDenied(v: Verdict): boolean {
   return v === 'DROPPED' || v === 'ERROR';
@@ -248,7 +274,8 @@ export function connKey(f: Flow): string {
 /** connection key -> denied (any record of it dropped or in error). */
 export function connectionOutcomes(flows: Iterable<ViewFlow>): Map<string, boolean> {
   const out = new Map<string, boolean>();
-  for (const v of flows) out.set(v.conn, (out.get(v.conn) ?? false) || isDenied(v.flow.verdict));
+  // L7 verdicts judge requests, not the connection: a denied request (403) travels over an allowed connection.
+  for (const v of flows) if (!v.flow.l7) out.set(v.conn, (out.get(v.conn) ?? false) || isDenied(v.flow.verdict));
   return out;
 }
 
@@ -259,6 +286,7 @@ export function viewFlow(flow: Flow, podLabels?: Map<string, string[]>, identity
   const side = (e: FlowEndpoint, p: Peer, ip?: string) => [p.id, e.namespace, e.pod_name, ip, ...(e.labels ?? [])].filter(Boolean).join(' ');
   const haystack = [
     flow.Summary,
+    l7Text(flow),
     flow.verdict,
     dropReason(flow),
     portProto(flow),
@@ -310,6 +338,11 @@ export interface GraphEdge {
   ports: string[];
   verdict: EdgeVerdict;
   lastSeen: string;
+  /** L7 records (HTTP, DNS) on the edge, and those the proxy denied. */
+  l7: number;
+  l7Denied: number;
+  /** Methods (or DNS) seen on the edge. */
+  l7Kinds: string[];
 }
 
 export interface GraphNode extends Peer {
@@ -339,7 +372,7 @@ export function buildGraph(flows: ViewFlow[], extraNodes: { peer: Peer; pod?: st
     const n = node(x.peer);
     if (x.pod) n.podSet.add(x.pod);
   }
-  const edges = new Map<string, GraphEdge & { portSet: Set<string>; fwd: Set<string>; drop: Set<string> }>();
+  const edges = new Map<string, GraphEdge & { portSet: Set<string>; fwd: Set<string>; drop: Set<string>; kindSet: Set<string> }>();
   for (const v of flows) {
     for (const [p, e] of [
       [v.src, v.flow.source],
@@ -351,17 +384,23 @@ export function buildGraph(flows: ViewFlow[], extraNodes: { peer: Peer; pod?: st
     }
     const id = edgeId(v.edgeSrc.id, v.edgeDst.id);
     let e = edges.get(id);
-    if (!e) edges.set(id, (e = { id, source: v.edgeSrc.id, target: v.edgeDst.id, forwarded: 0, dropped: 0, flows: 0, ports: [], verdict: 'forwarded', lastSeen: '', portSet: new Set(), fwd: new Set(), drop: new Set() }));
+    if (!e) edges.set(id, (e = { id, source: v.edgeSrc.id, target: v.edgeDst.id, forwarded: 0, dropped: 0, flows: 0, ports: [], verdict: 'forwarded', lastSeen: '', l7: 0, l7Denied: 0, l7Kinds: [], portSet: new Set(), fwd: new Set(), drop: new Set(), kindSet: new Set() }));
     e.flows++;
-    if (outcomes.get(v.conn) ?? isDenied(v.flow.verdict)) e.drop.add(v.conn);
+    if (v.flow.l7) {
+      e.l7++;
+      if (isL7Denied(v.flow)) e.l7Denied++;
+      e.kindSet.add(v.flow.l7.http ? v.flow.l7.http.method : 'DNS');
+      if (!outcomes.has(v.conn)) e.fwd.add(v.conn);
+    } else if (outcomes.get(v.conn) ?? isDenied(v.flow.verdict)) e.drop.add(v.conn);
     else e.fwd.add(v.conn);
     e.portSet.add(servicePort(v.flow));
     if (v.flow.time > e.lastSeen) e.lastSeen = v.flow.time;
   }
   return {
     nodes: [...nodes.values()].map(({ podSet, ...n }) => ({ ...n, pods: [...podSet].sort() })),
-    edges: [...edges.values()].map(({ portSet, fwd, drop, ...e }) => ({
+    edges: [...edges.values()].map(({ portSet, fwd, drop, kindSet, ...e }) => ({
       ...e,
+      l7Kinds: [...kindSet].sort(),
       forwarded: fwd.size,
       dropped: drop.size,
       ports: [...portSet].sort((a, b) => (parseInt(a) || 0) - (parseInt(b) || 0) || a.localeCompare(b)),

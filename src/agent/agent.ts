@@ -33,7 +33,7 @@ import type { ResourceRef } from '../store/types';
 import { formatIp } from '../util/ip';
 import { Monitor } from '../monitor/monitor';
 import { AgentMetrics, serveMetricsTcp } from '../monitor/metrics';
-import { nodeEnricher } from '../monitor/enricher';
+import type { FlowSource } from '../monitor/context';
 import { ServiceManager } from '../service/manager';
 import { ServiceSync } from '../service/sync';
 import { ensurePrivateDir, mkdirp } from '../util/fsutil';
@@ -79,24 +79,19 @@ export class Agent {
     this.tracer = new PolicyTracer(this.policy, this.identities, this.endpoints);
     this.services = new ServiceSync(new ServiceManager(cfg.serviceCidr, cfg.stateDir, cfg.lbAlgorithm), this.store, dp, log.child({ component: 'services' }));
     this.policy.repo.serviceResolver = (peer) => this.services.resolvePeer(peer);
-    this.monitor = new Monitor(
-      dp.maps.events,
-      dp.maps.eventsLost,
-      { set: (c) => dp.setMonitorConfig(c) },
-      nodeEnricher({
-        nodeName: cfg.nodeName,
-        endpoints: () => this.endpoints.list(),
-        identityLabels: (id) => this.identities.get(id)?.labels,
-        linkNames: () => dp.linkNames(),
-      }),
-      log.child({ component: 'monitor' }),
-      {
-        bufferSize: cfg.flowsBuffer,
-        aggregation: cfg.monitorAggregation === 'off' ? 'medium' : cfg.monitorAggregation,
-        reportInterval: cfg.monitorReportInterval,
-        observe: cfg.monitorAggregation !== 'off',
-      },
-    );
+    const flowSource: FlowSource = {
+      nodeName: cfg.nodeName,
+      endpoints: () => this.endpoints.list(),
+      identityLabels: (id) => this.identities.get(id)?.labels ?? (id === 0 ? [] : [`reserved:unknown-${id}`]),
+      linkNames: () => dp.linkNames(),
+    };
+    this.monitor = new Monitor(dp.maps.events, dp.maps.eventsLost, { set: (c) => dp.setMonitorConfig(c) }, flowSource, log.child({ component: 'monitor' }), {
+      bufferSize: cfg.flowsBuffer,
+      memoryBytes: cfg.flowsMemory,
+      aggregation: cfg.monitorAggregation === 'off' ? 'medium' : cfg.monitorAggregation,
+      reportInterval: cfg.monitorReportInterval,
+      observe: cfg.monitorAggregation !== 'off',
+    });
     this.metrics = new AgentMetrics({
       datapath: dp.maps.metrics,
       endpointsByState: () => {
@@ -109,14 +104,7 @@ export class Agent {
         return { reserved: all.filter((i) => i.reserved).length, local: all.filter((i) => i.local).length, cluster: all.filter((i) => !i.reserved && !i.local).length };
       },
       policyRevision: () => this.policy.revision,
-      monitor: () => ({
-        flows: this.monitor.counters.flows,
-        stored: this.monitor.stored,
-        lost: this.monitor.lostEvents(),
-        undecodable: this.monitor.counters.undecodable,
-        events: this.monitor.counters.events,
-        verdicts: this.monitor.counters.verdicts,
-      }),
+      monitor: this.monitor,
     });
     this.changes = new ChangePipeline(
       {
@@ -289,15 +277,7 @@ export class Agent {
         socketLbCgroup: this.cfg.socketLbCgroup ?? null,
         errors: this.services.errors,
       },
-      monitor: {
-        aggregation: this.cfg.monitorAggregation,
-        flowsStored: this.monitor.stored,
-        flowsBuffer: this.cfg.flowsBuffer,
-        flowsSeen: this.monitor.counters.flows,
-        events: this.monitor.counters.events,
-        lostEvents: this.monitor.lostEvents(),
-        metricsAddress: this.cfg.metricsAddress ?? null,
-      },
+      monitor: { aggregation: this.cfg.monitorAggregation, ...this.monitor.status(), metricsAddress: this.cfg.metricsAddress ?? null },
       endpointCreateMs: { count: d.length, p50: pct(50), p99: pct(99) },
       apiRequests: Object.fromEntries([...this.apiLatency].map(([k, v]) => [k, { count: v.count, meanMs: Math.round((v.sumMs / v.count) * 100) / 100 }])),
     };

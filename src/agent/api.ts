@@ -13,7 +13,7 @@ import { PolicyTraceError } from '../policy/trace';
 import { EndpointError } from '../endpoint/manager';
 import { ResourceValidationError, kindInfo, KINDS } from '../store/kinds';
 import { FILTER_FIELDS, FilterError, parseFlowQuery } from '../monitor/filter';
-import { OBSERVATION_SHORT } from '../monitor/events';
+import { MONITOR_TYPES, serveFlows, serveMonitor } from '../monitor/stream';
 import { ifnameProblem } from '../netlink/ifname';
 import { MAX_DEPTH, showValue, tooDeep } from '../util/depth';
 
@@ -271,7 +271,7 @@ export function buildApi(agent: Agent): FastifyInstance {
     return agent.metrics.text();
   });
 
-  /** NDJSON: stored flows matching the filters, then (follow=1) every new one until the client goes away. */
+  /** NDJSON: stored flows matching the filters, then (follow=1) every new one until the client goes away (src/monitor/stream.ts). */
   app.get('/v1/flows', { schema: { querystring: flowsQuery } }, async (req, reply) => {
     let q;
     try {
@@ -280,39 +280,20 @@ export function buildApi(agent: Agent): FastifyInstance {
       if (e instanceof FilterError) return reply.status(400).send({ error: e.message, kind: 'invalid' });
       throw e;
     }
-    const stored = agent.monitor.query(q);
-    if (!q.follow) {
-      reply.header('content-type', 'application/x-ndjson');
-      return stored.map((f) => JSON.stringify(f)).join('\n') + (stored.length ? '\n' : '');
-    }
     reply.hijack();
-    const res = reply.raw;
-    res.writeHead(200, { 'content-type': 'application/x-ndjson', 'cache-control': 'no-store' });
-    for (const f of stored) res.write(JSON.stringify(f) + '\n');
-    const unsubscribe = agent.monitor.subscribeFlows({ ...q, last: undefined }, (f) => res.write(JSON.stringify(f) + '\n'));
-    req.raw.on('close', unsubscribe);
-    res.on('close', unsubscribe);
+    await serveFlows(agent.monitor, reply.raw, q, { stallMs: agent.cfg.flowsStreamTimeout * 1000, log: agent.log });
   });
 
   /** NDJSON stream of decoded events ({event, flow}) for `membrane monitor`. */
   app.get<{ Querystring: { type?: string | string[]; related_to?: string } }>('/v1/monitor', { schema: { querystring: { type: 'object', additionalProperties: false, properties: { type: oneOrMany, related_to: { type: 'string', pattern: '^[0-9]{1,10}$' } } } } }, async (req, reply) => {
     const types = ([] as string[]).concat(req.query.type ?? []).flatMap((t) => t.split(','));
     for (const t of types) {
-      if (!['drop', 'trace', 'policy-verdict'].includes(t)) return reply.status(400).send({ error: `type: "${t}" is not drop, trace or policy-verdict`, kind: 'invalid' });
+      if (!MONITOR_TYPES.includes(t)) return reply.status(400).send({ error: `type: "${t}" is not ${MONITOR_TYPES.join(', ')}`, kind: 'invalid' });
     }
     const related = req.query.related_to !== undefined ? Number(req.query.related_to) : undefined;
     if (related !== undefined && !Number.isInteger(related)) return reply.status(400).send({ error: `related_to: "${req.query.related_to}" is not an endpoint id`, kind: 'invalid' });
     reply.hijack();
-    const res = reply.raw;
-    res.writeHead(200, { 'content-type': 'application/x-ndjson', 'cache-control': 'no-store' });
-    const unsubscribe = agent.monitor.subscribeEvents((ev, flow) => {
-      if (types.length && !types.includes(ev.type)) return;
-      if (related !== undefined && ev.source !== related && flow.source.ID !== related && flow.destination.ID !== related) return;
-      const { data, ...rest } = ev;
-      res.write(JSON.stringify({ event: { ...rest, data: data.toString('hex'), point: ev.type === 'trace' ? OBSERVATION_SHORT[ev.obsPoint] : undefined }, flow }) + '\n');
-    });
-    req.raw.on('close', unsubscribe);
-    res.on('close', unsubscribe);
+    serveMonitor(agent.monitor, reply.raw, { types, relatedTo: related }, { stallMs: agent.cfg.flowsStreamTimeout * 1000, log: agent.log });
   });
 
   // Resources in Kubernetes shapes: apply (all or nothing), get, delete.

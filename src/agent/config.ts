@@ -26,6 +26,10 @@ export interface AgentConfig {
   monitorAggregation: 'off' | 'none' | 'low' | 'medium' | 'max';
   monitorReportInterval: number;
   flowsBuffer: number;
+  /** Bytes the flow store may take, everything included (--flows-memory). */
+  flowsMemory: number;
+  /** Seconds a streaming client may take nothing while flows are dropped for it before it is disconnected. */
+  flowsStreamTimeout: number;
   /** host:port for a Prometheus listener; none unless asked for. */
   metricsAddress?: string;
   serviceCidr: string;
@@ -73,7 +77,10 @@ const USAGE = `Usage: membrane-agent [flags]
   --policy-enforcement MODE   default|always|never (default)
   --monitor-aggregation LEVEL off|none|low|medium|max (medium): off = drop events only
   --monitor-report-interval S periodic flow report for level low (5)
-  --flows-buffer N            flows kept for observe (65536)
+  --flows-buffer N            flows kept for observe, at most (65536)
+  --flows-memory SIZE         memory for kept flows, at most, e.g. 64Mi, 1Gi, 500M (64Mi)
+  --flows-stream-timeout S    a streaming client (observe --follow, monitor, UI) that takes nothing
+                              for S seconds while flows are dropped for it is disconnected (30)
   --metrics-address HOST:PORT also serve Prometheus /metrics on TCP (off unless given)
   --service-cidr CIDR         ClusterIPs are allocated from it (10.96.0.0/16)
   --lb-algorithm ALG          random|maglev, default backend selection (random)
@@ -87,6 +94,20 @@ const USAGE = `Usage: membrane-agent [flags]
 `;
 
 export class ConfigError extends Error {}
+
+const SIZE_UNITS: Record<string, number> = { '': 1, k: 1e3, K: 1e3, M: 1e6, G: 1e9, Ki: 2 ** 10, Mi: 2 ** 20, Gi: 2 ** 30, KiB: 2 ** 10, MiB: 2 ** 20, GiB: 2 ** 30, KB: 1e3, MB: 1e6, GB: 1e9, B: 1 };
+
+/** A size in bytes: a number, or with a unit as Kubernetes quantities (64Mi, 1Gi, 500M, 2G; also MiB, MB). */
+export function parseByteSize(v: string | number, field: string): number {
+  if (typeof v === 'number') {
+    if (Number.isInteger(v) && v >= 0) return v;
+    throw new ConfigError(`${field}: ${v} is not a number of bytes`);
+  }
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$/.exec(v);
+  const unit = m ? SIZE_UNITS[m[2]] : undefined;
+  if (!m || unit === undefined) throw new ConfigError(`${field}: "${v}" is not a size (bytes, or with a unit: Ki, Mi, Gi, K, M, G)`);
+  return Math.floor(Number(m[1]) * unit);
+}
 
 export function parseAgentArgs(argv: string[]): AgentConfig | 'help' {
   const { values } = parseArgs({
@@ -105,6 +126,8 @@ export function parseAgentArgs(argv: string[]): AgentConfig | 'help' {
       'monitor-aggregation': { type: 'string' },
       'monitor-report-interval': { type: 'string' },
       'flows-buffer': { type: 'string' },
+      'flows-memory': { type: 'string' },
+      'flows-stream-timeout': { type: 'string' },
       'metrics-address': { type: 'string' },
       'service-cidr': { type: 'string' },
       'lb-algorithm': { type: 'string' },
@@ -130,7 +153,7 @@ export function parseAgentArgs(argv: string[]): AgentConfig | 'help' {
       throw new ConfigError(`--config: ${values.config} must hold a mapping of settings`);
     }
     for (const [k, v] of Object.entries(parsed ?? {})) file[k.replace(/-([a-z])/g, (_, c) => c.toUpperCase())] = v;
-    const known = ['stateDir', 'bpfRoot', 'socket', 'podCidr', 'nodeName', 'mtu', 'logLevel', 'bpfObjDir', 'policyEnforcement', 'monitorAggregation', 'monitorReportInterval', 'flowsBuffer', 'metricsAddress', 'serviceCidr', 'lbAlgorithm', 'devices', 'socketLbCgroup', 'resyncInterval'];
+    const known = ['stateDir', 'bpfRoot', 'socket', 'podCidr', 'nodeName', 'mtu', 'logLevel', 'bpfObjDir', 'policyEnforcement', 'monitorAggregation', 'monitorReportInterval', 'flowsBuffer', 'flowsMemory', 'flowsStreamTimeout', 'metricsAddress', 'serviceCidr', 'lbAlgorithm', 'devices', 'socketLbCgroup', 'resyncInterval'];
     for (const k of Object.keys(file)) {
       if (!known.includes(k)) throw new ConfigError(`--config: unknown setting "${k}" in ${values.config} (known: ${known.join(', ')})`);
     }
@@ -153,6 +176,8 @@ export function parseAgentArgs(argv: string[]): AgentConfig | 'help' {
     monitorAggregation: pick(values['monitor-aggregation'], 'monitorAggregation', 'medium'),
     monitorReportInterval: pick(values['monitor-report-interval'], 'monitorReportInterval', '5'),
     flowsBuffer: pick(values['flows-buffer'], 'flowsBuffer', '65536'),
+    flowsMemory: pick(values['flows-memory'], 'flowsMemory', '64Mi'),
+    flowsStreamTimeout: pick(values['flows-stream-timeout'], 'flowsStreamTimeout', '30'),
     metricsAddress: values['metrics-address'] ?? (file.metricsAddress as string | undefined),
     serviceCidr: pick(values['service-cidr'], 'serviceCidr', '10.96.0.0/16'),
     lbAlgorithm: pick(values['lb-algorithm'], 'lbAlgorithm', 'random'),
@@ -176,6 +201,8 @@ export function buildConfig(o: {
   monitorAggregation?: string;
   monitorReportInterval?: string | number;
   flowsBuffer?: string | number;
+  flowsMemory?: string | number;
+  flowsStreamTimeout?: string | number;
   metricsAddress?: string;
   serviceCidr?: string;
   lbAlgorithm?: string;
@@ -204,6 +231,10 @@ export function buildConfig(o: {
   if (!Number.isInteger(interval) || interval < 1 || interval > 3600) throw new ConfigError(`monitor-report-interval: "${o.monitorReportInterval}" must be 1..3600 seconds`);
   const flowsBuffer = Number(o.flowsBuffer ?? 65536);
   if (!Number.isInteger(flowsBuffer) || flowsBuffer < 1 || flowsBuffer > 10_000_000) throw new ConfigError(`flows-buffer: "${o.flowsBuffer}" must be 1..10000000`);
+  const flowsMemory = parseByteSize(o.flowsMemory ?? '64Mi', 'flows-memory');
+  if (flowsMemory < 1 << 20 || flowsMemory > 64 * 2 ** 30) throw new ConfigError(`flows-memory: "${o.flowsMemory}" must be between 1Mi and 64Gi`);
+  const flowsStreamTimeout = Number(o.flowsStreamTimeout ?? 30);
+  if (!Number.isFinite(flowsStreamTimeout) || flowsStreamTimeout < 1 || flowsStreamTimeout > 3600) throw new ConfigError(`flows-stream-timeout: "${o.flowsStreamTimeout}" must be 1..3600 seconds`);
   if (o.metricsAddress !== undefined && !/^[^\s:]+:\d{1,5}$/.test(o.metricsAddress)) throw new ConfigError(`metrics-address: "${o.metricsAddress}" must be HOST:PORT`);
   let serviceCidr: string;
   try {
@@ -233,6 +264,8 @@ export function buildConfig(o: {
     monitorAggregation: agg as AgentConfig['monitorAggregation'],
     monitorReportInterval: interval,
     flowsBuffer,
+    flowsMemory,
+    flowsStreamTimeout,
     metricsAddress: o.metricsAddress,
     serviceCidr,
     lbAlgorithm,

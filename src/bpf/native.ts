@@ -177,6 +177,12 @@ export interface MembraneNative {
   // ---- ring buffer ----
   /** The callback runs on the JS thread from the event loop, once per record (a copy). */
   ringbufOpen(mapFd: number, callback: (record: Buffer) => void): number;
+  /**
+   * Batch mode: per turn of the event loop, up to maxRecords records are copied
+   * back to back into `batch` (u32 length, u32 flags (1 = truncated), bytes
+   * padded to 8) and callback(count, bytes) is called once.
+   */
+  ringbufOpen(mapFd: number, callback: (count: number, bytes: number) => void, batch: Buffer, maxRecords: number): number;
   /** Idempotent; may be called from inside the callback. */
   ringbufClose(handle: number): void;
 

@@ -51,10 +51,35 @@ const TRACE_PREFIX: Record<string, (e: any, f: Flow) => string> = {
   'from-overlay': () => '<- overlay',
 };
 
+/** The line for a stream's lost_events record: how many records the agent dropped for this (slow) client. */
+export function lostLine(rec: { lost_events: { num_events_lost: number } }, what: 'flows' | 'events'): string {
+  return `${rec.lost_events.num_events_lost} ${what} dropped: client too slow`;
+}
+
+function endpointLabels(f: FlowEndpoint): string {
+  return `[${f.labels.join(' ')}]`;
+}
+
+/** The monitor line of an L7 record, in the reference system's monitor shape. */
+function l7MonitorLine(e: any, f: Flow): string {
+  const verdict = { forwarded: 'Forwarded', denied: 'Denied', error: 'Error' }[e.verdict as string] ?? e.verdict;
+  const proto = e.http ? 'http' : 'dns';
+  const who = (x: FlowEndpoint) => `${x.ID ?? 0} (${endpointLabels(x)})`;
+  const head = e.kind === 'request' ? `<- Request ${proto} from ${who(f.source)} to ${who(f.destination)}` : `-> Response ${proto} to ${who(f.destination)} from ${who(f.source)}`;
+  let what: string;
+  if (e.http) what = `${e.http.method} ${e.http.url} => ${e.http.code ?? 0}`;
+  else {
+    const q = `${e.dns.query} ${(e.dns.qtypes ?? []).join(',')}`.trim();
+    what = e.kind === 'request' ? `DNS Query: ${q}` : `DNS Answer: ${q} rcode ${e.dns.rcode ?? '-'} ${(e.dns.ips ?? []).join(',')}`.trimEnd();
+  }
+  return `${head}, identity ${identityName(f.source.identity)}->${identityName(f.destination.identity)}, verdict ${verdict} ${what}`;
+}
+
 /** One `membrane monitor` line for an {event, flow} record of /v1/monitor. */
 export function monitorLine(rec: { event: any; flow: Flow }, verbose = false): string {
   const e = rec.event;
   let line: string;
+  if (e.type === 'l7') return l7MonitorLine(e, rec.flow);
   if (e.type === 'drop') {
     const reason = rec.flow.Summary.match(/\(([^)]*)\)$/)?.[1] ?? `reason ${e.reason}`;
     line = `xx drop (${reason}) flow ${hex(e.hash)} to endpoint ${e.dstId}, ifindex ${e.ifindex}, file ${e.file} line ${e.line}, , identity ${identityName(e.srcLabel)}->${identityName(e.dstLabel)}: ${packetSummary(e.data)}`;
@@ -88,12 +113,14 @@ function shortTime(iso: string): string {
 }
 
 function what(f: Flow): string {
+  if (f.l7) return `${f.l7.http ? 'http' : 'dns'}-${f.l7.type.toLowerCase()} ${f.verdict}`;
   if (f.event_type.type === 5) return `policy-verdict:${f.policy_match_type} ${f.traffic_direction} ${f.verdict === 'DROPPED' ? 'DENIED' : 'ALLOWED'}`;
   if (f.verdict === 'DROPPED') return `${f.Summary.match(/\(([^)]*)\)$/)?.[1] ?? f.drop_reason_desc} DROPPED`;
   return `${(f.trace_observation_point ?? '').toLowerCase().replace(/_/g, '-')} ${f.verdict}`;
 }
 
 function l4Text(f: Flow): string {
+  if (f.l7) return `(${f.Summary})`;
   if (f.l4?.TCP) return `(TCP Flags: ${flagNames(f.l4.TCP.flags ?? {}).join(', ')})`;
   if (f.l4?.UDP) return '(UDP)';
   if (f.l4?.SCTP) return '(SCTP)';
@@ -113,7 +140,7 @@ export function flowRow(f: Flow): string[] {
     shortTime(f.time),
     endpointText(f.source, f.IP?.source, sp),
     endpointText(f.destination, f.IP?.destination, dp),
-    f.event_type.type === 1 ? 'drop' : f.event_type.type === 5 ? 'policy-verdict' : (f.trace_observation_point ?? '').toLowerCase(),
+    f.l7 ? `${f.l7.http ? 'http' : 'dns'}-${f.l7.type.toLowerCase()}` : f.event_type.type === 1 ? 'drop' : f.event_type.type === 5 ? 'policy-verdict' : (f.trace_observation_point ?? '').toLowerCase(),
     f.verdict + (f.drop_reason ? ` (${f.drop_reason})` : ''),
     l4Text(f),
   ];

@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import YAML from 'yaml';
 import { AgentClient, AgentUnreachable, ApiError } from '../agent/client';
 import { table } from './table';
-import { flowCompact, flowRow, monitorLine } from './flowfmt';
+import { flowCompact, flowRow, lostLine, monitorLine } from './flowfmt';
 import { isBareRule, isRuleList, rulesToPolicy, RuleImportError } from '../policy/import';
 import { MAX_DEPTH, tooDeep } from '../util/depth';
 
@@ -32,13 +32,15 @@ Commands:
   policy trace --src S --dst D --dport N[/PROTO]
                              explain the verdict; S, D: endpoint id, pod [ns/]name, or labels k=v,...
   policy selectors           the selector cache
-  monitor [-t drop|trace|policy-verdict]... [--related-to ID] [-v] [-o json]
-                             the datapath's event stream, live
+  monitor [-t drop|trace|policy-verdict|l7]... [--related-to ID] [-v] [-o json]
+                             the datapath's event stream (and the proxies' L7 records), live
   observe [FILTERS] [--follow] [--last N] [--since T] [--until T] [-o compact|table|json]
                              flows with pod names and labels; FILTERS: --pod, --from-pod, --to-pod,
                              --namespace, --label, --ip, --identity (each also --from-/--to-),
                              --verdict, --drop-reason, --type, --protocol, --port, --tcp-flags,
-                             --traffic-direction; --not negates the next filter
+                             --traffic-direction, --http-method, --http-path REGEX,
+                             --http-status CODE|MIN-MAX|4+, --dns-query NAME (* any characters);
+                             --type drop|trace|policy-verdict|l7; --not negates the next filter
   metrics                    Prometheus metrics of the agent and the datapath
   ui [--port N]              the service map in a browser: http://127.0.0.1:N/ (default 12000), live
   bpf policy get ENDPOINT    the endpoint's policy map in the kernel
@@ -86,7 +88,7 @@ export function parseCli(argv: string[], env: NodeJS.ProcessEnv): Opts | 'help' 
   for (const f of ['pod', 'label', 'ip', 'identity', 'port']) {
     for (const side of ['', 'from-', 'to-']) valued[`--${side}${f}`] = `${side}${f}`;
   }
-  for (const f of ['verdict', 'drop-reason', 'protocol', 'tcp-flags', 'traffic-direction', 'from-namespace', 'to-namespace', 'node-name']) valued[`--${f}`] = f;
+  for (const f of ['verdict', 'drop-reason', 'protocol', 'tcp-flags', 'traffic-direction', 'from-namespace', 'to-namespace', 'node-name', 'http-method', 'http-path', 'http-status', 'dns-query']) valued[`--${f}`] = f;
   const booleans: Record<string, string> = { '--services': 'services', '--frontends': 'frontends', '--backends': 'backends', '--revnat': 'revnat', '--maglev': 'maglev', '--all': 'all', '-A': 'all-namespaces', '--all-namespaces': 'all-namespaces', '--follow': 'follow', '--not': 'not', '-v': 'verbose', '--verbose': 'verbose' };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -244,6 +246,10 @@ export function flowQuery(o: Opts): URLSearchParams {
     'tcp-flags',
     'traffic-direction',
     'node-name',
+    'http-method',
+    'http-path',
+    'http-status',
+    'dns-query',
   ]);
   let negate = false;
   for (const [name, v] of o.flagList) {
@@ -286,7 +292,8 @@ const commands: Record<string, Handler> = {
     if (o.output !== 'json') process.stdout.write('Listening for events... Press Ctrl-C to quit\n');
     await streamUntilDone(c, `/v1/monitor?${q}`, (line) => {
       const rec = JSON.parse(line);
-      process.stdout.write((o.output === 'json' ? JSON.stringify(rec) : monitorLine(rec, !!o.flags.verbose)) + '\n');
+      if (rec.lost_events && o.output !== 'json') process.stdout.write(lostLine(rec, 'events') + '\n');
+      else process.stdout.write((o.output === 'json' ? JSON.stringify(rec) : monitorLine(rec, !!o.flags.verbose)) + '\n');
     });
     return '';
   },
@@ -296,14 +303,19 @@ const commands: Record<string, Handler> = {
     if (fmt === 'table' && !o.flags.follow) {
       const text = await new Promise<string>((resolve, reject) => {
         const rows: string[][] = [];
-        const s = c.stream(`/v1/flows?${q}`, (l) => rows.push(flowRow(JSON.parse(l))));
+        const s = c.stream(`/v1/flows?${q}`, (l) => {
+          const f = JSON.parse(l);
+          if (f.lost_events) process.stdout.write(lostLine(f, 'flows') + '\n');
+          else rows.push(flowRow(f));
+        });
         s.done.then(() => resolve(table(['TIME', 'SOURCE', 'DESTINATION', 'TYPE', 'VERDICT', 'SUMMARY'], rows)), reject);
       });
       return text;
     }
     await streamUntilDone(c, `/v1/flows?${q}`, (line) => {
       const f = JSON.parse(line);
-      process.stdout.write((fmt === 'json' ? line : fmt === 'table' ? flowRow(f).join('\t') : flowCompact(f)) + '\n');
+      if (f.lost_events && fmt !== 'json') process.stdout.write(lostLine(f, 'flows') + '\n');
+      else process.stdout.write((fmt === 'json' ? line : fmt === 'table' ? flowRow(f).join('\t') : flowCompact(f)) + '\n');
     });
     return '';
   },

@@ -1134,3 +1134,32 @@ export const STRUCT_SIZES = {
   lb_sock_revnat_key: 32,
   lb_sock_revnat_value: 24,
 } as const;
+
+/** Byte offset of every member, from BTF (for readers that decode in place, without a codec). */
+export const FIELD_OFFSETS = {
+  endpoint_key: { addr: 0, family: 16, pad: 17 },
+  endpoint_info: { ifindex: 0, ep_id: 4, pad: 6, flags: 8, sec_id: 12, mac: 16, node_mac: 22 },
+  ipcache_key: { prefixlen: 0, family: 4, pad: 5, addr: 8 },
+  ipcache_value: { sec_id: 0, tunnel_family: 4, flags: 5, pad: 6, tunnel_addr: 8 },
+  policy_key: { prefixlen: 0, sec_id: 4, egress: 8, protocol: 9, dport: 10 },
+  policy_value: { packets: 0, bytes: 8, proxy_port: 16, flags: 18, prefix_len: 19, pad: 20 },
+  ct_key: { saddr: 0, daddr: 16, sport: 32, dport: 34, nexthdr: 36, flags: 37, family: 38, pad: 39 },
+  ct_value: { tx_packets: 0, tx_bytes: 8, rx_packets: 16, rx_bytes: 24, lifetime: 32, src_sec_id: 36, rev_nat_index: 40, tx_flags_seen: 42, rx_flags_seen: 43, flags: 44, pad: 45, last_report: 48, backend_id: 52 },
+  metrics_key: { reason: 0, dir: 1, pad: 2 },
+  metrics_value: { count: 0, bytes: 8 },
+  node_config: { host_ifindex: 0, net_ifindex: 4, host_mac: 8, net_mac: 14, router_ipv4: 20, router_ipv6: 24, flags: 40 },
+  event_hdr: { type: 0, subtype: 1, source: 2, hash: 4 },
+  drop_event: { hdr: 0, src_label: 8, dst_label: 12, dst_id: 16, line: 18, file: 20, ext_error: 21, pad: 22, ifindex: 24, orig_len: 28, cap_len: 32, pad2: 34, data: 36 },
+  ep_config: { ep_id: 0, sec_id: 4, ifindex: 8, flags: 12, ipv4: 16, ipv6: 20, mac: 36, node_mac: 42 },
+  trace_event: { hdr: 0, src_label: 8, dst_label: 12, dst_id: 16, ct_state: 18, pad: 19, ifindex: 20, orig_len: 24, cap_len: 28, pad2: 30, data: 32 },
+  policy_verdict_event: { hdr: 0, remote_label: 8, verdict: 12, drop_reason: 13, dir: 14, match_type: 15, dst_port: 16, proto: 18, audited: 19, ifindex: 20, orig_len: 24, cap_len: 28, pad: 30, data: 32 },
+  monitor_config: { flags: 0, aggregation: 4, report_interval: 8, pad: 12 },
+  lb_service_key: { addr: 0, dport: 16, slot: 18, proto: 20, family: 21, scope: 22, pad: 23 },
+  lb_service_value: { backend_id: 0, count: 4, rev_nat_index: 6, flags: 8, pad: 9 },
+  lb_backend: { addr: 0, port: 16, proto: 18, flags: 19, family: 20, pad: 21 },
+  lb_revnat: { addr: 0, port: 16, family: 18, pad: 19 },
+  lb_affinity_key: { client: 0, rev_nat_index: 16, family: 18, pad: 19 },
+  lb_affinity_value: { last_used: 0, backend_id: 4 },
+  lb_sock_revnat_key: { cookie: 0, addr: 8, port: 24, family: 26, pad: 27 },
+  lb_sock_revnat_value: { addr: 0, port: 16, rev_nat_index: 18, family: 20, pad: 21 },
+} as const;

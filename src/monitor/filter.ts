@@ -6,6 +6,7 @@
 import { cidrContains, parseCidr, parseIp } from '../util/ip';
 import type { Flow, FlowEndpoint } from './flow';
 import { dropReasonName } from './flow';
+import { EVENT_L7, parseStatusRange } from './l7';
 import type { TcpFlags } from './packet';
 
 export interface FlowFilter {
@@ -25,11 +26,16 @@ export const FILTER_FIELDS = [
   'tcp_flags',
   'traffic_direction',
   'node_name',
+  'http_method',
+  'http_path',
+  'http_status',
+  'dns_query',
 ];
 
 const VERDICTS = ['FORWARDED', 'DROPPED', 'AUDIT', 'REDIRECTED', 'ERROR', 'TRACED'];
-const TYPES = ['drop', 'trace', 'policy-verdict'];
-const PROTOCOLS = ['tcp', 'udp', 'icmp', 'icmpv4', 'sctp'];
+const TYPES = ['drop', 'trace', 'policy-verdict', 'l7'];
+const TYPE_CODES: Record<string, number> = { drop: 1, trace: 4, 'policy-verdict': 5, l7: EVENT_L7 };
+const PROTOCOLS = ['tcp', 'udp', 'icmp', 'icmpv4', 'sctp', 'http', 'dns'];
 const FLAGS = ['SYN', 'FIN', 'RST', 'PSH', 'ACK', 'URG', 'ECE', 'CWR'];
 
 export class FilterError extends Error {}
@@ -46,6 +52,16 @@ export function validateFilter(f: FlowFilter): void {
     if ((base === 'port' || base === 'identity') && !/^\d+$/.test(v)) throw bad('is not a number');
     if (base === 'traffic_direction' && !['ingress', 'egress'].includes(v.toLowerCase())) throw bad('is not ingress or egress');
     if (base === 'tcp_flags' && !v.split(',').every((x) => FLAGS.includes(x.toUpperCase()))) throw bad(`is not a list of ${FLAGS.join(', ')}`);
+    if (base === 'http_status' && !parseStatusRange(v)) throw bad('is not a status code (403), a range (400-499) or a class (4+)');
+    if (base === 'http_method' && !/^[A-Za-z]+$/.test(v)) throw bad('is not an HTTP method');
+    if (base === 'http_path') {
+      try {
+        regex(v);
+      } catch (e) {
+        throw bad(`is not a regular expression (${(e as Error).message})`);
+      }
+    }
+    if (base === 'dns_query' && !/^[A-Za-z0-9_*.-]+$/.test(v)) throw bad('is not a DNS name (letters, digits, -, _, . and * for any characters)');
     if (base === 'ip') {
       try {
         if (v.includes('/')) parseCidr(v);
@@ -55,6 +71,38 @@ export function validateFilter(f: FlowFilter): void {
       }
     }
   }
+}
+
+const regexCache = new Map<string, RegExp>();
+function regex(v: string): RegExp {
+  let r = regexCache.get(v);
+  if (!r) {
+    r = new RegExp(v);
+    if (regexCache.size > 256) regexCache.clear();
+    regexCache.set(v, r);
+  }
+  return r;
+}
+
+/** The path of an HTTP URL (absolute or origin-form). */
+function urlPath(url: string): string {
+  const m = /^[a-z][a-z0-9+.-]*:\/\/[^/?#]*/i.exec(url);
+  const rest = m ? url.slice(m[0].length) : url;
+  const end = rest.search(/[?#]/);
+  const p = end >= 0 ? rest.slice(0, end) : rest;
+  return p || '/';
+}
+
+/** DNS names compare without case and trailing dot; `*` in the filter matches any characters. */
+function dnsName(s: string): string {
+  return s.toLowerCase().replace(/\.$/, '');
+}
+function dnsMatches(query: string, v: string): boolean {
+  const want = dnsName(v);
+  if (!want.includes('*')) return dnsName(query) === want;
+  // Validated names hold only letters, digits, -, _, . and *: only the dots need escaping.
+  const pattern = want.split('*').map((p) => p.replace(/\./g, '\\.')).join('.*');
+  return regex(`^${pattern}$`).test(dnsName(query));
 }
 
 function podMatches(e: FlowEndpoint, v: string): boolean {
@@ -116,11 +164,24 @@ function valueMatches(field: string, v: string, f: Flow): boolean {
     case 'drop_reason':
       return f.drop_reason !== undefined && (String(f.drop_reason) === v || dropReasonName(f.drop_reason) === v.toUpperCase() || (f.drop_reason_desc ?? '') === v);
     case 'type':
-      return { drop: 1, trace: 4, 'policy-verdict': 5 }[v.toLowerCase()] === f.event_type.type;
+      return TYPE_CODES[v.toLowerCase()] === f.event_type.type;
     case 'protocol': {
       const p = v.toLowerCase();
+      if (p === 'http') return !!f.l7?.http;
+      if (p === 'dns') return !!f.l7?.dns;
       return (p === 'tcp' && !!f.l4?.TCP) || (p === 'udp' && !!f.l4?.UDP) || (p === 'sctp' && !!f.l4?.SCTP) || ((p === 'icmp' || p === 'icmpv4') && !!f.l4?.ICMPv4);
     }
+    case 'http_method':
+      return !!f.l7?.http && f.l7.http.method.toUpperCase() === v.toUpperCase();
+    case 'http_path':
+      return !!f.l7?.http && regex(v).test(urlPath(f.l7.http.url));
+    case 'http_status': {
+      const code = f.l7?.http?.code;
+      const r = parseStatusRange(v);
+      return code !== undefined && !!r && code >= r[0] && code <= r[1];
+    }
+    case 'dns_query':
+      return !!f.l7?.dns && dnsMatches(f.l7.dns.query, v);
     case 'tcp_flags': {
       const flags = f.l4?.TCP?.flags;
       return !!flags && v.split(',').every((x) => flags[x.toUpperCase() as keyof TcpFlags]);

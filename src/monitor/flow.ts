@@ -2,11 +2,14 @@
  * Flow records: a datapath event turned into what users read — verdict, drop
  * reason, addresses, ports, TCP flags, direction, observation point, and both
  * ends enriched with endpoint id, identity, namespace, pod name and labels.
- * The JSON shape follows the reference system's flow records.
+ * The JSON shape follows the reference system's flow records. Flows are built
+ * here only when read: the store keeps compact records (store.ts) and the
+ * interned contexts of both ends (context.ts).
  */
-import * as crypto from 'node:crypto';
 import { DROP_REASONS, dropReasonText } from '../datapath/constants';
+import type { Ctx } from './context';
 import { CT_STATES, MATCH_TYPES, MonitorEvent, OBSERVATION_POINTS } from './events';
+import { EVENT_L7, L7Record, policyRef } from './l7';
 import { DecodedPacket, TcpFlags, decodePacket, flagNames } from './packet';
 
 export interface FlowEndpoint {
@@ -15,6 +18,20 @@ export interface FlowEndpoint {
   namespace?: string;
   pod_name?: string;
   labels: string[];
+}
+
+export interface PolicyRef {
+  kind: string;
+  namespace?: string;
+  name: string;
+}
+
+export interface FlowL7 {
+  type: 'REQUEST' | 'RESPONSE';
+  latency_ns?: number;
+  http?: { code?: number; method: string; url: string; protocol: string; host?: string; headers?: { key: string; value: string }[] };
+  dns?: { query: string; ips?: string[]; ttl?: number; ttls?: number[]; cnames?: string[]; rcode?: string; qtypes: string[] };
+  route?: { gateway: string; route: string; backend?: string };
 }
 
 export type Verdict = 'FORWARDED' | 'DROPPED' | 'AUDIT' | 'REDIRECTED' | 'ERROR' | 'TRACED';
@@ -34,6 +51,11 @@ export interface Flow {
     SCTP?: { source_port: number; destination_port: number };
     ICMPv4?: { type: number; code: number };
   };
+  l7?: FlowL7;
+  ingress_allowed_by?: PolicyRef[];
+  egress_allowed_by?: PolicyRef[];
+  ingress_denied_by?: PolicyRef[];
+  egress_denied_by?: PolicyRef[];
   source: FlowEndpoint;
   destination: FlowEndpoint;
   traffic_direction: 'INGRESS' | 'EGRESS' | 'TRAFFIC_DIRECTION_UNKNOWN';
@@ -44,32 +66,6 @@ export interface Flow {
   interface?: { index: number; name?: string };
   node_name: string;
   Summary: string;
-}
-
-export interface EndpointInfoLite {
-  id: number;
-  identity: number;
-  namespace: string;
-  podName?: string;
-  labels: string[];
-}
-
-export interface Enricher {
-  nodeName: string;
-  endpointByIp(ip: string): EndpointInfoLite | undefined;
-  endpointById(id: number): EndpointInfoLite | undefined;
-  identityLabels(id: number): string[];
-  ifName(ifindex: number): string | undefined;
-}
-
-const NS_LABEL = 'k8s:io.kubernetes.pod.namespace=';
-
-function endpointOf(ip: string | undefined, identity: number, en: Enricher, knownId?: number): FlowEndpoint {
-  const ep = (knownId ? en.endpointById(knownId) : undefined) ?? (ip ? en.endpointByIp(ip) : undefined);
-  if (ep) return { ID: ep.id, identity: identity || ep.identity, namespace: ep.namespace, pod_name: ep.podName, labels: ep.labels };
-  const labels = en.identityLabels(identity);
-  const ns = labels.find((l) => l.startsWith(NS_LABEL))?.slice(NS_LABEL.length);
-  return { identity, namespace: ns, labels };
 }
 
 function l4Of(p: DecodedPacket): Flow['l4'] {
@@ -94,19 +90,34 @@ export function dropReasonName(code: number): string {
   return r ? (code === 133 ? 'POLICY_DENIED' : code === 181 ? 'POLICY_DENY' : r.name) : `REASON_${code}`;
 }
 
-export function toFlow(ev: MonitorEvent, en: Enricher): Flow {
+/** What a flow needs besides its record: time, id, node, and the interned names of its ends and interface. */
+export interface FlowMeta {
+  time: number;
+  uuid: string;
+  nodeName: string;
+  src?: Ctx;
+  dst?: Ctx;
+  ifName?: string;
+}
+
+/** One end of a flow from its context (an endpoint, or an identity's labels). */
+function endOf(c: Ctx | undefined, identity: number): FlowEndpoint {
+  if (c?.ep !== undefined) return { ID: c.ep, identity: identity || c.identity, namespace: c.namespace, pod_name: c.podName, labels: c.labels };
+  return { identity, namespace: c?.namespace, labels: c?.labels ?? [] };
+}
+
+/** The flow of a datapath event, its ends named by their contexts. */
+export function eventFlow(ev: MonitorEvent, m: FlowMeta): Flow {
   const pkt = decodePacket(ev.data);
   const base = {
-    time: new Date(ev.time).toISOString(),
-    uuid: crypto.randomUUID(),
+    time: new Date(m.time).toISOString(),
+    uuid: m.uuid,
     ethernet: pkt.ethernet ? { source: pkt.ethernet.source, destination: pkt.ethernet.destination } : undefined,
     IP: pkt.ip ? { source: pkt.ip.source, destination: pkt.ip.destination, ipVersion: pkt.ip.ipVersion } : undefined,
     l4: l4Of(pkt),
-    interface: ev.ifindex ? { index: ev.ifindex, name: en.ifName(ev.ifindex) } : undefined,
-    node_name: en.nodeName,
+    interface: ev.ifindex ? { index: ev.ifindex, name: m.ifName } : undefined,
+    node_name: m.nodeName,
   };
-  const src = pkt.ip?.source;
-  const dst = pkt.ip?.destination;
   switch (ev.type) {
     case 'drop': {
       return {
@@ -115,22 +126,21 @@ export function toFlow(ev: MonitorEvent, en: Enricher): Flow {
         drop_reason: ev.reason,
         drop_reason_desc: dropReasonName(ev.reason),
         event_type: { type: 1, sub_type: ev.reason },
-        source: endpointOf(src, ev.srcLabel, en, ev.direction === 'EGRESS' ? ev.source : undefined),
-        destination: endpointOf(dst, ev.dstLabel, en, ev.dstId || undefined),
+        source: endOf(m.src, ev.srcLabel),
+        destination: endOf(m.dst, ev.dstLabel),
         traffic_direction: ev.direction,
         Summary: summary(pkt, `(${dropReasonText(ev.reason)})`),
       };
     }
     case 'trace': {
       const point = OBSERVATION_POINTS[ev.obsPoint] ?? `POINT_${ev.obsPoint}`;
-      const direction = point === 'FROM_ENDPOINT' || point === 'TO_STACK' ? 'EGRESS' : point === 'TO_ENDPOINT' || point === 'FROM_HOST' ? 'INGRESS' : 'TRAFFIC_DIRECTION_UNKNOWN';
       return {
         ...base,
         verdict: 'FORWARDED',
         event_type: { type: 4, sub_type: ev.obsPoint },
-        source: endpointOf(src, ev.srcLabel, en, direction === 'EGRESS' ? ev.source : undefined),
-        destination: endpointOf(dst, ev.dstLabel, en, ev.dstId || undefined),
-        traffic_direction: direction,
+        source: endOf(m.src, ev.srcLabel),
+        destination: endOf(m.dst, ev.dstLabel),
+        traffic_direction: traceDirection(ev.obsPoint),
         trace_observation_point: point,
         ct_state: CT_STATES[ev.ctState] ?? String(ev.ctState),
         is_reply: ev.ctState === 2,
@@ -138,11 +148,9 @@ export function toFlow(ev: MonitorEvent, en: Enricher): Flow {
       };
     }
     case 'policy-verdict': {
-      const local = en.endpointById(ev.source);
-      const localEp: FlowEndpoint = local
-        ? { ID: local.id, identity: local.identity, namespace: local.namespace, pod_name: local.podName, labels: local.labels }
-        : { ID: ev.source, identity: 0, labels: [] };
-      const remote = endpointOf(ev.direction === 'INGRESS' ? src : dst, ev.remoteLabel, en);
+      const localCtx = ev.direction === 'INGRESS' ? m.dst : m.src;
+      const localEp: FlowEndpoint = localCtx?.ep !== undefined ? endOf(localCtx, 0) : { ID: ev.source, identity: 0, labels: [] };
+      const remote = endOf(ev.direction === 'INGRESS' ? m.src : m.dst, ev.remoteLabel);
       return {
         ...base,
         verdict: ev.allowed ? 'FORWARDED' : 'DROPPED',
@@ -157,4 +165,65 @@ export function toFlow(ev: MonitorEvent, en: Enricher): Flow {
       };
     }
   }
+}
+
+/** Traffic direction of a trace event by its observation point. */
+export function traceDirection(obsPoint: number): Flow['traffic_direction'] {
+  const point = OBSERVATION_POINTS[obsPoint];
+  return point === 'FROM_ENDPOINT' || point === 'TO_STACK' ? 'EGRESS' : point === 'TO_ENDPOINT' || point === 'FROM_HOST' ? 'INGRESS' : 'TRAFFIC_DIRECTION_UNKNOWN';
+}
+
+const L7_VERDICT = { forwarded: 'FORWARDED', denied: 'DROPPED', error: 'ERROR' } as const;
+
+/** The one-line summary of an L7 record, as the reference system prints L7 flows. */
+export function l7Summary(r: L7Record): string {
+  if (r.http) {
+    const h = r.http;
+    if (r.kind === 'request') return `${h.protocol} ${h.method} ${h.url}`;
+    const ms = h.latencyNs !== undefined ? ` ${Math.round(h.latencyNs / 1e6)}ms` : '';
+    return `${h.protocol} ${h.code ?? '-'}${ms} (${h.method} ${h.url})`;
+  }
+  const d = r.dns!;
+  const q = `${d.query} ${d.qtypes.join(',')}`.trim();
+  if (r.kind === 'request') return `DNS Query ${q}`;
+  if (d.rcode && d.rcode !== 'NoError' && !d.ips?.length) return `DNS Answer RCode: ${d.rcode} (Proxy ${q})`;
+  const ttl = d.ttls?.length ? ` TTL: ${d.ttls[0]}` : '';
+  return `DNS Answer "${(d.ips ?? []).concat(d.cnames ?? []).join(',')}"${ttl} (Proxy ${q})`;
+}
+
+/** The flow of an L7 record from a proxy. */
+export function l7Flow(r: L7Record, m: FlowMeta): Flow {
+  const v6 = r.src.ip.includes(':');
+  const ports = { source_port: r.src.port, destination_port: r.dst.port };
+  const l7: FlowL7 = { type: r.kind === 'request' ? 'REQUEST' : 'RESPONSE' };
+  if (r.http) {
+    if (r.http.latencyNs !== undefined) l7.latency_ns = r.http.latencyNs;
+    l7.http = { code: r.http.code, method: r.http.method, url: r.http.url, protocol: r.http.protocol, host: r.http.host };
+    if (r.http.headers) l7.http.headers = Object.entries(r.http.headers).map(([key, value]) => ({ key, value }));
+  }
+  if (r.dns) {
+    l7.dns = { query: r.dns.query, ips: r.dns.ips, ttl: r.dns.ttls?.[0], ttls: r.dns.ttls, cnames: r.dns.cnames, rcode: r.dns.rcode, qtypes: r.dns.qtypes };
+  }
+  if (r.route) l7.route = r.route;
+  const verdict = L7_VERDICT[r.verdict];
+  const flow: Flow = {
+    time: new Date(m.time).toISOString(),
+    uuid: m.uuid,
+    verdict,
+    event_type: { type: EVENT_L7, sub_type: 0 },
+    IP: { source: r.src.ip, destination: r.dst.ip, ipVersion: v6 ? 'IPv6' : 'IPv4' },
+    l4: r.dns && !r.http ? { UDP: ports } : { TCP: ports },
+    source: endOf(m.src, r.src.identity),
+    destination: endOf(m.dst, r.dst.identity),
+    traffic_direction: r.direction === 'ingress' ? 'INGRESS' : 'EGRESS',
+    is_reply: r.kind === 'response',
+    l7,
+    node_name: m.nodeName,
+    Summary: l7Summary(r),
+  };
+  if (r.policy) {
+    const key = `${r.direction}_${r.verdict === 'denied' ? 'denied' : 'allowed'}_by` as 'ingress_allowed_by';
+    flow[key] = [policyRef(r.policy)];
+  }
+  return flow;
 }

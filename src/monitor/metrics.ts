@@ -10,13 +10,14 @@ import type { BpfMap } from '../bpf';
 import { DROP_REASONS, metricDirName } from '../datapath/constants';
 import type * as gen from '../datapath/maps.gen';
 import { MetricsKey, metricsKeyCodec } from '../datapath/metricsmap';
+import type { Monitor } from './monitor';
 
 export interface MetricSources {
   datapath: BpfMap<MetricsKey, gen.MetricsValue>;
   endpointsByState(): Record<string, number>;
   identities(): { reserved: number; cluster: number; local: number };
   policyRevision(): number;
-  monitor(): { flows: number; stored: number; lost: number; undecodable: number; events: Record<string, number>; verdicts: { allowed: number; denied: number } };
+  monitor: Monitor;
 }
 
 /** A counter whose value is read from elsewhere at scrape time (kernel counters). */
@@ -68,30 +69,50 @@ export class AgentMetrics {
     externalCounter(reg, 'membrane_drop_bytes_total', 'Bytes dropped by the datapath, by reason and direction', ['reason', 'reason_code', 'direction'], () =>
       datapath().filter((r) => r.reason !== 0).map((r) => ({ labels: { reason: reasonName(r.reason), reason_code: String(r.reason), direction: r.dir }, value: r.bytes })),
     );
-    externalCounter(reg, 'membrane_policy_verdicts_total', 'Policy verdict events seen for new flows and denials', ['action'], () => {
-      const m = src.monitor();
-      return [
-        { labels: { action: 'allowed' }, value: m.verdicts.allowed },
-        { labels: { action: 'denied' }, value: m.verdicts.denied },
-      ];
-    });
-    externalCounter(reg, 'membrane_events_total', 'Datapath events received, by type', ['type'], () =>
-      Object.entries(src.monitor().events).map(([type, value]) => ({ labels: { type }, value })),
+    const mon = src.monitor;
+    externalCounter(reg, 'membrane_policy_verdicts_total', 'Policy verdict events seen for new flows and denials', ['action'], () => [
+      { labels: { action: 'allowed' }, value: mon.counters.verdicts.allowed },
+      { labels: { action: 'denied' }, value: mon.counters.verdicts.denied },
+    ]);
+    externalCounter(reg, 'membrane_events_total', 'Events received (datapath events by type, and l7 records from the proxies)', ['type'], () =>
+      Object.entries(mon.counters.events).map(([type, value]) => ({ labels: { type }, value })),
     );
-    externalCounter(reg, 'membrane_flows_seen_total', 'Flows decoded and stored by the agent', [], () => [{ labels: {}, value: src.monitor().flows }]);
-    externalCounter(reg, 'membrane_flows_lost_total', 'Events lost: the ring buffer was full (kernel) or a record could not be decoded (agent)', ['where'], () => {
-      const m = src.monitor();
-      return [
-        { labels: { where: 'kernel' }, value: m.lost },
-        { labels: { where: 'agent' }, value: m.undecodable },
-      ];
-    });
+    externalCounter(reg, 'membrane_flows_seen_total', 'Flows decoded and stored by the agent', [], () => [{ labels: {}, value: mon.counters.flows }]);
+    externalCounter(reg, 'membrane_flows_lost_total', 'Events lost: the ring buffer was full (kernel) or a record could not be decoded (agent)', ['where'], () => [
+      { labels: { where: 'kernel' }, value: mon.lostEvents() },
+      { labels: { where: 'agent' }, value: mon.counters.undecodable },
+    ]);
+    externalCounter(reg, 'membrane_flows_stream_dropped_total', 'Flows and events dropped for streaming clients too slow to take them, by stream', ['stream'], () =>
+      Object.entries(mon.counters.streams).map(([stream, c]) => ({ labels: { stream }, value: c.dropped })),
+    );
+    externalCounter(reg, 'membrane_flows_stream_disconnects_total', 'Streaming clients disconnected for staying behind, by stream', ['stream'], () =>
+      Object.entries(mon.counters.streams).map(([stream, c]) => ({ labels: { stream }, value: c.disconnected })),
+    );
+    const split = (m: Map<string, number>, names: string[]) =>
+      [...m].map(([k, value]) => {
+        const parts = k.split('\0');
+        return { labels: Object.fromEntries(names.map((n, i) => [n, parts[i] ?? ''])), value };
+      });
+    externalCounter(reg, 'membrane_l7_http_requests_total', 'HTTP requests seen by the L7 proxy, by method and verdict', ['method', 'verdict'], () => split(mon.counters.l7.httpRequests, ['method', 'verdict']));
+    externalCounter(reg, 'membrane_l7_http_responses_total', 'HTTP responses seen by the L7 proxy, by method, status and verdict', ['method', 'status', 'verdict'], () =>
+      split(mon.counters.l7.httpResponses, ['method', 'status', 'verdict']),
+    );
+    externalCounter(reg, 'membrane_l7_dns_requests_total', 'DNS queries seen by the DNS proxy, by verdict', ['verdict'], () => split(mon.counters.l7.dnsRequests, ['verdict']));
+    externalCounter(reg, 'membrane_l7_dns_responses_total', 'DNS responses seen by the DNS proxy, by verdict and rcode', ['verdict', 'rcode'], () => split(mon.counters.l7.dnsResponses, ['verdict', 'rcode']));
     new client.Gauge({
       name: 'membrane_flows_stored',
       help: 'Flows held in the agent flow buffer',
       registers: [reg],
       collect() {
-        this.set(src.monitor().stored);
+        this.set(mon.stored);
+      },
+    });
+    new client.Gauge({
+      name: 'membrane_flows_memory_bytes',
+      help: 'Bytes held by the agent flow buffer (records, names of their ends, L7 records)',
+      registers: [reg],
+      collect() {
+        this.set(mon.memory().bytes);
       },
     });
     new client.Gauge({

@@ -5,7 +5,12 @@
  *
  *   GET /api/<path>?<query>          -> agent GET /v1/<path>?<query>, streamed through
  *   GET /api/flows/stream?<filters>  -> agent GET /v1/flows?follow=1&last=N&<filters>,
- *                                       ndjson turned into server-sent events (one flow per event)
+ *                                       ndjson turned into server-sent events (one flow per event;
+ *                                       the agent's lost_events records as `event: lost`)
+ *
+ * The stream keeps the browser's backpressure: when the page does not keep up,
+ * this server stops reading from the agent (which then drops flows for this
+ * client, counts them and says so in the stream) instead of buffering.
  *
  * Only GET is forwarded, so a page in the browser can look but never change the
  * node. Requests whose Host header does not name this server are refused (a
@@ -144,9 +149,13 @@ function flowStream(socket: string, url: URL, req: http.IncomingMessage, res: ht
         buf = buf.slice(nl + 1);
         // A flow is one JSON object; SSE data must not contain newlines, and JSON.parse
         // rejects anything that is not a whole record.
-        if (line) out += `data: ${line}\n\n`;
+        if (line) out += line.startsWith('{"lost_events"') ? `event: lost\ndata: ${line}\n\n` : `data: ${line}\n\n`;
       }
-      if (out) res.write(out);
+      // Backpressure: a page that does not keep up stops the agent stream (the agent drops for it).
+      if (out && !res.write(out) && !closed) {
+        up.pause();
+        res.once('drain', () => up.resume());
+      }
     });
     up.on('end', () => {
       if (buf.trim()) res.write(`data: ${buf.trim()}\n\n`);
