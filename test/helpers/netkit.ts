@@ -5,6 +5,7 @@
  *   udp-req HOST PORT MSG [TIMEOUT_MS]
  *   tcp-stream HOST PORT [DURATION_MS]                 sends a line every 20 ms, prints "<sent> <echoed>" each 100 ms
  *   udp-burst HOST PORT COUNT [SPORT]                  exactly COUNT datagrams
+ *   udp-flood HOST PORT SECONDS                        datagrams as fast as possible for SECONDS; prints the count
  *   ident NAME tcp:8080,udp:53                         servers that answer with NAME (which backend answered)
  *   who tcp|udp HOST PORT COUNT [TIMEOUT_MS]           COUNT new flows; prints the names that answered
  *   serve tcp:80,udp:80,...                            echo servers on several ports in one process
@@ -84,6 +85,33 @@ switch (mode) {
       process.stdout.write(`${sent} ${echoed}\n`);
       s.destroy();
     }, Number(d ?? 10000));
+    break;
+  }
+  case 'udp-flood': {
+    // udp-flood HOST PORT SECONDS: as many datagrams as the socket takes (64 in flight), for SECONDS.
+    const [host, port, secs] = args;
+    const sock = dgram.createSocket('udp4');
+    const end = Date.now() + Number(secs) * 1000;
+    const payload = Buffer.alloc(32, 120);
+    let sent = 0;
+    let inFlight = 0;
+    let done = false;
+    const pump = () => {
+      while (!done && inFlight < 64) {
+        if (Date.now() >= end) {
+          done = true;
+          const wait = () => (inFlight ? setTimeout(wait, 10) : (process.stdout.write(`${sent}\n`), sock.close()));
+          return wait();
+        }
+        inFlight++;
+        sock.send(payload, Number(port), host, () => {
+          inFlight--;
+          sent++;
+          pump();
+        });
+      }
+    };
+    sock.bind(0, pump);
     break;
   }
   case 'udp-burst': {
