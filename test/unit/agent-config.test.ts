@@ -45,4 +45,32 @@ describe('agent configuration', () => {
       fs.rmSync(dir, { recursive: true });
     }
   });
+
+  it('the flow store is bounded by a count and by memory (flag or config key), stream clients by a timeout', () => {
+    const d = parseAgentArgs([]);
+    assert.ok(d !== 'help');
+    assert.equal(d.flowsBuffer, 65536);
+    assert.equal(d.flowsMemory, 64 * 2 ** 20);
+    assert.equal(d.flowsStreamTimeout, 30);
+    for (const [v, bytes] of [['64Mi', 64 * 2 ** 20], ['1Gi', 2 ** 30], ['500M', 500e6], ['2097152', 2 ** 21], ['1.5Gi', 1.5 * 2 ** 30], ['8MiB', 8 * 2 ** 20]] as const) {
+      const c = parseAgentArgs(['--flows-memory', v]);
+      assert.ok(c !== 'help');
+      assert.equal(c.flowsMemory, bytes, v);
+    }
+    assert.throws(() => parseAgentArgs(['--flows-memory', '64 elephants']), /flows-memory: "64 elephants" is not a size/);
+    assert.throws(() => parseAgentArgs(['--flows-memory', '10Ki']), /flows-memory: "10Ki" must be between 1Mi and 64Gi/);
+    assert.throws(() => parseAgentArgs(['--flows-stream-timeout', '0']), /flows-stream-timeout: "0" must be 1\.\.3600 seconds/);
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mb-cfg-'));
+    try {
+      const f = path.join(dir, 'agent.yaml');
+      fs.writeFileSync(f, 'flows-memory: 128Mi\nflowsBuffer: 1000\nflowsStreamTimeout: 5\n');
+      const c = parseAgentArgs(['--config', f]);
+      assert.ok(c !== 'help');
+      assert.equal(c.flowsMemory, 128 * 2 ** 20);
+      assert.equal(c.flowsBuffer, 1000);
+      assert.equal(c.flowsStreamTimeout, 5);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });
