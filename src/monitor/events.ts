@@ -1,7 +1,7 @@
 /**
  * Datapath events from the mb_events ring buffer: decoding of the records the
  * programs emit (struct drop_event, trace_event, policy_verdict_event in
- * bpf/include/maps.h) into typed events.
+ * bpf/include/maps.h, at the offsets generated from their BTF) into typed events.
  */
 import * as gen from '../datapath/maps.gen';
 import { EVENT_DROP, EVENT_POLICY_VERDICT, EVENT_TRACE, METRIC_DIR_EGRESS, METRIC_DIR_INGRESS } from '../datapath/constants';
@@ -71,69 +71,82 @@ export interface PolicyVerdictEvent extends Common {
 
 export type MonitorEvent = DropEvent | TraceEvent | PolicyVerdictEvent;
 
-function capture(data: Buffer, capLen: number): Buffer {
-  return Buffer.from(data.subarray(0, Math.min(capLen, data.length)));
+const OFF = gen.FIELD_OFFSETS;
+
+/** The captured packet of a record whose data starts at `dataOff`: a copy, or a view of `rec` (no copy). */
+function capture(rec: Buffer, dataOff: number, capLenOff: number, copy: boolean): Buffer {
+  const end = Math.min(dataOff + rec.readUInt16LE(capLenOff), rec.length);
+  const v = rec.subarray(dataOff, Math.max(dataOff, end));
+  return copy ? Buffer.from(v) : v;
 }
 
-/** Decode one ring buffer record; undefined for a record of an unknown type. */
-export function decodeEvent(rec: Buffer, now = Date.now()): MonitorEvent | undefined {
+/**
+ * Decode one ring buffer record (fields read in place at their BTF offsets);
+ * undefined for a record of an unknown type or too short. With copy false,
+ * `data` is a view of `rec`: valid only as long as `rec` is.
+ */
+export function decodeEvent(rec: Buffer, now = Date.now(), copy = true): MonitorEvent | undefined {
   if (rec.length < 8) return undefined;
   const type = rec[0];
+  const source = rec.readUInt16LE(OFF.event_hdr.source);
+  const hash = rec.readUInt32LE(OFF.event_hdr.hash);
   if (type === EVENT_DROP && rec.length >= gen.STRUCT_SIZES.drop_event) {
-    const e = gen.dropEventCodec.decode(rec);
-    const direction = e.hdr.source !== 0 && e.hdr.source === e.dst_id ? 'INGRESS' : e.hdr.source !== 0 ? 'EGRESS' : 'INGRESS';
+    const o = OFF.drop_event;
+    const dstId = rec.readUInt16LE(o.dst_id);
+    const direction = source !== 0 && source === dstId ? 'INGRESS' : source !== 0 ? 'EGRESS' : 'INGRESS';
     return {
       type: 'drop',
       time: now,
-      reason: e.hdr.subtype,
-      source: e.hdr.source,
-      hash: e.hdr.hash,
-      srcLabel: e.src_label,
-      dstLabel: e.dst_label,
-      dstId: e.dst_id,
-      line: e.line,
-      file: e.file,
-      ifindex: e.ifindex,
-      origLen: e.orig_len,
-      data: capture(e.data, e.cap_len),
+      reason: rec[OFF.event_hdr.subtype],
+      source,
+      hash,
+      srcLabel: rec.readUInt32LE(o.src_label),
+      dstLabel: rec.readUInt32LE(o.dst_label),
+      dstId,
+      line: rec.readUInt16LE(o.line),
+      file: rec[o.file],
+      ifindex: rec.readUInt32LE(o.ifindex),
+      origLen: rec.readUInt32LE(o.orig_len),
+      data: capture(rec, o.data, o.cap_len, copy),
       direction,
     };
   }
   if (type === EVENT_TRACE && rec.length >= gen.STRUCT_SIZES.trace_event) {
-    const e = gen.traceEventCodec.decode(rec);
+    const o = OFF.trace_event;
     return {
       type: 'trace',
       time: now,
-      obsPoint: e.hdr.subtype,
-      source: e.hdr.source,
-      hash: e.hdr.hash,
-      srcLabel: e.src_label,
-      dstLabel: e.dst_label,
-      dstId: e.dst_id,
-      ctState: e.ct_state,
-      ifindex: e.ifindex,
-      origLen: e.orig_len,
-      data: capture(e.data, e.cap_len),
+      obsPoint: rec[OFF.event_hdr.subtype],
+      source,
+      hash,
+      srcLabel: rec.readUInt32LE(o.src_label),
+      dstLabel: rec.readUInt32LE(o.dst_label),
+      dstId: rec.readUInt16LE(o.dst_id),
+      ctState: rec[o.ct_state],
+      ifindex: rec.readUInt32LE(o.ifindex),
+      origLen: rec.readUInt32LE(o.orig_len),
+      data: capture(rec, o.data, o.cap_len, copy),
     };
   }
   if (type === EVENT_POLICY_VERDICT && rec.length >= gen.STRUCT_SIZES.policy_verdict_event) {
-    const e = gen.policyVerdictEventCodec.decode(rec);
+    const o = OFF.policy_verdict_event;
+    const dir = rec[o.dir];
     return {
       type: 'policy-verdict',
       time: now,
-      source: e.hdr.source,
-      hash: e.hdr.hash,
-      remoteLabel: e.remote_label,
-      allowed: e.verdict === 0,
-      dropReason: e.drop_reason,
-      direction: e.dir === METRIC_DIR_EGRESS ? 'EGRESS' : e.dir === METRIC_DIR_INGRESS ? 'INGRESS' : 'INGRESS',
-      matchType: e.match_type,
-      dstPort: e.dst_port,
-      proto: e.proto,
-      audited: e.audited !== 0,
-      ifindex: e.ifindex,
-      origLen: e.orig_len,
-      data: capture(e.data, e.cap_len),
+      source,
+      hash,
+      remoteLabel: rec.readUInt32LE(o.remote_label),
+      allowed: rec[o.verdict] === 0,
+      dropReason: rec[o.drop_reason],
+      direction: dir === METRIC_DIR_EGRESS ? 'EGRESS' : dir === METRIC_DIR_INGRESS ? 'INGRESS' : 'INGRESS',
+      matchType: rec[o.match_type],
+      dstPort: rec.readUInt16LE(o.dst_port),
+      proto: rec[o.proto],
+      audited: rec[o.audited] !== 0,
+      ifindex: rec.readUInt32LE(o.ifindex),
+      origLen: rec.readUInt32LE(o.orig_len),
+      data: capture(rec, o.data, o.cap_len, copy),
     };
   }
   return undefined;

@@ -106,22 +106,25 @@ function endOf(c: Ctx | undefined, identity: number): FlowEndpoint {
   return { identity, namespace: c?.namespace, labels: c?.labels ?? [] };
 }
 
-/** The flow of a datapath event, its ends named by their contexts. */
+/** The flow of a datapath event, its ends named by their contexts. (One object literal per kind, keys in the
+ * order users read them: no intermediate objects.) */
 export function eventFlow(ev: MonitorEvent, m: FlowMeta): Flow {
   const pkt = decodePacket(ev.data);
-  const base = {
-    time: new Date(m.time).toISOString(),
-    uuid: m.uuid,
-    ethernet: pkt.ethernet ? { source: pkt.ethernet.source, destination: pkt.ethernet.destination } : undefined,
-    IP: pkt.ip ? { source: pkt.ip.source, destination: pkt.ip.destination, ipVersion: pkt.ip.ipVersion } : undefined,
-    l4: l4Of(pkt),
-    interface: ev.ifindex ? { index: ev.ifindex, name: m.ifName } : undefined,
-    node_name: m.nodeName,
-  };
+  const time = new Date(m.time).toISOString();
+  const ethernet = pkt.ethernet ? { source: pkt.ethernet.source, destination: pkt.ethernet.destination } : undefined;
+  const IP = pkt.ip ? { source: pkt.ip.source, destination: pkt.ip.destination, ipVersion: pkt.ip.ipVersion } : undefined;
+  const l4 = l4Of(pkt);
+  const iface = ev.ifindex ? { index: ev.ifindex, name: m.ifName } : undefined;
   switch (ev.type) {
-    case 'drop': {
+    case 'drop':
       return {
-        ...base,
+        time,
+        uuid: m.uuid,
+        ethernet,
+        IP,
+        l4,
+        interface: iface,
+        node_name: m.nodeName,
         verdict: 'DROPPED',
         drop_reason: ev.reason,
         drop_reason_desc: dropReasonName(ev.reason),
@@ -131,28 +134,38 @@ export function eventFlow(ev: MonitorEvent, m: FlowMeta): Flow {
         traffic_direction: ev.direction,
         Summary: summary(pkt, `(${dropReasonText(ev.reason)})`),
       };
-    }
-    case 'trace': {
-      const point = OBSERVATION_POINTS[ev.obsPoint] ?? `POINT_${ev.obsPoint}`;
+    case 'trace':
       return {
-        ...base,
+        time,
+        uuid: m.uuid,
+        ethernet,
+        IP,
+        l4,
+        interface: iface,
+        node_name: m.nodeName,
         verdict: 'FORWARDED',
         event_type: { type: 4, sub_type: ev.obsPoint },
         source: endOf(m.src, ev.srcLabel),
         destination: endOf(m.dst, ev.dstLabel),
         traffic_direction: traceDirection(ev.obsPoint),
-        trace_observation_point: point,
+        trace_observation_point: OBSERVATION_POINTS[ev.obsPoint] ?? `POINT_${ev.obsPoint}`,
         ct_state: CT_STATES[ev.ctState] ?? String(ev.ctState),
         is_reply: ev.ctState === 2,
         Summary: summary(pkt),
       };
-    }
     case 'policy-verdict': {
       const localCtx = ev.direction === 'INGRESS' ? m.dst : m.src;
       const localEp: FlowEndpoint = localCtx?.ep !== undefined ? endOf(localCtx, 0) : { ID: ev.source, identity: 0, labels: [] };
       const remote = endOf(ev.direction === 'INGRESS' ? m.src : m.dst, ev.remoteLabel);
+      const match = MATCH_TYPES[ev.matchType] ?? String(ev.matchType);
       return {
-        ...base,
+        time,
+        uuid: m.uuid,
+        ethernet,
+        IP,
+        l4,
+        interface: iface,
+        node_name: m.nodeName,
         verdict: ev.allowed ? 'FORWARDED' : 'DROPPED',
         drop_reason: ev.allowed ? undefined : ev.dropReason,
         drop_reason_desc: ev.allowed ? undefined : dropReasonName(ev.dropReason),
@@ -160,8 +173,8 @@ export function eventFlow(ev: MonitorEvent, m: FlowMeta): Flow {
         source: ev.direction === 'INGRESS' ? remote : localEp,
         destination: ev.direction === 'INGRESS' ? localEp : remote,
         traffic_direction: ev.direction,
-        policy_match_type: MATCH_TYPES[ev.matchType] ?? String(ev.matchType),
-        Summary: summary(pkt, `policy-verdict:${MATCH_TYPES[ev.matchType] ?? ev.matchType} ${ev.direction} ${ev.allowed ? 'ALLOWED' : 'DENIED'}`),
+        policy_match_type: match,
+        Summary: summary(pkt, `policy-verdict:${match} ${ev.direction} ${ev.allowed ? 'ALLOWED' : 'DENIED'}`),
       };
     }
   }

@@ -289,7 +289,8 @@ export class Monitor {
       ifName: this.contexts.get(c.ifc[i])?.ifName,
     };
     if (this.isL7(c, i)) return l7Flow(c.objs![i] as L7Record, meta);
-    const ev = decodeEvent(c.raw.subarray(i * RAW_BYTES, i * RAW_BYTES + c.len[i]), c.time[i]);
+    // The capture is only read while the flow is built: a view of the slot, no copy.
+    const ev = decodeEvent(c.raw.subarray(i * RAW_BYTES, i * RAW_BYTES + c.len[i]), c.time[i], false);
     return ev ? eventFlow(ev, meta) : undefined;
   }
 

@@ -47,9 +47,9 @@ export function decodePacket(b: Buffer): DecodedPacket {
   const out: DecodedPacket = {};
   if (b.length < 14) return out;
   const type = b.readUInt16BE(12);
-  out.ethernet = { destination: formatMac(b.subarray(0, 6)), source: formatMac(b.subarray(6, 12)), type };
+  out.ethernet = { destination: formatMac(b, 0), source: formatMac(b, 6), type };
   if (type === 0x0806 && b.length >= 42) {
-    out.arp = { op: b.readUInt16BE(20), senderMac: formatMac(b.subarray(22, 28)), senderIp: v4(b, 28), targetIp: v4(b, 38) };
+    out.arp = { op: b.readUInt16BE(20), senderMac: formatMac(b, 22), senderIp: v4(b, 28), targetIp: v4(b, 38) };
     return out;
   }
   if (type !== 0x0800 || b.length < 34) return out;

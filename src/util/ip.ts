@@ -139,6 +139,10 @@ export function parseMac(text: string, field = 'mac'): Buffer {
   return Buffer.from(text.split(':').map((x) => parseInt(x, 16)));
 }
 
-export function formatMac(b: Buffer | Uint8Array): string {
-  return Array.from(b.subarray(0, 6), (x) => x.toString(16).padStart(2, '0')).join(':');
+const HEX2 = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, '0'));
+
+/** "aa:bb:cc:dd:ee:ff" of the 6 bytes at `offset`. */
+export function formatMac(b: Buffer | Uint8Array, offset = 0): string {
+  const o = offset;
+  return `${HEX2[b[o]]}:${HEX2[b[o + 1]]}:${HEX2[b[o + 2]]}:${HEX2[b[o + 3]]}:${HEX2[b[o + 4]]}:${HEX2[b[o + 5]]}`;
 }
