@@ -270,6 +270,19 @@ export function flowQuery(o: Opts): URLSearchParams {
   return q;
 }
 
+/** "1,234/65,536 stored (1.2 MiB of 64.0 MiB), 5,678 seen, 0 lost; 2 stream clients, 150 dropped for slow clients" */
+function flowsStatus(m: any): string {
+  const n = (x: number) => Number(x ?? 0).toLocaleString('en-US');
+  const mib = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`;
+  const streams = Object.entries(m.streams ?? {}).filter(([k]) => k !== 'clients') as [string, { dropped: number; disconnected: number }][];
+  const dropped = streams.reduce((t, [, v]) => t + v.dropped, 0);
+  const disc = streams.reduce((t, [, v]) => t + v.disconnected, 0);
+  return (
+    `${n(m.flowsStored)}/${n(m.flowsBuffer)} stored (${mib(m.memory.bytes)} of ${mib(m.memory.limitBytes)}), ${n(m.flowsSeen)} seen, ${n(m.lostEvents)} lost; ` +
+    `${n(m.streams?.clients)} stream clients, ${n(dropped)} dropped for slow clients${disc ? `, ${n(disc)} disconnected` : ''}`
+  );
+}
+
 /** Stream lines until the stream ends or the process is interrupted. */
 async function streamUntilDone(c: AgentClient, path: string, onLine: (l: string) => void): Promise<void> {
   const s = c.stream(path, onLine);
@@ -508,6 +521,7 @@ const commands: Record<string, Handler> = {
       `Maps:          ${s.maps.map((m: any) => `${m.map} ${m.desired} desired${m.pending ? `, ${m.pending} pending` : ''}${m.lastError ? ` (error: ${m.lastError})` : ''}`).join('; ')}`,
       `Endpoint ADD:  p50 ${s.endpointCreateMs.p50 ?? '-'} ms, p99 ${s.endpointCreateMs.p99 ?? '-'} ms (${s.endpointCreateMs.count} created)`,
     ];
+    if (s.monitor?.memory) lines.push(`Flows:         ${flowsStatus(s.monitor)}`);
     for (const nr of s.endpoints.notReady) lines.push(`  endpoint ${nr.id} ${nr.state}: ${(nr.problems ?? []).join('; ')}`);
     return lines.join('\n') + '\n';
   },

@@ -100,6 +100,8 @@ describe('flows, monitor and metrics', () => {
     check(['--verdict', 'DROPPED', '--verdict', 'FORWARDED', '--protocol', 'udp'], (f) => !!f.l4?.UDP);
     const last = flows(['--last', '3']);
     assert.equal(last.length, 3);
+    const status = node.cli(['status']);
+    assert.match(status.stdout, /^Flows: +[\d,]+\/65,536 stored \([\d.]+ MiB of 64\.0 MiB\), [\d,]+ seen, 0 lost; \d+ stream clients, 0 dropped for slow clients$/m);
     const compact = node.cli(['observe', '--from-pod', `${NS}/rogue`, '--verdict', 'DROPPED', '--last', '5']);
     assert.match(compact.stdout, new RegExp(`${NS}/rogue:\\d+ \\(ID:\\d+\\) -> ${NS}/web:(8080|9999) \\(ID:\\d+\\) .*DROPPED`));
     const bad = node.cli(['observe', '--verdict', 'MAYBE']);
