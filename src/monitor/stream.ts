@@ -64,6 +64,11 @@ export class StoreStream implements StoreReader {
     private readonly opts: StreamOptions,
   ) {
     this.cursor = opts.start;
+    if (res.destroyed) {
+      // The client went away before the stream started (e.g. during the scan for `last`).
+      this.closed = true;
+      return;
+    }
     res.on('close', () => this.close());
     res.on('error', () => this.close());
     monitor.addReader(this);

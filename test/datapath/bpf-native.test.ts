@@ -23,6 +23,8 @@ import {
   BPF_TCX_INGRESS,
   BPF_LINK_TYPE_TCX,
   RingBufReader,
+  RingBufBatchReader,
+  RINGBUF_BATCH_HDR,
   attachTcx,
   ensureBpffs,
   isOnBpffs,
@@ -482,11 +484,61 @@ describe('ring buffer', () => {
     }
   });
 
+  it('delivers records in batches: one call per turn of the event loop with up to maxRecords records, laid out back to back', async () => {
+    const obj = loadFixture(0, 777);
+    const prog = obj.program('emit_event');
+    const events = obj.map('mb_events');
+    const calls: { count: number; marks: number[]; lens: number[] }[] = [];
+    let waiter: (() => void) | undefined;
+    const reader = new RingBufBatchReader(
+      events,
+      (buf, count, bytes) => {
+        const marks: number[] = [];
+        const lens: number[] = [];
+        let o = 0;
+        for (let i = 0; i < count; i++) {
+          const len = buf.readUInt32LE(o);
+          assert.equal(buf.readUInt32LE(o + 4), 0, 'not truncated');
+          lens.push(len);
+          marks.push(buf.readUInt32LE(o + RINGBUF_BATCH_HDR + fieldOffsets('drop_event')['src_label']));
+          o += RINGBUF_BATCH_HDR + ((len + 7) & ~7);
+        }
+        assert.equal(o, bytes, 'the records fill exactly the bytes reported');
+        calls.push({ count, marks, lens });
+        waiter?.();
+      },
+      { maxRecords: 2, bufferBytes: 64 * 1024 },
+    );
+    try {
+      for (let i = 1; i <= 5; i++) assert.equal(testRun(prog, { data: PKT, ctx: skbCtx({ mark: 100 + i }) }).retval, 0);
+      await new Promise<void>((resolve, reject) => {
+        const t = setTimeout(() => reject(new Error(`timed out: ${JSON.stringify(calls)}`)), 3000);
+        waiter = () => {
+          if (calls.reduce((n, c) => n + c.count, 0) >= 5) {
+            clearTimeout(t);
+            resolve();
+          }
+        };
+        waiter();
+      });
+      assert.deepEqual(calls.map((c) => c.count), [2, 2, 1], 'at most maxRecords per turn, the rest on the next turns');
+      assert.deepEqual(calls.flatMap((c) => c.marks), [101, 102, 103, 104, 105], 'in order, none lost');
+      assert.ok(calls.flatMap((c) => c.lens).every((l) => l === structSize('drop_event')));
+    } finally {
+      reader.close();
+      reader.close();
+      events.close();
+      prog.close();
+      obj.close();
+    }
+  });
+
   it('refuses non-ringbuf maps', () => {
     const obj = loadFixture();
     const m = obj.map('t_hash');
     try {
       expectBpfError(() => new RingBufReader(m, () => undefined), { includes: ['t_hash', 'RINGBUF'] });
+      expectBpfError(() => new RingBufBatchReader(m, () => undefined), { includes: ['t_hash', 'RINGBUF'] });
     } finally {
       m.close();
       obj.close();

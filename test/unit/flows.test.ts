@@ -379,6 +379,12 @@ describe('flows', () => {
       assert.equal(lines(res2).length, 5);
       assert.equal(res2.ended, true);
       assert.equal(JSON.parse(lostEventsLine(3, 'n1')).lost_events.num_events_lost, 3);
+      // A client gone before its stream starts leaves no reader behind.
+      const gone = new FakeRes();
+      (gone as any).destroyed = true;
+      const s3 = await serveFlows(m, gone as any, parseFlowQuery(new URLSearchParams('follow=1')), { stallMs: 1000, log });
+      assert.equal(s3.isClosed, true);
+      assert.equal(m.readerCount, 0);
     } finally {
       setLogSink((l) => process.stderr.write(l + '\n'));
     }
