@@ -11,6 +11,7 @@
         "src/bpf_prog.c",
         "src/btf.c",
         "src/ringbuf.c",
+        "src/ringbuf_thread.c",
         "src/netns.c",
         "src/netlink.c"
       ],

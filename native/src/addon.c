@@ -9,6 +9,7 @@ static napi_value init(napi_env env, napi_value exports)
 	mb_init_bpf_prog(env, exports);
 	mb_init_btf(env, exports);
 	mb_init_ringbuf(env, exports);
+	mb_init_ringbuf_thread(env, exports);
 	mb_init_netns(env, exports);
 	mb_init_netlink(env, exports);
 	return exports;

@@ -11,6 +11,7 @@ void mb_init_bpf_link(napi_env env, napi_value exports);
 void mb_init_bpf_prog(napi_env env, napi_value exports);
 void mb_init_btf(napi_env env, napi_value exports);
 void mb_init_ringbuf(napi_env env, napi_value exports);
+void mb_init_ringbuf_thread(napi_env env, napi_value exports);
 void mb_init_netns(napi_env env, napi_value exports);
 void mb_init_netlink(napi_env env, napi_value exports);
 

@@ -185,6 +185,17 @@ export interface MembraneNative {
   ringbufOpen(mapFd: number, callback: (count: number, bytes: number) => void, batch: Buffer, maxRecords: number): number;
   /** Idempotent; may be called from inside the callback. */
   ringbufClose(handle: number): void;
+  /**
+   * Batch mode with a reader thread: the thread drains the kernel ring into a
+   * staging ring of stagingBytes; per turn of the event loop up to maxRecords
+   * staged records are copied into `batch` (same layout as ringbufOpen's batch
+   * mode) and callback(count, bytes) is called once.
+   */
+  ringbufThreadOpen(mapFd: number, callback: (count: number, bytes: number) => void, batch: Buffer, maxRecords: number, stagingBytes: number): number;
+  /** Stops and joins the thread; idempotent; may be called from inside the callback. */
+  ringbufThreadClose(handle: number): void;
+  /** Records staged by the thread, delivered to the callback, and dropped because the staging ring was full. */
+  ringbufThreadStats(handle: number): { staged: number; delivered: number; dropped: number } | undefined;
 
   // ---- netns / netlink (native/src/netns.c, netlink.c) ----
   nsOpen(path: string): number;

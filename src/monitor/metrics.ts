@@ -78,9 +78,9 @@ export class AgentMetrics {
       Object.entries(mon.counters.events).map(([type, value]) => ({ labels: { type }, value })),
     );
     externalCounter(reg, 'membrane_flows_seen_total', 'Flows decoded and stored by the agent', [], () => [{ labels: {}, value: mon.counters.flows }]);
-    externalCounter(reg, 'membrane_flows_lost_total', 'Events lost: the ring buffer was full (kernel) or a record could not be decoded (agent)', ['where'], () => [
+    externalCounter(reg, 'membrane_flows_lost_total', 'Events lost: the ring buffer was full (kernel), or the agent could not decode a record or its event loop was too far behind (agent)', ['where'], () => [
       { labels: { where: 'kernel' }, value: mon.lostEvents() },
-      { labels: { where: 'agent' }, value: mon.counters.undecodable },
+      { labels: { where: 'agent' }, value: mon.agentLost() },
     ]);
     externalCounter(reg, 'membrane_flows_stream_dropped_total', 'Flows and events dropped for streaming clients too slow to take them, by stream', ['stream'], () =>
       Object.entries(mon.counters.streams).map(([stream, c]) => ({ labels: { stream }, value: c.dropped })),

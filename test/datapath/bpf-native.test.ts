@@ -533,6 +533,64 @@ describe('ring buffer', () => {
     }
   });
 
+  it('with a reader thread, a busy event loop loses nothing: the thread drains the kernel ring meanwhile', async () => {
+    const obj = loadFixture(0, 777);
+    const prog = obj.program('emit_event');
+    const events = obj.map('mb_events');
+    // More than the 1 MiB kernel ring holds (~5,900 drop events): 120 test runs of 100 events, one per
+    // millisecond (100,000 events/s), the event loop blocked for the whole 120 ms.
+    const N = 12_000;
+    const markAt = RINGBUF_BATCH_HDR + fieldOffsets('drop_event')['src_label'];
+    const read = async (threaded: boolean) => {
+      const marks: number[] = [];
+      let calls = 0;
+      let maxPerCall = 0;
+      const reader = new RingBufBatchReader(
+        events,
+        (buf, count) => {
+          calls++;
+          maxPerCall = Math.max(maxPerCall, count);
+          let o = 0;
+          for (let i = 0; i < count; i++) {
+            const len = buf.readUInt32LE(o);
+            marks.push(buf.readUInt32LE(o + markAt));
+            o += RINGBUF_BATCH_HDR + ((len + 7) & ~7);
+          }
+        },
+        { maxRecords: 1024, stagingBytes: threaded ? 8 << 20 : undefined },
+      );
+      try {
+        // The event loop is busy for the whole burst: nothing is read on it meanwhile.
+        const t0 = performance.now();
+        for (let i = 0; i < N / 100; i++) {
+          testRun(prog, { data: PKT, ctx: skbCtx({ mark: i + 1 }), repeat: 100 });
+          while (performance.now() - t0 < i + 1) {
+            /* busy: the loop does not turn */
+          }
+        }
+        const deadline = Date.now() + 10_000;
+        while (Date.now() < deadline && marks.length < N && (!threaded ? marks.length === 0 : true)) await new Promise((r) => setTimeout(r, 50));
+        if (!threaded) await new Promise((r) => setTimeout(r, 200));
+        return { marks, calls, maxPerCall, stats: reader.stats() };
+      } finally {
+        reader.close();
+      }
+    };
+    try {
+      const t = await read(true);
+      assert.equal(t.marks.length, N, `every event delivered (${t.marks.length} of ${N}), stats ${JSON.stringify(t.stats)}`);
+      assert.ok(t.marks.every((m, i) => m === Math.floor(i / 100) + 1), 'in order');
+      assert.deepEqual(t.stats, { staged: N, delivered: N, dropped: 0 });
+      assert.ok(t.maxPerCall <= 1024 && t.calls >= N / 1024, 'at most maxRecords per turn');
+      const e = await read(false);
+      assert.ok(e.marks.length < N, `read on the event loop, the kernel ring overflowed during the burst (${e.marks.length} of ${N} delivered)`);
+    } finally {
+      events.close();
+      prog.close();
+      obj.close();
+    }
+  });
+
   it('refuses non-ringbuf maps', () => {
     const obj = loadFixture();
     const m = obj.map('t_hash');
