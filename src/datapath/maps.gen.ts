@@ -1145,7 +1145,6 @@ export const FIELD_OFFSETS = {
   policy_value: { packets: 0, bytes: 8, proxy_port: 16, flags: 18, prefix_len: 19, pad: 20 },
   ct_key: { saddr: 0, daddr: 16, sport: 32, dport: 34, nexthdr: 36, flags: 37, family: 38, pad: 39 },
   ct_value: { tx_packets: 0, tx_bytes: 8, rx_packets: 16, rx_bytes: 24, lifetime: 32, src_sec_id: 36, rev_nat_index: 40, tx_flags_seen: 42, rx_flags_seen: 43, flags: 44, pad: 45, last_report: 48, backend_id: 52 },
-  metrics_key: { reason: 0, dir: 1, pad: 2 },
   metrics_value: { count: 0, bytes: 8 },
   node_config: { host_ifindex: 0, net_ifindex: 4, host_mac: 8, net_mac: 14, router_ipv4: 20, router_ipv6: 24, flags: 40 },
   event_hdr: { type: 0, subtype: 1, source: 2, hash: 4 },
