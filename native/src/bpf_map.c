@@ -243,47 +243,43 @@ static int dump_by_next_key(int fd, uint32_t klen, uint32_t vlen, uint32_t max, 
 	return err;
 }
 
-/* mapLookupBatch(fd, keyLen, valueLen, maxCount) -> {keys, values, count} for the whole map */
-static napi_value js_map_lookup_batch(napi_env env, napi_callback_info info)
+/*
+ * Read the whole map (at most @max entries, 0 = no limit) into @kb/@vb with
+ * BPF_MAP_LOOKUP_BATCH, or key by key where the map type has no batch ops.
+ * Returns 0 or an errno with *@op naming the failed operation. Touches no
+ * JavaScript state: runs on worker threads too.
+ */
+static int dump_all(int fd, uint32_t klen, uint32_t vlen, uint32_t max, struct growbuf *kb, struct growbuf *vb,
+		    uint32_t *total, const char **op)
 {
-	MB_ARGS(4);
-	int32_t fd;
-	uint32_t klen, vlen, max = 0;
-	if (!arg_fd(env, argv[0], &fd) || !mb_arg_u32(env, argv[1], "keyLen", &klen) ||
-	    !mb_arg_u32(env, argv[2], "valueLen", &vlen))
-		return NULL;
-	if (!mb_is_nullish(env, argv[3]) && !mb_arg_u32(env, argv[3], "maxCount", &max))
-		return NULL;
-	struct growbuf kb = {}, vb = {};
-	uint32_t total = 0;
 	/* batch token: u32 bucket for hash maps, a key for array maps */
 	size_t tlen = klen > 8 ? klen : 8;
 	char *in_tok = calloc(1, tlen), *out_tok = calloc(1, tlen);
 	uint32_t chunk = max && max < 1024 ? max : 1024;
 	bool first = true;
 	int err = 0;
-	const char *op = "bpf(BPF_MAP_LOOKUP_BATCH)";
+	*op = "bpf(BPF_MAP_LOOKUP_BATCH)";
 	if (!in_tok || !out_tok) {
 		err = ENOMEM;
 		goto out;
 	}
 	for (;;) {
 		uint32_t want = chunk;
-		if (max && max - total < want)
-			want = max - total;
+		if (max && max - *total < want)
+			want = max - *total;
 		if (max && want == 0)
 			break;
-		if (!gb_reserve(&kb, (size_t)want * klen) || !gb_reserve(&vb, (size_t)want * vlen)) {
+		if (!gb_reserve(kb, (size_t)want * klen) || !gb_reserve(vb, (size_t)want * vlen)) {
 			err = ENOMEM;
 			break;
 		}
 		uint32_t n = want;
 		LIBBPF_OPTS(bpf_map_batch_opts, opts);
-		int r = bpf_map_lookup_batch(fd, first ? NULL : in_tok, out_tok, kb.p + kb.len,
-					     vb.p + vb.len, &n, &opts);
+		int r = bpf_map_lookup_batch(fd, first ? NULL : in_tok, out_tok, kb->p + kb->len,
+					     vb->p + vb->len, &n, &opts);
 		int e = r < 0 ? errno : 0;
 		if (r < 0 && first && batch_unsupported(e)) {
-			err = dump_by_next_key(fd, klen, vlen, max, &kb, &vb, &total, &op);
+			err = dump_by_next_key(fd, klen, vlen, max, kb, vb, total, op);
 			break;
 		}
 		if (r < 0 && e == ENOSPC && n == 0) {
@@ -299,9 +295,9 @@ static napi_value js_map_lookup_batch(napi_env env, napi_callback_info info)
 			err = e;
 			break;
 		}
-		kb.len += (size_t)n * klen;
-		vb.len += (size_t)n * vlen;
-		total += n;
+		kb->len += (size_t)n * klen;
+		vb->len += (size_t)n * vlen;
+		*total += n;
 		if (r < 0) /* ENOENT: end of map */
 			break;
 		memcpy(in_tok, out_tok, tlen);
@@ -310,6 +306,30 @@ static napi_value js_map_lookup_batch(napi_env env, napi_callback_info info)
 out:
 	free(in_tok);
 	free(out_tok);
+	return err;
+}
+
+static bool dump_args(napi_env env, napi_value *argv, int32_t *fd, uint32_t *klen, uint32_t *vlen, uint32_t *max)
+{
+	if (!arg_fd(env, argv[0], fd) || !mb_arg_u32(env, argv[1], "keyLen", klen) ||
+	    !mb_arg_u32(env, argv[2], "valueLen", vlen))
+		return false;
+	if (!mb_is_nullish(env, argv[3]) && !mb_arg_u32(env, argv[3], "maxCount", max))
+		return false;
+	return true;
+}
+
+/* mapLookupBatch(fd, keyLen, valueLen, maxCount) -> {keys, values, count} for the whole map */
+static napi_value js_map_lookup_batch(napi_env env, napi_callback_info info)
+{
+	MB_ARGS(4);
+	int32_t fd;
+	uint32_t klen, vlen, max = 0, total = 0;
+	if (!dump_args(env, argv, &fd, &klen, &vlen, &max))
+		return NULL;
+	struct growbuf kb = {}, vb = {};
+	const char *op;
+	int err = dump_all(fd, klen, vlen, max, &kb, &vb, &total, &op);
 	if (err) {
 		free(kb.p);
 		free(vb.p);
@@ -320,6 +340,61 @@ out:
 	free(kb.p);
 	free(vb.p);
 	return res;
+}
+
+/* mapLookupBatchAsync(...): the same read on a libuv worker thread -> Promise<{keys, values, count}> */
+struct dump_work {
+	napi_async_work work;
+	napi_deferred deferred;
+	int fd;
+	uint32_t klen, vlen, max, total;
+	struct growbuf kb, vb;
+	int err;
+	const char *op;
+};
+
+static void dump_execute(napi_env env, void *data)
+{
+	struct dump_work *w = data;
+	(void)env;
+	w->err = dump_all(w->fd, w->klen, w->vlen, w->max, &w->kb, &w->vb, &w->total, &w->op);
+}
+
+static void dump_complete(napi_env env, napi_status status, void *data)
+{
+	struct dump_work *w = data;
+	if (status != napi_ok || w->err) {
+		char nb[64];
+		napi_value e = mb_errno_error(env, w->err ? w->err : EIO, w->op ? w->op : "bpf(BPF_MAP_LOOKUP_BATCH)", NULL,
+					      "map %s", map_name(w->fd, nb, sizeof(nb)));
+		napi_reject_deferred(env, w->deferred, e);
+	} else {
+		napi_resolve_deferred(env, w->deferred, batch_result(env, &w->kb, &w->vb, w->total));
+	}
+	napi_delete_async_work(env, w->work);
+	free(w->kb.p);
+	free(w->vb.p);
+	free(w);
+}
+
+static napi_value js_map_lookup_batch_async(napi_env env, napi_callback_info info)
+{
+	MB_ARGS(4);
+	struct dump_work *w = calloc(1, sizeof(*w));
+	if (!w) {
+		mb_throw_type(env, "mapLookupBatchAsync: out of memory");
+		return NULL;
+	}
+	if (!dump_args(env, argv, &w->fd, &w->klen, &w->vlen, &w->max)) {
+		free(w);
+		return NULL;
+	}
+	napi_value promise, name;
+	napi_create_promise(env, &w->deferred, &promise);
+	napi_create_string_utf8(env, "mapLookupBatchAsync", NAPI_AUTO_LENGTH, &name);
+	napi_create_async_work(env, NULL, name, dump_execute, dump_complete, w, &w->work);
+	napi_queue_async_work(env, w->work);
+	return promise;
 }
 
 static bool batch_args(napi_env env, napi_value *argv, bool with_values, int32_t *fd, void **keys,
@@ -533,6 +608,7 @@ void mb_init_bpf_map(napi_env env, napi_value exports)
 	mb_export(env, exports, "mapDelete", js_map_delete);
 	mb_export(env, exports, "mapNextKey", js_map_next_key);
 	mb_export(env, exports, "mapLookupBatch", js_map_lookup_batch);
+	mb_export(env, exports, "mapLookupBatchAsync", js_map_lookup_batch_async);
 	mb_export(env, exports, "mapUpdateBatch", js_map_update_batch);
 	mb_export(env, exports, "mapDeleteBatch", js_map_delete_batch);
 	mb_export(env, exports, "numPossibleCpus", js_num_possible_cpus);

@@ -56,6 +56,7 @@ export class Agent {
   private api?: FastifyInstance;
   private ctGcTimer?: NodeJS.Timeout;
   lastCtGc?: { at: string; scanned: number; deleted: number };
+  private ctGcRunning = false;
   private readonly startedAt = Date.now();
   private readonly apiLatency = new Map<string, { count: number; sumMs: number }>();
 
@@ -209,19 +210,24 @@ export class Agent {
     await listenUnix(agent.api, cfg.socket);
     if (cfg.metricsAddress) agent.metricsServer = await serveMetricsTcp(cfg.metricsAddress, agent.metrics, log);
     dp.reconciler.start(cfg.resyncInterval * 1000);
-    agent.ctGcTimer = setInterval(() => agent.runCtGc(), 15_000);
+    agent.ctGcTimer = setInterval(() => void agent.runCtGc(), 15_000);
     agent.ctGcTimer.unref();
     log.info('agent ready', { socket: cfg.socket, podCidr: cfg.podCidr, router: agent.routerAddress(), bpfRoot: cfg.bpfRoot, node: cfg.nodeName });
     return agent;
   }
 
-  runCtGc(): void {
+  /** Remove expired conntrack entries, in the background (never overlapping runs). */
+  async runCtGc(): Promise<void> {
+    if (this.ctGcRunning) return;
+    this.ctGcRunning = true;
     try {
-      const r = gcConntrack(this.dp.maps.ct);
+      const r = await gcConntrack(this.dp.maps.ct);
       this.lastCtGc = { at: new Date().toISOString(), ...r };
       if (r.deleted) this.log.debug('conntrack gc', r);
     } catch (e) {
       this.log.error('conntrack gc failed', { error: e });
+    } finally {
+      this.ctGcRunning = false;
     }
   }
 

@@ -279,6 +279,20 @@ export class BpfMap<K = Buffer, V = Buffer> {
     return out;
   }
 
+  /**
+   * The whole map's raw keys and values (key i at i * keySize, value i at
+   * i * valueSize), read on a worker thread: for large maps scanned in the
+   * background (conntrack GC), so the event loop keeps serving meanwhile.
+   */
+  async rawEntriesAsync(): Promise<{ keys: Buffer; values: Buffer; count: number }> {
+    this.notPerCpu('rawEntriesAsync');
+    try {
+      return await native().mapLookupBatchAsync(this.fd, this.keySize, this.valueLen, this.maxEntries);
+    } catch (e) {
+      throw toBpfError(e, this.ctx('rawEntriesAsync'));
+    }
+  }
+
   /** Per-CPU maps: all entries with one value per possible CPU. */
   entriesPerCpu(): [K, V[]][] {
     if (!this.isPerCpu) throw bpfUsageError(this.ctx('entriesPerCpu'), 'map is not per-CPU: use entries()');
@@ -309,6 +323,12 @@ export class BpfMap<K = Buffer, V = Buffer> {
     const buf = Buffer.alloc(list.length * this.keySize);
     list.forEach((k, i) => this.encKey(k, 'deleteBatch').copy(buf, i * this.keySize));
     wrap(this.ctx('deleteBatch'), () => native().mapDeleteBatch(this.fd, buf, list.length));
+  }
+
+  /** BPF_MAP_DELETE_BATCH of `count` raw keys laid out one after the other (entries already gone are skipped). */
+  deleteRawBatch(keys: Buffer, count: number): void {
+    if (keys.length < count * this.keySize) throw bpfUsageError(this.ctx('deleteRawBatch'), `${count} keys need ${count * this.keySize} bytes, got ${keys.length}`);
+    wrap(this.ctx('deleteRawBatch'), () => native().mapDeleteBatch(this.fd, keys, count));
   }
 
   /** Pin at path (bpffs). */

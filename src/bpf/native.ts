@@ -151,6 +151,8 @@ export interface MembraneNative {
   mapNextKey(fd: number, key: Buffer | null, keyLen: number): Buffer | null;
   /** Whole map (maxCount caps the count, 0 = no cap); falls back to next-key iteration for map types without batch ops. */
   mapLookupBatch(fd: number, keyLen: number, valueLen: number, maxCount: number): { keys: Buffer; values: Buffer; count: number };
+  /** The same read on a libuv worker thread. */
+  mapLookupBatchAsync(fd: number, keyLen: number, valueLen: number, maxCount: number): Promise<{ keys: Buffer; values: Buffer; count: number }>;
   /** Falls back to per-element updates for map types without batch ops. */
   mapUpdateBatch(fd: number, keys: Buffer, values: Buffer, count: number, flags?: number): void;
   /** Throws (ENOENT) on the first absent key; falls back to per-element deletes. */

@@ -3,22 +3,42 @@
  * (absolute seconds of CLOCK_MONOTONIC, the clock of bpf_ktime_get_ns) has
  * passed as absent; the agent removes such entries periodically so the LRU map
  * keeps room for live flows.
+ *
+ * A table of hundreds of thousands of flows must not stall the agent: the map
+ * is read on a worker thread (one BPF_MAP_LOOKUP_BATCH walk), lifetimes are
+ * read in place from the raw values (no entry is decoded), and expired entries
+ * are deleted in batches, yielding to the event loop between slices.
  */
 import type { BpfMap } from '../bpf';
 import type * as gen from './maps.gen';
+import { FIELD_OFFSETS } from './maps.gen';
 
 /** Seconds of CLOCK_MONOTONIC, the clock the datapath stamps lifetimes with. */
 export function monotonicSeconds(): number {
   return Number(process.hrtime.bigint() / 1_000_000_000n);
 }
 
-export function gcConntrack(ct: BpfMap<gen.CtKey, gen.CtValue>, now = monotonicSeconds()): { scanned: number; deleted: number } {
-  let scanned = 0;
-  const expired: gen.CtKey[] = [];
-  for (const [k, v] of ct.entries()) {
-    scanned++;
-    if (v.lifetime < now) expired.push(k);
+const SLICE = 4096;
+const LIFETIME_OFF = FIELD_OFFSETS.ct_value.lifetime;
+
+const yieldToLoop = () => new Promise<void>((r) => setImmediate(r));
+
+export async function gcConntrack(ct: BpfMap<gen.CtKey, gen.CtValue>, now = monotonicSeconds()): Promise<{ scanned: number; deleted: number }> {
+  const { keys, values, count } = await ct.rawEntriesAsync();
+  const ks = ct.keySize;
+  const vs = ct.valueSize;
+  let deleted = 0;
+  for (let start = 0; start < count; start += SLICE) {
+    const end = Math.min(count, start + SLICE);
+    const expired: number[] = [];
+    for (let i = start; i < end; i++) if (values.readUInt32LE(i * vs + LIFETIME_OFF) < now) expired.push(i);
+    if (expired.length) {
+      const batch = Buffer.alloc(expired.length * ks);
+      expired.forEach((i, j) => keys.copy(batch, j * ks, i * ks, (i + 1) * ks));
+      ct.deleteRawBatch(batch, expired.length);
+      deleted += expired.length;
+    }
+    if (end < count) await yieldToLoop();
   }
-  for (const k of expired) ct.delete(k);
-  return { scanned, deleted: expired.length };
+  return { scanned: count, deleted };
 }

@@ -21,6 +21,7 @@ import * as path from 'node:path';
 import { BpfMap, RingBufReader, testRun, u32Codec } from '../../src/bpf';
 import * as gen from '../../src/datapath/maps.gen';
 import { MetricsKey, metricsKeyCodec } from '../../src/datapath/metricsmap';
+import { gcConntrack } from '../../src/datapath/ctgc';
 import {
   ETH_HLEN,
   ICMP_ECHO,
@@ -450,6 +451,28 @@ describe('address blocks (NetworkPolicy ipBlock, mb_ipblock)', () => {
 // ============================================================================
 
 describe('conntrack', () => {
+  it('garbage collection removes exactly the expired entries of a large table (read on a worker thread, deleted in slices)', async () => {
+    const now = nowSec();
+    const live: gen.CtKey[] = [];
+    const expired: gen.CtKey[] = [];
+    const entries: [gen.CtKey, gen.CtValue][] = [];
+    for (let i = 0; i < 20000; i++) {
+      const k = ctKey(ip4(`10.9.${i >> 8}.${i & 255}`), ip4('10.9.255.1'), IPPROTO_UDP, 1000 + (i % 50000), 53, CT_EGRESS);
+      const dead = i % 3 === 0;
+      (dead ? expired : live).push(k);
+      entries.push([k, { tx_packets: 1n, tx_bytes: 1n, rx_packets: 0n, rx_bytes: 0n, lifetime: dead ? now - 5 : now + 600, src_sec_id: 2, rev_nat_index: 0, tx_flags_seen: 0, rx_flags_seen: 0, flags: 0, last_report: now, backend_id: 0 } as gen.CtValue]);
+    }
+    ct.updateBatch(entries);
+    const before = ctCount();
+    const r = await gcConntrack(ct, now);
+    assert.ok(r.scanned >= 20000, `scanned ${r.scanned}`);
+    assert.ok(r.deleted >= expired.length, `deleted ${r.deleted}`);
+    assert.equal(ctCount(), before - r.deleted);
+    for (const k of live.slice(0, 200)) assert.ok(ct.lookup(k), 'a live entry stays');
+    for (const k of expired.slice(0, 200)) assert.equal(ct.lookup(k), undefined, 'an expired entry is gone');
+    ct.deleteBatch(live);
+  });
+
   it('a NEW egress TCP SYN creates {tuple, CT_EGRESS} with counters, flags, SYN lifetime and the remote identity', () => {
     put(P, { id: ID_REMOTE, egress: true, proto: IPPROTO_TCP, port: 80 });
     const sport = port();
