@@ -11,7 +11,7 @@
  * Deny precedence is resolved here: LPM returns only the longest match, so an
  * allow that a shorter deny of the same identity covers must not be installed.
  */
-import { ALL_PROTOCOLS, Direction, IcmpSpec, PeerRule, PortSpec, PROTO_NUMBER, Rule } from './types';
+import { ALL_PROTOCOLS, Direction, HttpRule, IcmpSpec, L7Rules, PeerRule, PortSpec, PROTO_NUMBER, Rule } from './types';
 
 export const ANY_IDENTITY = 0;
 
@@ -26,6 +26,33 @@ export interface PolicyEntry {
   proxyPort?: number;
   /** Which rules produced the entry (for explanations). */
   derivedFrom: string[];
+  /** An allow of a port with L7 rules: the datapath redirects its flows to the proxy. */
+  redirect?: boolean;
+  /** The L7 rules that allow requests on this key, with the rule that carries each. */
+  http?: { rule: HttpRule; from: string }[];
+  /** Rules that allow this key without L7 rules: every request passes (the rules are alternatives). */
+  allowAllFrom?: string[];
+}
+
+/**
+ * What the proxy needs to decide a request of a redirected flow: the L7 rules
+ * of every redirect entry, and every allow entry without L7 rules that
+ * overlaps one (an identity-specific L4 allow shadows a wildcard L7 redirect
+ * in the datapath's lookup, and a wildcard L4 allow admits every request of a
+ * redirected identity). A request of remote identity X to port p is allowed
+ * when no entry covers (X, p) — the flow is not subject to L7 rules — or when
+ * an entry covering it (identity X or 0) allows every request or has an HTTP
+ * rule that matches. This is the union of the rules, as at L3/L4.
+ */
+export interface L7Entry {
+  identity: number;
+  egress: boolean;
+  protocol: number;
+  port: number;
+  prefixLen: number;
+  http: { rule: HttpRule; from: string }[];
+  /** Rules allowing every request on the covered keys (empty: only the HTTP rules). */
+  allowAllFrom: string[];
 }
 
 export type MapState = Map<string, PolicyEntry>;
@@ -117,6 +144,8 @@ export interface ComputedPolicy {
    * datapath must also look the peer's address up in mb_ipblock.
    */
   addressRules?: boolean;
+  /** The proxy's view (see L7Entry); empty when no rule of this endpoint has L7 rules. */
+  l7: L7Entry[];
 }
 
 function ruleName(r: Rule): string {
@@ -126,19 +155,31 @@ function ruleName(r: Rule): string {
 
 export function computeMapState(input: EndpointPolicyInput): ComputedPolicy {
   const entries: MapState = new Map();
-  const add = (e: Omit<PolicyEntry, 'derivedFrom'>, from: string) => {
+  const add = (e: Omit<PolicyEntry, 'derivedFrom'>, from: string, l7?: L7Rules) => {
     const k = entryKey(e);
-    const cur = entries.get(k);
+    let cur = entries.get(k);
     if (cur) {
       if (e.deny && !cur.deny) {
-        cur.deny = true;
-        cur.derivedFrom = [from];
-      } else if (e.deny === cur.deny && !cur.derivedFrom.includes(from)) cur.derivedFrom.push(from);
-      return;
+        entries.set(k, { ...e, derivedFrom: [from] });
+        return;
+      }
+      if (e.deny !== cur.deny) return;
+      if (!cur.derivedFrom.includes(from)) cur.derivedFrom.push(from);
+    } else {
+      cur = { ...e, derivedFrom: [from] };
+      entries.set(k, cur);
     }
-    entries.set(k, { ...e, derivedFrom: [from] });
+    if (cur.deny) return;
+    if (l7) {
+      cur.redirect = true;
+      cur.http ??= [];
+      for (const rule of l7.http) if (!cur.http.some((h) => h.rule === rule)) cur.http.push({ rule, from });
+    } else {
+      cur.allowAllFrom ??= [];
+      if (!cur.allowAllFrom.includes(from)) cur.allowAllFrom.push(from);
+    }
   };
-  const result: ComputedPolicy = { entries, ingress: { enforced: false }, egress: { enforced: false } };
+  const result: ComputedPolicy = { entries, ingress: { enforced: false }, egress: { enforced: false }, l7: [] };
 
   for (const dir of ['ingress', 'egress'] as Direction[]) {
     const egress = dir === 'egress';
@@ -159,11 +200,11 @@ export function computeMapState(input: EndpointPolicyInput): ComputedPolicy {
         for (const pr of list) {
           const ids = input.peerIdentities(pr);
           if (ids.length === 0) continue;
-          let l4: { protocol: number; port: number; prefixLen: number }[];
+          let l4: { protocol: number; port: number; prefixLen: number; l7?: L7Rules }[];
           if (pr.icmps) l4 = expandIcmps(pr.icmps);
-          else if (pr.ports) l4 = pr.ports.flatMap((ps) => expandPorts(ps, (n) => input.namedPorts(dir, pr, n)));
+          else if (pr.ports) l4 = pr.ports.flatMap((ps) => expandPorts(ps, (n) => input.namedPorts(dir, pr, n)).map((x) => ({ ...x, l7: ps.l7 })));
           else l4 = [{ protocol: 0, port: 0, prefixLen: 40 }];
-          for (const id of ids) for (const p of l4) add({ identity: id, egress, ...p, deny }, name);
+          for (const id of ids) for (const { l7, ...p } of l4) add({ identity: id, egress, ...p, deny }, name, deny ? undefined : l7);
         }
       }
     }
@@ -183,7 +224,38 @@ export function computeMapState(input: EndpointPolicyInput): ComputedPolicy {
       if (ds && ds.some((d) => covers(d, e))) entries.delete(k);
     }
   }
+  result.l7 = l7Table(entries);
   return result;
+}
+
+/** Do two entries' keys share at least one (protocol, port)? (Identity and direction not compared.) */
+export function portsOverlap(a: { protocol: number; port: number; prefixLen: number }, b: { protocol: number; port: number; prefixLen: number }): boolean {
+  if (a.prefixLen <= 40 || b.prefixLen <= 40) return true;
+  if (a.protocol !== b.protocol) return false;
+  const bits = Math.min(a.prefixLen, b.prefixLen) - 48;
+  if (bits <= 0) return true;
+  const mask = (0xffff << (16 - bits)) & 0xffff;
+  return (a.port & mask) === (b.port & mask);
+}
+
+/** The proxy's table (L7Entry): redirect entries and the L4 allows that overlap them. */
+function l7Table(entries: MapState): L7Entry[] {
+  const redirects = [...entries.values()].filter((e) => e.redirect && !e.deny);
+  if (!redirects.length) return [];
+  const out: L7Entry[] = [];
+  for (const e of entries.values()) {
+    if (e.deny) continue;
+    const base = { identity: e.identity, egress: e.egress, protocol: e.protocol, port: e.port, prefixLen: e.prefixLen };
+    if (e.redirect) {
+      out.push({ ...base, http: e.http ?? [], allowAllFrom: e.allowAllFrom ?? [] });
+      continue;
+    }
+    const overlaps = redirects.some(
+      (r) => r.egress === e.egress && (r.identity === e.identity || r.identity === ANY_IDENTITY || e.identity === ANY_IDENTITY) && portsOverlap(r, e),
+    );
+    if (overlaps) out.push({ ...base, http: [], allowAllFrom: e.allowAllFrom ?? e.derivedFrom });
+  }
+  return out;
 }
 
 export interface Verdict {

@@ -18,7 +18,11 @@
 import { parseCidr, cidrContains } from '../util/ip';
 import { labelValueProblems, qualifiedNameProblems } from '../util/k8snames';
 import { NAMESPACE_LABEL, NAMESPACE_LABELS_PREFIX } from '../identity/labels';
-import { CidrPeer, Entity, ENTITIES, IcmpSpec, PeerRule, Peers, PolicySource, PortSpec, Protocol, Requirement, Rule, Selector, ServicePeer } from './types';
+import { RE2JS } from 're2js';
+import {
+  CidrPeer, Entity, ENTITIES, HeaderMatch, HeaderMismatchAction, HttpRule, IcmpSpec, L7Rules, PeerRule, Peers, PolicySource, PortSpec, Protocol,
+  Requirement, Rule, Selector, ServicePeer,
+} from './types';
 
 export class PolicyValidationError extends Error {
   constructor(readonly problems: string[]) {
@@ -319,29 +323,121 @@ const UNSUPPORTED_PEERS: Record<string, string> = {
   authentication: 'mutual authentication is not supported',
 };
 
-function parseCiliumPorts(p: Problems, path: string, v: unknown, allowRules: boolean): PortSpec[] | undefined {
+const HEADER_NAME_RE = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+const MISMATCH_ACTIONS = ['LOG', 'ADD', 'DELETE', 'REPLACE'];
+
+/** A regular expression of an HTTP rule: RE2 syntax (as the reference system's proxy), matched against the whole value. */
+function parseHttpRegex(p: Problems, path: string, v: unknown): string | undefined {
+  if (v === undefined || v === null || v === '') return undefined;
+  if (typeof v !== 'string') {
+    p.add(path, `must be a regular expression string, got ${show(v)}`);
+    return undefined;
+  }
+  try {
+    RE2JS.compile(v);
+  } catch (e) {
+    p.add(path, `${show(v)} is not a valid regular expression: ${(e as Error).message}`);
+    return undefined;
+  }
+  return v;
+}
+
+function parseHttpRule(p: Problems, path: string, v: unknown): HttpRule | undefined {
+  if (!isObj(v)) {
+    p.add(path, `must be an object with method, path, host, headers or headerMatches, got ${show(v)}`);
+    return undefined;
+  }
+  checkKeys(p, path, v, ['method', 'path', 'host', 'headers', 'headerMatches']);
+  const rule: HttpRule = {};
+  const method = parseHttpRegex(p, `${path}.method`, v.method);
+  if (method !== undefined) rule.method = method;
+  const rpath = parseHttpRegex(p, `${path}.path`, v.path);
+  if (rpath !== undefined) rule.path = rpath;
+  const host = parseHttpRegex(p, `${path}.host`, v.host);
+  if (host !== undefined) rule.host = host;
+  const headers: string[] = [];
+  arrayAt(p, `${path}.headers`, v.headers).forEach((h, i) => {
+    const hp = `${path}.headers[${i}]`;
+    if (typeof h !== 'string' || !h.trim()) return p.add(hp, `must be "Name" or "Name: value", got ${show(h)}`);
+    const name = h.trim().split(' ', 1)[0].replace(/:$/, '');
+    if (!HEADER_NAME_RE.test(name)) return p.add(hp, `${show(h)}: ${show(name)} is not a valid header name`);
+    headers.push(h.trim());
+  });
+  if (headers.length) rule.headers = headers;
+  const matches: HeaderMatch[] = [];
+  arrayAt(p, `${path}.headerMatches`, v.headerMatches).forEach((m, i) => {
+    const mp = `${path}.headerMatches[${i}]`;
+    if (!isObj(m)) return p.add(mp, `must be an object {name, value, mismatch}, got ${show(m)}`);
+    checkKeys(p, mp, m, ['name', 'value', 'mismatch'], { secret: 'header values from secrets are not supported' });
+    if (typeof m.name !== 'string' || !HEADER_NAME_RE.test(m.name)) return p.add(`${mp}.name`, `must be a header name, got ${show(m.name)}`);
+    if (m.value !== undefined && typeof m.value !== 'string') return p.add(`${mp}.value`, `must be a string, got ${show(m.value)}`);
+    if (m.mismatch !== undefined && m.mismatch !== '' && (typeof m.mismatch !== 'string' || !MISMATCH_ACTIONS.includes(m.mismatch))) {
+      return p.add(`${mp}.mismatch`, `${show(m.mismatch)} is not one of ${MISMATCH_ACTIONS.join(', ')}`);
+    }
+    if ((m.mismatch === 'ADD' || m.mismatch === 'REPLACE') && !m.value) return p.add(`${mp}.value`, `is required with mismatch ${m.mismatch}`);
+    const hm: HeaderMatch = { name: m.name };
+    if (m.value !== undefined && m.value !== '') hm.value = m.value as string;
+    if (m.mismatch) hm.mismatch = m.mismatch as HeaderMismatchAction;
+    matches.push(hm);
+  });
+  if (matches.length) rule.headerMatches = matches;
+  return rule;
+}
+
+/** toPorts[].rules: HTTP rules; every other L7 protocol is rejected by name. Returns undefined for no (or empty) rules. */
+function parseL7Rules(p: Problems, path: string, v: unknown): L7Rules | undefined {
+  if (v === undefined || v === null) return undefined;
+  if (!isObj(v)) {
+    p.add(path, `must be an object with http rules, got ${show(v)}`);
+    return undefined;
+  }
+  checkKeys(p, path, v, ['http'], {
+    dns: 'DNS rules are not supported yet (needs the DNS proxy)',
+    kafka: 'Kafka rules are not supported (only HTTP L7 rules are)',
+    l7proto: 'generic L7 protocols are not supported (only HTTP L7 rules are)',
+    l7: 'generic L7 protocols are not supported (only HTTP L7 rules are)',
+  });
+  const http: HttpRule[] = [];
+  arrayAt(p, `${path}.http`, v.http).forEach((r, i) => {
+    const rule = parseHttpRule(p, `${path}.http[${i}]`, r);
+    if (rule) http.push(rule);
+  });
+  return http.length ? { http } : undefined;
+}
+
+function parseCiliumPorts(p: Problems, path: string, v: unknown, deny: boolean): PortSpec[] | undefined {
   const ports: PortSpec[] = [];
   const list = arrayAt(p, path, v);
   list.forEach((pr, i) => {
     const pp = `${path}[${i}]`;
     if (!isObj(pr)) return p.add(pp, `must be an object, got ${show(pr)}`);
-    checkKeys(p, pp, pr, ['ports'], {
-      rules: allowRules ? 'L7 rules (http, dns, kafka) are not supported yet (needs the L7 proxy)' : 'deny rules cannot carry L7 rules',
+    checkKeys(p, pp, pr, deny ? ['ports'] : ['ports', 'rules'], {
+      ...(deny ? { rules: 'deny rules cannot carry L7 rules' } : {}),
       serverNames: 'serverNames (TLS SNI) is not supported yet',
       listener: 'listeners are not supported',
       terminatingTLS: 'TLS interception is not supported',
       originatingTLS: 'TLS interception is not supported',
     });
+    const l7 = deny ? undefined : parseL7Rules(p, `${pp}.rules`, pr.rules);
     const entries = arrayAt(p, `${pp}.ports`, pr.ports);
-    if (entries.length === 0) ports.push({ port: 0, protocol: 'ANY' });
+    if (entries.length === 0) {
+      if (l7) p.add(`${pp}.rules`, 'L7 rules need a port: add ports to this toPorts entry');
+      ports.push({ port: 0, protocol: 'ANY' });
+    }
     entries.forEach((e, j) => {
       const ep = `${pp}.ports[${j}]`;
       if (!isObj(e)) return p.add(ep, `must be an object, got ${show(e)}`);
       checkKeys(p, ep, e, ['port', 'endPort', 'protocol']);
       const port = parsePort(p, `${ep}.port`, e.port);
       const endPort = parseEndPort(p, `${ep}.endPort`, e.endPort, port);
-      const protocol = parseCiliumProtocol(p, `${ep}`, e.protocol, port, endPort);
-      if (port !== undefined && protocol) ports.push({ port, endPort, protocol });
+      let protocol = parseCiliumProtocol(p, `${ep}`, e.protocol, port, endPort);
+      if (l7 && protocol) {
+        // HTTP runs over TCP: an L7 rule on protocol ANY applies to TCP only.
+        if (protocol !== 'TCP' && protocol !== 'ANY') p.add(`${ep}.protocol`, `${show(e.protocol)}: HTTP rules apply to TCP ports only`);
+        protocol = 'TCP';
+        if (port === 0) p.add(`${ep}.port`, 'L7 rules need a port (0 means every port)');
+      }
+      if (port !== undefined && protocol) ports.push({ port, endPort, protocol, ...(l7 ? { l7 } : {}) });
     });
   });
   return list.length ? ports : undefined;
@@ -426,7 +522,7 @@ function parseCiliumRule(p: Problems, path: string, v: unknown, dir: 'ingress' |
     });
   }
   const hasPeerFields = [`${f}Endpoints`, `${f}CIDR`, `${f}CIDRSet`, `${f}Entities`, ...(dir === 'egress' ? ['toServices'] : [])].some((k) => v[k] !== undefined);
-  const ports = parseCiliumPorts(p, `${path}.toPorts`, v.toPorts, !deny);
+  const ports = parseCiliumPorts(p, `${path}.toPorts`, v.toPorts, deny);
   const icmps = v.icmps !== undefined ? parseIcmps(p, `${path}.icmps`, v.icmps) : undefined;
   if (ports && icmps) p.add(path, 'toPorts and icmps cannot be used in the same rule');
   // Only ports/ICMP and no peer field: the rule applies to every peer. Nothing at all: no peer.

@@ -29,6 +29,40 @@ export interface PortSpec {
   port: number | string;
   endPort?: number;
   protocol: Protocol;
+  /**
+   * L7 rules of the toPorts entry this port belongs to: flows to the port are
+   * redirected to the proxy, which allows a request when one rule matches.
+   */
+  l7?: L7Rules;
+}
+
+/** What to do when a headerMatches entry does not match (absent: deny the request). */
+export type HeaderMismatchAction = 'LOG' | 'ADD' | 'DELETE' | 'REPLACE';
+
+export interface HeaderMatch {
+  name: string;
+  /** Exact value; absent = the header must be present. */
+  value?: string;
+  mismatch?: HeaderMismatchAction;
+}
+
+/**
+ * One HTTP rule; every field present must match. method, path and host are
+ * regular expressions (RE2 syntax, as the reference system's proxy) matched
+ * against the whole method, request target and Host header.
+ */
+export interface HttpRule {
+  method?: string;
+  path?: string;
+  host?: string;
+  /** Headers that must be present: "Name" or "Name: value" (exact value). */
+  headers?: string[];
+  headerMatches?: HeaderMatch[];
+}
+
+/** L7 rules of one toPorts entry; the rules of a list are alternatives. */
+export interface L7Rules {
+  http: HttpRule[];
 }
 
 export interface IcmpSpec {
@@ -90,8 +124,6 @@ export interface PeerRule {
   peers: Peers;
   ports?: PortSpec[];
   icmps?: IcmpSpec[];
-  /** Present when the rule carries L7 rules (handled by the proxy work). */
-  l7?: unknown;
 }
 
 export type Direction = 'ingress' | 'egress';
