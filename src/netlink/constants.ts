@@ -59,6 +59,9 @@ export const RTM_GETROUTE = 26;
 export const RTM_NEWNEIGH = 28;
 export const RTM_DELNEIGH = 29;
 export const RTM_GETNEIGH = 30;
+export const RTM_NEWRULE = 32;
+export const RTM_DELRULE = 33;
+export const RTM_GETRULE = 34;
 export const RTM_NEWQDISC = 36;
 export const RTM_DELQDISC = 37;
 export const RTM_GETQDISC = 38;
@@ -84,6 +87,9 @@ export const MSG_TYPE_NAMES: Record<number, string> = {
   [RTM_NEWNEIGH]: 'RTM_NEWNEIGH',
   [RTM_DELNEIGH]: 'RTM_DELNEIGH',
   [RTM_GETNEIGH]: 'RTM_GETNEIGH',
+  [RTM_NEWRULE]: 'RTM_NEWRULE',
+  [RTM_DELRULE]: 'RTM_DELRULE',
+  [RTM_GETRULE]: 'RTM_GETRULE',
   [RTM_NEWQDISC]: 'RTM_NEWQDISC',
   [RTM_DELQDISC]: 'RTM_DELQDISC',
   [RTM_GETQDISC]: 'RTM_GETQDISC',
@@ -108,6 +114,7 @@ export const IFINFOMSG_LEN = 16;
 export const IFADDRMSG_LEN = 8;
 export const RTMSG_LEN = 12;
 export const NDMSG_LEN = 12;
+export const FIB_RULE_HDR_LEN = 12;
 
 // net_device flags
 export const IFF_UP = 0x1;
@@ -312,3 +319,11 @@ export function nudName(state: number): string {
   for (const [bit, name] of NUD_NAMES) if (state & bit) return name;
   return 'none';
 }
+
+// policy routing rules (linux/fib_rules.h)
+export const FRA_PRIORITY = 6;
+export const FRA_FWMARK = 10;
+export const FRA_TABLE = 15;
+export const FRA_FWMASK = 16;
+export const FRA_PROTOCOL = 21;
+export const FR_ACT_TO_TBL = 1;

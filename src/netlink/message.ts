@@ -399,6 +399,34 @@ export function decodeRtMsg(p: Buffer): RtMsg {
   };
 }
 
+/** struct fib_rule_hdr (same 12-byte shape as rtmsg: family, dst_len, src_len, tos, table, res1, res2, action, flags). */
+export interface FibRuleHdr {
+  family: number;
+  dstLen: number;
+  srcLen: number;
+  tos: number;
+  table: number;
+  action: number;
+  flags: number;
+}
+
+export function encodeFibRuleHdr(m: Partial<FibRuleHdr> = {}): Buffer {
+  const b = Buffer.alloc(12);
+  b[0] = m.family ?? 0;
+  b[1] = m.dstLen ?? 0;
+  b[2] = m.srcLen ?? 0;
+  b[3] = m.tos ?? 0;
+  b[4] = m.table ?? 0;
+  b[7] = m.action ?? 0;
+  wU32(b, m.flags ?? 0, 8);
+  return b;
+}
+
+export function decodeFibRuleHdr(p: Buffer): FibRuleHdr {
+  if (p.length < 12) throw new Error(`truncated fib_rule_hdr (${p.length} bytes)`);
+  return { family: p[0], dstLen: p[1], srcLen: p[2], tos: p[3], table: p[4], action: p[7], flags: rU32(p, 8) };
+}
+
 export interface NdMsg {
   family: number;
   index: number;

@@ -9,8 +9,8 @@
 import * as C from './constants';
 import { NetlinkArgError, NetlinkError } from './errors';
 import {
-  Attrs, NlAttr, NlMsg, attr, decodeIfAddrMsg, decodeIfInfoMsg, decodeNdMsg, decodeRtMsg, encodeIfAddrMsg,
-  encodeIfInfoMsg, encodeMessage, encodeNdMsg, encodeRtMsg, parseDoneErrno, parseError, parseMessages,
+  Attrs, NlAttr, NlMsg, attr, decodeFibRuleHdr, decodeIfAddrMsg, decodeIfInfoMsg, decodeNdMsg, decodeRtMsg, encodeFibRuleHdr,
+  encodeIfAddrMsg, encodeIfInfoMsg, encodeMessage, encodeNdMsg, encodeRtMsg, parseDoneErrno, parseError, parseMessages,
   payloadAttrs,
 } from './message';
 import { netlinkNative } from './native';
@@ -112,6 +112,8 @@ export interface RouteSpec {
   protocol?: number;
   /** Only needed for dst 'default' without gateway/src (default 4). */
   family?: Family;
+  /** Route type: 'unicast' (default) or 'local' (deliver to this host, scope host). */
+  type?: 'unicast' | 'local';
 }
 
 export interface Route {
@@ -135,6 +137,31 @@ export interface RouteListOptions {
   family?: Family;
   /** Table id, or 'all'. Default: main (254). */
   table?: number | 'all';
+}
+
+/** A policy routing rule: packets whose mark matches look up `table` (FR_ACT_TO_TBL). */
+export interface RuleSpec {
+  /** Default 4. */
+  family?: Family;
+  /** Rule priority (FRA_PRIORITY), 1..32765 for rules between the local and main tables. */
+  priority: number;
+  fwmark?: number;
+  /** Default 0xffffffff when fwmark is given. */
+  fwmask?: number;
+  table: number;
+  /** FRA_PROTOCOL, to tell who added the rule (default RTPROT_STATIC on add, any on delete). */
+  protocol?: number;
+}
+
+export interface RuleInfo {
+  family: Family;
+  priority: number;
+  fwmark?: number;
+  fwmask?: number;
+  table: number;
+  /** 'to-table', or the FR_ACT_* number. */
+  action: string;
+  protocol?: number;
 }
 
 export interface NeighSpec {
@@ -604,13 +631,15 @@ export class RtNetlink {
     } else if (del) scope = C.RT_SCOPE_NOWHERE; // wildcard for delete
     else scope = gw ? C.RT_SCOPE_UNIVERSE : C.RT_SCOPE_LINK;
     const protocol = r.protocol !== undefined ? checkInt('protocol', r.protocol, 0, 255) : del ? C.RTPROT_UNSPEC : C.RTPROT_BOOT;
+    if (r.type !== undefined && r.type !== 'unicast' && r.type !== 'local') throw new NetlinkArgError('type', r.type, 'must be unicast or local');
+    if (r.type === 'local' && r.scope === undefined && !del) scope = C.RT_SCOPE_HOST;
     const header = encodeRtMsg({
       family: afOf(family),
       dstLen: dst?.prefixLen ?? 0,
       table: table < 256 ? table : C.RT_TABLE_UNSPEC,
       protocol,
       scope,
-      type: C.RTN_UNICAST,
+      type: r.type === 'local' ? C.RTN_LOCAL : C.RTN_UNICAST,
       flags: r.onlink ? C.RTNH_F_ONLINK : 0,
     });
     const attrs: NlAttr[] = [attr.u32(C.RTA_TABLE, table)];
@@ -621,6 +650,7 @@ export class RtNetlink {
     if (r.metric !== undefined) attrs.push(attr.u32(C.RTA_PRIORITY, checkInt('metric', r.metric, 0, 0xffffffff)));
     if (r.mtu !== undefined) attrs.push(attr.nest(C.RTA_METRICS, [attr.u32(C.RTAX_MTU, checkInt('mtu', r.mtu, 68, 65535))]));
     const desc = [
+      r.type === 'local' ? 'local' : '',
       `${r.dst}`,
       gw ? `via ${r.gateway}` : '',
       r.dev !== undefined ? `dev index ${r.dev}` : '',
@@ -680,6 +710,82 @@ export class RtNetlink {
       const mtu = a.nested(C.RTA_METRICS)?.u32(C.RTAX_MTU);
       if (mtu !== undefined) route.mtu = mtu;
       out.push(route);
+    }
+    return out;
+  }
+
+  // ---- policy routing rules -------------------------------------------------------------
+
+  private ruleMsg(r: RuleSpec, del: boolean) {
+    if (!r || typeof r !== 'object') throw new NetlinkArgError('rule', r, 'must be an object');
+    if (r.family !== undefined && r.family !== 4 && r.family !== 6) throw new NetlinkArgError('family', r.family, 'must be 4 or 6');
+    const family = r.family ?? 4;
+    const priority = checkInt('priority', r.priority, 1, 32765);
+    const table = checkInt('table', r.table, 1, 0xffffffff);
+    if (table === C.RT_TABLE_LOCAL || table === C.RT_TABLE_MAIN || table === C.RT_TABLE_DEFAULT) {
+      throw new NetlinkArgError('table', r.table, 'must not be one of the kernel\'s own tables (local, main, default)');
+    }
+    const attrs: NlAttr[] = [attr.u32(C.FRA_PRIORITY, priority), attr.u32(C.FRA_TABLE, table)];
+    let fw = '';
+    if (r.fwmark !== undefined) {
+      const mark = checkInt('fwmark', r.fwmark, 0, 0xffffffff);
+      const mask = r.fwmask === undefined ? 0xffffffff : checkInt('fwmask', r.fwmask, 0, 0xffffffff);
+      attrs.push(attr.u32(C.FRA_FWMARK, mark), attr.u32(C.FRA_FWMASK, mask));
+      fw = ` fwmark 0x${mark.toString(16)}/0x${mask.toString(16)}`;
+    } else if (r.fwmask !== undefined) throw new NetlinkArgError('fwmask', r.fwmask, 'needs fwmark');
+    const protocol = r.protocol !== undefined ? checkInt('protocol', r.protocol, 0, 255) : del ? undefined : C.RTPROT_STATIC;
+    if (protocol !== undefined) attrs.push(attr.u8(C.FRA_PROTOCOL, protocol));
+    const header = encodeFibRuleHdr({ family: afOf(family), table: table < 256 ? table : C.RT_TABLE_UNSPEC, action: C.FR_ACT_TO_TBL });
+    return { header, attrs, desc: `ipv${family} rule priority ${priority}${fw} lookup ${table}` };
+  }
+
+  /** Add a rule (NLM_F_EXCL: an identical rule is EEXIST). */
+  ruleAdd(r: RuleSpec): void {
+    const { header, attrs, desc } = this.ruleMsg(r, false);
+    this.change(C.RTM_NEWRULE, C.NLM_F_CREATE | C.NLM_F_EXCL, header, attrs, `add ${desc}`);
+  }
+
+  /** Add the rule unless one with the same priority, mark, mask and table exists. Returns whether it was added. */
+  ruleEnsure(r: RuleSpec): boolean {
+    const family = r.family ?? 4;
+    const mask = r.fwmark === undefined ? undefined : (r.fwmask ?? 0xffffffff);
+    const same = this.ruleList(family).some(
+      (x) => x.priority === r.priority && x.table === r.table && x.fwmark === r.fwmark && (x.fwmark === undefined || x.fwmask === mask),
+    );
+    if (same) return false;
+    this.ruleAdd(r);
+    return true;
+  }
+
+  /** Delete a rule; false if no such rule (ENOENT). */
+  ruleDel(r: RuleSpec): boolean {
+    const { header, attrs, desc } = this.ruleMsg(r, true);
+    return this.change(C.RTM_DELRULE, 0, header, attrs, `delete ${desc}`, ['ENOENT']);
+  }
+
+  ruleList(family: Family = 4): RuleInfo[] {
+    if (family !== 4 && family !== 6) throw new NetlinkArgError('family', family, 'must be 4 or 6');
+    const msgs = this.request(C.RTM_GETRULE, C.NLM_F_DUMP, encodeFibRuleHdr({ family: afOf(family) }), [], `dump ipv${family} rules`);
+    const out: RuleInfo[] = [];
+    for (const m of msgs) {
+      if (m.type !== C.RTM_NEWRULE) continue;
+      const h = decodeFibRuleHdr(m.payload);
+      if (familyOf(h.family) !== family) continue;
+      const a = payloadAttrs(m, C.FIB_RULE_HDR_LEN);
+      const info: RuleInfo = {
+        family,
+        priority: a.u32(C.FRA_PRIORITY) ?? 0,
+        table: a.u32(C.FRA_TABLE) ?? h.table,
+        action: h.action === C.FR_ACT_TO_TBL ? 'to-table' : String(h.action),
+      };
+      const mark = a.u32(C.FRA_FWMARK);
+      if (mark !== undefined) {
+        info.fwmark = mark;
+        info.fwmask = a.u32(C.FRA_FWMASK) ?? 0xffffffff;
+      }
+      const proto = a.u8(C.FRA_PROTOCOL);
+      if (proto !== undefined) info.protocol = proto;
+      out.push(info);
     }
     return out;
   }

@@ -212,6 +212,28 @@ describe('rtnetlink (real kernel)', { skip }, () => {
     assert.equal(nlB.routeDel({ dst: '192.168.7.0/24', table: 1000 }), true);
   });
 
+  it('adds, lists and deletes fwmark rules and a local default route in its own table', () => {
+    const lo = nlA.linkGet('lo')!;
+    nlA.routeAdd({ dst: '0.0.0.0/0', type: 'local', dev: lo.index, table: 2004, replace: true });
+    const routes = nlA.routeList({ table: 2004 });
+    assert.deepEqual(routes.map((r) => [r.dst, r.type, r.scope, r.dev]), [['default', 'local', 'host', lo.index]]);
+    assert.equal(ipj('-n', nsA, 'route', 'show', 'table', '2004')[0].type, 'local');
+    assert.equal(nlA.ruleEnsure({ priority: 9, fwmark: 0x200, fwmask: 0xf00, table: 2004 }), true);
+    assert.equal(nlA.ruleEnsure({ priority: 9, fwmark: 0x200, fwmask: 0xf00, table: 2004 }), false, 'idempotent');
+    const mine = nlA.ruleList(4).filter((r) => r.table === 2004);
+    assert.deepEqual(mine.map((r) => [r.priority, r.fwmark, r.fwmask, r.action]), [[9, 0x200, 0xf00, 'to-table']]);
+    const ipRule = ipj('-n', nsA, 'rule', 'show').find((r: { priority: number }) => r.priority === 9);
+    assert.equal(ipRule.fwmark, '0x200');
+    assert.equal(ipRule.fwmask, '0xf00');
+    assert.equal(ipRule.table, '2004');
+    assert.throws(() => nlA.ruleAdd({ priority: 9, fwmark: 0x200, fwmask: 0xf00, table: 2004 }), (e: unknown) => e instanceof NetlinkError && e.code === 'EEXIST');
+    assert.throws(() => nlA.ruleAdd({ priority: 0, table: 2004 }), (e: unknown) => e instanceof NetlinkArgError && /priority/.test(e.message));
+    assert.throws(() => nlA.ruleAdd({ priority: 9, table: 254 }), (e: unknown) => e instanceof NetlinkArgError && /table/.test(e.message));
+    assert.equal(nlA.ruleDel({ priority: 9, fwmark: 0x200, fwmask: 0xf00, table: 2004 }), true);
+    assert.equal(nlA.ruleDel({ priority: 9, fwmark: 0x200, fwmask: 0xf00, table: 2004 }), false);
+    assert.equal(nlA.routeDel({ dst: '0.0.0.0/0', type: 'local', dev: lo.index, table: 2004 }), true);
+  });
+
   it('kernel errors carry the extended ACK; missing namespaces name the path', () => {
     assert.throws(
       () => nlB.routeAdd({ dst: '10.9.0.0/16', gateway: '10.99.99.99', dev: peerIdx }),
