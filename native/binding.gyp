@@ -13,7 +13,8 @@
         "src/ringbuf.c",
         "src/ringbuf_thread.c",
         "src/netns.c",
-        "src/netlink.c"
+        "src/netlink.c",
+        "src/sock.c"
       ],
       "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers", "-std=gnu11"],
       "libraries": ["-lbpf", "-lelf", "-lz"]

@@ -19,4 +19,4 @@ npx --no-install tsc -p tsconfig.json
 
 node scripts/bundle-cni.js
 node scripts/bundle-ui.js
-chmod +x bin/membrane-cni bin/membrane bin/membrane-agent
+chmod +x bin/membrane-cni bin/membrane bin/membrane-agent bin/membrane-proxy

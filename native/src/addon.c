@@ -12,6 +12,7 @@ static napi_value init(napi_env env, napi_value exports)
 	mb_init_ringbuf_thread(env, exports);
 	mb_init_netns(env, exports);
 	mb_init_netlink(env, exports);
+	mb_init_sock(env, exports);
 	return exports;
 }
 

@@ -14,5 +14,6 @@ void mb_init_ringbuf(napi_env env, napi_value exports);
 void mb_init_ringbuf_thread(napi_env env, napi_value exports);
 void mb_init_netns(napi_env env, napi_value exports);
 void mb_init_netlink(napi_env env, napi_value exports);
+void mb_init_sock(napi_env env, napi_value exports);
 
 #endif

@@ -488,13 +488,18 @@ static napi_value js_obj_pin(napi_env env, napi_callback_info info)
 	return NULL;
 }
 
+/* objGet(path[, fileFlags]): fileFlags e.g. BPF_F_RDONLY for a read-only map fd. */
 static napi_value js_obj_get(napi_env env, napi_callback_info info)
 {
-	MB_ARGS(1);
+	MB_ARGS(2);
 	char path[512];
+	uint32_t flags = 0;
 	if (!mb_arg_str(env, argv[0], "path", path, sizeof(path)))
 		return NULL;
-	int fd = bpf_obj_get(path);
+	if (!mb_is_nullish(env, argv[1]) && !mb_arg_u32(env, argv[1], "fileFlags", &flags))
+		return NULL;
+	LIBBPF_OPTS(bpf_obj_get_opts, opts, .file_flags = flags);
+	int fd = bpf_obj_get_opts(path, &opts);
 	if (fd < 0) {
 		napi_value e = mb_errno_error(env, errno, "bpf(BPF_OBJ_GET)", NULL, "%s", path);
 		mb_set(env, e, "path", mb_str(env, path));

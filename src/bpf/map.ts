@@ -66,6 +66,9 @@ export function numPossibleCpus(): number {
   return ncpus;
 }
 
+/** BPF_F_RDONLY: the map fd can only be read. */
+const BPF_F_RDONLY = 1 << 3;
+
 export class BpfMap<K = Buffer, V = Buffer> {
   readonly name: string;
   /** BPF_MAP_TYPE_* */
@@ -102,9 +105,10 @@ export class BpfMap<K = Buffer, V = Buffer> {
   }
 
   /** Open a pinned map. name (for messages) defaults to the pin's basename. */
-  static fromPin(pinPath: string, name?: string): BpfMap {
+  /** Open a pinned map; readOnly asks the kernel for a read-only fd (BPF_F_RDONLY): updates then fail with EPERM. */
+  static fromPin(pinPath: string, name?: string, opts: { readOnly?: boolean } = {}): BpfMap {
     const nm = name ?? path.basename(pinPath);
-    const fd = wrap({ op: 'open pinned map', map: nm, path: pinPath }, () => native().objGet(pinPath));
+    const fd = wrap({ op: 'open pinned map', map: nm, path: pinPath }, () => native().objGet(pinPath, opts.readOnly ? BPF_F_RDONLY : 0));
     try {
       return BpfMap.fromFd(fd, nm);
     } catch (e) {

@@ -133,7 +133,8 @@ export interface MembraneNative {
   objClose(handle: number): void;
   objPin(fd: number, path: string): void;
   /** Throws code ENOENT if nothing is pinned there. */
-  objGet(path: string): number;
+  /** fileFlags: e.g. BPF_F_RDONLY (8) for a read-only map fd. */
+  objGet(path: string, fileFlags?: number): number;
   /** The maps an opened (not yet loaded) object defines, with the pin path libbpf will use. */
   objMapDefs(handle: number): { name: string; type: number; keySize: number; valueSize: number; maxEntries: number; flags: number; pinPath: string | null }[];
   /** mount -t bpf bpf <path> */

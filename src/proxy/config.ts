@@ -1,0 +1,140 @@
+/**
+ * The proxy's configuration: what the agent tells bin/membrane-proxy, and what
+ * the proxy keeps on disk so that it serves with its last configuration after
+ * its own restart.
+ *
+ * The model is a set of listeners plus the policy data their kinds need:
+ *
+ *   listeners[]   {name, kind, address, port, protocol, transparent, ...}
+ *   policies      L7 tables (mapstate.ts L7Entry) by key; endpoints with the
+ *                 same identity and named ports share one
+ *   endpoints[]   local endpoint id -> its policy key
+ *
+ * A listener's `kind` selects the handler that serves it (src/proxy/listeners.ts):
+ * 'http-policy' today (redirected flows, decided by the L7 tables); the DNS proxy
+ * adds kind 'dns-policy' (transparent UDP+TCP listeners on the same model, its
+ * rules as another table per endpoint) and the Gateway API kind 'http-gateway'
+ * (a plain listener on a node address with routes to Services under a new
+ * top-level `gateways` key). Each kind validates only its own part, so adding
+ * one touches no other.
+ */
+import type { L7Entry } from '../policy/mapstate';
+import type { HttpRule } from '../policy/types';
+
+export const CONFIG_VERSION = 1;
+
+export type ListenerKind = 'http-policy';
+export const LISTENER_KINDS: ListenerKind[] = ['http-policy'];
+
+export interface ListenerConfig {
+  /** Unique; also the name in flow records and status (e.g. "http-egress"). */
+  name: string;
+  kind: ListenerKind;
+  /** Bind address. Transparent listeners bind loopback: the datapath assigns them redirected flows. */
+  address: string;
+  port: number;
+  protocol: 'tcp';
+  /** IP_TRANSPARENT: accepts flows addressed to other hosts (the original destination stays the local address). */
+  transparent: boolean;
+  /** http-policy: the direction whose redirect leads here (its endpoint's rules decide). */
+  direction?: 'ingress' | 'egress';
+}
+
+export interface EndpointTables {
+  ingress: L7Entry[];
+  egress: L7Entry[];
+}
+
+export interface EndpointRef {
+  id: number;
+  /** Key into ProxyConfig.policies. */
+  policy: string;
+}
+
+export interface ProxyConfig {
+  version: number;
+  /** Increases with every configuration the agent sends (informational; content decides). */
+  generation: number;
+  node: string;
+  listeners: ListenerConfig[];
+  policies: Record<string, EndpointTables>;
+  endpoints: EndpointRef[];
+}
+
+export class ConfigError extends Error {
+  constructor(readonly problems: string[]) {
+    super(`invalid proxy configuration:\n  ${problems.join('\n  ')}`);
+  }
+}
+
+type Obj = Record<string, unknown>;
+const isObj = (v: unknown): v is Obj => typeof v === 'object' && v !== null && !Array.isArray(v);
+const show = (v: unknown) => JSON.stringify(v);
+const isPort = (v: unknown) => typeof v === 'number' && Number.isInteger(v) && v >= 1 && v <= 65535;
+const isU32 = (v: unknown) => typeof v === 'number' && Number.isInteger(v) && v >= 0 && v <= 0xffffffff;
+
+function checkEntry(p: string[], path: string, e: unknown): void {
+  if (!isObj(e)) return void p.push(`${path}: must be an object, got ${show(e)}`);
+  for (const k of ['identity', 'protocol', 'port', 'prefixLen'] as const) if (!isU32(e[k])) p.push(`${path}.${k}: must be a number, got ${show(e[k])}`);
+  if (typeof e.egress !== 'boolean') p.push(`${path}.egress: must be true or false, got ${show(e.egress)}`);
+  if (!Array.isArray(e.allowAllFrom) || !e.allowAllFrom.every((x) => typeof x === 'string')) p.push(`${path}.allowAllFrom: must be a list of names`);
+  if (!Array.isArray(e.http)) return void p.push(`${path}.http: must be a list, got ${show(e.http)}`);
+  e.http.forEach((h, i) => {
+    if (!isObj(h) || !isObj(h.rule) || typeof h.from !== 'string') p.push(`${path}.http[${i}]: must be {rule, from}, got ${show(h)}`);
+    else checkRule(p, `${path}.http[${i}].rule`, h.rule as HttpRule);
+  });
+}
+
+function checkRule(p: string[], path: string, r: HttpRule): void {
+  for (const k of ['method', 'path', 'host'] as const) if (r[k] !== undefined && typeof r[k] !== 'string') p.push(`${path}.${k}: must be a string`);
+  if (r.headers !== undefined && (!Array.isArray(r.headers) || !r.headers.every((h) => typeof h === 'string'))) p.push(`${path}.headers: must be a list of strings`);
+  if (r.headerMatches !== undefined && (!Array.isArray(r.headerMatches) || !r.headerMatches.every((m) => isObj(m) && typeof m.name === 'string'))) {
+    p.push(`${path}.headerMatches: must be a list of {name, value, mismatch}`);
+  }
+}
+
+/** Validate a configuration (from the agent or from disk); throws ConfigError naming every problem. */
+export function parseConfig(v: unknown): ProxyConfig {
+  const p: string[] = [];
+  if (!isObj(v)) throw new ConfigError([`configuration must be an object, got ${show(v)}`]);
+  if (v.version !== CONFIG_VERSION) p.push(`version: ${show(v.version)} is not ${CONFIG_VERSION}`);
+  if (!isU32(v.generation)) p.push(`generation: must be a number, got ${show(v.generation)}`);
+  if (typeof v.node !== 'string') p.push(`node: must be a string, got ${show(v.node)}`);
+  const names = new Set<string>();
+  const ports = new Set<number>();
+  if (!Array.isArray(v.listeners)) p.push(`listeners: must be a list, got ${show(v.listeners)}`);
+  else
+    v.listeners.forEach((l, i) => {
+      const lp = `listeners[${i}]`;
+      if (!isObj(l)) return void p.push(`${lp}: must be an object, got ${show(l)}`);
+      if (typeof l.name !== 'string' || !/^[a-z0-9][a-z0-9-]{0,62}$/.test(l.name)) p.push(`${lp}.name: ${show(l.name)} is not a name (lowercase letters, digits, '-')`);
+      else if (names.has(l.name)) p.push(`${lp}.name: ${show(l.name)} is used twice`);
+      else names.add(l.name);
+      if (!LISTENER_KINDS.includes(l.kind as ListenerKind)) p.push(`${lp}.kind: ${show(l.kind)} is not one of ${LISTENER_KINDS.join(', ')}`);
+      if (typeof l.address !== 'string' || !l.address) p.push(`${lp}.address: must be an address, got ${show(l.address)}`);
+      if (!isPort(l.port)) p.push(`${lp}.port: ${show(l.port)} is not a port 1-65535`);
+      else if (ports.has(l.port as number)) p.push(`${lp}.port: ${l.port} is used twice`);
+      else ports.add(l.port as number);
+      if (l.protocol !== 'tcp') p.push(`${lp}.protocol: ${show(l.protocol)} is not tcp`);
+      if (typeof l.transparent !== 'boolean') p.push(`${lp}.transparent: must be true or false, got ${show(l.transparent)}`);
+      if (l.kind === 'http-policy' && l.direction !== 'ingress' && l.direction !== 'egress') p.push(`${lp}.direction: ${show(l.direction)} is not ingress or egress`);
+    });
+  if (!isObj(v.policies)) p.push(`policies: must be an object, got ${show(v.policies)}`);
+  else
+    for (const [k, t] of Object.entries(v.policies)) {
+      if (!isObj(t) || !Array.isArray(t.ingress) || !Array.isArray(t.egress)) {
+        p.push(`policies.${k}: must be {ingress: [...], egress: [...]}`);
+        continue;
+      }
+      t.ingress.forEach((e, i) => checkEntry(p, `policies.${k}.ingress[${i}]`, e));
+      t.egress.forEach((e, i) => checkEntry(p, `policies.${k}.egress[${i}]`, e));
+    }
+  if (!Array.isArray(v.endpoints)) p.push(`endpoints: must be a list, got ${show(v.endpoints)}`);
+  else
+    v.endpoints.forEach((e, i) => {
+      if (!isObj(e) || !isU32(e.id) || typeof e.policy !== 'string') return void p.push(`endpoints[${i}]: must be {id, policy}, got ${show(e)}`);
+      if (isObj(v.policies) && !(e.policy in v.policies)) p.push(`endpoints[${i}].policy: ${show(e.policy)} is not in policies`);
+    });
+  if (p.length) throw new ConfigError(p);
+  return v as unknown as ProxyConfig;
+}

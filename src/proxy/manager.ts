@@ -1,0 +1,185 @@
+/**
+ * The agent's proxy manager: turns the policy of every local endpoint into the
+ * proxy's configuration, owns the listener ports (the policy maps carry them,
+ * so they are allocated once and kept in the state directory), sets up the
+ * policy routing that delivers redirected packets to local sockets, and starts
+ * the proxy (through the supervisor) the first time any endpoint needs it.
+ *
+ * Ordering: sync() runs before the endpoints' policy maps are written, and
+ * writes the configuration to the proxy's control socket at once, so a
+ * redirect never reaches a proxy that has not been told the rules first;
+ * a request for an endpoint the proxy does not know yet waits briefly for the
+ * configuration and is denied if none comes (fail closed).
+ */
+import * as crypto from 'node:crypto';
+import * as net from 'node:net';
+import * as path from 'node:path';
+import { RtNetlink, getSysctl, setSysctl } from '../netlink';
+import type { ComputedPolicy } from '../policy/mapstate';
+import { mkdirp, readJson, writeJsonAtomic } from '../util/fsutil';
+import type { Logger } from '../util/log';
+import { CONFIG_VERSION, EndpointTables, ListenerConfig, ProxyConfig } from './config';
+import { MARK_MASK, MARK_TO_PROXY, PROXY_PORT_MAX, PROXY_PORT_MIN, PROXY_ROUTE_TABLE, PROXY_RULE_PRIORITY } from './constants';
+import type { L7Record } from './records';
+import { ProxySupervisor } from './supervisor';
+
+export interface ProxyEndpoint {
+  id: number;
+  policy: ComputedPolicy;
+}
+
+export interface ProxyManagerOptions {
+  stateDir: string;
+  bpfRoot: string;
+  nodeName: string;
+  log: Logger;
+  proxyBin: string;
+  logLevel?: string;
+}
+
+/** The listeners the L7 policy needs: one per direction, transparent, on loopback. */
+const HTTP_LISTENERS = [
+  { name: 'http-ingress', direction: 'ingress' as const },
+  { name: 'http-egress', direction: 'egress' as const },
+];
+
+export class ProxyManager {
+  readonly supervisor: ProxySupervisor;
+  private ports: Record<string, number>;
+  private generation = 0;
+  private lastJson = '';
+  private needed = false;
+  readonly dir: string;
+
+  constructor(private readonly opts: ProxyManagerOptions) {
+    this.dir = path.join(opts.stateDir, 'proxy');
+    mkdirp(this.dir);
+    this.ports = readJson<Record<string, number>>(path.join(this.dir, 'ports.json')) ?? {};
+    this.supervisor = new ProxySupervisor({ dir: this.dir, bpfRoot: opts.bpfRoot, log: opts.log.child({ component: 'proxy-supervisor' }), proxyBin: opts.proxyBin, logLevel: opts.logLevel });
+  }
+
+  set onRecords(fn: (records: L7Record[]) => void) {
+    this.supervisor.onRecords = fn;
+  }
+
+  /** The listener port the datapath redirects a direction's L7 flows to (allocated on first use). */
+  portFor(egress: boolean): number {
+    const name = egress ? 'http-egress' : 'http-ingress';
+    let p = this.ports[name];
+    if (!p) {
+      const used = new Set(Object.values(this.ports));
+      for (let tries = 0; tries < 1000 && !p; tries++) {
+        const c = PROXY_PORT_MIN + crypto.randomInt(PROXY_PORT_MAX - PROXY_PORT_MIN + 1);
+        if (!used.has(c)) p = c;
+      }
+      this.ports[name] = p;
+      writeJsonAtomic(path.join(this.dir, 'ports.json'), this.ports);
+    }
+    return p;
+  }
+
+  /**
+   * Packets the datapath marks MARK_TO_PROXY are delivered locally (to the
+   * socket it assigned): `ip rule fwmark MARK_TO_PROXY/MARK_MASK lookup T`
+   * with `local 0.0.0.0/0 dev lo table T`. Idempotent; rtnetlink only.
+   */
+  setupRouting(): void {
+    const nl = RtNetlink.open(null);
+    try {
+      const lo = nl.linkGet('lo');
+      if (!lo) throw new Error('routing for the proxy: no loopback device in this network namespace');
+      nl.routeAdd({ dst: '0.0.0.0/0', type: 'local', dev: lo.index, table: PROXY_ROUTE_TABLE, replace: true });
+      nl.ruleEnsure({ priority: PROXY_RULE_PRIORITY, fwmark: MARK_TO_PROXY, fwmask: MARK_MASK, table: PROXY_ROUTE_TABLE });
+    } finally {
+      nl.close();
+    }
+    // Strict reverse-path filtering would drop redirected packets (their source is routed via the host device); loose is enough.
+    try {
+      if (getSysctl(null, 'net.ipv4.conf.all.rp_filter').trim() === '1') {
+        setSysctl(null, 'net.ipv4.conf.all.rp_filter', '2');
+        this.opts.log.info('net.ipv4.conf.all.rp_filter set from strict (1) to loose (2) for proxy redirection');
+      }
+    } catch {
+      /* no such knob */
+    }
+  }
+
+  /** Build the configuration from the endpoints' computed policies and send it if it changed; start the proxy when first needed. */
+  sync(endpoints: ProxyEndpoint[]): void {
+    const policies: Record<string, EndpointTables> = { none: { ingress: [], egress: [] } };
+    const refs: { id: number; policy: string }[] = [];
+    const keyOf = new Map<ComputedPolicy, string>();
+    let any = false;
+    for (const ep of endpoints) {
+      const l7 = ep.policy.l7;
+      if (!l7.length) {
+        refs.push({ id: ep.id, policy: 'none' });
+        continue;
+      }
+      any = true;
+      let key = keyOf.get(ep.policy);
+      if (!key) {
+        const tables: EndpointTables = { ingress: l7.filter((e) => !e.egress), egress: l7.filter((e) => e.egress) };
+        key = crypto.createHash('sha256').update(JSON.stringify(tables)).digest('hex').slice(0, 16);
+        keyOf.set(ep.policy, key);
+        policies[key] = tables;
+      }
+      refs.push({ id: ep.id, policy: key });
+    }
+    if (any) this.needed = true;
+    if (!this.needed) return;
+    const listeners: ListenerConfig[] = HTTP_LISTENERS.map((l) => ({
+      name: l.name,
+      kind: 'http-policy',
+      address: '127.0.0.1',
+      port: this.portFor(l.direction === 'egress'),
+      protocol: 'tcp',
+      transparent: true,
+      direction: l.direction,
+    }));
+    refs.sort((a, b) => a.id - b.id);
+    const body = { listeners, policies, endpoints: refs };
+    const json = JSON.stringify(body);
+    if (json !== this.lastJson) {
+      this.lastJson = json;
+      this.generation++;
+      const config: ProxyConfig = { version: CONFIG_VERSION, generation: this.generation, node: this.opts.nodeName, ...body };
+      this.supervisor.configure(config);
+    }
+    this.supervisor.ensureRunning().catch((e) => this.opts.log.error('proxy not running', { error: e }));
+  }
+
+  /** Resolves when the proxy has applied the latest configuration (true), or false after timeoutMs. */
+  settled(timeoutMs: number): Promise<boolean> {
+    if (!this.needed) return Promise.resolve(true);
+    return this.supervisor.waitApplied(this.generation, timeoutMs);
+  }
+
+  /** Start the proxy now if a previous run needed it (its configuration is on disk). */
+  async restore(): Promise<void> {
+    const saved = readJson<{ listeners?: unknown[] }>(path.join(this.dir, 'config.json'));
+    if (saved || (await isListening(path.join(this.dir, 'control.sock')))) {
+      this.needed = true;
+      await this.supervisor.ensureRunning().catch((e) => this.opts.log.error('proxy not running', { error: e }));
+    }
+  }
+
+  status() {
+    return { needed: this.needed, ports: this.ports, ...this.supervisor.status() };
+  }
+
+  close(): void {
+    this.supervisor.close();
+  }
+}
+
+function isListening(sock: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const c = net.connect(sock);
+    c.once('connect', () => {
+      c.destroy();
+      resolve(true);
+    });
+    c.once('error', () => resolve(false));
+  });
+}

@@ -1,0 +1,26 @@
+/**
+ * The native addon's socket helpers (native/src/sock.c): sockets with options
+ * Node's net module cannot set. Each returns a non-blocking fd owned by the
+ * caller, to be adopted by Node (server.listen({fd}), new net.Socket({fd})).
+ */
+import * as path from 'node:path';
+
+export interface SocketNative {
+  /** A listening TCP socket on address:port (IP_TRANSPARENT when transparent). */
+  sockListen(address: string, port: number, backlog: number, transparent: boolean): number;
+  /** An unconnected TCP socket bound to address:port (0: chosen at connect), SO_MARK mark (0: none), IP_TRANSPARENT when transparent. */
+  sockBound(address: string, port: number, mark: number, transparent: boolean): number;
+  /** SO_MARK of a socket. */
+  sockMark(fd: number): number;
+}
+
+let cached: SocketNative | undefined;
+
+export function sockets(): SocketNative {
+  if (!cached) {
+    // dist/src/proxy -> repo root
+    const repoRoot = path.resolve(__dirname, '..', '..', '..');
+    cached = require(process.env.MEMBRANE_NATIVE ?? path.join(repoRoot, 'native/build/Release/membrane.node')) as SocketNative;
+  }
+  return cached;
+}
