@@ -64,6 +64,7 @@
 #include "policy.h"
 #include "trace.h"
 #include "lb.h"
+#include "proxy.h"
 
 #define DROP_EGRESS(ctx, cfg, reason, dst_label) \
 	send_drop(ctx, reason, METRIC_DIR_EGRESS, (cfg)->sec_id, dst_label, (cfg)->ep_id, 0)
@@ -76,12 +77,22 @@ static __always_inline __be32 ep_ipv4(const struct ep_config *cfg)
 	return *(const __be32 *)cfg->ipv4;
 }
 
-/* What ipv4_ct_policy found out about a packet it passed, for trace events and reverse NAT. */
+/* What ipv4_ct_policy found out about a packet it passed, for trace events, reverse NAT and the proxy. */
 struct ct_obs {
 	__u8 state;   /* TRACE_CT_* */
 	__u8 report;  /* trace this packet (monitor flags + aggregation, lib/trace.h) */
 	__u16 rev_nat; /* TRACE_CT_REPLY: the rev_nat_index of the flow's entry (0: not translated) */
+	__u8 ct_flags; /* CT_F_* of the flow's entry (reply or established) */
+	__u8 proxy;    /* OBS_PROXY_*: what the caller does with the packet */
+	__be16 proxy_port; /* OBS_PROXY_REDIRECT: the proxy's listener port (0: only an accepted socket will do) */
+	__be16 sport;  /* the packet's L4 ports (TCP), for the proxy's socket lookups */
+	__be16 dport;
 };
+
+#define OBS_PROXY_NONE 0
+#define OBS_PROXY_REDIRECT 1   /* redirected flow: hand it to the proxy (proxy_assign_ipv4) */
+#define OBS_PROXY_REPLY 2      /* a reply to the proxy's upstream (CT_F_FROM_PROXY): steer it back to the proxy */
+#define OBS_PROXY_DELIVERED 3  /* already assigned to a proxy upstream socket: return TC_ACT_OK */
 
 /*
  * Conntrack + policy for an IPv4 packet at this endpoint's egress
@@ -123,6 +134,8 @@ static __always_inline int ipv4_ct_policy(struct __sk_buff *ctx, const struct ep
 	struct ct_key key = {};
 	struct ct_value *ct;
 	struct l4_info l4;
+	__be16 proxy_port = 0;
+	__u8 new_flags = 0;
 	void *policy_map;
 	__u8 match;
 	int ret;
@@ -130,6 +143,9 @@ static __always_inline int ipv4_ct_policy(struct __sk_buff *ctx, const struct ep
 	obs->state = TRACE_CT_UNKNOWN;
 	obs->report = 0;
 	obs->rev_nat = 0;
+	obs->ct_flags = 0;
+	obs->proxy = OBS_PROXY_NONE;
+	obs->proxy_port = 0;
 	if (cfg->flags & EP_CFG_F_NO_POLICY) {
 		obs->report = trace_untracked(m);
 		return 0;
@@ -141,6 +157,8 @@ static __always_inline int ipv4_ct_policy(struct __sk_buff *ctx, const struct ep
 		if (ret)
 			return ret;
 	}
+	obs->sport = l4.sport;
+	obs->dport = l4.dport;
 	now = ct_now();
 
 	/* Reply of a flow the other side of this endpoint tracked. Never creates. */
@@ -150,6 +168,9 @@ static __always_inline int ipv4_ct_policy(struct __sk_buff *ctx, const struct ep
 		changes = ct_update(ct, &l4, len, 0, now);
 		obs->state = TRACE_CT_REPLY;
 		obs->rev_nat = ct->rev_nat_index;
+		obs->ct_flags = ct->flags;
+		if (ct->flags & CT_F_FROM_PROXY)
+			obs->proxy = OBS_PROXY_REPLY;
 		obs->report = trace_aggregate(
 			m, ct, (changes & (CT_UPD_FIRST_REPLY | TRACE_AGG_TCP_FLAGS)) != 0, now);
 		return 0;
@@ -160,11 +181,28 @@ static __always_inline int ipv4_ct_policy(struct __sk_buff *ctx, const struct ep
 		return 0;
 	}
 
+	ct_key_ipv4(&key, saddr, daddr, l4.sport, l4.dport, l4.proto, dir);
+	ct = ct_lookup(&key, now);
+	/*
+	 * A TCP segment to this pod that belongs to no flow and opens none (not
+	 * a bare SYN): a reply to an upstream connection of the proxy, which
+	 * speaks with this pod's address to a server that is not a local pod
+	 * (lib/proxy.h). To that socket, if it exists.
+	 */
+	if (!ct && !egress && l4.proto == IPPROTO_TCP &&
+	    (l4.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) != TCP_FLAG_SYN &&
+	    proxy_steer_reply_ipv4(ctx, saddr, daddr, l4.sport, l4.dport, 1) >= 0) {
+		obs->proxy = OBS_PROXY_DELIVERED;
+		obs->state = TRACE_CT_REPLY;
+		obs->report = trace_aggregate(m, NULL, 0, now);
+		return 0;
+	}
+
 	/* Established or new: policy on every packet, so revoking policy cuts flows. */
 	policy_map = ep_policy_map(cfg);
 	if (policy_map) {
 		ret = policy_can_access(policy_map, remote_id, egress, l4.proto, l4.policy_port,
-					len, &match);
+					len, &match, &proxy_port);
 		/*
 		 * Nothing for the peer's identity: a NetworkPolicy ipBlock may still
 		 * select its address (pods and nodes included), through mb_ipblock.
@@ -174,7 +212,7 @@ static __always_inline int ipv4_ct_policy(struct __sk_buff *ctx, const struct ep
 
 			if (block)
 				ret = policy_can_access(policy_map, block, egress, l4.proto,
-							l4.policy_port, len, &match);
+							l4.policy_port, len, &match, &proxy_port);
 		}
 	} else {
 		ret = DROP_POLICY;  /* no policy map installed: deny everything */
@@ -186,23 +224,82 @@ static __always_inline int ipv4_ct_policy(struct __sk_buff *ctx, const struct ep
 				     bpf_ntohs(l4.policy_port), l4.proto, cfg->ep_id);
 		return ret;
 	}
-	ct_key_ipv4(&key, saddr, daddr, l4.sport, l4.dport, l4.proto, dir);
-	ct = ct_lookup(&key, now);
+	/*
+	 * L7 rules on the port: the proxy decides each request. Packets from the
+	 * proxy itself have been through it (every L7 rule on their way) and go
+	 * on; their flow's replies must return to it.
+	 */
+	if (l4.proto != IPPROTO_TCP)
+		proxy_port = 0;
+	if (!egress && mark_from_proxy(ctx)) {
+		proxy_port = 0;
+		new_flags = CT_F_FROM_PROXY;
+	}
 	if (ct) {
 		changes = ct_update(ct, &l4, len, 1, now);
 		obs->state = TRACE_CT_ESTABLISHED;
+		obs->ct_flags = ct->flags;
 		obs->report = trace_aggregate(m, ct, (changes & TRACE_AGG_TCP_FLAGS) != 0, now);
+		/*
+		 * A flow that went to the proxy stays there (a removed L7 rule only
+		 * changes new flows); one that did not and now must (an L7 rule
+		 * was added) goes there too: the proxy resets it, the client
+		 * reconnects through the proxy. Never a bypass.
+		 */
+		if (proxy_port || ((ct->flags & CT_F_PROXY_REDIRECT) && !new_flags)) {
+			if (!(ct->flags & CT_F_PROXY_REDIRECT))
+				ct->flags |= CT_F_PROXY_REDIRECT;
+			obs->proxy = OBS_PROXY_REDIRECT;
+			obs->proxy_port = proxy_port;
+		}
 		return 0;
 	}
-	ret = lb_ct_create(&key, &l4, len, remote_id, now, rev_nat, 0);
+	if (proxy_port)
+		new_flags |= CT_F_PROXY_REDIRECT;
+	ret = lb_ct_create(&key, &l4, len, remote_id, now, rev_nat, 0, new_flags);
 	if (ret)
 		return ret;
 	obs->state = TRACE_CT_NEW;
+	obs->ct_flags = new_flags;
 	obs->report = trace_new(m);
+	if (proxy_port) {
+		obs->proxy = OBS_PROXY_REDIRECT;
+		obs->proxy_port = proxy_port;
+	}
 	if (m->flags & MONITOR_F_VERDICT)
 		send_verdict(ctx, remote_id, VERDICT_ALLOW, 0, mdir, match,
 			     bpf_ntohs(l4.policy_port), l4.proto, cfg->ep_id);
 	return 0;
+}
+
+/*
+ * Hand a packet ipv4_ct_policy marked for the proxy to it (lib/proxy.h):
+ * returns TC_ACT_OK (delivered to the proxy's socket by the stack) or the
+ * drop (no proxy socket: fail closed).
+ */
+static __always_inline int to_proxy(struct __sk_buff *ctx, const struct ep_config *cfg,
+				    const struct ct_obs *obs, __u32 src_sec, __u32 dst_sec,
+				    __u8 mdir, __u32 dst_id)
+{
+	struct iphdr *ip = ipv4_hdr(ctx);
+	int ret;
+
+	if (!ip)
+		return send_drop(ctx, DROP_INVALID, mdir, src_sec, dst_sec, cfg->ep_id, dst_id);
+	if (obs->proxy == OBS_PROXY_REPLY) {
+		proxy_steer_reply_ipv4(ctx, ip->saddr, ip->daddr, obs->sport, obs->dport, 0);
+	} else if (obs->proxy == OBS_PROXY_REDIRECT) {
+		ret = proxy_assign_ipv4(ctx, ip->saddr, ip->daddr, obs->sport, obs->dport,
+					obs->proxy_port);
+		if (ret)
+			return send_drop(ctx, ret, mdir, src_sec, dst_sec, cfg->ep_id, dst_id);
+		proxy_deliver(ctx);
+	}
+	metrics_count(METRIC_FORWARDED, mdir, ctx->len);
+	if (obs->report)
+		send_trace(ctx, TRACE_TO_PROXY, obs->state, src_sec, dst_sec, cfg->ep_id, dst_id,
+			   ctx->ifindex);
+	return TC_ACT_OK;
 }
 
 /* ---------------------------------------------------------------------------- */
@@ -358,6 +455,9 @@ static __always_inline int handle_ipv4_from_lxc(struct __sk_buff *ctx, const str
 	if (obs.report)
 		send_trace(ctx, TRACE_FROM_LXC, obs.state, cfg->sec_id, dst_sec, cfg->ep_id,
 			   dst_id, ctx->ifindex);
+	/* L7: to the proxy (a redirected flow, or this pod's reply to the proxy's upstream). */
+	if (obs.proxy)
+		return to_proxy(ctx, cfg, &obs, cfg->sec_id, dst_sec, METRIC_DIR_EGRESS, dst_id);
 
 	if (unlikely(daddr == bpf_htonl(LB_HAIRPIN_IPV4))) {
 		/*
@@ -462,6 +562,14 @@ int policy_ingress(struct __sk_buff *ctx)
 	ret = ipv4_ct_policy(ctx, cfg, ip, &l4, 0, src_identity, CT_INGRESS, rev_nat, &m, &obs);
 	if (ret)
 		return DROP_INGRESS(ctx, cfg, ret, src_identity);
+	/* L7: a redirected flow to the proxy; a reply to one of its upstreams already is. */
+	if (obs.proxy == OBS_PROXY_DELIVERED) {
+		metrics_count(METRIC_FORWARDED, METRIC_DIR_INGRESS, ctx->len);
+		return TC_ACT_OK;
+	}
+	if (obs.proxy)
+		return to_proxy(ctx, cfg, &obs, src_identity, cfg->sec_id, METRIC_DIR_INGRESS,
+				cfg->ep_id);
 	/* A FROM_HOST trace from_host left to the aggregation decision here (lib/trace.h). */
 	if (obs.report && pending == MB_CB_TRACE_FROM_HOST)
 		send_trace(ctx, TRACE_FROM_HOST, obs.state, src_identity, cfg->sec_id, 0,

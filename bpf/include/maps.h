@@ -109,6 +109,21 @@ struct policy_key {
 
 #define POLICY_F_DENY 1
 
+/*
+ * Packet marks (skb->mark) for the L7 proxy (lib/proxy.h; the agent installs
+ * `ip rule fwmark MB_MARK_TO_PROXY/MB_MARK_MASK lookup 2004` with
+ * `local 0.0.0.0/0 dev lo table 2004`, src/proxy/manager.ts):
+ *   MB_MARK_TO_PROXY    the datapath assigned the packet a proxy socket
+ *                       (bpf_sk_assign); the stack delivers it locally
+ *   MB_MARK_FROM_PROXY  SO_MARK of the proxy's upstream sockets: not
+ *                       redirected again (the proxy enforced every L7 rule
+ *                       on the way), and the flow's replies go to the proxy
+ * A pod cannot set either: marks are scrubbed when a packet leaves a netns.
+ */
+#define MB_MARK_MASK 0x0f00
+#define MB_MARK_TO_PROXY 0x0200
+#define MB_MARK_FROM_PROXY 0x0a00
+
 struct policy_value {
 	__u64 packets;
 	__u64 bytes;
@@ -151,7 +166,8 @@ struct ct_key {
 #define CT_LIFETIME_TCP 21600    /* TCP, CT_F_SEEN_NON_SYN */
 #define CT_LIFETIME_NONTCP 60
 #define CT_LIFETIME_CLOSE 10     /* TCP, CT_F_RX_CLOSING or CT_F_TX_CLOSING */
-#define CT_F_PROXY_REDIRECT 8
+#define CT_F_PROXY_REDIRECT 8 /* the flow is redirected to the proxy (L7 rules): every packet goes to its socket */
+#define CT_F_FROM_PROXY 16    /* the proxy's upstream opened the flow: replies go back to the proxy (lib/proxy.h) */
 
 struct ct_value {
 	__u64 tx_packets;  /* tx: the entry's forward direction, rx: its replies */
@@ -433,6 +449,8 @@ struct monitor_config {
 #define DROP_NO_FIB 169
 #define DROP_INVALID_IDENTITY 171
 #define DROP_UNKNOWN_SENDER 172
+#define DROP_PROXY_LOOKUP_FAILED 178  /* redirected to the proxy, but no proxy socket (proxy down): fail closed */
+#define DROP_PROXY_SET_FAILED 179     /* bpf_sk_assign refused the proxy's socket */
 #define DROP_POLICY_DENY 181
 #define DROP_TTL_EXCEEDED 196
 #define DROP_EP_NOT_READY 203

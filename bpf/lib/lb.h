@@ -115,7 +115,7 @@ static __always_inline __u32 lb4_hash(__be32 saddr, __be32 daddr, __be16 sport, 
  */
 static __always_inline int lb_ct_create(const struct ct_key *key, const struct l4_info *l4,
 					__u32 len, __u32 remote_id, __u32 now, __u16 rev_nat,
-					__u32 backend_id)
+					__u32 backend_id, __u8 ct_flags)
 {
 	struct ct_value v = {
 		.tx_packets = 1,
@@ -130,6 +130,7 @@ static __always_inline int lb_ct_create(const struct ct_key *key, const struct l
 		v.tx_flags_seen = l4->tcp_flags;
 		v.flags = ct_tcp_flags(0, l4->tcp_flags, 1);
 	}
+	v.flags |= ct_flags;
 	v.lifetime = ct_lifetime(l4->proto, v.flags, now);
 	if (bpf_map_update_elem(&mb_ct, key, &v, BPF_ANY) < 0)
 		return DROP_CT_CREATE_FAILED;
@@ -217,7 +218,7 @@ chosen:
 		ct->backend_id = id;
 		ct_update(ct, l4, len, 1, now);
 	} else {
-		ret = lb_ct_create(&ckey, l4, len, 0, now, svc->rev_nat_index, id);
+		ret = lb_ct_create(&ckey, l4, len, 0, now, svc->rev_nat_index, id, 0);
 		if (ret)
 			return ret;
 	}

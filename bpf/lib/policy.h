@@ -13,6 +13,8 @@
  * (L3 wildcard). A deny hit in either drops (DROP_POLICY_DENY); otherwise a hit
  * allows (counted on the exact-identity hit if there is one, else on the
  * wildcard hit); no hit drops (DROP_POLICY). An empty map denies everything.
+ * The allowing entry's proxy_port (non-zero for a port with L7 rules) tells
+ * the caller to redirect the flow to the proxy (lib/proxy.h).
  */
 #ifndef MB_LIB_POLICY_H
 #define MB_LIB_POLICY_H
@@ -34,10 +36,12 @@ static __always_inline __u8 policy_match_type(const struct policy_value *v, int 
 /*
  * Returns 0 (allow) or DROP_POLICY / DROP_POLICY_DENY; *@match is the MATCH_*
  * of the deciding entry (the deny entry, the counted allow entry, or
- * MATCH_NONE).
+ * MATCH_NONE); *@proxy_port the allowing entry's proxy port (network order,
+ * 0: no L7 rules, lib/proxy.h).
  */
 static __always_inline int policy_can_access(void *policy_map, __u32 remote_id, __u8 egress,
-					     __u8 proto, __be16 dport, __u32 len, __u8 *match)
+					     __u8 proto, __be16 dport, __u32 len, __u8 *match,
+					     __be16 *proxy_port)
 {
 	struct policy_key key = {
 		.prefixlen = 64,
@@ -71,6 +75,7 @@ static __always_inline int policy_can_access(void *policy_map, __u32 remote_id, 
 	}
 	__sync_fetch_and_add(&hit->packets, 1);
 	__sync_fetch_and_add(&hit->bytes, len);
+	*proxy_port = hit->proxy_port;
 	return 0;
 }
 

@@ -36,6 +36,8 @@ import { AgentMetrics, serveMetricsTcp } from '../monitor/metrics';
 import type { FlowSource } from '../monitor/context';
 import { ServiceManager } from '../service/manager';
 import { ServiceSync } from '../service/sync';
+import { ProxyManager } from '../proxy/manager';
+import { repoRoot } from './config';
 import { ensurePrivateDir, mkdirp } from '../util/fsutil';
 import type { Logger } from '../util/log';
 
@@ -52,6 +54,7 @@ export class Agent {
   readonly metrics: AgentMetrics;
   readonly services: ServiceSync;
   readonly changes: ChangePipeline;
+  readonly proxy: ProxyManager;
   private metricsServer?: http.Server;
   private api?: FastifyInstance;
   private ctGcTimer?: NodeJS.Timeout;
@@ -76,6 +79,10 @@ export class Agent {
     );
     const blocks = new AddressBlocks(dp.ipblock);
     this.policy.repo.onAddressBlock = (prefix, id) => blocks.set(prefix, id);
+    this.proxy = new ProxyManager({ stateDir: cfg.stateDir, bpfRoot: cfg.bpfRoot, nodeName: cfg.nodeName, log: log.child({ component: 'proxy' }), proxyBin: path.join(repoRoot(), 'bin/membrane-proxy'), logLevel: cfg.logLevel });
+    this.policy.proxyPorts = (egress) => this.proxy.portFor(egress);
+    // L7 flow records from the proxy become flows (Monitor.ingestL7).
+    this.proxy.onRecords = (records) => records.forEach((r) => (this.monitor as unknown as { ingestL7?: (r: unknown) => void }).ingestL7?.(r));
     this.endpoints = new EndpointManager(cfg, log, dp, ipam, this.identities, this.policy, storePodSource(this.store), this.ipcache);
     this.tracer = new PolicyTracer(this.policy, this.identities, this.endpoints);
     this.services = new ServiceSync(new ServiceManager(cfg.serviceCidr, cfg.stateDir, cfg.lbAlgorithm), this.store, dp, log.child({ component: 'services' }));
@@ -125,6 +132,7 @@ export class Agent {
           dp.ipcache.flush();
           dp.ipblock.flush();
         },
+        syncProxy: () => this.proxy.sync(this.endpoints.list(), this.policy),
         regenerateAll: () => this.endpoints.regenerateAll(),
         syncServices: () => this.syncServices(),
         done: () => this.identities.flush(),
@@ -169,12 +177,14 @@ export class Agent {
     const valid = validateResources(objects, { serviceCidr: this.cfg.serviceCidr });
     const results = this.store.apply(valid);
     await this.changes.flush();
+    await this.proxy.settled(5000);
     return { results, policyRevision: this.policy.revision };
   }
 
   async deleteResources(refs: ResourceRef[]) {
     const results = this.store.delete(refs);
     await this.changes.flush();
+    await this.proxy.settled(5000);
     return { results, policyRevision: this.policy.revision };
   }
 
@@ -186,6 +196,8 @@ export class Agent {
     const dp = Datapath.open(cfg, log);
     const agent = new Agent(cfg, log, dp);
     dp.setupNode(agent.endpoints.ipam.router);
+    agent.proxy.setupRouting();
+    await agent.proxy.restore();
     for (const p of dp.attachDevices()) log.error('NodePort device not set up', { problem: p });
     if (cfg.socketLbCgroup) dp.attachSocketLb(cfg.socketLbCgroup);
     for (const kind of ['CiliumClusterwideNetworkPolicy', 'CiliumNetworkPolicy', 'NetworkPolicy']) {
@@ -275,6 +287,7 @@ export class Agent {
       maps: this.dp.reconciler.status(),
       reconciler: { resyncIntervalSeconds: this.cfg.resyncInterval, ...this.dp.reconciler.counters },
       conntrackGc: this.lastCtGc,
+      proxy: this.proxy.status(),
       services: {
         serviceCidr: this.cfg.serviceCidr,
         frontends: this.services.frontends.length,
@@ -291,6 +304,7 @@ export class Agent {
 
   async stop(): Promise<void> {
     if (this.ctGcTimer) clearInterval(this.ctGcTimer);
+    this.proxy.close();
     this.monitor.stop();
     this.metricsServer?.close();
     this.identities.flush();

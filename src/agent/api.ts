@@ -171,7 +171,10 @@ export function buildApi(agent: Agent): FastifyInstance {
   });
 
   app.get('/v1/healthz', { schema: { querystring: noQuery } }, async () => ({ status: 'ok' }));
-  app.get('/v1/status', { schema: { querystring: noQuery } }, async () => agent.status());
+  app.get('/v1/status', { schema: { querystring: noQuery } }, async () => {
+    await agent.proxy.refreshStatus(500);
+    return agent.status();
+  });
 
   app.get('/v1/endpoint', { schema: { querystring: noQuery } }, async () => agent.endpoints.list());
   app.get<{ Params: { id: string } }>('/v1/endpoint/:id', { schema: { params: idParams, querystring: noQuery } }, async (req, reply) => {
@@ -255,6 +258,17 @@ export function buildApi(agent: Agent): FastifyInstance {
       dst: { type: 'string', minLength: 1 },
       dport: { type: 'integer', minimum: 0, maximum: 65535 },
       protocol: { type: 'string', enum: ['TCP', 'UDP', 'SCTP', 'ICMP', 'tcp', 'udp', 'sctp', 'icmp'] },
+      http: {
+        type: 'object',
+        additionalProperties: false,
+        required: ['method', 'path'],
+        properties: {
+          method: { type: 'string', minLength: 1 },
+          path: { type: 'string', minLength: 1 },
+          host: { type: 'string' },
+          headers: { type: 'array', items: { type: 'string', minLength: 1 } },
+        },
+      },
     },
   } as const;
 
@@ -338,7 +352,7 @@ export function buildApi(agent: Agent): FastifyInstance {
     return { revision: rev, reached: true };
   });
   app.post('/v1/policy/trace', { schema: { body: traceBody, querystring: noQuery } }, async (req, reply) => {
-    const b = req.body as { src: string; dst: string; dport: number; protocol?: string };
+    const b = req.body as { src: string; dst: string; dport: number; protocol?: string; http?: { method: string; path: string; host?: string; headers?: string[] } };
     try {
       return agent.tracer.trace({ ...b, protocol: b.protocol ?? 'TCP' });
     } catch (e) {

@@ -19,6 +19,8 @@ export interface PipelineSteps {
   refreshIdentities(): Promise<number>;
   /** Write pending ipcache changes. */
   flushIpcache(): void;
+  /** Send the L7 proxy the rules of every endpoint (before the policy maps redirect anything to it). */
+  syncProxy(): void;
   /** Bring every endpoint's policy map to the current revision. */
   regenerateAll(): { endpoints: number; failed: number; ms: number; revision: number };
   /** Recompute services into the load-balancing maps. */
@@ -97,6 +99,7 @@ export class ChangePipeline {
     try {
       if (p.refresh && (await this.steps.refreshIdentities()) > 0) p.regen = true;
       if (p.ipcache || p.regen) this.steps.flushIpcache();
+      if (p.regen || p.services) this.steps.syncProxy();
       if (p.regen) {
         const r = this.steps.regenerateAll();
         this.log.info('endpoints regenerated', r);

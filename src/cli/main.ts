@@ -29,7 +29,7 @@ Commands:
                              named after the rules' name label, else the file (or --name)
   policy delete NAME [-n NS] [--kind K] | --all
   policy wait REVISION       wait until every endpoint enforces REVISION (--timeout S)
-  policy trace --src S --dst D --dport N[/PROTO]
+  policy trace --src S --dst D --dport N[/PROTO] [--http-method M --http-path P [--http-host H] [--http-header 'K: V']...]
                              explain the verdict; S, D: endpoint id, pod [ns/]name, or labels k=v,...
   policy selectors           the selector cache
   monitor [-t drop|trace|policy-verdict|l7]... [--related-to ID] [-v] [-o json]
@@ -89,6 +89,7 @@ export function parseCli(argv: string[], env: NodeJS.ProcessEnv): Opts | 'help' 
     for (const side of ['', 'from-', 'to-']) valued[`--${side}${f}`] = `${side}${f}`;
   }
   for (const f of ['verdict', 'drop-reason', 'protocol', 'tcp-flags', 'traffic-direction', 'from-namespace', 'to-namespace', 'node-name', 'http-method', 'http-path', 'http-status', 'dns-query']) valued[`--${f}`] = f;
+  for (const f of ['http-host', 'http-header']) valued[`--${f}`] = f;
   const booleans: Record<string, string> = { '--services': 'services', '--frontends': 'frontends', '--backends': 'backends', '--revnat': 'revnat', '--maglev': 'maglev', '--all': 'all', '-A': 'all-namespaces', '--all-namespaces': 'all-namespaces', '--follow': 'follow', '--not': 'not', '-v': 'verbose', '--verbose': 'verbose' };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -125,6 +126,18 @@ export function parseCli(argv: string[], env: NodeJS.ProcessEnv): Opts | 'help' 
 type Handler = (c: AgentClient, o: Opts, rest: string[]) => Promise<string>;
 
 const json = (v: unknown) => JSON.stringify(v, null, 2) + '\n';
+
+function proxyLine(p: any): string {
+  if (!p || (!p.needed && p.state === 'stopped')) return 'not needed (no L7 rules)';
+  const parts = [p.state + (p.pid ? ` (pid ${p.pid}${p.adopted ? ', adopted' : ''})` : '')];
+  parts.push(`restarts ${p.restarts}`);
+  if (p.lastExit) parts.push(`last exit ${p.lastExit.reason} at ${p.lastExit.at}`);
+  parts.push(`config ${p.generation.applied ?? '-'}/${p.generation.desired ?? '-'}`);
+  parts.push(`requests ${p.requests.forwarded} forwarded, ${p.requests.denied} denied, ${p.requests.error} errors`);
+  if (p.recordsDropped) parts.push(`${p.recordsDropped} flow records dropped`);
+  if (p.lastError) parts.push(`error: ${p.lastError}`);
+  return parts.join('; ');
+}
 
 function needId(rest: string[], what: string): number {
   const id = Number(rest[0]);
@@ -424,10 +437,25 @@ const commands: Record<string, Handler> = {
   async 'policy trace'(c, o) {
     if (typeof o.flags.src !== 'string' || typeof o.flags.dst !== 'string') throw new UsageError('policy trace: --src and --dst are required');
     const { dport, protocol } = parseDport(o.flags.dport);
-    const r: any = await c.request('POST', '/v1/policy/trace', { src: o.flags.src, dst: o.flags.dst, dport, protocol });
+    const method = o.flags['http-method'];
+    const hpath = o.flags['http-path'];
+    if ((method === undefined) !== (hpath === undefined)) throw new UsageError('policy trace: --http-method and --http-path go together');
+    const headers = o.flagList.filter(([k]) => k === 'http-header').map(([, v]) => String(v));
+    const httpReq =
+      typeof method === 'string' && typeof hpath === 'string'
+        ? { method, path: hpath, ...(typeof o.flags['http-host'] === 'string' ? { host: o.flags['http-host'] } : {}), ...(headers.length ? { headers } : {}) }
+        : undefined;
+    const r: any = await c.request('POST', '/v1/policy/trace', { src: o.flags.src, dst: o.flags.dst, dport, protocol, ...(httpReq ? { http: httpReq } : {}) });
     if (o.output === 'json') return json(r);
-    const side = (name: string, s: any) =>
-      `${name}: ${s.verdict}${s.dropReason ? ` (drop reason ${s.dropReason})` : ''}, enforcement ${s.enforced ? 'on' : 'off'}\n  ${s.reason}\n`;
+    const side = (name: string, s: any) => {
+      let out = `${name}: ${s.verdict}${s.dropReason ? ` (drop reason ${s.dropReason})` : ''}, enforcement ${s.enforced ? 'on' : 'off'}\n  ${s.reason}\n`;
+      if (s.redirect) {
+        const rules = s.redirect.rules.map((h: any) => `${[h.method, h.path, h.host].filter(Boolean).join(' ') || '(any request)'}${h.headers?.length ? ` headers ${h.headers.join(', ')}` : ''} [${h.policy}]`);
+        out += `  redirected to the L7 proxy (listener ${s.redirect.listener}, port ${s.redirect.proxyPort}); HTTP rules: ${rules.join('; ') || 'none'}${s.redirect.allowAll.length ? `; every request allowed by ${s.redirect.allowAll.join(', ')}` : ''}\n`;
+      }
+      if (s.l7) out += `  HTTP ${httpReq?.method} ${httpReq?.path}: ${s.l7.verdict}${s.l7.verdict === 'DENIED' ? ' (403)' : ''}${s.l7.by.length ? ` by ${s.l7.by.join(', ')}` : ''}\n`;
+      return out;
+    };
     return (
       `Tracing ${r.source.describe} (identity ${r.source.identity}) -> ${r.destination.describe} (identity ${r.destination.identity}) port ${r.port}/${r.protocol}, policy revision ${r.policyRevision}\n` +
       side('Egress from source', r.egress) +
@@ -522,6 +550,8 @@ const commands: Record<string, Handler> = {
       `Endpoint ADD:  p50 ${s.endpointCreateMs.p50 ?? '-'} ms, p99 ${s.endpointCreateMs.p99 ?? '-'} ms (${s.endpointCreateMs.count} created)`,
     ];
     if (s.monitor?.memory) lines.push(`Flows:         ${flowsStatus(s.monitor)}`);
+    lines.push(`L7 proxy:      ${proxyLine(s.proxy)}`);
+    for (const l of s.proxy?.listeners ?? []) lines.push(`  listener ${l.name} port ${l.port} ${l.state}${l.error ? ` (${l.error})` : ''}, ${l.connections} connections`);
     for (const nr of s.endpoints.notReady) lines.push(`  endpoint ${nr.id} ${nr.state}: ${(nr.problems ?? []).join('; ')}`);
     return lines.join('\n') + '\n';
   },

@@ -48,6 +48,8 @@ export const DROP_REASONS: Record<number, { name: string; text: string }> = {
   169: { name: 'NO_FIB', text: 'No FIB entry' },
   171: { name: 'INVALID_IDENTITY', text: 'Invalid identity' },
   172: { name: 'UNKNOWN_SENDER', text: 'Unknown sender' },
+  178: { name: 'PROXY_LOOKUP_FAILED', text: 'Proxy lookup failed' },
+  179: { name: 'PROXY_SET_FAILED', text: 'Proxy assignment failed' },
   181: { name: 'POLICY_DENY', text: 'Policy denied by denylist' },
   196: { name: 'TTL_EXCEEDED', text: 'TTL exceeded' },
   203: { name: 'EP_NOT_READY', text: 'Endpoint not ready' },
@@ -77,3 +79,9 @@ export const CT_F_RX_CLOSING = 1;
 export const CT_F_TX_CLOSING = 2;
 export const CT_F_SEEN_NON_SYN = 4;
 export const CT_F_PROXY_REDIRECT = 8;
+export const CT_F_FROM_PROXY = 16;
+
+/** Packet marks of the L7 proxy path (bpf/lib/proxy.h). */
+export const MB_MARK_MASK = 0x0f00;
+export const MB_MARK_TO_PROXY = 0x0200;
+export const MB_MARK_FROM_PROXY = 0x0a00;

@@ -4,7 +4,7 @@
  * them the pods' interfaces), its host device pair (and with it the router
  * address and the pod-CIDR and service-CIDR routes), its programs on the
  * --devices and the socket-LB cgroup (detached), every pin under --bpf-root,
- * and the state directory. Stopping the agent leaves all of this in place on
+ * the L7 proxy process, and the state directory. Stopping the agent leaves all of this in place on
  * purpose (pods keep working); this is the way to take it away.
  *
  * Endpoint veths are found from every trace an agent leaves, so a node whose
@@ -24,6 +24,7 @@ import { RtNetlink, tcBpfList } from '../netlink';
 import { endpointKeyCodec, endpointInfoCodec } from '../datapath/maps.gen';
 import { ENDPOINT_F_HOST } from '../datapath/constants';
 import { readJson } from '../util/fsutil';
+import { stopProxy } from '../proxy/stop';
 
 export interface CleanupReport {
   removed: string[];
@@ -75,6 +76,13 @@ export async function cleanupNode(cfg: AgentConfig): Promise<CleanupReport> {
       report.errors.push(`${what}: ${(e as Error).message}`);
     }
   };
+  // 0. The L7 proxy, which outlives the agent by design.
+  try {
+    const pid = await stopProxy(path.join(cfg.stateDir, 'proxy'));
+    if (pid) report.removed.push(`L7 proxy (pid ${pid})`);
+  } catch (e) {
+    report.errors.push(`L7 proxy: ${(e as Error).message}`);
+  }
   const nl = RtNetlink.open(null);
   try {
     // 1. Endpoint veths, from every trace the agent leaves.

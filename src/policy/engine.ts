@@ -21,6 +21,8 @@ export interface PolicySubject {
 
 export class PolicyEngine {
   readonly cache = new SelectorCache();
+  /** The proxy's listener port per direction (set by the agent; L7 rules cannot be installed without it). */
+  proxyPorts?: (egress: boolean) => number;
   readonly repo: PolicyRepository;
   private memo = new Map<string, ComputedPolicy>();
   private memoRevision = -1;
@@ -84,6 +86,7 @@ export class PolicyEngine {
       },
       mode: this.mode,
       allowLocalhost: this.allowLocalhost,
+      proxyPort: this.proxyPorts,
     });
     for (const e of computed.entries.values()) {
       if (this.repo.isAddressBlockIdentity(e.identity)) {

@@ -129,7 +129,16 @@ export interface EndpointPolicyInput {
   namedPorts: (dir: Direction, pr: PeerRule, name: string) => NamedPort[];
   mode: 'default' | 'always' | 'never';
   allowLocalhost: boolean;
+  /**
+   * The proxy listener port redirect entries carry, per direction. Without it
+   * a policy with L7 rules cannot be installed (an entry without the port
+   * would let flows bypass the rules): computeMapState throws, and the
+   * endpoint fails closed.
+   */
+  proxyPort?: (egress: boolean) => number;
 }
+
+export class L7PolicyError extends Error {}
 
 export interface DirectionState {
   enforced: boolean;
@@ -225,6 +234,12 @@ export function computeMapState(input: EndpointPolicyInput): ComputedPolicy {
     }
   }
   result.l7 = l7Table(entries);
+  for (const e of entries.values()) {
+    if (!e.redirect || e.deny) continue;
+    const port = input.proxyPort?.(e.egress) ?? 0;
+    if (!port) throw new L7PolicyError(`L7 rules (${(e.http ?? []).map((h) => h.from).join(', ')}) need the proxy, and no proxy port is configured`);
+    e.proxyPort = port;
+  }
   return result;
 }
 

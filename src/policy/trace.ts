@@ -5,6 +5,7 @@
  */
 import { IdentityAllocator, ReservedIdentity } from '../identity/identity';
 import type { PolicyEngine } from './engine';
+import { headerMap, L7Table } from './l7';
 import { NamedPort, lookupVerdict } from './mapstate';
 
 export interface TraceEndpoint {
@@ -70,7 +71,7 @@ export class PolicyTracer {
     return { identity: ident.id, labels: ident.labels, release: () => this.identities.release(ident.id), describe: `labels ${ident.labels.join(' ')}` };
   }
 
-  trace(q: { src: string; dst: string; dport: number; protocol: string }) {
+  trace(q: { src: string; dst: string; dport: number; protocol: string; http?: { method: string; path: string; host?: string; headers?: string[] } }) {
     const proto = ({ TCP: 6, UDP: 17, SCTP: 132, ICMP: 1, ANY: 0 } as Record<string, number>)[q.protocol.toUpperCase()];
     if (proto === undefined) throw new PolicyTraceError('protocol', `protocol: "${q.protocol}" is not TCP, UDP, SCTP or ICMP`);
     const src = this.resolve('src', q.src);
@@ -82,14 +83,38 @@ export class PolicyTracer {
         const computed = this.policy.compute({ identity: who.identity, labels: who.labels, namedPorts: who.endpoint?.namedPorts ?? {} });
         const block = computed.addressRules && remote.endpoint?.ipv4 ? this.policy.repo.addressBlockIdentity(remote.endpoint.ipv4) : undefined;
         const v = lookupVerdict(computed.entries, remote.identity, egress, proto, q.dport, block);
+                const e = v.entry;
+        // L7: a redirected flow's requests are decided by the proxy with the endpoint's L7 table.
+        const redirect =
+          v.allowed && e?.redirect
+            ? {
+                proxyPort: e.proxyPort,
+                listener: egress ? 'http-egress' : 'http-ingress',
+                rules: (e.http ?? []).map((h) => ({ ...h.rule, policy: h.from })),
+                allowAll: e.allowAllFrom ?? [],
+              }
+            : undefined;
+        let l7: { verdict: 'ALLOWED' | 'DENIED'; by: string[] } | undefined;
+        if (redirect && q.http) {
+          const raw: string[] = [];
+          if (q.http.host !== undefined) raw.push('Host', q.http.host);
+          for (const h of q.http.headers ?? []) {
+            const i = h.indexOf(':');
+            raw.push(i < 0 ? h.trim() : h.slice(0, i).trim(), i < 0 ? '' : h.slice(i + 1).trim());
+          }
+          const d = new L7Table(computed.l7, egress).decide(remote.identity, q.dport, { method: q.http.method, path: q.http.path, headers: headerMap(raw) });
+          l7 = { verdict: d.allowed ? 'ALLOWED' : 'DENIED', by: d.policies };
+        }
         return {
           enforced: computed[egress ? 'egress' : 'ingress'].enforced,
-          verdict: v.allowed ? 'ALLOWED' : 'DENIED',
+          verdict: l7?.verdict === 'DENIED' ? 'DENIED' : v.allowed ? 'ALLOWED' : 'DENIED',
           dropReason: v.reason || undefined,
-          proxyPort: v.entry?.proxyPort || undefined,
-          reason: v.entry
-            ? `${v.entry.deny ? 'denied' : 'allowed'} by ${v.entry.derivedFrom.join(', ')} (identity ${v.entry.identity === 0 ? 'ANY' : v.entry.identity}, prefix ${v.entry.prefixLen})`
+          proxyPort: e?.proxyPort || undefined,
+          reason: e
+            ? `${e.deny ? 'denied' : 'allowed'} by ${e.derivedFrom.join(', ')} (identity ${e.identity === 0 ? 'ANY' : e.identity}, prefix ${e.prefixLen})`
             : 'no rule allows it: default deny',
+          ...(redirect ? { redirect } : {}),
+          ...(l7 ? { l7 } : {}),
         };
       };
       const egress = side(src, dst, true);

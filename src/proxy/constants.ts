@@ -11,9 +11,7 @@
  *                    applies was enforced by the proxy) and steers their
  *                    replies back to the proxy.
  */
-export const MARK_MASK = 0x0f00;
-export const MARK_TO_PROXY = 0x0200;
-export const MARK_FROM_PROXY = 0x0a00;
+export { MB_MARK_MASK as MARK_MASK, MB_MARK_TO_PROXY as MARK_TO_PROXY, MB_MARK_FROM_PROXY as MARK_FROM_PROXY } from '../datapath/constants';
 
 /** Routing table with `local 0.0.0.0/0 dev lo`, looked up for MARK_TO_PROXY. */
 export const PROXY_ROUTE_TABLE = 2004;

@@ -163,7 +163,8 @@ export class HttpPolicyListener {
         this.ctx.record({
           time: Date.now(), kind: 'response', direction: d?.direction ?? direction, verdict,
           policy: note ?? (d?.policies.join(', ') || undefined),
-          src: conn.src, dst: conn.dst,
+          // A response goes from the server to the client.
+          src: conn.dst, dst: conn.src,
           http: { ...i.http, code, latencyNs: Number(process.hrtime.bigint() - i.started) },
         });
       },
@@ -171,7 +172,7 @@ export class HttpPolicyListener {
         this.ctx.counters.requests.error++;
         this.ctx.record({
           time: Date.now(), kind: 'response', direction, verdict: 'error', policy: `${what} not supported by the proxy`,
-          src: conn.src, dst: conn.dst, http: { ...info(h).http, code: 403 },
+          src: conn.dst, dst: conn.src, http: { ...info(h).http, code: 403 },
         });
       },
       onError: (what, e) => this.ctx.log.debug(what, { listener: this.cfg.name, src: `${conn.src.ip}:${conn.src.port}`, dst: `${conn.dst.ip}:${conn.dst.port}`, ...(e ? { error: e } : {}) }),

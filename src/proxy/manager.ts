@@ -15,7 +15,8 @@ import * as crypto from 'node:crypto';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { RtNetlink, getSysctl, setSysctl } from '../netlink';
-import type { ComputedPolicy } from '../policy/mapstate';
+import type { PolicyEngine } from '../policy/engine';
+import type { ComputedPolicy, NamedPort } from '../policy/mapstate';
 import { mkdirp, readJson, writeJsonAtomic } from '../util/fsutil';
 import type { Logger } from '../util/log';
 import { CONFIG_VERSION, EndpointTables, ListenerConfig, ProxyConfig } from './config';
@@ -25,7 +26,9 @@ import { ProxySupervisor } from './supervisor';
 
 export interface ProxyEndpoint {
   id: number;
-  policy: ComputedPolicy;
+  identity: number;
+  labels: string[];
+  namedPorts?: Record<string, NamedPort[]>;
 }
 
 export interface ProxyManagerOptions {
@@ -105,23 +108,30 @@ export class ProxyManager {
   }
 
   /** Build the configuration from the endpoints' computed policies and send it if it changed; start the proxy when first needed. */
-  sync(endpoints: ProxyEndpoint[]): void {
+  sync(endpoints: ProxyEndpoint[], engine: PolicyEngine): void {
     const policies: Record<string, EndpointTables> = { none: { ingress: [], egress: [] } };
     const refs: { id: number; policy: string }[] = [];
     const keyOf = new Map<ComputedPolicy, string>();
     let any = false;
     for (const ep of endpoints) {
-      const l7 = ep.policy.l7;
+      let computed: ComputedPolicy;
+      try {
+        // Memoised per identity and revision: the endpoints' regeneration that follows reuses it.
+        computed = engine.compute({ identity: ep.identity, labels: ep.labels, namedPorts: ep.namedPorts ?? {} });
+      } catch {
+        continue; // the endpoint's regeneration reports it and fails closed
+      }
+      const l7 = computed.l7;
       if (!l7.length) {
         refs.push({ id: ep.id, policy: 'none' });
         continue;
       }
       any = true;
-      let key = keyOf.get(ep.policy);
+      let key = keyOf.get(computed);
       if (!key) {
         const tables: EndpointTables = { ingress: l7.filter((e) => !e.egress), egress: l7.filter((e) => e.egress) };
         key = crypto.createHash('sha256').update(JSON.stringify(tables)).digest('hex').slice(0, 16);
-        keyOf.set(ep.policy, key);
+        keyOf.set(computed, key);
         policies[key] = tables;
       }
       refs.push({ id: ep.id, policy: key });
@@ -162,6 +172,10 @@ export class ProxyManager {
       this.needed = true;
       await this.supervisor.ensureRunning().catch((e) => this.opts.log.error('proxy not running', { error: e }));
     }
+  }
+
+  refreshStatus(timeoutMs: number): Promise<void> {
+    return this.needed ? this.supervisor.refreshStatus(timeoutMs) : Promise.resolve();
   }
 
   status() {

@@ -43,7 +43,7 @@ export class ProxySupervisor {
   pid?: number;
   adopted = false;
   restarts = 0;
-  lastExit?: { at: string; reason: string };
+  lastExit?: { at: string; reason: string; pid?: number };
   lastError?: string;
   lastStatus?: ProxyStatus;
   appliedGeneration?: number;
@@ -59,6 +59,7 @@ export class ProxySupervisor {
   private retryTimer?: NodeJS.Timeout;
   private closed = false;
   private appliedWaiters: { generation: number; resolve: (ok: boolean) => void }[] = [];
+  private statusWaiters: (() => void)[] = [];
 
   constructor(private readonly opts: SupervisorOptions) {}
 
@@ -114,7 +115,7 @@ export class ProxySupervisor {
       child.on('exit', (code, signal) => {
         if (this.child === child) this.child = undefined;
         const reason = signal ? `killed by ${signal}` : `exited with ${code}`;
-        this.lastExit = { at: new Date().toISOString(), reason };
+        this.lastExit = { at: new Date().toISOString(), reason, pid: child.pid };
         this.opts.log.warn('proxy process ended', { pid: child.pid, reason });
       });
       child.on('error', (e) => {
@@ -164,9 +165,13 @@ export class ProxySupervisor {
           return true;
         });
         break;
-      case 'status':
+      case 'status': {
         this.lastStatus = m.status;
+        const ws = this.statusWaiters;
+        this.statusWaiters = [];
+        for (const w of ws) w();
         break;
+      }
       case 'records':
         this.recordsDropped = m.dropped;
         try {
@@ -192,7 +197,9 @@ export class ProxySupervisor {
           this.attach(s, true);
           return;
         }
-        this.scheduleRestart(this.lastExit?.reason ?? 'control socket closed');
+        // Not our child (adopted after an agent restart): its exit status is unknown.
+        if (this.lastExit?.pid !== this.pid) this.lastExit = { at: new Date().toISOString(), reason: 'gone (its control socket closed)', pid: this.pid };
+        this.scheduleRestart(this.lastExit?.reason ?? "gone");
       });
     }, 100);
   }
@@ -212,6 +219,22 @@ export class ProxySupervisor {
       });
     }, delay);
     this.retryTimer.unref();
+  }
+
+  /** Ask the running proxy for fresh counters; resolves when they arrive or after timeoutMs. */
+  refreshStatus(timeoutMs: number): Promise<void> {
+    if (!this.ch || this.ch.closed) return Promise.resolve();
+    return new Promise<void>((resolve) => {
+      const t = setTimeout(done, timeoutMs);
+      const self = this;
+      function done() {
+        clearTimeout(t);
+        self.statusWaiters = self.statusWaiters.filter((w) => w !== done);
+        resolve();
+      }
+      this.statusWaiters.push(done);
+      this.ch!.send({ type: 'status' });
+    });
   }
 
   /** The configuration the proxy should have; sent now when connected, else on (re)connect. */

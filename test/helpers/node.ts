@@ -287,15 +287,43 @@ export class TestNode {
     return rows.filter((r) => r.reason === reason && (!direction || r.direction === direction)).reduce((s, r) => s + r.packets, 0);
   }
 
+  /** The L7 proxy the agent started for this node (it outlives the agent by design), if any. */
+  proxyPid(): number | undefined {
+    try {
+      const pid = JSON.parse(fs.readFileSync(path.join(this.stateDir, 'proxy', 'proxy.pid'), 'utf8')).pid;
+      if (typeof pid !== 'number' || pid <= 0) return undefined;
+      // Only this node's proxy: the pid must still run membrane-proxy on this node's directory.
+      const cmd = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+      return cmd.includes('membrane-proxy') && cmd.includes(this.stateDir) ? pid : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
   /**
    * Stop everything and remove the node with `membrane-agent --cleanup` (the
-   * way users remove a node); the namespaces and the test's directory go last,
-   * whatever happened. A failed cleanup fails the test after that.
+   * way users remove a node; it stops the node's L7 proxy too); the namespaces
+   * and the test's directory go last, whatever happened. A failed cleanup
+   * fails the test after that.
    */
   async cleanup(): Promise<void> {
     for (const p of this.procs) p.kill('SIGKILL');
     await this.stopAgent('SIGKILL').catch(() => {});
+    try {
+      fs.copyFileSync(path.join(this.stateDir, 'proxy', 'proxy.log'), path.join(REPO, 'test-artifacts', `${this.prefix}-proxy.log`));
+    } catch {
+      /* no proxy ran */
+    }
+    const proxy = this.proxyPid();
     const r = fs.existsSync(`/run/netns/${this.nodeNs}`) ? this.agentCleanup() : undefined;
+    if (proxy && fs.existsSync(`/proc/${proxy}`)) {
+      // --cleanup could not stop it: do not leave it running.
+      try {
+        process.kill(proxy, 'SIGKILL');
+      } catch {
+        /* gone meanwhile */
+      }
+    }
     for (const ns of this.pods) netnsDel(ns);
     netnsDel(this.nodeNs);
     tryRun('rm', ['-rf', this.bpfRoot]);

@@ -10,7 +10,7 @@ const REPO = path.resolve(__dirname, '..', '..', '..');
 function defines(): Map<string, number> {
   const out = new Map<string, number>();
   for (const f of ['bpf/include/maps.h']) {
-    for (const m of fs.readFileSync(path.join(REPO, f), 'utf8').matchAll(/^#define\s+([A-Z0-9_]+)\s+(\d+)\b/gm)) out.set(m[1], Number(m[2]));
+    for (const m of fs.readFileSync(path.join(REPO, f), 'utf8').matchAll(/^#define\s+([A-Z0-9_]+)\s+(0x[0-9a-fA-F]+|\d+)\b/gm)) out.set(m[1], Number(m[2]));
   }
   return out;
 }
@@ -43,6 +43,11 @@ describe('constants shared with the datapath', () => {
       ['LB_SVC_F_CLUSTERIP', C.LB_SVC_F_CLUSTERIP],
       ['LB_MAGLEV_M', C.LB_MAGLEV_M],
       ['LB_BACKEND_TERMINATING', C.LB_BACKEND_TERMINATING],
+      ['CT_F_PROXY_REDIRECT', C.CT_F_PROXY_REDIRECT],
+      ['CT_F_FROM_PROXY', C.CT_F_FROM_PROXY],
+      ['MB_MARK_MASK', C.MB_MARK_MASK],
+      ['MB_MARK_TO_PROXY', C.MB_MARK_TO_PROXY],
+      ['MB_MARK_FROM_PROXY', C.MB_MARK_FROM_PROXY],
     ];
     for (const [name, v] of pairs) assert.equal(d.get(name), v, name);
     for (const [code, r] of Object.entries(C.DROP_REASONS)) assert.equal(d.get(`DROP_${r.name}`), Number(code), `DROP_${r.name}`);
