@@ -12,6 +12,7 @@ const TCP = 6;
 function world() {
   const ids = new IdentityAllocator();
   const engine = new PolicyEngine(ids, () => {});
+  engine.proxyPorts = (egress) => (egress ? 15002 : 15001);
   const pod = (ns: string, labels: Record<string, string>) =>
     ids.acquire(podSecurityLabels({ namespace: ns, podLabels: labels, namespaceLabels: { 'kubernetes.io/metadata.name': ns } }));
   let n = 0;
@@ -117,6 +118,7 @@ describe('L7 map state', () => {
     const c = w.compute(api);
     const v = lookupVerdict(c.entries, web.id, false, TCP, 80);
     assert.ok(v.allowed && v.entry?.redirect, 'web -> api:80 is redirected');
+    assert.equal(v.entry?.proxyPort, 15001, 'to the ingress listener');
     assert.ok(!lookupVerdict(c.entries, other.id, false, TCP, 81).entry?.redirect, 'a port without L7 rules is not redirected');
     assert.equal(lookupVerdict(c.entries, web.id, false, TCP, 81).allowed, false, 'L7 rules still need the L3/L4 part');
     const table = new L7Table(c.l7, false);
@@ -157,6 +159,14 @@ describe('L7 map state', () => {
     assert.equal(t.decide(web.id, 80, req('POST', '/')).allowed, false);
     assert.equal(t.decide(admin.id, 80, req('POST', '/')).allowed, true, 'the proxy agrees (when it sees admin traffic, e.g. from an egress redirect)');
     assert.equal(t.decide(web.id, 9999, req('POST', '/')).unrestricted, true, 'no entry covers another port');
+  });
+
+  it('without the proxy ports an endpoint with L7 rules cannot get a policy (it fails closed)', () => {
+    const w = world();
+    const api = w.pod('x', { app: 'api' });
+    w.engine.proxyPorts = undefined;
+    w.apply(cnp('x', { endpointSelector: { matchLabels: { app: 'api' } }, ingress: [{ toPorts: [{ ports: [{ port: '80', protocol: 'TCP' }], rules: { http: [{}] } }] }] }));
+    assert.throws(() => w.compute(api), /L7 rules .* need the proxy/);
   });
 
   it('deny rules remove redirect entries; removing the L7 rule removes the redirect', () => {
