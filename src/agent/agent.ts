@@ -196,7 +196,6 @@ export class Agent {
     const dp = Datapath.open(cfg, log);
     const agent = new Agent(cfg, log, dp);
     dp.setupNode(agent.endpoints.ipam.router);
-    agent.proxy.setupRouting();
     await agent.proxy.restore();
     for (const p of dp.attachDevices()) log.error('NodePort device not set up', { problem: p });
     if (cfg.socketLbCgroup) dp.attachSocketLb(cfg.socketLbCgroup);

@@ -52,6 +52,8 @@ export class ProxyManager {
   private generation = 0;
   private lastJson = '';
   private needed = false;
+  private nodeReady = false;
+  private nodeError?: string;
   readonly dir: string;
 
   constructor(private readonly opts: ProxyManagerOptions) {
@@ -82,11 +84,31 @@ export class ProxyManager {
   }
 
   /**
-   * Packets the datapath marks MARK_TO_PROXY are delivered locally (to the
-   * socket it assigned): `ip rule fwmark MARK_TO_PROXY/MARK_MASK lookup T`
-   * with `local 0.0.0.0/0 dev lo table T`. Idempotent; rtnetlink only.
+   * What the node needs before anything is redirected (idempotent; rtnetlink
+   * and sysctls only):
+   *  - packets the datapath marks MARK_TO_PROXY are delivered locally (to the
+   *    socket it assigned): `ip rule fwmark MARK_TO_PROXY/MARK_MASK lookup T`
+   *    with `local 0.0.0.0/0 dev lo table T`;
+   *  - net.ipv4.tcp_early_demux=0: otherwise a packet from an external device
+   *    to a pod address that one of the proxy's transparent sockets owns (the
+   *    world answering the proxy on the pod's behalf, or a world client of a
+   *    pod with ingress L7 rules) is matched to that socket before routing and
+   *    then dropped by forwarding; without early demux it is forwarded to the
+   *    pod's datapath, which hands it to the proxy;
+   *  - reverse-path filtering no stricter than loose.
    */
-  setupRouting(): void {
+  private trySetupNode(): void {
+    try {
+      this.setupNode();
+    } catch (e) {
+      // Redirected packets are then not delivered (fail closed); retried at the next change.
+      this.nodeError = (e as Error).message;
+      this.opts.log.error('node setup for the proxy failed', { error: e });
+    }
+  }
+
+  private setupNode(): void {
+    if (this.nodeReady) return;
     const nl = RtNetlink.open(null);
     try {
       const lo = nl.linkGet('lo');
@@ -105,6 +127,9 @@ export class ProxyManager {
     } catch {
       /* no such knob */
     }
+    setSysctl(null, 'net.ipv4.tcp_early_demux', '0');
+    this.nodeReady = true;
+    this.nodeError = undefined;
   }
 
   /** Build the configuration from the endpoints' computed policies and send it if it changed; start the proxy when first needed. */
@@ -138,6 +163,7 @@ export class ProxyManager {
     }
     if (any) this.needed = true;
     if (!this.needed) return;
+    this.trySetupNode();
     const listeners: ListenerConfig[] = HTTP_LISTENERS.map((l) => ({
       name: l.name,
       kind: 'http-policy',
@@ -170,6 +196,7 @@ export class ProxyManager {
     const saved = readJson<{ listeners?: unknown[] }>(path.join(this.dir, 'config.json'));
     if (saved || (await isListening(path.join(this.dir, 'control.sock')))) {
       this.needed = true;
+      this.trySetupNode();
       await this.supervisor.ensureRunning().catch((e) => this.opts.log.error('proxy not running', { error: e }));
     }
   }
@@ -179,7 +206,8 @@ export class ProxyManager {
   }
 
   status() {
-    return { needed: this.needed, ports: this.ports, ...this.supervisor.status() };
+    const st = this.supervisor.status();
+    return { needed: this.needed, ports: this.ports, ...st, lastError: this.nodeError ?? st.lastError };
   }
 
   close(): void {

@@ -59,21 +59,27 @@ describe('L7 HTTP policy through the proxy', () => {
     return r.forwarded + r.denied + r.error;
   };
 
-  before(async () => {
-    await node.start();
-    node.apply([pod('client', { app: 'client' }), pod('other', { app: 'other' }), pod('server', { app: 'server' })]);
-    client = node.addPod('client');
-    other = node.addPod('other');
-    server = node.addPod('server');
-    const p = spawn('ip', ['netns', 'exec', server.ns, process.execPath, HTTPD, '8080', '8081', '9090'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  /** Start test/helpers/httpd in a namespace; stopped by node.cleanup(). */
+  const httpd = async (ns: string, ports: string[]) => {
+    const p = spawn('ip', ['netns', 'exec', ns, process.execPath, HTTPD, ...ports], { stdio: ['ignore', 'pipe', 'inherit'] });
     (node as unknown as { procs: unknown[] }).procs.push(p);
     await new Promise<void>((resolve, reject) => {
-      const t = setTimeout(() => reject(new Error('httpd did not start')), 10_000);
+      const t = setTimeout(() => reject(new Error(`httpd in ${ns} did not start`)), 10_000);
       p.stdout!.once('data', () => {
         clearTimeout(t);
         resolve();
       });
     });
+  };
+
+  before(async () => {
+    await node.start({ world: true });
+    node.apply([pod('client', { app: 'client' }), pod('other', { app: 'other' }), pod('server', { app: 'server' })]);
+    client = node.addPod('client');
+    other = node.addPod('other');
+    server = node.addPod('server');
+    await httpd(server.ns, ['8080', '8081', '9090']);
+    await httpd(node.worldNs!, ['8080']);
   });
   afterEach(() => {
     if (applied.length) node.delete(applied.splice(0));
@@ -97,6 +103,15 @@ describe('L7 HTTP policy through the proxy', () => {
     assert.equal(r[1].connects + r[2].connects, 0, 'the 403 and the next request reuse the first connection');
     const post = curl(client.ns, [`${base}/public/a`], ['-X', 'POST', '-d', 'x=1']);
     assert.equal(post[0].code, 403, 'method rule');
+  });
+
+  it('egress to the world: the proxy speaks with the pod address and its replies come back to it', () => {
+    policy(cnp('client-egress', { endpointSelector: { matchLabels: { app: 'client' } }, egress: [{ toCIDR: ['192.0.2.0/24'], toPorts: [http([{ method: 'GET', path: '/api/.*' }])] }] }));
+    const before = handled();
+    const r = curl(client.ns, ['http://192.0.2.10:8080/api/v1', 'http://192.0.2.10:8080/admin', 'http://192.0.2.11:8080/api/v2']);
+    assert.deepEqual(r.map((x) => x.code), [200, 403, 200], JSON.stringify(r));
+    assert.equal(serverSaw(r[0].body).remote.split(':')[0], client.ip, 'the world server sees the pod address');
+    assert.equal(handled(), before + 3);
   });
 
   it('ingress: host, required headers and headerMatches decide; a mismatch action rewrites the forwarded request', () => {
@@ -158,7 +173,7 @@ describe('L7 HTTP policy through the proxy', () => {
   it('an edited L7 rule applies to the next request of an open keep-alive connection', async () => {
     const allowPath = (p: string) => cnp('server-ingress', { endpointSelector: { matchLabels: { app: 'server' } }, ingress: [{ fromEndpoints: [{ matchLabels: { app: 'client' } }], toPorts: [http([{ path: p }])] }] });
     policy(allowPath('/a.*'));
-    const lines: { i: number; status?: number; lport?: number; error?: string }[] = [];
+    const lines: { i: number; t: number; status?: number; lport?: number; error?: string }[] = [];
     const p = spawn('ip', ['netns', 'exec', client.ns, process.execPath, HTTPC, 'stream', server.ip, '8080', '/a', '40', '100'], { stdio: ['ignore', 'pipe', 'inherit'] });
     let buf = '';
     p.stdout!.on('data', (d) => {
@@ -172,12 +187,17 @@ describe('L7 HTTP policy through the proxy', () => {
     const exited = new Promise<void>((r) => p.once('exit', () => r()));
     try {
       for (let i = 0; i < 100 && lines.length < 5; i++) await sleep(100);
+      const editing = Date.now();
       node.apply([allowPath('/b.*')]);
-      const edited = lines.length;
+      const edited = Date.now();
       await exited;
       assert.equal(lines.length, 40);
-      assert.ok(lines.slice(0, 5).every((l) => l.status === 200), JSON.stringify(lines.slice(0, 5)));
-      assert.ok(lines.slice(edited + 2).every((l) => l.status === 403), JSON.stringify(lines.slice(edited)));
+      const before = lines.filter((l) => l.t < editing);
+      const after = lines.filter((l) => l.t > edited);
+      assert.ok(before.length >= 5 && before.every((l) => l.status === 200), JSON.stringify(before));
+      assert.ok(after.length > 0 && after.every((l) => l.status === 403), JSON.stringify(after));
+      const flip = lines.findIndex((l) => l.status === 403);
+      assert.ok(lines.slice(flip).every((l) => l.status === 403), 'once denied, denied');
       assert.equal(new Set(lines.map((l) => l.lport)).size, 1, 'one connection throughout');
     } finally {
       p.kill('SIGKILL');

@@ -181,8 +181,8 @@ export class DatapathFixture {
   }
 
   /** policy_ingress as a caller's tail call runs it for endpoint e (source identity, rev_nat, pending trace). */
-  policyIngress(e: DpEndpoint, data: Buffer, src: { identity: number; revNat?: number; trace?: number }): TestRunResult {
-    return testRun(this.progs.policy_ingress, { data, ctx: skbCtx({ cb: [src.identity, src.trace ?? 0, src.revNat ?? 0, e.id, 0] }) });
+  policyIngress(e: DpEndpoint, data: Buffer, src: { identity: number; revNat?: number; trace?: number; mark?: number }): TestRunResult {
+    return testRun(this.progs.policy_ingress, { data, ctx: skbCtx({ cb: [src.identity, src.trace ?? 0, src.revNat ?? 0, e.id, 0], mark: src.mark }) });
   }
 
   /**

@@ -7,7 +7,8 @@
  *   httpc stream IP PORT PATH COUNT INTERVAL_MS [fresh]
  *     COUNT GET requests, INTERVAL_MS apart, on one keep-alive connection
  *     (or a new connection each with "fresh"); one JSON line per request:
- *     {i, status, lport, body} or {i, error}. Each request has a 5 s timeout.
+ *     {i, t, status, lport, body} or {i, t, error} (t: when the request was
+ *     sent, ms since the epoch). Each request has a 5 s timeout.
  */
 import * as http from 'node:http';
 import * as net from 'node:net';
@@ -37,11 +38,11 @@ async function stream(ip: string, port: number, path: string, count: number, int
         let body = '';
         res.setEncoding('utf8');
         res.on('data', (d) => (body += d));
-        res.on('end', () => resolve({ i, status: res.statusCode, lport: req.socket?.localPort, body: body.trim() }));
-        res.on('error', (e) => resolve({ i, error: e.message }));
+        res.on('end', () => resolve({ i, t: started, status: res.statusCode, lport: req.socket?.localPort, body: body.trim() }));
+        res.on('error', (e) => resolve({ i, t: started, error: e.message }));
       });
       req.on('timeout', () => req.destroy(new Error('timeout')));
-      req.on('error', (e) => resolve({ i, error: e.message }));
+      req.on('error', (e) => resolve({ i, t: started, error: e.message }));
     });
     process.stdout.write(JSON.stringify(line) + '\n');
     const wait = interval - (Date.now() - started);
