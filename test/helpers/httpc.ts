@@ -4,6 +4,9 @@
  *   httpc raw IP PORT BASE64
  *     writes the bytes on one connection, prints everything received (as
  *     text) once the server closes or 2 s pass without data.
+ *   httpc hold IP PORT PATH N
+ *     opens N keep-alive connections, one GET on each, prints "held N" (or
+ *     "held K of N" after 30 s) and keeps them open, idle, until killed.
  *   httpc stream IP PORT PATH COUNT INTERVAL_MS [fresh]
  *     COUNT GET requests, INTERVAL_MS apart, on one keep-alive connection
  *     (or a new connection each with "fresh"); one JSON line per request:
@@ -51,10 +54,35 @@ async function stream(ip: string, port: number, path: string, count: number, int
   agent.destroy();
 }
 
+async function hold(ip: string, port: number, path: string, n: number): Promise<void> {
+  const sockets: net.Socket[] = [];
+  let ok = 0;
+  const one = () =>
+    new Promise<void>((resolve) => {
+      const c = net.connect(port, ip, () => c.write(`GET ${path} HTTP/1.1\r\nHost: ${ip}\r\n\r\n`));
+      sockets.push(c);
+      let got = '';
+      const t = setTimeout(resolve, 30_000);
+      c.on('data', (d) => {
+        got += d.toString('latin1');
+        if (/\r\n\r\n/.test(got)) {
+          clearTimeout(t);
+          ok++;
+          resolve();
+        }
+      });
+      c.on('error', () => resolve());
+    });
+  for (let i = 0; i < n; i += 50) await Promise.all(Array.from({ length: Math.min(50, n - i) }, one));
+  process.stdout.write(ok === n ? `held ${n}\n` : `held ${ok} of ${n}\n`);
+  setInterval(() => {}, 1 << 30);
+}
+
 const [mode, ip, port, ...rest] = process.argv.slice(2);
 if (mode === 'raw') raw(ip, Number(port), rest[0]);
+else if (mode === 'hold') void hold(ip, Number(port), rest[0], Number(rest[1]));
 else if (mode === 'stream') void stream(ip, Number(port), rest[0], Number(rest[1]), Number(rest[2]), rest[3] === 'fresh');
 else {
-  process.stderr.write('usage: httpc raw IP PORT BASE64 | httpc stream IP PORT PATH COUNT INTERVAL_MS [fresh]\n');
+  process.stderr.write('usage: httpc raw IP PORT BASE64 | httpc hold IP PORT PATH N | httpc stream IP PORT PATH COUNT INTERVAL_MS [fresh]\n');
   process.exit(2);
 }
