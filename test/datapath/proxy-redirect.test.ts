@@ -26,6 +26,7 @@ import * as path from 'node:path';
 import { BpfMap, parseSkbCtx, u32Codec } from '../../src/bpf';
 import * as C from '../../src/datapath/constants';
 import * as gen from '../../src/datapath/maps.gen';
+import { MetricsKey, metricsKeyCodec } from '../../src/datapath/metricsmap';
 import { sockets } from '../../src/proxy/sockets';
 import { IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_SYN, ip4, ipv4L4Frame, mac, tcp, udp } from '../helpers/packet';
 import { CT_EGRESS, CT_INGRESS, DIR_EGRESS, DIR_INGRESS, DatapathFixture, FORWARDED, HOST_OBJ, LXC_OBJ, ROOT, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT } from '../helpers/datapath';
@@ -46,7 +47,7 @@ function ep(id: number): Ep {
 const A = ep(31); // client
 const B = ep(32); // server
 
-let metrics: BpfMap<gen.MetricsKey, gen.MetricsValue>;
+let metrics: BpfMap<MetricsKey, gen.MetricsValue>;
 let ct: BpfMap<gen.CtKey, gen.CtValue>;
 let sport = 41000;
 
@@ -80,7 +81,7 @@ before(() => {
   fx.load();
   fx.addEndpoint(A);
   fx.addEndpoint(B);
-  metrics = fx.pin('mb_metrics').withCodecs(gen.metricsKeyCodec, gen.metricsValueCodec);
+  metrics = fx.pin('mb_metrics').withCodecs(metricsKeyCodec, gen.metricsValueCodec);
   ct = fx.pin('mb_ct').withCodecs(gen.ctKeyCodec, gen.ctValueCodec);
   fx.pin('mb_node').withCodecs(u32Codec, gen.nodeConfigCodec).update(0, NODE);
 });
