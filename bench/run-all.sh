@@ -30,4 +30,7 @@ node dist/bench/observe-cost.js "${quick[@]}" || status=1
 echo
 echo "=== services $(date -Is)"
 node dist/bench/services.js "${quick[@]}" || status=1
+echo
+echo "=== l7-proxy $(date -Is)"
+node dist/bench/l7-proxy.js "${quick[@]}" || status=1
 exit "$status"
