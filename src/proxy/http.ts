@@ -121,24 +121,30 @@ export class HttpPolicyListener {
       this.open.delete(s);
       this.ctx.counters.connections--;
     });
-    const requests = new WeakMap<RequestHead, { started: bigint; decision?: Decision; http: NonNullable<L7Record['http']> }>();
-    const info = (h: RequestHead) => {
-      let i = requests.get(h);
-      if (!i) {
+    type Info = { started: bigint; decision?: Decision; http: NonNullable<L7Record['http']> };
+    const info = (h: RequestHead & { info?: Info }): Info => {
+      if (!h.info) {
         const host = hostOf(h.headers);
-        i = {
+        h.info = {
           started: process.hrtime.bigint(),
           http: { method: h.method, url: `http://${host ?? `${conn.dst.ip}:${conn.dst.port}`}${h.url}`, protocol: `HTTP/${h.versionMajor}.${h.versionMinor}`, ...(host ? { host } : {}) },
         };
-        requests.set(h, i);
       }
-      return i;
+      return h.info;
     };
     const direction = this.egress ? 'egress' : 'ingress';
     new Http1Connection(s, {
       decide: (h) => {
         const i = info(h);
-        const view: HttpRequestView = { method: h.method, path: h.url, headers: headerMap(h.headers) };
+        let headers: Map<string, string[]> | undefined;
+        const view: HttpRequestView = {
+          method: h.method,
+          path: h.url,
+          // Built only when a rule looks at headers (host, headers, headerMatches).
+          get headers() {
+            return (headers ??= headerMap(h.headers));
+          },
+        };
         const done = (d: Decision): Outcome => {
           i.decision = d;
           const logged = d.actions.filter((a) => a.action === 'LOG');

@@ -185,7 +185,8 @@ export class Http1Connection {
     this.buf = this.buf.subarray(r.n);
     const h = this.pendingHead!;
     this.pendingHead = undefined;
-    const head: RequestHead = { ...h, raw };
+    const head = h as RequestHead;
+    head.raw = raw;
     if (h.upgrade) {
       this.hooks.onRefused(head, h.method === 'CONNECT' ? 'CONNECT' : 'upgrade');
       this.localReply('403 Forbidden', '', true);

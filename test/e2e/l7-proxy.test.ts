@@ -61,8 +61,7 @@ describe('L7 HTTP policy through the proxy', () => {
 
   /** Start test/helpers/httpd in a namespace; stopped by node.cleanup(). */
   const httpd = async (ns: string, ports: string[]) => {
-    const p = spawn('ip', ['netns', 'exec', ns, process.execPath, HTTPD, ...ports], { stdio: ['ignore', 'pipe', 'inherit'] });
-    (node as unknown as { procs: unknown[] }).procs.push(p);
+    const p = node.own(spawn('ip', ['netns', 'exec', ns, process.execPath, HTTPD, ...ports], { stdio: ['ignore', 'pipe', 'inherit'] }));
     await new Promise<void>((resolve, reject) => {
       const t = setTimeout(() => reject(new Error(`httpd in ${ns} did not start`)), 10_000);
       p.stdout!.once('data', () => {

@@ -89,6 +89,12 @@ export class TestNode {
     sh('ip', ['-n', this.worldNs, 'route', 'add', this.podCidr, 'via', '192.0.2.1']);
   }
 
+  /** Stop this process (by its pid) in cleanup(). */
+  own<T extends ChildProcess>(p: T): T {
+    this.procs.push(p);
+    return p;
+  }
+
   /** Start netkit echo servers in a namespace ("tcp:80,udp:80"); stopped by cleanup(). */
   serve(ns: string, spec: string): Promise<void> {
     const p = spawn('ip', ['netns', 'exec', ns, process.execPath, NETKIT, 'serve', spec], { stdio: ['ignore', 'pipe', 'inherit'] });
