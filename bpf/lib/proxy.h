@@ -42,6 +42,19 @@ static __always_inline int mark_from_proxy(const struct __sk_buff *ctx)
 	return (ctx->mark & MB_MARK_MASK) == MB_MARK_FROM_PROXY;
 }
 
+/*
+ * Is @sk the proxy's? Its sockets (listeners, accepted and upstream
+ * connections) carry MB_MARK_FROM_PROXY, so another process listening on a
+ * proxy port never receives redirected flows. A request socket (a handshake
+ * in progress) has no mark of its own; it belongs to the listener that made it.
+ */
+static __always_inline int proxy_owns(struct bpf_sock *sk)
+{
+	struct bpf_sock *full = bpf_sk_fullsock(sk);
+
+	return !full || (full->mark & MB_MARK_MASK) == MB_MARK_FROM_PROXY;
+}
+
 /* Hand the packet to the stack for local delivery to the assigned socket. */
 static __always_inline int proxy_deliver(struct __sk_buff *ctx)
 {
@@ -70,7 +83,7 @@ static __always_inline int proxy_assign_ipv4(struct __sk_buff *ctx, __be32 saddr
 	sk = bpf_skc_lookup_tcp(ctx, &tuple, sizeof(tuple.ipv4), BPF_F_CURRENT_NETNS, 0);
 	if (sk) {
 		/* The lookup falls back to listeners: a host listener on the port is not the proxy. */
-		if (sk->state != BPF_TCP_LISTEN)
+		if (sk->state != BPF_TCP_LISTEN && proxy_owns(sk))
 			goto assign;
 		bpf_sk_release(sk);
 	}
@@ -81,7 +94,7 @@ static __always_inline int proxy_assign_ipv4(struct __sk_buff *ctx, __be32 saddr
 	sk = bpf_skc_lookup_tcp(ctx, &tuple, sizeof(tuple.ipv4), BPF_F_CURRENT_NETNS, 0);
 	if (!sk)
 		return DROP_PROXY_LOOKUP_FAILED;
-	if (sk->state != BPF_TCP_LISTEN) {
+	if (sk->state != BPF_TCP_LISTEN || !proxy_owns(sk)) {
 		bpf_sk_release(sk);
 		return DROP_PROXY_LOOKUP_FAILED;
 	}
@@ -114,6 +127,7 @@ static __always_inline int proxy_steer_reply_ipv4(struct __sk_buff *ctx, __be32 
 		if (sk->state != BPF_TCP_LISTEN) {
 			full = bpf_sk_fullsock(sk);
 			ours = full && (full->mark & MB_MARK_MASK) == MB_MARK_FROM_PROXY;
+			/* (a full socket only: an upstream connection is never a request sock) */
 			if (ours && bpf_sk_assign(ctx, sk, 0))
 				ours = 0;
 		}

@@ -62,11 +62,12 @@ static int set_transparent(int fd, int family)
 	return setsockopt(fd, SOL_IP, IP_TRANSPARENT, &one, sizeof(one));
 }
 
-/* sockListen(address, port, backlog, transparent): a bound, listening TCP socket. */
+/* sockListen(address, port, backlog, transparent[, mark]): a bound, listening TCP socket
+ * (SO_MARK mark when non-zero: accepted sockets inherit it). */
 static napi_value js_sock_listen(napi_env env, napi_callback_info info)
 {
-	MB_ARGS(4);
-	uint32_t port, backlog;
+	MB_ARGS(5);
+	uint32_t port, backlog, mark = 0;
 	bool transparent = false;
 	struct sa a;
 	if (!mb_arg_u32(env, argv[1], "port", &port) || !mb_arg_u32(env, argv[2], "backlog", &backlog))
@@ -76,6 +77,8 @@ static napi_value js_sock_listen(napi_env env, napi_callback_info info)
 		return NULL;
 	}
 	napi_get_value_bool(env, argv[3], &transparent);
+	if (!mb_is_nullish(env, argv[4]) && !mb_arg_u32(env, argv[4], "mark", &mark))
+		return NULL;
 	if (!parse_addr(env, argv[0], "address", port, &a))
 		return NULL;
 	int fd = socket(a.family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -86,6 +89,9 @@ static napi_value js_sock_listen(napi_env env, napi_callback_info info)
 	int one = 1;
 	const char *op = "setsockopt(SO_REUSEADDR)";
 	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0)
+		goto fail;
+	op = "setsockopt(SO_MARK)";
+	if (mark && setsockopt(fd, SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) < 0)
 		goto fail;
 	op = "setsockopt(IP_TRANSPARENT)";
 	if (transparent && set_transparent(fd, a.family) < 0)

@@ -76,7 +76,8 @@ export class HttpPolicyListener {
   async start(): Promise<void> {
     let fd: number;
     try {
-      fd = sockets().sockListen(this.cfg.address, this.cfg.port, 4096, this.cfg.transparent);
+      // Marked: the datapath assigns redirected flows only to the proxy's own sockets.
+      fd = sockets().sockListen(this.cfg.address, this.cfg.port, 4096, this.cfg.transparent, MARK_FROM_PROXY);
     } catch (e) {
       this.state = 'error';
       this.error = (e as Error).message;

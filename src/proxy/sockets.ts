@@ -6,8 +6,8 @@
 import * as path from 'node:path';
 
 export interface SocketNative {
-  /** A listening TCP socket on address:port (IP_TRANSPARENT when transparent). */
-  sockListen(address: string, port: number, backlog: number, transparent: boolean): number;
+  /** A listening TCP socket on address:port (IP_TRANSPARENT when transparent; SO_MARK mark, which accepted sockets inherit). */
+  sockListen(address: string, port: number, backlog: number, transparent: boolean, mark?: number): number;
   /** An unconnected TCP socket bound to address:port (0: chosen at connect), SO_MARK mark (0: none), IP_TRANSPARENT when transparent. */
   sockBound(address: string, port: number, mark: number, transparent: boolean): number;
   /** SO_MARK of a socket. */

@@ -115,8 +115,18 @@ describe('L7 redirect decisions (bpf_lxc.o)', () => {
     assert.equal((ctFlags(A.ip, B.ip, sp, 8080, CT_INGRESS) ?? 0) & C.CT_F_PROXY_REDIRECT, C.CT_F_PROXY_REDIRECT);
   });
 
-  it("with the proxy's listener present the lookup finds it (the test run refuses the assignment itself: 179)", async () => {
-    const fd = sockets().sockListen('127.0.0.1', PROXY_PORT, 16, true);
+  it("another process's listener on the proxy port is never used; the proxy's (marked) is found (the test run refuses the assignment itself: 179)", async () => {
+    const other = net.createServer(() => {});
+    await new Promise<void>((r) => other.listen(PROXY_PORT, '127.0.0.1', () => r()));
+    try {
+      allow(A, { id: B.secId, egress: true, proto: IPPROTO_TCP, port: 80, proxyPort: PROXY_PORT });
+      const before = metric(DROP_PROXY_LOOKUP_FAILED, DIR_EGRESS);
+      assert.equal(fx.fromContainer(A, tcpFrame(A, B.ip, sport++, 80, TCP_SYN)).retval, TC_ACT_SHOT);
+      assert.equal(metric(DROP_PROXY_LOOKUP_FAILED, DIR_EGRESS), before + 1, 'an unmarked listener is not the proxy');
+    } finally {
+      await new Promise<void>((r) => other.close(() => r()));
+    }
+    const fd = sockets().sockListen('127.0.0.1', PROXY_PORT, 16, true, C.MB_MARK_FROM_PROXY);
     const srv = net.createServer(() => {});
     await new Promise<void>((r) => srv.listen({ fd }, () => r()));
     try {
