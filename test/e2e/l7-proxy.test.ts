@@ -113,6 +113,19 @@ describe('L7 HTTP policy through the proxy', () => {
     assert.equal(handled(), before + 3);
   });
 
+  it('through a Service ClusterIP: the rules of the backend port apply and the client sees the ClusterIP answer', () => {
+    const svc = { apiVersion: 'v1', kind: 'Service', metadata: { name: 'web', namespace: 'default' }, spec: { selector: { app: 'server' }, ports: [{ port: 80, targetPort: 8080 }] } };
+    node.apply([svc]);
+    applied.push(svc);
+    policy(cnp('client-egress', { endpointSelector: { matchLabels: { app: 'client' } }, egress: [{ toEndpoints: [{ matchLabels: { app: 'server' } }], toPorts: [http([{ method: 'GET', path: '/svc/.*' }])] }] }));
+    const vip = node.cliJson(['service', 'list']).find((f: any) => f.service === 'default/web' && f.type === 'ClusterIP').frontend.split(':')[0];
+    const before = handled();
+    const r = curl(client.ns, [`http://${vip}/svc/a`, `http://${vip}/other`]);
+    assert.deepEqual(r.map((x) => x.code), [200, 403], JSON.stringify(r));
+    assert.equal(serverSaw(r[0].body).remote.split(':')[0], client.ip);
+    assert.equal(handled(), before + 2);
+  });
+
   it('ingress: host, required headers and headerMatches decide; a mismatch action rewrites the forwarded request', () => {
     policy(
       cnp('server-ingress', {
