@@ -10,7 +10,7 @@
  *                 same identity and named ports share one
  *   endpoints[]   local endpoint id -> its policy key
  *
- * A listener's `kind` selects the handler that serves it (src/proxy/listeners.ts):
+ * A listener's `kind` selects the handler that serves it (LISTENER_FACTORIES in src/proxy/listeners.ts):
  * 'http-policy' today (redirected flows, decided by the L7 tables); the DNS proxy
  * adds kind 'dns-policy' (transparent UDP+TCP listeners on the same model, its
  * rules as another table per endpoint) and the Gateway API kind 'http-gateway'

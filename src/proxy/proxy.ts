@@ -16,7 +16,8 @@ import { mkdirp, readJson, writeJsonAtomic } from '../util/fsutil';
 import type { Logger } from '../util/log';
 import { parseConfig, ProxyConfig, ListenerConfig } from './config';
 import { AgentMessage, LineChannel, ProxyMessage, ProxyStatus } from './control';
-import { HttpPolicyListener, ListenerContext } from './http';
+import type { ListenerContext } from './http';
+import { Listener, LISTENER_FACTORIES } from './listeners';
 import { DatapathView } from './identity';
 import { selfCheck } from './llhttp';
 import { L7Record, RecordQueue } from './records';
@@ -42,7 +43,7 @@ export class Proxy {
   private config?: ProxyConfig;
   private readonly compiled = new Map<string, { json: string; ingress: L7Table; egress: L7Table }>();
   private endpointPolicy = new Map<number, string>();
-  private readonly listeners = new Map<string, HttpPolicyListener>();
+  private readonly listeners = new Map<string, Listener>();
   private control?: net.Server;
   private agent?: LineChannel<AgentMessage, ProxyMessage>;
   private readonly queue: RecordQueue;
@@ -151,7 +152,7 @@ export class Proxy {
       const cur = this.listeners.get(w.name);
       if (cur && cur.state === 'listening') continue;
       if (cur) await cur.close();
-      const l = new HttpPolicyListener(w, this.listenerContext());
+      const l = LISTENER_FACTORIES[w.kind](w, this.listenerContext());
       this.listeners.set(w.name, l);
       try {
         await l.start();
