@@ -81,8 +81,8 @@ export class Agent {
     this.policy.repo.onAddressBlock = (prefix, id) => blocks.set(prefix, id);
     this.proxy = new ProxyManager({ stateDir: cfg.stateDir, bpfRoot: cfg.bpfRoot, nodeName: cfg.nodeName, log: log.child({ component: 'proxy' }), proxyBin: path.join(repoRoot(), 'bin/membrane-proxy'), logLevel: cfg.logLevel });
     this.policy.proxyPorts = (egress) => this.proxy.portFor(egress);
-    // L7 flow records from the proxy become flows (Monitor.ingestL7).
-    this.proxy.onRecords = (records) => records.forEach((r) => (this.monitor as unknown as { ingestL7?: (r: unknown) => void }).ingestL7?.(r));
+    // L7 flow records from the proxy become flows.
+    this.proxy.onRecord = (r) => this.monitor.ingestL7(r);
     this.endpoints = new EndpointManager(cfg, log, dp, ipam, this.identities, this.policy, storePodSource(this.store), this.ipcache);
     this.tracer = new PolicyTracer(this.policy, this.identities, this.endpoints);
     this.services = new ServiceSync(new ServiceManager(cfg.serviceCidr, cfg.stateDir, cfg.lbAlgorithm), this.store, dp, log.child({ component: 'services' }));

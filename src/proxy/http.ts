@@ -58,6 +58,11 @@ const UNKNOWN_ENDPOINT_WAIT_MS = 1500;
 
 type Decision = L7Decision & { direction: 'ingress' | 'egress' };
 
+/** The policy a record names: the first deciding rule that is a policy ("Kind/namespace/name" or "Kind/name"). */
+function policyOf(d: L7Decision | undefined): string | undefined {
+  return d?.policies.find((p) => /^[A-Za-z]+\/[^\s,]+$/.test(p));
+}
+
 export class HttpPolicyListener {
   private server?: net.Server;
   private readonly open = new Set<net.Socket>();
@@ -150,7 +155,7 @@ export class HttpPolicyListener {
           i.decision = d;
           const logged = d.actions.filter((a) => a.action === 'LOG');
           this.ctx.record({
-            time: Date.now(), kind: 'request', direction: d.direction, verdict: d.allowed ? 'forwarded' : 'denied', policy: d.policies.join(', ') || undefined,
+            time: Date.now(), kind: 'request', direction: d.direction, verdict: d.allowed ? 'forwarded' : 'denied', policy: policyOf(d),
             src: conn.src, dst: conn.dst,
             http: logged.length ? { ...i.http, headers: Object.fromEntries(logged.map((a) => [a.name, `mismatch: ${view.headers.get(a.name.toLowerCase())?.join(',') ?? '(absent)'}`])) } : i.http,
           });
@@ -162,6 +167,7 @@ export class HttpPolicyListener {
       },
       openUpstream: () => this.upstream(conn.src, conn.dst),
       onResponse: (h, code, verdict, note) => {
+        if (note) this.ctx.log.debug('upstream failed', { listener: this.cfg.name, note });
         const i = info(h);
         const d = i.decision;
         if (verdict === 'forwarded') this.ctx.counters.requests.forwarded++;
@@ -169,7 +175,7 @@ export class HttpPolicyListener {
         else this.ctx.counters.requests.error++;
         this.ctx.record({
           time: Date.now(), kind: 'response', direction: d?.direction ?? direction, verdict,
-          policy: note ?? (d?.policies.join(', ') || undefined),
+          policy: policyOf(d),
           // A response goes from the server to the client.
           src: conn.dst, dst: conn.src,
           http: { ...i.http, code, latencyNs: Number(process.hrtime.bigint() - i.started) },
@@ -178,7 +184,7 @@ export class HttpPolicyListener {
       onRefused: (h, what) => {
         this.ctx.counters.requests.error++;
         this.ctx.record({
-          time: Date.now(), kind: 'response', direction, verdict: 'error', policy: `${what} not supported by the proxy`,
+          time: Date.now(), kind: 'response', direction, verdict: 'error',
           src: conn.dst, dst: conn.src, http: { ...info(h).http, code: 403 },
         });
       },

@@ -63,9 +63,19 @@ export class ProxyManager {
     this.supervisor = new ProxySupervisor({ dir: this.dir, bpfRoot: opts.bpfRoot, log: opts.log.child({ component: 'proxy-supervisor' }), proxyBin: opts.proxyBin, logLevel: opts.logLevel });
   }
 
-  set onRecords(fn: (records: L7Record[]) => void) {
-    this.supervisor.onRecords = fn;
+  /** Where the proxy's L7 records go, one by one (a record the receiver refuses is counted and logged, the rest still go). */
+  set onRecord(fn: (r: L7Record) => void) {
+    this.supervisor.onRecords = (records) => {
+      for (const r of records) {
+        try {
+          fn(r);
+        } catch (e) {
+          if (this.recordsRefused++ % 1000 === 0) this.opts.log.error('an L7 record from the proxy was refused', { error: e, refused: this.recordsRefused });
+        }
+      }
+    };
   }
+  recordsRefused = 0;
 
   /** The listener port the datapath redirects a direction's L7 flows to (allocated on first use). */
   portFor(egress: boolean): number {
@@ -207,7 +217,7 @@ export class ProxyManager {
 
   status() {
     const st = this.supervisor.status();
-    return { needed: this.needed, ports: this.ports, ...st, lastError: this.nodeError ?? st.lastError };
+    return { needed: this.needed, ports: this.ports, ...st, recordsRefused: this.recordsRefused, lastError: this.nodeError ?? st.lastError };
   }
 
   close(): void {

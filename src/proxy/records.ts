@@ -1,29 +1,14 @@
+import type { L7Record } from '../monitor/l7';
+
 /**
  * L7 flow records: what the proxy tells the agent about every request and
- * response it handled. The shape is the agent's (Monitor.ingestL7); the proxy
+ * response it handled. The shape is the agent's (src/monitor/l7.ts,
+ * Monitor.ingestL7); the proxy
  * keeps them in a bounded queue until the agent has read them, so a stalled or
  * absent agent costs at most `capacity` records of memory (the oldest are
  * dropped and counted) and a restart of either side loses nothing queued.
  */
-export interface L7Endpoint {
-  ip: string;
-  port: number;
-  identity: number;
-  endpointId?: number;
-}
-
-export interface L7Record {
-  time: number;
-  kind: 'request' | 'response';
-  direction: 'ingress' | 'egress';
-  verdict: 'forwarded' | 'denied' | 'error';
-  policy?: string;
-  src: L7Endpoint;
-  dst: L7Endpoint;
-  http?: { method: string; url: string; protocol: string; host?: string; code?: number; latencyNs?: number; headers?: Record<string, string> };
-  dns?: { query: string; qtypes: string[]; rcode?: string; ips?: string[]; ttls?: number[]; cnames?: string[] };
-  route?: { gateway: string; route: string; backend?: string };
-}
+export type { L7Record } from '../monitor/l7';
 
 export class RecordQueue {
   private buf: L7Record[] = [];

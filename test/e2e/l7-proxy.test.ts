@@ -54,6 +54,18 @@ describe('L7 HTTP policy through the proxy', () => {
     for (const o of objs) if (!applied.some((a) => a.metadata.name === o.metadata.name)) applied.push(o);
   };
   const proxyStatus = () => node.cliJson(['status']).proxy;
+  /** L7 flows (observe --type l7), waiting (bounded) until at least `want` match: records reach the agent in batches. */
+  const l7Flows = async (args: string[], want: number): Promise<any[]> => {
+    let flows: any[] = [];
+    for (let i = 0; i < 50; i++) {
+      const r = node.cli(['observe', '--type', 'l7', '--last', '100000', ...args, '-o', 'json']);
+      assert.equal(r.code, 0, r.stderr);
+      flows = r.stdout.trim() ? r.stdout.trim().split('\n').map((l) => JSON.parse(l)) : [];
+      if (flows.length >= want) break;
+      await sleep(100);
+    }
+    return flows;
+  };
   const handled = () => {
     const r = proxyStatus().requests;
     return r.forwarded + r.denied + r.error;
@@ -87,7 +99,7 @@ describe('L7 HTTP policy through the proxy', () => {
     await node.cleanup();
   });
 
-  it('egress: allowed requests are forwarded unchanged, others get 403 "Access denied" and the keep-alive connection stays usable', () => {
+  it('egress: allowed requests are forwarded unchanged, others get 403 "Access denied" and the keep-alive connection stays usable; each request and response is a flow', async () => {
     policy(cnp('client-egress', { endpointSelector: { matchLabels: { app: 'client' } }, egress: [{ toEndpoints: [{ matchLabels: { app: 'server' } }], toPorts: [http([{ method: 'GET', path: '/public/.*' }])] }] }));
     const base = `http://${server.ip}:8080`;
     const r = curl(client.ns, [`${base}/public/a?x=1`, `${base}/private`, `${base}/public/b`]);
@@ -102,6 +114,26 @@ describe('L7 HTTP policy through the proxy', () => {
     assert.equal(r[1].connects + r[2].connects, 0, 'the 403 and the next request reuse the first connection');
     const post = curl(client.ns, [`${base}/public/a`], ['-X', 'POST', '-d', 'x=1']);
     assert.equal(post[0].code, 403, 'method rule');
+
+    // Every request and response is an L7 flow with both pods, method, URL, status and verdict.
+    const reqs = await l7Flows(['--from-pod', 'default/client', '--to-pod', 'default/server'], 4);
+    const byUrl = (u: string, method = 'GET') => reqs.find((f) => f.l7.type === 'REQUEST' && f.l7.http.url === `${base}${u}` && f.l7.http.method === method);
+    const ok = byUrl('/public/a?x=1');
+    assert.ok(ok, JSON.stringify(reqs.map((f) => [f.l7.type, f.l7.http.method, f.l7.http.url])));
+    assert.equal(ok.verdict, 'FORWARDED');
+    assert.equal(ok.traffic_direction, 'EGRESS');
+    assert.equal(ok.l7.http.protocol, 'HTTP/1.1');
+    assert.equal(ok.source.pod_name, 'client');
+    assert.equal(ok.destination.pod_name, 'server');
+    assert.deepEqual(ok.egress_allowed_by, [{ kind: 'CiliumNetworkPolicy', namespace: 'default', name: 'client-egress' }]);
+    assert.equal(byUrl('/private')?.verdict, 'DROPPED');
+    assert.equal(byUrl('/public/a', 'POST')?.verdict, 'DROPPED');
+    const denied = await l7Flows(['--http-status', '403', '--from-pod', 'default/server'], 2);
+    assert.ok(denied.length >= 2 && denied.every((f) => f.l7.type === 'RESPONSE' && f.l7.http.code === 403 && f.verdict === 'DROPPED' && f.destination.pod_name === 'client'), JSON.stringify(denied));
+    assert.deepEqual(denied[0].egress_denied_by, [{ kind: 'CiliumNetworkPolicy', namespace: 'default', name: 'client-egress' }]);
+    const answered = await l7Flows(['--http-status', '200', '--from-pod', 'default/server', '--http-path', '/public/.*'], 2);
+    assert.ok(answered.length >= 2 && answered.every((f) => f.verdict === 'FORWARDED' && f.l7.latency_ns > 0));
+    assert.deepEqual((await l7Flows(['--http-method', 'POST'], 2)).map((f) => f.l7.type).sort(), ['REQUEST', 'RESPONSE'], 'the POST and its 403');
   });
 
   it('egress to the world: the proxy speaks with the pod address and its replies come back to it', () => {
@@ -126,7 +158,7 @@ describe('L7 HTTP policy through the proxy', () => {
     assert.equal(handled(), before + 2);
   });
 
-  it('ingress: host, required headers and headerMatches decide; a mismatch action rewrites the forwarded request', () => {
+  it('ingress: host, required headers and headerMatches decide; a mismatch action rewrites the forwarded request', async () => {
     policy(
       cnp('server-ingress', {
         endpointSelector: { matchLabels: { app: 'server' } },
@@ -160,7 +192,12 @@ describe('L7 HTTP policy through the proxy', () => {
     const env = saw.headers.findIndex((h, i) => i % 2 === 0 && h.toLowerCase() === 'x-env');
     assert.equal(saw.headers[env + 1], 'prod', 'REPLACE set the header the server sees');
     assert.equal(saw.bodyBytes, 3);
-    assert.equal(code('/h', 'Host: api.example').valueOf(), 200);
+    const flows = await l7Flows(['--from-pod', 'default/other', '--to-pod', 'default/server', '--http-path', '/h'], 2);
+    const evil = flows.find((f) => f.l7.http.host === 'evil.example');
+    assert.ok(evil, JSON.stringify(flows));
+    assert.equal(evil.traffic_direction, 'INGRESS');
+    assert.equal(evil.verdict, 'DROPPED');
+    assert.deepEqual(evil.ingress_denied_by, [{ kind: 'CiliumNetworkPolicy', namespace: 'default', name: 'server-ingress' }]);
     assert.equal(curl(client.ns, [u('/h')], ['-H', 'Host: api.example'])[0]?.code, 0, 'client is not allowed at L3/L4: no connection');
   });
 
