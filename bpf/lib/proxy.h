@@ -55,6 +55,15 @@ static __always_inline int proxy_owns(struct bpf_sock *sk)
 	return !full || (full->mark & MB_MARK_MASK) == MB_MARK_FROM_PROXY;
 }
 
+static __always_inline void proxy_tuple4(struct bpf_sock_tuple *t, __be32 saddr, __be32 daddr,
+					 __be16 sport, __be16 dport)
+{
+	t->ipv4.saddr = saddr;
+	t->ipv4.daddr = daddr;
+	t->ipv4.sport = sport;
+	t->ipv4.dport = dport;
+}
+
 /* Hand the packet to the stack for local delivery to the assigned socket. */
 static __always_inline int proxy_deliver(struct __sk_buff *ctx)
 {
@@ -75,10 +84,7 @@ static __always_inline int proxy_assign_ipv4(struct __sk_buff *ctx, __be32 saddr
 	struct bpf_sock *sk;
 	long ret;
 
-	tuple.ipv4.saddr = saddr;
-	tuple.ipv4.daddr = daddr;
-	tuple.ipv4.sport = sport;
-	tuple.ipv4.dport = dport;
+	proxy_tuple4(&tuple, saddr, daddr, sport, dport);
 	/* A connection the proxy accepted (or is accepting: request socks count). */
 	sk = bpf_skc_lookup_tcp(ctx, &tuple, sizeof(tuple.ipv4), BPF_F_CURRENT_NETNS, 0);
 	if (sk) {
@@ -118,10 +124,7 @@ static __always_inline int proxy_steer_reply_ipv4(struct __sk_buff *ctx, __be32 
 	struct bpf_sock *sk, *full;
 	int ours = 0;
 
-	tuple.ipv4.saddr = saddr;
-	tuple.ipv4.daddr = daddr;
-	tuple.ipv4.sport = sport;
-	tuple.ipv4.dport = dport;
+	proxy_tuple4(&tuple, saddr, daddr, sport, dport);
 	sk = bpf_skc_lookup_tcp(ctx, &tuple, sizeof(tuple.ipv4), BPF_F_CURRENT_NETNS, 0);
 	if (sk) {
 		if (sk->state != BPF_TCP_LISTEN) {

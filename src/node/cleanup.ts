@@ -15,7 +15,6 @@
  * Refuses while an agent serves on the socket; idempotent.
  */
 import * as fs from 'node:fs';
-import * as net from 'node:net';
 import * as path from 'node:path';
 import type { AgentConfig } from '../agent/config';
 import { hostVethName } from '../agent/config';
@@ -24,6 +23,7 @@ import { RtNetlink, tcBpfList } from '../netlink';
 import { endpointKeyCodec, endpointInfoCodec } from '../datapath/maps.gen';
 import { ENDPOINT_F_HOST } from '../datapath/constants';
 import { readJson } from '../util/fsutil';
+import { socketServing } from '../util/unixsock';
 import { stopProxy } from '../proxy/stop';
 
 export interface CleanupReport {
@@ -36,17 +36,7 @@ export class CleanupRefused extends Error {}
 const VETH_RE = /^lxc[0-9a-f]{12}$/;
 
 /** Is an agent answering on this Unix socket? */
-export function socketServing(sock: string): Promise<boolean> {
-  if (!fs.existsSync(sock)) return Promise.resolve(false);
-  return new Promise<boolean>((resolve) => {
-    const c = net.connect(sock);
-    c.once('connect', () => {
-      c.destroy();
-      resolve(true);
-    });
-    c.once('error', () => resolve(false));
-  });
-}
+export { socketServing };
 
 /** The kernel's fdinfo of a BPF object names links by link_id (maps by map_id, programs by prog_id). */
 function isLinkFd(fd: number): boolean {

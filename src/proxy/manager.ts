@@ -12,12 +12,12 @@
  * configuration and is denied if none comes (fail closed).
  */
 import * as crypto from 'node:crypto';
-import * as net from 'node:net';
 import * as path from 'node:path';
 import { RtNetlink, getSysctl, setSysctl } from '../netlink';
 import type { PolicyEngine } from '../policy/engine';
 import type { ComputedPolicy, NamedPort } from '../policy/mapstate';
 import { mkdirp, readJson, writeJsonAtomic } from '../util/fsutil';
+import { socketServing } from '../util/unixsock';
 import type { Logger } from '../util/log';
 import { CONFIG_VERSION, EndpointTables, ListenerConfig, ProxyConfig } from './config';
 import { MARK_MASK, MARK_TO_PROXY, PROXY_PORT_MAX, PROXY_PORT_MIN, PROXY_ROUTE_TABLE, PROXY_RULE_PRIORITY } from './constants';
@@ -204,7 +204,7 @@ export class ProxyManager {
   /** Start the proxy now if a previous run needed it (its configuration is on disk). */
   async restore(): Promise<void> {
     const saved = readJson<{ listeners?: unknown[] }>(path.join(this.dir, 'config.json'));
-    if (saved || (await isListening(path.join(this.dir, 'control.sock')))) {
+    if (saved || (await socketServing(path.join(this.dir, 'control.sock')))) {
       this.needed = true;
       this.trySetupNode();
       await this.supervisor.ensureRunning().catch((e) => this.opts.log.error('proxy not running', { error: e }));
@@ -225,13 +225,3 @@ export class ProxyManager {
   }
 }
 
-function isListening(sock: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const c = net.connect(sock);
-    c.once('connect', () => {
-      c.destroy();
-      resolve(true);
-    });
-    c.once('error', () => resolve(false));
-  });
-}

@@ -20,6 +20,7 @@ import type { ListenerContext } from './http';
 import { Listener, LISTENER_FACTORIES } from './listeners';
 import { DatapathView } from './identity';
 import { selfCheck } from './llhttp';
+import { socketServing } from '../util/unixsock';
 import { L7Record, RecordQueue } from './records';
 
 export interface ProxyOptions {
@@ -69,7 +70,7 @@ export class Proxy {
     selfCheck();
     mkdirp(opts.dir);
     const sock = controlSocketPath(opts.dir);
-    if (await socketAlive(sock)) throw new Error(`${sock}: another proxy already serves ${opts.dir}`);
+    if (await socketServing(sock)) throw new Error(`${sock}: another proxy already serves ${opts.dir}`);
     const proxy = new Proxy(opts, new DatapathView(opts.bpfRoot));
     const saved = readJson<unknown>(path.join(opts.dir, 'config.json'));
     if (saved !== undefined) {
@@ -272,15 +273,3 @@ export class Proxy {
   }
 }
 
-/** Is something accepting connections on this Unix socket? */
-export function socketAlive(sock: string): Promise<boolean> {
-  if (!fs.existsSync(sock)) return Promise.resolve(false);
-  return new Promise<boolean>((resolve) => {
-    const c = net.connect(sock);
-    c.once('connect', () => {
-      c.destroy();
-      resolve(true);
-    });
-    c.once('error', () => resolve(false));
-  });
-}
