@@ -12,7 +12,7 @@ want_test=0
 
 pkgs=(clang llvm libbpf-dev libelf-dev zlib1g-dev linux-libc-dev iproute2 bpftool make gcc g++ python3 util-linux iputils-ping)
 if [ "$want_test" = 1 ]; then
-  pkgs+=(iperf3 sockperf podman runc containerd busybox-static golang-go golang-github-appc-cni-dev iptables chromium strace curl wrk)
+  pkgs+=(iperf3 sockperf podman runc containerd busybox-static golang-go golang-github-appc-cni-dev iptables chromium strace curl wrk etcd-server etcd-client)
 fi
 
 missing=()
