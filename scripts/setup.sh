@@ -3,16 +3,22 @@
 # addon, the BPF objects and the TypeScript build. Idempotent: a second run only
 # does what is missing or out of date.
 #   scripts/setup.sh            what the agent, the CNI plugin and the CLI need
-#   scripts/setup.sh --test     plus what the tests and benchmarks use (podman, containerd, ...)
+#   scripts/setup.sh --lab      plus what the multi-node lab uses (etcd)
+#   scripts/setup.sh --test     plus what the tests and benchmarks use (podman, containerd, etcd, ...)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 want_test=0
+want_lab=0
 [ "${1:-}" = "--test" ] && want_test=1
+[ "${1:-}" = "--lab" ] && want_lab=1
 
 pkgs=(clang llvm libbpf-dev libelf-dev zlib1g-dev linux-libc-dev iproute2 bpftool make gcc g++ python3 util-linux iputils-ping)
 if [ "$want_test" = 1 ]; then
   pkgs+=(iperf3 sockperf podman runc containerd busybox-static golang-go golang-github-appc-cni-dev iptables chromium strace curl wrk etcd-server etcd-client)
+fi
+if [ "$want_lab" = 1 ]; then
+  pkgs+=(etcd-server etcd-client)
 fi
 
 missing=()

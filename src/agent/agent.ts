@@ -29,7 +29,8 @@ import { PolicyEngine } from '../policy/engine';
 import { PolicyTracer } from '../policy/trace';
 import { EmbeddedStore } from '../store/embedded';
 import { validateResources } from '../store/kinds';
-import type { ResourceRef } from '../store/types';
+import type { ResourceRef, Store } from '../store/types';
+import { ClusterNode, connectCluster } from '../node/cluster';
 import { formatIp } from '../util/ip';
 import { Monitor } from '../monitor/monitor';
 import { AgentMetrics, serveMetricsTcp } from '../monitor/metrics';
@@ -45,7 +46,7 @@ const VERSION = '0.1.0';
 
 export class Agent {
   readonly endpoints: EndpointManager;
-  readonly store: EmbeddedStore;
+  readonly store: Store;
   readonly identities: IdentityAllocator;
   readonly ipcache: IpCache;
   readonly policy: PolicyEngine;
@@ -67,9 +68,10 @@ export class Agent {
     readonly cfg: AgentConfig,
     readonly log: Logger,
     readonly dp: Datapath,
+    readonly cluster?: ClusterNode,
   ) {
     const ipam = new Ipam(cfg.podCidr, cfg.stateDir);
-    this.store = new EmbeddedStore(cfg.stateDir);
+    this.store = cluster ? cluster.store : new EmbeddedStore(cfg.stateDir);
     this.identities = new IdentityAllocator(cfg.stateDir);
     this.ipcache = new IpCache(dp.ipcache);
     this.policy = new PolicyEngine(
@@ -149,7 +151,10 @@ export class Agent {
       selections = this.policy.cache.version;
       this.changes.mark({ regen: true });
     });
-    this.endpoints.onEndpointsChanged = () => this.changes.mark({ services: true });
+    this.endpoints.onEndpointsChanged = () => {
+      this.changes.mark({ services: true });
+      cluster?.publishEndpoints(this.endpoints.list().map((e) => ({ ip: e.ipv4, identity: e.identity, namespace: e.namespace, podName: e.podName, namedPorts: e.namedPorts })));
+    };
     this.endpoints.onCreated = (ms) => this.metrics.endpointCreate.observe(ms / 1000);
     this.endpoints.onRegenerated = (ms) => this.metrics.regeneration.observe(ms / 1000);
     dp.reconciler.beforeResync = () => this.endpoints.syncHostEntries();
@@ -175,14 +180,14 @@ export class Agent {
   /** Validate every object, then store them all (nothing is applied if any is invalid); answers once the kernel reflects it. */
   async apply(objects: unknown[]) {
     const valid = validateResources(objects, { serviceCidr: this.cfg.serviceCidr });
-    const results = this.store.apply(valid);
+    const results = await this.store.apply(valid);
     await this.changes.flush();
     await this.proxy.settled(5000);
     return { results, policyRevision: this.policy.revision };
   }
 
   async deleteResources(refs: ResourceRef[]) {
-    const results = this.store.delete(refs);
+    const results = await this.store.delete(refs);
     await this.changes.flush();
     await this.proxy.settled(5000);
     return { results, policyRevision: this.policy.revision };
@@ -194,7 +199,9 @@ export class Agent {
     mkdirp(path.dirname(cfg.socket));
     await assertSocketFree(cfg.socket);
     const dp = Datapath.open(cfg, log);
-    const agent = new Agent(cfg, log, dp);
+    const cluster = cfg.cluster ? await connectCluster(cfg, VERSION, log) : undefined;
+    const agent = new Agent(cfg, log, dp, cluster);
+    if (cluster) agent.identities.attachCluster(cluster.identities);
     dp.setupNode(agent.endpoints.ipam.router);
     await agent.proxy.restore();
     for (const p of dp.attachDevices()) log.error('NodePort device not set up', { problem: p });
@@ -210,6 +217,10 @@ export class Agent {
     }
     agent.endpoints.restore();
     agent.endpoints.syncHostEntries();
+    if (cluster) {
+      cluster.attachIpcache(agent.ipcache);
+      agent.endpoints.onEndpointsChanged?.();
+    }
     agent.store.watch((ev) => agent.changes.onStoreEvent(ev));
     agent.changes.mark({ refresh: true, regen: true, services: true, ipcache: true });
     await agent.changes.flush();
@@ -287,6 +298,7 @@ export class Agent {
       reconciler: { resyncIntervalSeconds: this.cfg.resyncInterval, ...this.dp.reconciler.counters },
       conntrackGc: this.lastCtGc,
       proxy: this.proxy.status(),
+      cluster: this.cluster?.status() ?? { mode: 'embedded' },
       services: {
         serviceCidr: this.cfg.serviceCidr,
         frontends: this.services.frontends.length,
@@ -308,6 +320,7 @@ export class Agent {
     this.metricsServer?.close();
     this.identities.flush();
     await this.api?.close();
+    this.cluster?.close();
     try {
       fs.unlinkSync(this.cfg.socket);
     } catch {

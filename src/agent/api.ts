@@ -19,6 +19,8 @@ import { MAX_DEPTH, showValue, tooDeep } from '../util/depth';
 
 /** Linux interface names (dev_valid_name): not "." or "..", no '/', ':' or whitespace; bytes are checked by ifnameProblem. */
 const IFNAME_PATTERN = '^(?!\\.\\.?$)[^/:\\s]+$';
+import { StoreError } from '../store/types';
+import { KvstoreUnavailableError } from '../kvstore/errors';
 
 const attachment = {
   type: 'object',
@@ -156,6 +158,14 @@ export function buildApi(agent: Agent): FastifyInstance {
     if (err instanceof EndpointError) {
       return reply.status(STATUS_OF[err.kind]).send({ error: err.message, kind: err.kind, field: err.field });
     }
+    if (err instanceof StoreError) {
+      const status = { unavailable: 503, conflict: 409, invalid: 400, internal: 500 }[err.kind];
+      if (status >= 500) agent.log.error('API request failed', { method: req.method, url: req.url, error: err });
+      return reply.status(status).send({ error: err.message, kind: err.kind });
+    }
+    if (err instanceof KvstoreUnavailableError) {
+      return reply.status(503).send({ error: err.message, kind: 'unavailable' });
+    }
     if (err.validation) {
       const ctx = err.validationContext ?? 'body';
       const { details, field } = describeValidation(ctx === 'querystring' ? 'query' : ctx, err.validation as any);
@@ -208,6 +218,11 @@ export function buildApi(agent: Agent): FastifyInstance {
     const ident = agent.endpoints.identities.get(Number(req.params.id));
     if (!ident) return reply.status(404).send({ error: `identity ${req.params.id} not found`, kind: 'not-found' });
     return ident;
+  });
+  app.get('/v1/node', { schema: { querystring: noQuery } }, async () => {
+    if (agent.cluster) return agent.cluster.nodeList();
+    // Without a cluster store the node is alone.
+    return [{ name: agent.cfg.nodeName, addresses: [{ type: 'RouterIP', ip: agent.routerAddress() }], podCIDRs: [agent.cfg.podCidr], identities: agent.identities.list().filter((i) => !i.reserved && !i.local).length, alive: true, self: true, health: 'ok' }];
   });
   app.get('/v1/ipam', { schema: { querystring: noQuery } }, async () => ({ cidr: agent.cfg.podCidr, router: agent.routerAddress(), allocations: agent.endpoints.ipam.list() }));
 

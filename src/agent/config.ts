@@ -9,7 +9,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 import YAML from 'yaml';
-import { parseCidr, formatCidr } from '../util/ip';
+import { parseCidr, formatCidr, formatIp, parseIp } from '../util/ip';
+import { parseEndpoints } from '../kvstore/kvstore';
 
 export interface AgentConfig {
   stateDir: string;
@@ -47,6 +48,22 @@ export interface AgentConfig {
   resyncInterval: number;
   /** --cleanup: remove this node's devices, programs, pins and state instead of running. */
   cleanup?: boolean;
+  /** Cluster mode (--kvstore-endpoints): resources, identities, nodes and pods shared through etcd. */
+  cluster?: ClusterSettings;
+  /** The underlay address other nodes tunnel to (--node-ip; default: the default route device's address). */
+  nodeIp?: string;
+  /** Name of the cluster (the pods' io.cilium.k8s.policy.cluster label). */
+  clusterName: string;
+  /** --mtu was given (otherwise cluster mode derives the pod MTU from the underlay). */
+  mtuExplicit: boolean;
+}
+
+export interface ClusterSettings {
+  endpoints: string[];
+  /** Key prefix of this cluster in etcd. */
+  prefix: string;
+  /** TTL in seconds of the agent's lease (its node, pods and identity references live on it). */
+  leaseTtl: number;
 }
 
 export const DEFAULTS = {
@@ -91,6 +108,13 @@ const USAGE = `Usage: membrane-agent [flags]
   --cleanup                   do not run: remove what an agent with the same flags left on this node
                               (endpoint veths, host devices and routes, programs on --devices, pins
                               under --bpf-root, the state directory); refused while an agent serves
+  --kvstore-endpoints URL[,URL] cluster mode: etcd client URLs (resources, identities, nodes and pods are
+                              shared through etcd; without it the embedded store serves one node)
+  --kvstore-prefix P          key prefix of this cluster in etcd (membrane/<cluster-name>/)
+  --kvstore-lease-ttl S       lease of this node's keys: a node that stops renewing it leaves every
+                              other node's maps after S seconds (20)
+  --cluster-name NAME         cluster name (default)
+  --node-ip IP                underlay address other nodes tunnel to (the default route device's address)
 `;
 
 export class ConfigError extends Error {}
@@ -135,6 +159,11 @@ export function parseAgentArgs(argv: string[]): AgentConfig | 'help' {
       'socket-lb-cgroup': { type: 'string' },
       'resync-interval': { type: 'string' },
       cleanup: { type: 'boolean' },
+      'kvstore-endpoints': { type: 'string' },
+      'kvstore-prefix': { type: 'string' },
+      'kvstore-lease-ttl': { type: 'string' },
+      'cluster-name': { type: 'string' },
+      'node-ip': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
     strict: true,
@@ -153,7 +182,7 @@ export function parseAgentArgs(argv: string[]): AgentConfig | 'help' {
       throw new ConfigError(`--config: ${values.config} must hold a mapping of settings`);
     }
     for (const [k, v] of Object.entries(parsed ?? {})) file[k.replace(/-([a-z])/g, (_, c) => c.toUpperCase())] = v;
-    const known = ['stateDir', 'bpfRoot', 'socket', 'podCidr', 'nodeName', 'mtu', 'logLevel', 'bpfObjDir', 'policyEnforcement', 'monitorAggregation', 'monitorReportInterval', 'flowsBuffer', 'flowsMemory', 'flowsStreamTimeout', 'metricsAddress', 'serviceCidr', 'lbAlgorithm', 'devices', 'socketLbCgroup', 'resyncInterval'];
+    const known = ['stateDir', 'bpfRoot', 'socket', 'podCidr', 'nodeName', 'mtu', 'logLevel', 'bpfObjDir', 'policyEnforcement', 'monitorAggregation', 'monitorReportInterval', 'flowsBuffer', 'flowsMemory', 'flowsStreamTimeout', 'metricsAddress', 'serviceCidr', 'lbAlgorithm', 'devices', 'socketLbCgroup', 'resyncInterval', 'kvstoreEndpoints', 'kvstorePrefix', 'kvstoreLeaseTtl', 'clusterName', 'nodeIp'];
     for (const k of Object.keys(file)) {
       if (!known.includes(k)) throw new ConfigError(`--config: unknown setting "${k}" in ${values.config} (known: ${known.join(', ')})`);
     }
@@ -184,6 +213,12 @@ export function parseAgentArgs(argv: string[]): AgentConfig | 'help' {
     devices: values.devices ?? (Array.isArray(file.devices) ? (file.devices as string[]).join(',') : (file.devices as string | undefined)) ?? '',
     socketLbCgroup: values['socket-lb-cgroup'] ?? (file.socketLbCgroup as string | undefined),
     resyncInterval: pick(values['resync-interval'], 'resyncInterval', '30'),
+    kvstoreEndpoints: values['kvstore-endpoints'] ?? (Array.isArray(file.kvstoreEndpoints) ? (file.kvstoreEndpoints as string[]).join(',') : (file.kvstoreEndpoints as string | undefined)),
+    kvstorePrefix: values['kvstore-prefix'] ?? (file.kvstorePrefix as string | undefined),
+    kvstoreLeaseTtl: values['kvstore-lease-ttl'] ?? (file.kvstoreLeaseTtl as string | number | undefined),
+    clusterName: values['cluster-name'] ?? (file.clusterName as string | undefined),
+    nodeIp: values['node-ip'] ?? (file.nodeIp as string | undefined),
+    mtuExplicit: values.mtu !== undefined || file.mtu !== undefined,
   });
   return values.cleanup ? { ...cfg, cleanup: true } : cfg;
 }
@@ -209,6 +244,12 @@ export function buildConfig(o: {
   devices?: string;
   socketLbCgroup?: string;
   resyncInterval?: string | number;
+  kvstoreEndpoints?: string;
+  kvstorePrefix?: string;
+  kvstoreLeaseTtl?: string | number;
+  clusterName?: string;
+  nodeIp?: string;
+  mtuExplicit?: boolean;
 }): AgentConfig {
   const stateDir = path.resolve(o.stateDir);
   // The agent owns its state directory (it is made 0700 and removed by --cleanup): never a shared system directory.
@@ -248,6 +289,36 @@ export function buildConfig(o: {
   if (lbAlgorithm !== 'random' && lbAlgorithm !== 'maglev') throw new ConfigError(`lb-algorithm: "${lbAlgorithm}" must be random or maglev`);
   const devices = (o.devices ?? '').split(',').map((d) => d.trim()).filter(Boolean);
   for (const d of devices) if (!/^[^/\s:]{1,15}$/.test(d)) throw new ConfigError(`devices: "${d}" is not an interface name`);
+  const clusterName = o.clusterName ?? 'default';
+  if (!/^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$/.test(clusterName)) throw new ConfigError(`cluster-name: "${clusterName}" must be 1-32 lowercase letters, digits or dashes`);
+  let cluster: ClusterSettings | undefined;
+  if (o.kvstoreEndpoints !== undefined) {
+    let endpoints: string[];
+    try {
+      endpoints = parseEndpoints(o.kvstoreEndpoints);
+    } catch (e) {
+      throw new ConfigError((e as Error).message);
+    }
+    const prefix = o.kvstorePrefix ?? `membrane/${clusterName}/`;
+    if (!/^[A-Za-z0-9._/-]{1,200}$/.test(prefix) || prefix.startsWith('/') || prefix.includes('//')) {
+      throw new ConfigError(`kvstore-prefix: "${prefix}" must be 1-200 characters of letters, digits, ".", "_", "-" and single "/" (not leading)`);
+    }
+    const leaseTtl = Number(o.kvstoreLeaseTtl ?? 20);
+    if (!Number.isInteger(leaseTtl) || leaseTtl < 2 || leaseTtl > 3600) throw new ConfigError(`kvstore-lease-ttl: "${o.kvstoreLeaseTtl}" must be 2..3600 seconds`);
+    cluster = { endpoints, prefix: prefix.endsWith('/') ? prefix : `${prefix}/`, leaseTtl };
+  } else {
+    for (const [flag, v] of [['kvstore-prefix', o.kvstorePrefix], ['kvstore-lease-ttl', o.kvstoreLeaseTtl]] as const) {
+      if (v !== undefined) throw new ConfigError(`${flag}: only meaningful with --kvstore-endpoints (cluster mode)`);
+    }
+  }
+  let nodeIp: string | undefined;
+  if (o.nodeIp !== undefined) {
+    try {
+      nodeIp = formatIp(parseIp(o.nodeIp, 'node-ip'));
+    } catch (e) {
+      throw new ConfigError((e as Error).message);
+    }
+  }
   if (!bpfRoot.startsWith('/sys/fs/bpf/')) throw new ConfigError(`bpf-root: "${o.bpfRoot}" must be a directory under /sys/fs/bpf`);
   const isDefault = stateDir === DEFAULTS.stateDir && bpfRoot === DEFAULTS.bpfRoot;
   const instance = isDefault ? '' : crypto.createHash('sha256').update(`${bpfRoot}\0${stateDir}`).digest('hex').slice(0, 6);
@@ -275,6 +346,10 @@ export function buildConfig(o: {
     netDevice: isDefault ? 'mb_net' : `mbn_${instance}`,
     instance,
     resyncInterval,
+    cluster,
+    nodeIp,
+    clusterName,
+    mtuExplicit: o.mtuExplicit ?? o.mtu !== undefined,
   };
 }
 

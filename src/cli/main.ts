@@ -50,6 +50,7 @@ Commands:
   endpoint list              endpoints on this node
   endpoint get ID            one endpoint
   identity list              security identities
+  node list                  the cluster's nodes: addresses, pod CIDRs, identities in use, alive
   identity get ID            one identity
   ipam list                  address allocations
   bpf endpoint list          the kernel's endpoints map (mb_endpoints)
@@ -580,6 +581,21 @@ const commands: Record<string, Handler> = {
     const ids: any[] = await c.get('/v1/identity');
     if (o.output === 'json') return json(ids);
     return table(['ID', 'LABELS'], ids.map((i) => [i.id, i.labels.join(' ')]));
+  },
+  async 'node list'(c, o) {
+    const nodes: any[] = await c.get('/v1/node');
+    if (o.output === 'json') return json(nodes);
+    return table(
+      ['NAME', 'ADDRESSES', 'POD CIDRS', 'IDENTITIES', 'ALIVE', 'HEALTH'],
+      nodes.map((n) => [
+        `${n.name}${n.self ? ' (this node)' : ''}`,
+        n.addresses.map((a: any) => `${a.type}:${a.ip}`).join(','),
+        n.podCIDRs.join(','),
+        n.identities ?? '?',
+        n.alive ? 'yes' : `no (gone ${n.lastSeen})`,
+        n.health,
+      ]),
+    );
   },
   async 'identity get'(c, o, rest) {
     return json(await c.get(`/v1/identity/${needId(rest, 'identity')}`));

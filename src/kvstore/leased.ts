@@ -83,6 +83,22 @@ export class LeasedKeys {
     return this.leaseId;
   }
 
+  /** The current lease id, granting one if needed (for a caller's own transaction, see adopt()). */
+  async grant(): Promise<string> {
+    return this.ensureLease();
+  }
+
+  /**
+   * A key the caller wrote itself under lease `lease` (in a transaction of its
+   * own, e.g. with conditions): from now on it is one of ours, kept and
+   * rewritten like any other.
+   */
+  adopt(key: string, value: string, lease: string): void {
+    this.desired.set(key, value);
+    if (lease === this.leaseId) this.written.set(key, value);
+    else this.kick();
+  }
+
   /** Number of desired keys not (yet) in etcd as desired. */
   pending(): number {
     let n = 0;
@@ -153,8 +169,19 @@ export class LeasedKeys {
     else lease.release();
   }
 
-  private async ensureLease(): Promise<string> {
-    if (this.lease && this.leaseId) return this.leaseId;
+  private granting?: Promise<string>;
+
+  private ensureLease(): Promise<string> {
+    if (this.lease && this.leaseId) return Promise.resolve(this.leaseId);
+    if (!this.granting) {
+      this.granting = this.grantLease().finally(() => {
+        this.granting = undefined;
+      });
+    }
+    return this.granting;
+  }
+
+  private async grantLease(): Promise<string> {
     const lease = this.kv.lease(this.ttlSeconds);
     // A lease that cannot be granted or renewed: drop it; the next run grants another.
     lease.on('lost', (err: Error) => {

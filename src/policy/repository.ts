@@ -190,7 +190,7 @@ export class PolicyRepository {
       cur.refs++;
       return;
     }
-    const ident = this.identities.acquire(labels(prefix));
+    const ident = this.identities.acquireLocal(labels(prefix));
     ids.set(prefix, { id: ident.id, refs: 1 });
     idSet?.add(ident.id);
     notify(prefix, ident.id);

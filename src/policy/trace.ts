@@ -67,7 +67,7 @@ export class PolicyTracer {
       const name = labels[0].slice('reserved:'.length) as keyof typeof ReservedIdentity;
       if (ReservedIdentity[name] !== undefined) return { identity: ReservedIdentity[name], labels, describe: labels[0] };
     }
-    const ident = this.identities.acquire(labels);
+    const ident = this.identities.acquireTransient(labels);
     return { identity: ident.id, labels: ident.labels, release: () => this.identities.release(ident.id), describe: `labels ${ident.labels.join(' ')}` };
   }
 

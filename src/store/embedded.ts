@@ -6,29 +6,11 @@
 import * as crypto from 'node:crypto';
 import * as path from 'node:path';
 import { readJson, writeJsonAtomic } from '../util/fsutil';
-import { ApplyResult, Resource, ResourceRef, Store, WatchEvent, refOf, refString } from './types';
+import { ApplyResult, Resource, ResourceRef, Store, WatchEvent, content, refOf, refString } from './types';
 
 interface StoreFile {
   revision: number;
   objects: Resource[];
-}
-
-function stableJson(v: unknown): string {
-  if (Array.isArray(v)) return `[${v.map(stableJson).join(',')}]`;
-  if (v && typeof v === 'object') {
-    return `{${Object.keys(v as object)
-      .sort()
-      .map((k) => `${JSON.stringify(k)}:${stableJson((v as Record<string, unknown>)[k])}`)
-      .join(',')}}`;
-  }
-  return JSON.stringify(v);
-}
-
-/** The user-owned content of an object (what apply compares). */
-function content(r: Resource): string {
-  const { metadata, status, ...rest } = r;
-  const { uid, resourceVersion, generation, creationTimestamp, ...meta } = metadata;
-  return stableJson({ ...rest, metadata: meta });
 }
 
 export class EmbeddedStore implements Store {
@@ -62,7 +44,12 @@ export class EmbeddedStore implements Store {
     return this.objects.get(refString(ref));
   }
 
-  apply(objects: Resource[]): ApplyResult[] {
+  async apply(objects: Resource[]): Promise<ApplyResult[]> {
+    return this.applySync(objects);
+  }
+
+  /** apply() without the promise (the embedded store commits synchronously). */
+  applySync(objects: Resource[]): ApplyResult[] {
     const events: WatchEvent[] = [];
     const results: ApplyResult[] = [];
     const staged = new Map<string, Resource>();
@@ -91,7 +78,11 @@ export class EmbeddedStore implements Store {
     return results;
   }
 
-  delete(refs: ResourceRef[]): ApplyResult[] {
+  async delete(refs: ResourceRef[]): Promise<ApplyResult[]> {
+    return this.deleteSync(refs);
+  }
+
+  deleteSync(refs: ResourceRef[]): ApplyResult[] {
     const events: WatchEvent[] = [];
     const results: ApplyResult[] = [];
     const gone = new Set<string>();

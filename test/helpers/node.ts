@@ -50,8 +50,14 @@ export class TestNode {
   /** Resource limits for the agent process (prlimit), e.g. { nofile: 300 }. */
   agentLimits: { nofile?: number } = {};
 
-  constructor(tag = 'n', podCidr = '10.200.0.0/24') {
-    this.prefix = runPrefix(tag);
+  /** --node-name of the agent (the prefix unless given). */
+  readonly nodeName: string;
+  /** Start the agent in its own session so it outlives this process (the lab). */
+  detached = false;
+
+  constructor(tag = 'n', podCidr = '10.200.0.0/24', opts: { prefix?: string; nodeName?: string } = {}) {
+    this.prefix = opts.prefix ?? runPrefix(tag);
+    this.nodeName = opts.nodeName ?? this.prefix;
     this.nodeNs = `${this.prefix}-node`;
     this.dir = fs.mkdtempSync(`/tmp/${this.prefix}-`);
     this.stateDir = path.join(this.dir, 'state');
@@ -159,8 +165,9 @@ export class TestNode {
         AGENT_BIN,
         ...this.agentFlags(),
       ],
-      { stdio: ['ignore', this.logFd, this.logFd] },
+      { stdio: ['ignore', this.logFd, this.logFd], detached: this.detached },
     );
+    if (this.detached) this.agent.unref();
     const deadline = Date.now() + 20_000;
     while (Date.now() < deadline) {
       if (this.agent.exitCode !== null) throw new Error(`agent exited with ${this.agent.exitCode}; see test-artifacts/${this.prefix}-agent.log:\n${this.agentLog()}`);
@@ -172,7 +179,7 @@ export class TestNode {
 
   /** The agent's flags (the same for `membrane-agent --cleanup`). */
   agentFlags(): string[] {
-    return ['--state-dir', this.stateDir, '--bpf-root', this.bpfRoot, '--socket', this.socket, '--pod-cidr', this.podCidr, '--node-name', this.prefix, ...this.agentArgs];
+    return ['--state-dir', this.stateDir, '--bpf-root', this.bpfRoot, '--socket', this.socket, '--pod-cidr', this.podCidr, '--node-name', this.nodeName, ...this.agentArgs];
   }
 
   /** `membrane-agent --cleanup` with the node's flags, in the node's namespace. */

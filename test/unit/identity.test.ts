@@ -18,9 +18,9 @@ describe('identities', () => {
 
   it('gives one cluster identity per distinct label set from 256, independent of label order', () => {
     const a = new IdentityAllocator();
-    const x = a.acquire(['k8s:app=web', 'k8s:io.kubernetes.pod.namespace=default']);
-    const y = a.acquire(['k8s:io.kubernetes.pod.namespace=default', 'k8s:app=web']);
-    const z = a.acquire(['k8s:app=db', 'k8s:io.kubernetes.pod.namespace=default']);
+    const x = a.acquireSync(['k8s:app=web', 'k8s:io.kubernetes.pod.namespace=default']);
+    const y = a.acquireSync(['k8s:io.kubernetes.pod.namespace=default', 'k8s:app=web']);
+    const z = a.acquireSync(['k8s:app=db', 'k8s:io.kubernetes.pod.namespace=default']);
     assert.equal(x.id, 256);
     assert.equal(y.id, 256);
     assert.equal(z.id, 257);
@@ -32,7 +32,7 @@ describe('identities', () => {
 
   it('CIDR label sets get local identities with the scope bit', () => {
     const a = new IdentityAllocator();
-    const c = a.acquire(['cidr:192.0.2.0/24', 'reserved:world']);
+    const c = a.acquireSync(['cidr:192.0.2.0/24', 'reserved:world']);
     assert.ok((c.id & LOCAL_IDENTITY_SCOPE) !== 0);
   });
 
@@ -40,11 +40,11 @@ describe('identities', () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mb-id-'));
     try {
       const a = new IdentityAllocator(dir);
-      const x = a.acquire(['k8s:app=a']);
-      a.acquire(['k8s:app=b']);
+      const x = a.acquireSync(['k8s:app=a']);
+      a.acquireSync(['k8s:app=b']);
       a.flush();
       const b = new IdentityAllocator(dir);
-      assert.equal(b.acquire(['k8s:app=a']).id, x.id);
+      assert.equal(b.acquireSync(['k8s:app=a']).id, x.id);
     } finally {
       fs.rmSync(dir, { recursive: true });
     }

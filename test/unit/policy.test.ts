@@ -16,7 +16,7 @@ function world() {
   const cidrs = new Map<string, number>();
   const engine = new PolicyEngine(ids, (p, id) => (id === undefined ? cidrs.delete(p) : cidrs.set(p, id)));
   const pod = (ns: string, labels: Record<string, string>, nsLabels: Record<string, string> = {}, sa?: string) =>
-    ids.acquire(podSecurityLabels({ namespace: ns, podLabels: labels, namespaceLabels: { 'kubernetes.io/metadata.name': ns, ...nsLabels }, serviceAccount: sa }));
+    ids.acquireSync(podSecurityLabels({ namespace: ns, podLabels: labels, namespaceLabels: { 'kubernetes.io/metadata.name': ns, ...nsLabels }, serviceAccount: sa }));
   let n = 0;
   const apply = (o: any) => engine.repo.upsert({ ...o, metadata: { name: `p${n++}`, ...o.metadata } });
   const verdict = (subject: { id: number; labels: string[] }, remote: number, dir: 'ingress' | 'egress', proto: number, port: number, namedPorts = {}) =>

@@ -1,0 +1,354 @@
+/**
+ * This node's membership in a cluster (cluster mode, --kvstore-endpoints):
+ * the etcd connection, the agent's lease and the keys on it, the shared
+ * resource store, cluster-wide identities, the node registry and the pods of
+ * every node (ipcache/v1/<ip>).
+ *
+ * What it produces for the rest of the agent:
+ *   - `store`: the Store the agent reads resources from and writes them to;
+ *   - `identities`: the backend of the identity allocator;
+ *   - ipcache claims (through an IpcacheSink): every remote pod's /32 with its
+ *     identity and the underlay address of its node, every remote node's pod
+ *     CIDRs (identity world: an address nobody published is not trusted) and
+ *     its addresses (identity remote-node), all pointing at that node's tunnel;
+ *   - remote pods (for Service backends and named ports of peers).
+ * What it takes: this node's endpoints (published under the lease).
+ */
+import { EtcdStore } from '../store/etcd';
+import { ClusterIdentities } from '../identity/cluster';
+import { ReservedIdentity } from '../identity/identity';
+import { Kvstore, LeasedKeys, Reflector, ReflectorEvent } from '../kvstore';
+import { IPCACHE, ipcacheKey } from '../kvstore/keys';
+import { ClusterServiceAllocations } from '../service/allocations';
+import { readJson, writeJsonAtomic } from '../util/fsutil';
+import { formatIp, ipAtOffset, parseCidr, parseIp } from '../util/ip';
+import { RtNetlink } from '../netlink';
+import { Datapath, IpcacheValue, ipcacheKey as dpIpcacheKey } from '../datapath/datapath';
+import { FAMILY_IPV4, IPCACHE_F_HAS_TUNNEL } from '../datapath/constants';
+import { VXLAN_PORT, findUnderlay } from './address';
+import type { Logger } from '../util/log';
+import * as path from 'node:path';
+import { NodeRecord, NodeRegistry, internalIp, loadBootId } from './registry';
+
+export interface PodRecord {
+  ip: string;
+  identity: number;
+  /** Name of the node hosting the pod. */
+  node: string;
+  /** That node's underlay address (the tunnel endpoint). */
+  hostIp: string;
+  namespace: string;
+  pod?: string;
+  /** Container ports by name: named ports of peers in egress rules. */
+  namedPorts?: Record<string, { port: number; protocol: string }[]>;
+}
+
+export interface LocalEndpointView {
+  ip: string;
+  identity: number;
+  namespace: string;
+  podName?: string;
+  namedPorts?: Record<string, { port: number; protocol: string }[]>;
+}
+
+/** Where cluster-learned addresses go (the ipcache's desired state; src/ipcache). */
+export interface IpcacheSink {
+  upsert(prefix: string, source: 'cluster-pod' | 'cluster-node' | 'cluster-cidr', entry: { identity: number; tunnelEndpoint?: string; node?: string; namespace?: string; pod?: string }): void;
+  delete(prefix: string, source: 'cluster-pod' | 'cluster-node' | 'cluster-cidr'): void;
+}
+
+export interface ClusterNodeOptions {
+  endpoints: string[];
+  prefix: string;
+  leaseTtl: number;
+  nodeName: string;
+  nodeIp: string;
+  routerIp: string;
+  podCidr: string;
+  serviceCidr: string;
+  stateDir: string;
+  version: string;
+  tunnelPort: number;
+}
+
+interface LeaseFile {
+  lease: string;
+}
+
+export class ClusterNode {
+  readonly kv: Kvstore;
+  readonly keys: LeasedKeys;
+  readonly store: EtcdStore;
+  readonly identities: ClusterIdentities;
+  readonly nodes: NodeRegistry;
+  readonly services: ClusterServiceAllocations;
+  private readonly pods: Reflector;
+  private readonly remote = new Map<string, PodRecord>();
+  private sink?: IpcacheSink;
+  /** Called after remote pods changed (services and peer named ports follow them). */
+  onRemotePodsChanged?: () => void;
+  private readonly started = Date.now();
+
+  private constructor(
+    readonly opts: ClusterNodeOptions,
+    private readonly log: Logger,
+  ) {
+    this.kv = new Kvstore({ endpoints: opts.endpoints, prefix: opts.prefix, log });
+    this.keys = new LeasedKeys(this.kv, opts.leaseTtl, log.child({ component: 'lease' }));
+    this.store = new EtcdStore(this.kv, log);
+    this.services = new ClusterServiceAllocations(this.kv, opts.serviceCidr, log.child({ component: 'service-allocations' }));
+    this.store.admission.push(this.services);
+    this.identities = new ClusterIdentities(this.kv, this.keys, opts.nodeName, log);
+    this.nodes = new NodeRegistry(this.kv, this.keys, opts.nodeName, log);
+    this.pods = new Reflector(this.kv, IPCACHE, log.child({ component: 'pods' }));
+    this.pods.subscribe((evs) => this.onPodEvents(evs));
+    this.nodes.onChange((name, now, before) => this.onNodeChange(name, now, before));
+    // The lease of the previous run goes once everything lives on the new one.
+    const leaseFile = path.join(opts.stateDir, 'kvstore-lease.json');
+    this.keys.adoptPreviousLease(readJson<LeaseFile>(leaseFile)?.lease);
+    this.keys.onLease = (id) => writeJsonAtomic(leaseFile, { lease: id } satisfies LeaseFile);
+  }
+
+  /**
+   * Connect: list and watch everything the node needs, then register the
+   * node. Waits for etcd (logging while it waits): without the cluster's
+   * resources the agent cannot know what to enforce, and the kernel keeps
+   * enforcing what it had meanwhile.
+   */
+  static async connect(opts: ClusterNodeOptions, log: Logger): Promise<ClusterNode> {
+    const c = new ClusterNode(opts, log.child({ component: 'cluster' }));
+    const waiting = setInterval(() => log.warn('waiting for the cluster store', { endpoints: opts.endpoints, error: c.store.watchStats.lastError }), 5000);
+    try {
+      await Promise.all([c.store.start(), c.identities.start(), c.nodes.start(), c.services.start(), c.pods.start()]);
+      await c.nodes.register({
+        name: opts.nodeName,
+        bootId: loadBootId(opts.stateDir),
+        addresses: [
+          { type: 'InternalIP', ip: opts.nodeIp },
+          { type: 'RouterIP', ip: opts.routerIp },
+        ],
+        podCIDRs: [opts.podCidr],
+        tunnel: { type: 'vxlan', port: opts.tunnelPort },
+        health: { status: 'ok', problems: [], since: new Date().toISOString() },
+        version: opts.version,
+        startedAt: new Date().toISOString(),
+      });
+    } catch (e) {
+      c.close();
+      throw e;
+    } finally {
+      clearInterval(waiting);
+    }
+    return c;
+  }
+
+  /** Program cluster-learned addresses into the ipcache (now and on every change). */
+  attachIpcache(sink: IpcacheSink): void {
+    this.sink = sink;
+    for (const n of this.nodes.remote()) this.programNode(n, undefined);
+    for (const p of this.remote.values()) this.programPod(p, undefined);
+  }
+
+  /** Publish this node's endpoints (IP -> identity, namespace/pod, named ports) under the lease. */
+  publishEndpoints(eps: LocalEndpointView[]): void {
+    const want = new Map<string, string>();
+    for (const ep of eps) {
+      const rec: PodRecord = {
+        ip: ep.ip,
+        identity: ep.identity,
+        node: this.opts.nodeName,
+        hostIp: this.opts.nodeIp,
+        namespace: ep.namespace,
+        pod: ep.podName,
+        namedPorts: ep.namedPorts && Object.keys(ep.namedPorts).length ? ep.namedPorts : undefined,
+      };
+      want.set(ipcacheKey(ep.ip), JSON.stringify(rec));
+    }
+    for (const k of this.keys.keys(IPCACHE)) if (!want.has(k)) this.keys.delete(k);
+    for (const [k, v] of want) this.keys.set(k, v);
+  }
+
+  remotePods(): PodRecord[] {
+    return [...this.remote.values()];
+  }
+
+  private onPodEvents(evs: ReflectorEvent[]): void {
+    let changed = false;
+    for (const ev of evs) {
+      const before = this.remote.get(ev.key);
+      let now: PodRecord | undefined;
+      if (ev.type === 'put') {
+        try {
+          now = JSON.parse(ev.value!) as PodRecord;
+          parseIp(now.ip);
+          parseIp(now.hostIp);
+        } catch (e) {
+          this.log.error('pod record is not valid; ignored', { key: ev.key, error: e });
+          continue;
+        }
+        if (now.node === this.opts.nodeName) now = undefined; // ours: the endpoint table has it
+      }
+      if (now) this.remote.set(ev.key, now);
+      else this.remote.delete(ev.key);
+      if (!before && !now) continue;
+      this.programPod(now, before);
+      changed = true;
+    }
+    if (changed) this.onRemotePodsChanged?.();
+  }
+
+  private programPod(now: PodRecord | undefined, before: PodRecord | undefined): void {
+    if (!this.sink) return;
+    if (before && (!now || now.ip !== before.ip)) this.sink.delete(`${before.ip}/32`, 'cluster-pod');
+    if (now) {
+      this.sink.upsert(`${now.ip}/32`, 'cluster-pod', { identity: now.identity, tunnelEndpoint: now.hostIp, node: now.node, namespace: now.namespace, pod: now.pod });
+    }
+  }
+
+  private onNodeChange(name: string, now: NodeRecord | undefined, before: NodeRecord | undefined): void {
+    if (name === this.opts.nodeName) return;
+    this.programNode(now, before);
+  }
+
+  /** A remote node: its pod CIDRs and addresses point at its tunnel endpoint. */
+  private programNode(now: NodeRecord | undefined, before: NodeRecord | undefined): void {
+    if (!this.sink) return;
+    const claims = (n: NodeRecord | undefined) => {
+      const out = new Map<string, { source: 'cluster-node' | 'cluster-cidr'; identity: number; tunnel?: string }>();
+      if (!n) return out;
+      const tunnel = internalIp(n);
+      if (!tunnel) return out;
+      for (const c of n.podCIDRs) out.set(c, { source: 'cluster-cidr', identity: ReservedIdentity.world, tunnel });
+      for (const a of n.addresses) out.set(`${a.ip}/32`, { source: 'cluster-node', identity: ReservedIdentity['remote-node'], tunnel });
+      return out;
+    };
+    const old = claims(before);
+    const cur = claims(now);
+    for (const [prefix, c] of old) if (!cur.has(prefix) || cur.get(prefix)!.source !== c.source) this.sink.delete(prefix, c.source);
+    for (const [prefix, c] of cur) this.sink.upsert(prefix, c.source, { identity: c.identity, tunnelEndpoint: c.tunnel, node: now!.name });
+  }
+
+  /** `membrane node list`: every node, alive or recently gone, with the identities it references. */
+  async nodeList(): Promise<
+    { name: string; addresses: { type: string; ip: string }[]; podCIDRs: string[]; identities: number | null; alive: boolean; self: boolean; health: string; lastSeen?: string }[]
+  > {
+    let refs: Map<string, number> | undefined;
+    try {
+      refs = await this.identities.referencesPerNode();
+    } catch {
+      refs = undefined; // etcd unreachable: the rest comes from the watched cache
+    }
+    return this.nodes.view().map((n) => ({
+      name: n.name,
+      addresses: n.addresses,
+      podCIDRs: n.podCIDRs,
+      identities: refs ? (refs.get(n.name) ?? 0) : null,
+      alive: n.alive,
+      self: n.self,
+      health: n.alive ? n.health.status : 'gone',
+      lastSeen: n.lastSeen,
+    }));
+  }
+
+  status() {
+    const k = this.keys.status();
+    const w = this.store.watchStats;
+    return {
+      mode: 'kvstore',
+      endpoints: this.opts.endpoints,
+      prefix: this.opts.prefix,
+      node: this.opts.nodeName,
+      nodeIp: this.opts.nodeIp,
+      connected: w.connected && !k.lastError,
+      revision: w.revision,
+      lease: { id: k.leaseId ?? null, ttlSeconds: this.opts.leaseTtl, keys: k.desired, pending: k.pending, lastError: k.lastError ?? null, granted: k.leasesGranted },
+      nodes: this.nodes.all().length,
+      remotePods: this.remote.size,
+      identities: this.identities.all().length,
+      lastError: w.lastError ?? null,
+      uptimeSeconds: Math.round((Date.now() - this.started) / 1000),
+    };
+  }
+
+  close(): void {
+    this.store.stop();
+    this.identities.stop();
+    this.nodes.stop();
+    this.services.stop();
+    this.pods.stop();
+    void this.keys.close();
+    this.kv.close();
+  }
+}
+
+/** Connect this agent to its cluster: underlay address, lease, watches, registration. */
+export async function connectCluster(
+  cfg: { cluster?: { endpoints: string[]; prefix: string; leaseTtl: number }; nodeName: string; nodeIp?: string; podCidr: string; serviceCidr: string; stateDir: string },
+  version: string,
+  log: Logger,
+): Promise<ClusterNode> {
+  if (!cfg.cluster) throw new Error('cluster mode needs --kvstore-endpoints');
+  const nl = RtNetlink.open(null);
+  let underlay;
+  try {
+    underlay = findUnderlay(nl, cfg.nodeIp);
+  } finally {
+    nl.close();
+  }
+  const pod = parseCidr(cfg.podCidr, 'pod-cidr');
+  return ClusterNode.connect(
+    {
+      ...cfg.cluster,
+      nodeName: cfg.nodeName,
+      nodeIp: underlay.ip,
+      routerIp: formatIp(ipAtOffset(pod, 1)),
+      podCidr: cfg.podCidr,
+      serviceCidr: cfg.serviceCidr,
+      stateDir: cfg.stateDir,
+      version,
+      tunnelPort: VXLAN_PORT,
+    },
+    log,
+  );
+}
+
+/**
+ * Until the ipcache module (several sources per prefix) is in: cluster claims
+ * written straight into the ipcache table (pod CIDRs of different nodes never
+ * overlap the local endpoints' addresses).
+ */
+export function clusterIpcacheSink(dp: Datapath): IpcacheSink {
+  let scheduled = false;
+  const flush = () => {
+    if (scheduled) return;
+    scheduled = true;
+    setImmediate(() => {
+      scheduled = false;
+      try {
+        dp.ipcache.flush();
+      } catch {
+        /* repaired by the periodic resync */
+      }
+    });
+  };
+  return {
+    upsert(prefix, _source, e) {
+      const c = parseCidr(prefix);
+      const tunnel = Buffer.alloc(16);
+      if (e.tunnelEndpoint) parseIp(e.tunnelEndpoint).bytes.copy(tunnel);
+      dp.ipcache.upsert(dpIpcacheKey(c.addr, c.prefixLen), {
+        sec_id: e.identity,
+        tunnel_family: e.tunnelEndpoint ? FAMILY_IPV4 : 0,
+        flags: e.tunnelEndpoint ? IPCACHE_F_HAS_TUNNEL : 0,
+        pad: 0,
+        tunnel_addr: tunnel,
+      } as IpcacheValue);
+      flush();
+    },
+    delete(prefix) {
+      const c = parseCidr(prefix);
+      dp.ipcache.delete(dpIpcacheKey(c.addr, c.prefixLen));
+      flush();
+    },
+  };
+}
