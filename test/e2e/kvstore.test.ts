@@ -11,6 +11,7 @@ import * as fs from 'node:fs';
 import { EtcdServer, TcpProxy } from '../helpers/etcd';
 import { runPrefix, sleep } from '../helpers/sys';
 import { Kvstore, KvstoreUnavailableError, LeasedKeys, Reflector, ReflectorEvent } from '../../src/kvstore';
+import { ClusterIdentities } from '../../src/identity/cluster';
 import { makeLogger } from '../../src/util/log';
 
 const log = makeLogger({ test: 'kvstore' });
@@ -159,5 +160,32 @@ describe('kvstore (real etcd)', () => {
     assert.notEqual(keys.currentLease, first);
     await keys.close({ revoke: true });
     assert.equal(await direct.get('p/a'), undefined, 'revoking removes the keys at once');
+  });
+
+  it('nodes allocating the same new label sets at the same moment get one identity per label set', async () => {
+    const nodes = await Promise.all(
+      ['a', 'b', 'c', 'd'].map(async (n) => {
+        const kv = new Kvstore({ endpoints: [etcd.endpoint], prefix: `${prefix}/ids`, log });
+        clients.push(kv);
+        const ids = new ClusterIdentities(kv, new LeasedKeys(kv, 10, log), n, log);
+        await ids.start(10_000);
+        return ids;
+      }),
+    );
+    const sets = Array.from({ length: 12 }, (_, i) => [`k8s:app=race${i}`, 'k8s:io.kubernetes.pod.namespace=default']);
+    // Every node asks for every label set at once.
+    const got = await Promise.all(nodes.map((n) => Promise.all(sets.map((s) => n.allocate(s)))));
+    for (let i = 0; i < sets.length; i++) {
+      const perNode = got.map((g) => g[i]);
+      assert.equal(new Set(perNode).size, 1, `label set ${i}: one id on every node (${perNode.join(',')})`);
+    }
+    assert.equal(new Set(got[0]).size, sets.length, 'different label sets, different ids');
+    for (const id of got[0]) assert.ok(id >= 256 && id <= 65535);
+    const masters = etcd.ctl(['get', '--prefix', '--keys-only', `${prefix}/ids/identities/v1/id/`]).stdout.split('\n').filter(Boolean);
+    assert.equal(masters.length, sets.length, 'exactly one master key per label set');
+    for (const n of nodes) {
+      await until('every node to know every identity', () => sets.every((s) => n.lookup(s) !== undefined));
+      n.stop();
+    }
   });
 });
