@@ -17,7 +17,7 @@ import { ChildProcess, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { EtcdServer } from './etcd';
-import { TestNode } from './node';
+import { CNI_BIN, TestNode } from './node';
 import { NETKIT, REPO, netnsAdd, netnsDel, runPrefix, sh, sleep, tryRun } from './sys';
 
 export const UNDERLAY_GW = '198.18.0.254';
@@ -122,9 +122,17 @@ export class Lab {
     sh('ip', ['-n', ns, 'route', 'add', 'default', 'via', UNDERLAY_GW]);
   }
 
-  private makeNode(i: number, mtu: number): TestNode {
+  /** Another node on the underlay (not started): index i decides its name, address and (unless given) pod CIDR. */
+  extraNode(i: number, podCidr?: string): TestNode {
+    const n = this.makeNode(i, this.opts.mtu ?? 1500, podCidr);
+    this.extras.push(n);
+    return n;
+  }
+  private readonly extras: TestNode[] = [];
+
+  private makeNode(i: number, mtu: number, podCidr?: string): TestNode {
     const name = `n${i + 1}`;
-    const n = new TestNode('lab', this.podCidr(i), { prefix: `${this.prefix}${name}`, nodeName: name });
+    const n = new TestNode('lab', podCidr ?? this.podCidr(i), { prefix: `${this.prefix}${name}`, nodeName: name });
     n.detached = !!this.opts.detached;
     this.attachHost(n.nodeNs, name, this.nodeIp(i), mtu);
     n.agentArgs.push(
@@ -161,6 +169,41 @@ export class Lab {
     }
     const p = n.addPod(name, { args: `IgnoreUnknown=1;K8S_POD_NAMESPACE=${namespace};K8S_POD_NAME=${name}` });
     const pod: LabPod = { name, namespace, node, ns: p.ns, nsPath: p.nsPath, containerId: p.containerId, ip: p.ip };
+    this.pods.push(pod);
+    return pod;
+  }
+
+  /** As addPod, with the CNI ADD run asynchronously (several nodes attaching at the same moment). */
+  async addPodAsync(node: number, name: string, opts: { namespace?: string } = {}): Promise<LabPod> {
+    const n = this.nodes[node];
+    const namespace = opts.namespace ?? 'default';
+    const { ns, nsPath } = n.podNs(name);
+    const containerId = `${n.prefix}-${name}-cid`;
+    const env = {
+      PATH: process.env.PATH,
+      CNI_COMMAND: 'ADD',
+      CNI_CONTAINERID: containerId,
+      CNI_NETNS: nsPath,
+      CNI_IFNAME: 'eth0',
+      CNI_PATH: path.dirname(CNI_BIN),
+      CNI_ARGS: `IgnoreUnknown=1;K8S_POD_NAMESPACE=${namespace};K8S_POD_NAME=${name}`,
+    };
+    const out = await new Promise<string>((resolve, reject) => {
+      const p = spawn('nsenter', [`--net=/run/netns/${n.nodeNs}`, '--', CNI_BIN], { env, stdio: ['pipe', 'pipe', 'pipe'] });
+      let stdout = '';
+      let stderr = '';
+      p.stdout.on('data', (d) => (stdout += d));
+      p.stderr.on('data', (d) => (stderr += d));
+      const t = setTimeout(() => p.kill('SIGKILL'), 60_000);
+      p.on('exit', (code) => {
+        clearTimeout(t);
+        if (code === 0) resolve(stdout);
+        else reject(new Error(`CNI ADD ${name} on ${n.nodeName} failed (${code}): ${stdout} ${stderr}`));
+      });
+      p.stdin.end(JSON.stringify(n.conf));
+    });
+    const ip = String(JSON.parse(out).ips[0].address).split('/')[0];
+    const pod: LabPod = { name, namespace, node, ns, nsPath, containerId, ip };
     this.pods.push(pod);
     return pod;
   }
@@ -234,7 +277,7 @@ export class Lab {
 
   async cleanup(): Promise<void> {
     for (const p of this.procs) p.kill('SIGKILL');
-    await Promise.all(this.nodes.map((n) => n.cleanup().catch(() => undefined)));
+    await Promise.all([...this.nodes, ...this.extras].map((n) => n.cleanup().catch(() => undefined)));
     await this.etcd.cleanup().catch(() => undefined);
     removeByPrefix(this.prefix);
     fs.rmSync(this.dir, { recursive: true, force: true });
