@@ -35,7 +35,3 @@ export function findUnderlay(nl: RtNetlink, nodeIp?: string): Underlay {
   if (!link) throw new NodeAddressError(`node-ip: the device of ${ip} (ifindex ${ifindex}) vanished`);
   return { ip, ifindex, ifname: link.name, mtu: link.mtu };
 }
-
-/** VXLAN over IPv4: outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14). */
-export const VXLAN_OVERHEAD = 50;
-export const VXLAN_PORT = 8472;
