@@ -218,6 +218,7 @@ export class Agent {
     agent.endpoints.restore();
     agent.endpoints.syncHostEntries();
     if (cluster) {
+      cluster.onChanged = (what) => agent.changes.mark({ ipcache: what.ipcache, services: what.pods });
       cluster.attachIpcache(agent.ipcache);
       agent.endpoints.onEndpointsChanged?.();
     }

@@ -23,8 +23,6 @@ import { ClusterServiceAllocations } from '../service/allocations';
 import { readJson, writeJsonAtomic } from '../util/fsutil';
 import { formatIp, ipAtOffset, parseCidr, parseIp } from '../util/ip';
 import { RtNetlink } from '../netlink';
-import { Datapath, IpcacheValue, ipcacheKey as dpIpcacheKey } from '../datapath/datapath';
-import { FAMILY_IPV4, IPCACHE_F_HAS_TUNNEL } from '../datapath/constants';
 import { findUnderlay } from './address';
 import { VXLAN_PORT } from '../overlay/overlay';
 import type { Logger } from '../util/log';
@@ -86,8 +84,12 @@ export class ClusterNode {
   private readonly pods: Reflector;
   private readonly remote = new Map<string, PodRecord>();
   private sink?: IpcacheSink;
-  /** Called after remote pods changed (services and peer named ports follow them). */
-  onRemotePodsChanged?: () => void;
+  /**
+   * Called after cluster-learned state changed: `ipcache` (claims were made or
+   * withdrawn: the ipcache table must be flushed), `pods` (remote pods changed:
+   * services and named ports of peers follow them).
+   */
+  onChanged?: (what: { ipcache: boolean; pods: boolean }) => void;
   private readonly started = Date.now();
 
   private constructor(
@@ -195,7 +197,7 @@ export class ClusterNode {
       this.programPod(now, before);
       changed = true;
     }
-    if (changed) this.onRemotePodsChanged?.();
+    if (changed) this.onChanged?.({ ipcache: !!this.sink, pods: true });
   }
 
   private programPod(now: PodRecord | undefined, before: PodRecord | undefined): void {
@@ -209,6 +211,7 @@ export class ClusterNode {
   private onNodeChange(name: string, now: NodeRecord | undefined, before: NodeRecord | undefined): void {
     if (name === this.opts.nodeName) return;
     this.programNode(now, before);
+    this.onChanged?.({ ipcache: !!this.sink, pods: false });
   }
 
   /** A remote node: its pod CIDRs and addresses point at its tunnel endpoint. */
@@ -313,43 +316,3 @@ export async function connectCluster(
   );
 }
 
-/**
- * Until the ipcache module (several sources per prefix) is in: cluster claims
- * written straight into the ipcache table (pod CIDRs of different nodes never
- * overlap the local endpoints' addresses).
- */
-export function clusterIpcacheSink(dp: Datapath): IpcacheSink {
-  let scheduled = false;
-  const flush = () => {
-    if (scheduled) return;
-    scheduled = true;
-    setImmediate(() => {
-      scheduled = false;
-      try {
-        dp.ipcache.flush();
-      } catch {
-        /* repaired by the periodic resync */
-      }
-    });
-  };
-  return {
-    upsert(prefix, _source, e) {
-      const c = parseCidr(prefix);
-      const tunnel = Buffer.alloc(16);
-      if (e.tunnelEndpoint) parseIp(e.tunnelEndpoint).bytes.copy(tunnel);
-      dp.ipcache.upsert(dpIpcacheKey(c.addr, c.prefixLen), {
-        sec_id: e.identity,
-        tunnel_family: e.tunnelEndpoint ? FAMILY_IPV4 : 0,
-        flags: e.tunnelEndpoint ? IPCACHE_F_HAS_TUNNEL : 0,
-        pad: 0,
-        tunnel_addr: tunnel,
-      } as IpcacheValue);
-      flush();
-    },
-    delete(prefix) {
-      const c = parseCidr(prefix);
-      dp.ipcache.delete(dpIpcacheKey(c.addr, c.prefixLen));
-      flush();
-    },
-  };
-}

@@ -109,11 +109,11 @@ describe('cluster mode: identities from a cluster backend', () => {
     alloc.attachCluster(be);
     assert.deepEqual(alloc.get(700)?.labels, ['k8s:app=remote'], 'a remote pod identity is known without a local reference');
     assert.deepEqual(seen, [700]);
-    assert.throws(() => alloc.acquire(['k8s:app=new']), IdentityPendingError);
-    const a = await alloc.acquireAsync(['k8s:app=new']);
+    assert.throws(() => alloc.acquireSync(['k8s:app=new']), IdentityPendingError);
+    const a = await alloc.acquire(['k8s:app=new']);
     assert.equal(a.id, 1000);
     assert.ok(be.refs.has(1000), 'this node references what it uses');
-    const known = await alloc.acquireAsync(['k8s:app=remote']);
+    const known = await alloc.acquire(['k8s:app=remote']);
     assert.equal(known.id, 700);
     const cidr = alloc.acquireLocal(['cidr:10.0.0.0/8']);
     assert.ok(cidr.id > 0xffffff, 'local identities carry the scope bit');
