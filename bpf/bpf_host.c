@@ -50,6 +50,7 @@
 #include "l4.h"
 #include "conntrack.h"
 #include "lb.h"
+#include "overlay.h"
 
 /* Drops here have no endpoint: source = 0; dst id = the endpoint if known. */
 #define DROP_HOST(ctx, reason, src_label, dst_label, dst_id) \
@@ -128,8 +129,23 @@ static __always_inline int handle_ipv4_from_host(struct __sk_buff *ctx)
 		}
 	}
 	ep = lookup_ip4_local_endpoint(ip->daddr);
-	if (!ep)
+	if (!ep) {
+		/*
+		 * Another node's pod (the host routes every remote pod CIDR via
+		 * the host device): over the overlay, VNI = host (remote-node
+		 * there). A service with a remote backend is not reversed here.
+		 */
+		__be32 tunnel = ipcache_tunnel4(ipcache_ip4_lookup(ip->daddr));
+
+		if (tunnel && !rev_nat) {
+			ret = overlay_encap4(ctx, tunnel, MB_ID_HOST);
+			if (ret < 0)
+				return DROP_HOST(ctx, -ret, src_identity, 0, 0);
+			metrics_count(METRIC_FORWARDED, METRIC_DIR_EGRESS, ctx->len);
+			return ret;
+		}
 		return DROP_HOST(ctx, DROP_UNROUTABLE, src_identity, 0, 0);
+	}
 	return deliver_local(ctx, ep, src_identity, rev_nat, TRACE_FROM_HOST);
 }
 
@@ -200,6 +216,53 @@ int from_netdev(struct __sk_buff *ctx)
 	if (eth && eth->h_proto == bpf_htons(ETH_P_IP))
 		return handle_ipv4_from_netdev(ctx);
 	return TC_ACT_OK;
+}
+
+/*
+ * A packet decapsulated by the overlay's VXLAN device: VNI @vni, outer
+ * source @outer (network order). Checked (lib/overlay.h), then delivered to a
+ * local endpoint's policy_ingress with the VNI's identity, or to the node's
+ * stack when it is addressed to the node itself.
+ */
+static __always_inline int handle_ipv4_from_overlay(struct __sk_buff *ctx, __u32 vni, __be32 outer)
+{
+	struct iphdr *ip = ipv4_hdr(ctx);
+	struct endpoint_info *ep;
+	__u32 src_identity = 0;
+	int ret;
+
+	if (!ip)
+		return DROP_HOST(ctx, DROP_INVALID, vni, 0, 0);
+	ret = overlay_source4(vni, outer, ip->saddr, &src_identity);
+	if (ret)
+		return DROP_HOST(ctx, ret, vni, 0, 0);
+	/* The inner frame's MACs were the sender's: this packet is for us. */
+	bpf_skb_change_type(ctx, PACKET_HOST);
+	ep = lookup_ip4_endpoint(ip->daddr);
+	if (ep && !(ep->flags & ENDPOINT_F_HOST))
+		return deliver_local(ctx, ep, src_identity, 0, TRACE_FROM_OVERLAY);
+	if (ep) {
+		/* The node itself (its router or underlay address): the stack takes it. */
+		metrics_count(METRIC_FORWARDED, METRIC_DIR_INGRESS, ctx->len);
+		return TC_ACT_OK;
+	}
+	return DROP_HOST(ctx, DROP_UNROUTABLE, src_identity, 0, 0);
+}
+
+/* The overlay's VXLAN device (collect-metadata): every packet another node tunnelled here. */
+SEC("tc")
+int from_overlay(struct __sk_buff *ctx)
+{
+	struct bpf_tunnel_key key = {};
+	struct ethhdr *eth = ctx_data(ctx, ETH_HLEN);
+
+	if (!eth)
+		return DROP_HOST(ctx, DROP_INVALID, 0, 0, 0);
+	if (bpf_skb_get_tunnel_key(ctx, &key, sizeof(key), 0) < 0)
+		return DROP_HOST(ctx, DROP_NO_TUNNEL_KEY, 0, 0, 0);
+	if (eth->h_proto != bpf_htons(ETH_P_IP))
+		return DROP_HOST(ctx, DROP_UNKNOWN_L3, key.tunnel_id, 0, 0);
+	return handle_ipv4_from_overlay(ctx, key.tunnel_id, bpf_htonl(key.remote_ipv4));
 }
 
 char _license[] SEC("license") = "Dual BSD/GPL";

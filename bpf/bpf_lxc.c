@@ -65,6 +65,7 @@
 #include "trace.h"
 #include "lb.h"
 #include "proxy.h"
+#include "overlay.h"
 
 #define DROP_EGRESS(ctx, cfg, reason, dst_label) \
 	send_drop(ctx, reason, METRIC_DIR_EGRESS, (cfg)->sec_id, dst_label, (cfg)->ep_id, 0)
@@ -385,6 +386,7 @@ static __always_inline int handle_ipv4_from_lxc(struct __sk_buff *ctx, const str
 {
 	struct iphdr *ip = ipv4_hdr(ctx);
 	__u32 dst_sec, dst_id = 0, src_sec = cfg->sec_id;
+	__be32 tunnel = 0;
 	struct lb_service_value *svc;
 	struct endpoint_info *ep;
 	struct node_config *node;
@@ -444,7 +446,11 @@ static __always_inline int handle_ipv4_from_lxc(struct __sk_buff *ctx, const str
 			if (!(ep->flags & ENDPOINT_F_HOST))
 				dst_id = ep->ep_id;
 		} else {
-			dst_sec = ipcache_ip4_identity(daddr);
+			/* A remote pod or node: its ipcache entry names the node to tunnel to. */
+			struct ipcache_value *ic = ipcache_ip4_lookup(daddr);
+
+			dst_sec = ic ? ic->sec_id : MB_ID_WORLD;
+			tunnel = ipcache_tunnel4(ic);
 		}
 	}
 	monitor_load(&m);
@@ -492,6 +498,19 @@ static __always_inline int handle_ipv4_from_lxc(struct __sk_buff *ctx, const str
 		bpf_tail_call(ctx, &mb_call_policy, dst_id);
 		return send_drop(ctx, DROP_MISSED_TAIL_CALL, METRIC_DIR_EGRESS, cfg->sec_id,
 				 dst_sec, cfg->ep_id, dst_id);
+	}
+
+	if (tunnel) {
+		/* Another node's pod (or the node itself): over the overlay, VNI = our identity. */
+		if (obs.report)
+			send_trace(ctx, TRACE_TO_OVERLAY, obs.state, cfg->sec_id, dst_sec, cfg->ep_id, 0,
+				   ctx->ifindex);
+		ret = overlay_encap4(ctx, tunnel, src_sec);
+		if (ret < 0)
+			return send_drop(ctx, -ret, METRIC_DIR_EGRESS, cfg->sec_id, dst_sec, cfg->ep_id,
+					 0);
+		metrics_count(METRIC_FORWARDED, METRIC_DIR_EGRESS, ctx->len);
+		return ret;
 	}
 
 	/* Host or world: into the host stack via the host device pair. */

@@ -315,6 +315,7 @@ struct node_config {
 	__u8 router_ipv4[4];
 	__u8 router_ipv6[16];
 	__u32 flags;
+	__u32 tunnel_ifindex; /* the overlay's VXLAN device (collect-metadata); 0: no overlay (one node) */
 };
 
 /* ---- events (ring buffer) ---- */
@@ -447,10 +448,12 @@ struct monitor_config {
 #define DROP_NO_SERVICE 158
 #define DROP_UNSUPPORTED_L2 166
 #define DROP_NO_FIB 169
-#define DROP_INVALID_IDENTITY 171
-#define DROP_UNKNOWN_SENDER 172
+#define DROP_NO_TUNNEL_ENDPOINT 160 /* the ipcache names a tunnel endpoint but the node has no overlay */
+#define DROP_INVALID_IDENTITY 171   /* overlay: the VNI is not a security identity that may be on the wire */
+#define DROP_UNKNOWN_SENDER 172     /* overlay: the inner source is not hosted by the node that sent the packet */
 #define DROP_PROXY_LOOKUP_FAILED 178  /* redirected to the proxy, but no proxy socket (proxy down): fail closed */
 #define DROP_PROXY_SET_FAILED 179     /* bpf_sk_assign refused the proxy's socket */
+#define DROP_NO_TUNNEL_KEY 190      /* overlay: a packet without tunnel metadata on the VXLAN device */
 #define DROP_POLICY_DENY 181
 #define DROP_TTL_EXCEEDED 196
 #define DROP_EP_NOT_READY 203

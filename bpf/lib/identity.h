@@ -5,17 +5,23 @@
 
 #include "common.h"
 
-/* Identity of an IPv4 address; MB_ID_WORLD when the ipcache has no covering prefix. */
-static __always_inline __u32 ipcache_ip4_identity(__be32 addr)
+/* The ipcache entry of the longest prefix covering an IPv4 address, or NULL. */
+static __always_inline struct ipcache_value *ipcache_ip4_lookup(__be32 addr)
 {
 	struct ipcache_key key = {
 		.prefixlen = 32 + 32,   /* family + pad, then the full v4 address */
 		.family = MB_FAMILY_IPV4,
 	};
-	struct ipcache_value *v;
 
 	*(__be32 *)key.addr = addr;
-	v = bpf_map_lookup_elem(&mb_ipcache, &key);
+	return bpf_map_lookup_elem(&mb_ipcache, &key);
+}
+
+/* Identity of an IPv4 address; MB_ID_WORLD when the ipcache has no covering prefix. */
+static __always_inline __u32 ipcache_ip4_identity(__be32 addr)
+{
+	struct ipcache_value *v = ipcache_ip4_lookup(addr);
+
 	return v ? v->sec_id : MB_ID_WORLD;
 }
 

@@ -31,6 +31,7 @@ import { EmbeddedStore } from '../store/embedded';
 import { validateResources } from '../store/kinds';
 import type { ResourceRef, Store } from '../store/types';
 import { ClusterNode, connectCluster } from '../node/cluster';
+import { overlayDevice, podMtu, startOverlay } from '../overlay/overlay';
 import { formatIp } from '../util/ip';
 import { Monitor } from '../monitor/monitor';
 import { AgentMetrics, serveMetricsTcp } from '../monitor/metrics';
@@ -198,12 +199,16 @@ export class Agent {
     if (wider !== undefined) log.warn('state directory was accessible to others: mode tightened to 0700', { stateDir: cfg.stateDir, was: wider.toString(8) });
     mkdirp(path.dirname(cfg.socket));
     await assertSocketFree(cfg.socket);
-    const dp = Datapath.open(cfg, log);
     const cluster = cfg.cluster ? await connectCluster(cfg, VERSION, log) : undefined;
+    if (cluster) cfg = { ...cfg, mtu: podMtu(cfg, cluster.underlay!, log) };
+    const dp = Datapath.open(cfg, log);
     const agent = new Agent(cfg, log, dp, cluster);
     if (cluster) agent.identities.attachCluster(cluster.identities);
     dp.setupNode(agent.endpoints.ipam.router);
     await agent.proxy.restore();
+    if (cluster) {
+      startOverlay({ dp, nodes: cluster.nodes, device: overlayDevice(cfg), underlayMtu: cluster.underlay!.mtu, podMtu: cfg.mtu, routerIp: agent.routerAddress(), resyncMs: cfg.resyncInterval * 1000, log: log.child({ component: 'overlay' }) });
+    }
     for (const p of dp.attachDevices()) log.error('NodePort device not set up', { problem: p });
     if (cfg.socketLbCgroup) dp.attachSocketLb(cfg.socketLbCgroup);
     for (const kind of ['CiliumClusterwideNetworkPolicy', 'CiliumNetworkPolicy', 'NetworkPolicy']) {

@@ -278,10 +278,24 @@ export class Datapath {
       router_ipv4: routerV4,
       router_ipv6: Buffer.alloc(16),
       flags: 0,
+      // An agent restart keeps the overlay in use until attachOverlay confirms it.
+      tunnel_ifindex: this.tunnelIfindex || (this.maps.node.lookup(0)?.tunnel_ifindex ?? 0),
     } as unknown as gen.NodeConfig);
     this.nodeConfig.flush();
     this.attachHostProgram(net.index);
   }
+
+  /** The overlay's VXLAN device (cluster mode): from_overlay at its ingress, its ifindex in mb_node. */
+  attachOverlay(ifindex: number): void {
+    this.attachHostProgram(ifindex, 'from_overlay', 'from_overlay');
+    this.tunnelIfindex = ifindex;
+    const cur = this.nodeConfig.get(0);
+    if (cur) {
+      this.nodeConfig.upsert(0, { ...cur, tunnel_ifindex: ifindex });
+      this.nodeConfig.flush();
+    }
+  }
+  private tunnelIfindex = 0;
 
   /** The monitor switch and aggregation (mb_monitor[0]). */
   setMonitorConfig(c: gen.MonitorConfig): void {

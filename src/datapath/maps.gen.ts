@@ -441,7 +441,7 @@ export const metricsValueCodec: Codec<MetricsValue> = {
   },
 };
 
-/** struct node_config (44 bytes) */
+/** struct node_config (48 bytes) */
 export interface NodeConfig {
   /** __u32 @0 */
   host_ifindex: number;
@@ -457,12 +457,14 @@ export interface NodeConfig {
   router_ipv6: Buffer;
   /** __u32 @40 */
   flags: number;
+  /** __u32 @44 */
+  tunnel_ifindex: number;
 }
 
 export const nodeConfigCodec: Codec<NodeConfig> = {
-  size: 44,
+  size: 48,
   encode(v: NodeConfig, out?: Buffer, offset = 0): Buffer {
-    const b = target(44, out, offset);
+    const b = target(48, out, offset);
     const o = out ? offset : 0;
     wint(b, o + 0, v.host_ifindex, 4, false, false, "node_config.host_ifindex");
     wint(b, o + 4, v.net_ifindex, 4, false, false, "node_config.net_ifindex");
@@ -471,10 +473,11 @@ export const nodeConfigCodec: Codec<NodeConfig> = {
     wbytes(b, o + 20, v.router_ipv4, 4, false, "node_config.router_ipv4");
     wbytes(b, o + 24, v.router_ipv6, 16, false, "node_config.router_ipv6");
     wint(b, o + 40, v.flags, 4, false, false, "node_config.flags");
+    wint(b, o + 44, v.tunnel_ifindex, 4, false, false, "node_config.tunnel_ifindex");
     return b;
   },
   decode(b: Buffer, o = 0): NodeConfig {
-    if (o + 44 > b.length) throw new RangeError(`struct node_config: need 44 bytes at offset ${o}, buffer has ${b.length}`);
+    if (o + 48 > b.length) throw new RangeError(`struct node_config: need 48 bytes at offset ${o}, buffer has ${b.length}`);
     return {
       host_ifindex: rint(b, o + 0, 4, false, false),
       net_ifindex: rint(b, o + 4, 4, false, false),
@@ -483,6 +486,7 @@ export const nodeConfigCodec: Codec<NodeConfig> = {
       router_ipv4: Buffer.from(b.subarray(o + 20, o + 20 + 4)),
       router_ipv6: Buffer.from(b.subarray(o + 24, o + 24 + 16)),
       flags: rint(b, o + 40, 4, false, false),
+      tunnel_ifindex: rint(b, o + 44, 4, false, false),
     };
   },
 };
@@ -1118,7 +1122,7 @@ export const STRUCT_SIZES = {
   ct_key: 40,
   ct_value: 56,
   metrics_value: 16,
-  node_config: 44,
+  node_config: 48,
   event_hdr: 8,
   drop_event: 164,
   ep_config: 48,

@@ -23,7 +23,7 @@ import { ClusterServiceAllocations } from '../service/allocations';
 import { readJson, writeJsonAtomic } from '../util/fsutil';
 import { formatIp, ipAtOffset, parseCidr, parseIp } from '../util/ip';
 import { RtNetlink } from '../netlink';
-import { findUnderlay } from './address';
+import { Underlay, findUnderlay } from './address';
 import { VXLAN_PORT } from '../overlay/overlay';
 import type { Logger } from '../util/log';
 import * as path from 'node:path';
@@ -118,6 +118,9 @@ export class ClusterNode {
    * resources the agent cannot know what to enforce, and the kernel keeps
    * enforcing what it had meanwhile.
    */
+  /** The underlay device this node tunnels over (set by connectCluster). */
+  underlay?: Underlay;
+
   static async connect(opts: ClusterNodeOptions, log: Logger): Promise<ClusterNode> {
     const c = new ClusterNode(opts, log.child({ component: 'cluster' }));
     const waiting = setInterval(() => log.warn('waiting for the cluster store', { endpoints: opts.endpoints, error: c.store.watchStats.lastError }), 5000);
@@ -300,7 +303,7 @@ export async function connectCluster(
     nl.close();
   }
   const pod = parseCidr(cfg.podCidr, 'pod-cidr');
-  return ClusterNode.connect(
+  const node = await ClusterNode.connect(
     {
       ...cfg.cluster,
       nodeName: cfg.nodeName,
@@ -314,5 +317,7 @@ export async function connectCluster(
     },
     log,
   );
+  node.underlay = underlay;
+  return node;
 }
 

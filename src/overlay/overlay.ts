@@ -10,8 +10,7 @@
  * where from_host finds the ipcache entry's tunnel endpoint and encapsulates.
  * These routes are the overlay's desired state; resync() repairs drift.
  */
-import type { LinkInfo, RtNetlink } from '../netlink';
-import { setSysctl } from '../netlink';
+import { LinkInfo, RtNetlink, setSysctl } from '../netlink';
 import { formatCidr, parseCidr } from '../util/ip';
 import type { Logger } from '../util/log';
 
@@ -137,4 +136,53 @@ export class Overlay {
   remoteCidrs(): string[] {
     return [...this.remote].sort();
   }
+}
+
+/**
+ * Cluster mode: the node's VXLAN device with from_overlay at its ingress and
+ * its ifindex in the node configuration (so from_container/from_host
+ * encapsulate), and a route via the host device to every other node's pod
+ * CIDRs, following the node registry.
+ */
+export function startOverlay(o: {
+  dp: { attachOverlay(ifindex: number): void; hostIfindex: number };
+  nodes: { remote(): { podCIDRs: string[] }[]; onChange(fn: () => void): void };
+  device: string;
+  underlayMtu: number;
+  podMtu: number;
+  routerIp: string;
+  resyncMs: number;
+  log: Logger;
+}): Overlay {
+  const nl = RtNetlink.open(null);
+  const ov = new Overlay(nl, { device: o.device, port: VXLAN_PORT, underlayMtu: o.underlayMtu, hostIfindex: o.dp.hostIfindex, routerIp: o.routerIp, podMtu: o.podMtu }, o.log);
+  const link = ov.ensureDevice();
+  o.dp.attachOverlay(link.index);
+  const sync = () => ov.setRemoteCidrs(o.nodes.remote().flatMap((n) => n.podCIDRs));
+  o.nodes.onChange(sync);
+  sync();
+  if (o.resyncMs > 0) {
+    const t = setInterval(() => {
+      try {
+        ov.resync();
+      } catch (e) {
+        o.log.error('overlay resync failed', { error: e });
+      }
+    }, o.resyncMs);
+    t.unref();
+  }
+  return ov;
+}
+
+/** The VXLAN device of an agent: mb_vxlan, or mbv_<instance> beside the other per-agent names. */
+export function overlayDevice(cfg: { instance: string }): string {
+  return cfg.instance ? `mbv_${cfg.instance}` : 'mb_vxlan';
+}
+
+/** Pod MTU in cluster mode: the underlay's minus the encapsulation, unless --mtu says otherwise. */
+export function podMtu(cfg: { mtu: number; mtuExplicit: boolean }, underlay: { mtu: number; ifname: string }, log: Logger): number {
+  const fit = underlay.mtu - VXLAN_OVERHEAD;
+  if (!cfg.mtuExplicit) return fit;
+  if (cfg.mtu > fit) log.warn('--mtu leaves no room for the overlay: cross-node packets of that size will not fit', { mtu: cfg.mtu, underlay: underlay.ifname, underlayMtu: underlay.mtu, fits: fit });
+  return cfg.mtu;
 }

@@ -54,6 +54,7 @@ const NODE = {
   router_ipv4: ROUTER,
   router_ipv6: Buffer.alloc(16),
   flags: 0,
+  tunnel_ifindex: 0,
 };
 
 type Ep = DpEndpoint;

@@ -80,7 +80,7 @@ const REMOTE2 = ip4('10.2.0.6');
 const NODE = {
   host_ifindex: 201, net_ifindex: 202,
   host_mac: mac('02:00:00:00:02:01'), net_mac: mac('02:00:00:00:02:02'),
-  router_ipv4: ROUTER, router_ipv6: Buffer.alloc(16), flags: 0,
+  router_ipv4: ROUTER, router_ipv6: Buffer.alloc(16), flags: 0, tunnel_ifindex: 0,
 };
 
 interface Ep { id: number; secId: number; ifindex: number; ip: Buffer; mac: Buffer; nodeMac: Buffer }

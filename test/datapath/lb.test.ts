@@ -71,7 +71,7 @@ const WORLD = ip4('8.8.8.8');
 const NODE = {
   host_ifindex: 201, net_ifindex: 202,
   host_mac: mac('02:00:00:00:02:01'), net_mac: mac('02:00:00:00:02:02'),
-  router_ipv4: ROUTER, router_ipv6: Buffer.alloc(16), flags: 0,
+  router_ipv4: ROUTER, router_ipv6: Buffer.alloc(16), flags: 0, tunnel_ifindex: 0,
 };
 const NETDEV_MAC = mac('52:54:00:00:00:01');
 const GW_MAC = mac('52:54:00:00:00:fe');
