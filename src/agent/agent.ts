@@ -163,12 +163,17 @@ export class Agent {
   }
 
   private syncServices(): void {
-    const pods = this.endpoints.list().map((ep) => ({
-      ip: ep.ipv4,
-      namespace: ep.namespace,
-      podName: ep.podName,
-      podLabels: (ep.podName ? this.store.get({ kind: 'Pod', namespace: ep.namespace, name: ep.podName })?.metadata.labels : undefined) ?? {},
-      namedPorts: ep.namedPorts ?? {},
+    // Backends of selector Services: this node's pods and, in cluster mode, every other node's.
+    const all = [
+      ...this.endpoints.list().map((ep) => ({ ip: ep.ipv4, namespace: ep.namespace, podName: ep.podName, namedPorts: ep.namedPorts })),
+      ...(this.cluster?.remotePods().map((p) => ({ ip: p.ip, namespace: p.namespace, podName: p.pod, namedPorts: p.namedPorts })) ?? []),
+    ];
+    const pods = all.map((p) => ({
+      ip: p.ip,
+      namespace: p.namespace,
+      podName: p.podName,
+      podLabels: (p.podName ? this.store.get({ kind: 'Pod', namespace: p.namespace, name: p.podName })?.metadata.labels : undefined) ?? {},
+      namedPorts: p.namedPorts ?? {},
     }));
     const router = this.routerAddress();
     const nodeAddresses = this.dp
@@ -223,7 +228,8 @@ export class Agent {
     agent.endpoints.restore();
     agent.endpoints.syncHostEntries();
     if (cluster) {
-      cluster.onChanged = (what) => agent.changes.mark({ ipcache: what.ipcache, services: what.pods });
+      cluster.onChanged = (what) => agent.changes.mark({ ipcache: what.ipcache, services: what.pods, regen: what.peerPorts });
+      agent.endpoints.remotePeers = () => cluster.remotePods();
       cluster.attachIpcache(agent.ipcache);
       agent.endpoints.onEndpointsChanged?.();
     }

@@ -337,10 +337,13 @@ export class EndpointManager {
     }
   }
 
-  /** Named ports of local pods by identity: egress named ports resolve on the peer. */
+  /** Pods on other nodes (cluster mode): their named ports count too. */
+  remotePeers?: () => Iterable<{ identity: number; namedPorts?: Record<string, NamedPort[]> }>;
+
+  /** Named ports of pods by identity (local and, in cluster mode, remote): egress named ports resolve on the peer. */
   private updatePeerPorts(): void {
     const byId = new Map<number, Record<string, NamedPort[]>>();
-    for (const ep of this.byId.values()) {
+    for (const ep of [...this.byId.values(), ...(this.remotePeers?.() ?? [])]) {
       const cur = byId.get(ep.identity) ?? {};
       for (const [name, ports] of Object.entries(ep.namedPorts ?? {})) {
         const list = (cur[name] ??= []);

@@ -15,6 +15,7 @@
  * What it takes: this node's endpoints (published under the lease).
  */
 import { EtcdStore } from '../store/etcd';
+import type { NamedPort } from '../policy/mapstate';
 import { ClusterIdentities } from '../identity/cluster';
 import { ReservedIdentity } from '../identity/identity';
 import { Kvstore, LeasedKeys, Reflector, ReflectorEvent } from '../kvstore';
@@ -39,7 +40,7 @@ export interface PodRecord {
   namespace: string;
   pod?: string;
   /** Container ports by name: named ports of peers in egress rules. */
-  namedPorts?: Record<string, { port: number; protocol: string }[]>;
+  namedPorts?: Record<string, NamedPort[]>;
 }
 
 export interface LocalEndpointView {
@@ -47,7 +48,7 @@ export interface LocalEndpointView {
   identity: number;
   namespace: string;
   podName?: string;
-  namedPorts?: Record<string, { port: number; protocol: string }[]>;
+  namedPorts?: Record<string, NamedPort[]>;
 }
 
 /** Where cluster-learned addresses go (the ipcache's desired state; src/ipcache). */
@@ -89,7 +90,8 @@ export class ClusterNode {
    * withdrawn: the ipcache table must be flushed), `pods` (remote pods changed:
    * services and named ports of peers follow them).
    */
-  onChanged?: (what: { ipcache: boolean; pods: boolean }) => void;
+  onChanged?: (what: { ipcache: boolean; pods: boolean; peerPorts?: boolean }) => void;
+  private peerPortsSig = '';
   private readonly started = Date.now();
 
   private constructor(
@@ -200,7 +202,17 @@ export class ClusterNode {
       this.programPod(now, before);
       changed = true;
     }
-    if (changed) this.onChanged?.({ ipcache: !!this.sink, pods: true });
+    if (!changed) return;
+    // Named ports of remote pods feed egress rules naming ports: regenerate only when they change.
+    const sig = JSON.stringify(
+      [...this.remote.values()]
+        .filter((p) => p.namedPorts)
+        .map((p) => [p.identity, p.namedPorts])
+        .sort((a, b) => (a[0] as number) - (b[0] as number)),
+    );
+    const peerPorts = sig !== this.peerPortsSig;
+    this.peerPortsSig = sig;
+    this.onChanged?.({ ipcache: !!this.sink, pods: true, peerPorts });
   }
 
   private programPod(now: PodRecord | undefined, before: PodRecord | undefined): void {

@@ -214,9 +214,10 @@ export class Lab {
     return p;
   }
 
-  /** Echo servers in a pod (or any namespace): "tcp:8080,udp:53". */
-  async serve(ns: string, spec: string): Promise<void> {
-    const p = spawn('ip', ['netns', 'exec', ns, process.execPath, NETKIT, 'serve', spec], { stdio: ['ignore', 'pipe', 'ignore'], detached: !!this.opts.detached });
+  /** Echo servers in a pod (or any namespace): "tcp:8080,udp:53"; with `ident`, servers that answer with that name. */
+  async serve(ns: string, spec: string, ident?: string): Promise<void> {
+    const args = ident ? ['ident', ident, spec] : ['serve', spec];
+    const p = spawn('ip', ['netns', 'exec', ns, process.execPath, NETKIT, ...args], { stdio: ['ignore', 'pipe', 'ignore'], detached: !!this.opts.detached });
     this.procs.push(p);
     await new Promise<void>((resolve, reject) => {
       const t = setTimeout(() => reject(new Error(`servers ${spec} in ${ns} did not start`)), 10_000);
@@ -238,6 +239,24 @@ export class Lab {
 
   tcp(ns: string, ip: string, port: number, timeoutMs = 1500): boolean {
     return this.probe(ns, [{ ip, port, proto: 'tcp' }], timeoutMs)[0];
+  }
+
+  /** From a namespace: COUNT new TCP/UDP flows to host:port; the names of the ident servers that answered. */
+  who(ns: string, proto: 'tcp' | 'udp', host: string, port: number, count: number, timeoutMs = 1500): string[] {
+    const r = tryRun('ip', ['netns', 'exec', ns, process.execPath, NETKIT, 'who', proto, host, String(port), String(count), String(timeoutMs)], { timeoutMs: 120_000 });
+    if (r.code !== 0) throw new Error(`who from ${ns}: ${r.stderr}`);
+    return JSON.parse(r.stdout);
+  }
+
+  /** Ping from a namespace (bounded). */
+  ping(ns: string, ip: string, extra: string[] = []): boolean {
+    return tryRun('ip', ['netns', 'exec', ns, 'ping', '-c', '1', '-W', '1', ...extra, ip], { timeoutMs: 10_000 }).code === 0;
+  }
+
+  /** One UDP datagram with exactly these bytes, from a namespace. */
+  udpSend(ns: string, host: string, port: number, payload: Buffer): void {
+    const r = tryRun('ip', ['netns', 'exec', ns, process.execPath, NETKIT, 'udp-send', host, String(port), payload.toString('hex')]);
+    if (r.code !== 0) throw new Error(`udp-send from ${ns}: ${r.stderr}`);
   }
 
   /** Wait until `fn` holds (bounded). */

@@ -9,6 +9,7 @@
  *   ident NAME tcp:8080,udp:53                         servers that answer with NAME (which backend answered)
  *   who tcp|udp HOST PORT COUNT [TIMEOUT_MS]           COUNT new flows; prints the names that answered
  *   serve tcp:80,udp:80,...                            echo servers on several ports in one process
+ *   udp-send HOST PORT HEX                             one datagram with these bytes (crafted payloads)
  *   probe '[{"ip":..,"port":..,"proto":"tcp"|"udp"}]' [TIMEOUT_MS]
  *                                                      all probes at once; prints a JSON array of booleans
  * Every client is bounded in time.
@@ -195,6 +196,15 @@ switch (mode) {
       for (let i = 0; i < n; i += 10) out.push(...(await Promise.all(Array.from({ length: Math.min(10, n - i) }, one))));
       process.stdout.write(JSON.stringify(out) + '\n');
     })();
+    break;
+  }
+  case 'udp-send': {
+    const [host, port, hex] = args;
+    const sock = dgram.createSocket('udp4');
+    sock.send(Buffer.from(hex, 'hex'), Number(port), host, (e) => {
+      sock.close();
+      if (e) fail(`udp-send ${host}:${port}: ${e.message}`);
+    });
     break;
   }
   case 'serve': {
