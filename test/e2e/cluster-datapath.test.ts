@@ -144,7 +144,7 @@ describe('cluster: traffic over the overlay', { timeout: 600_000 }, () => {
     }
   });
 
-  it('entities across nodes: remote-node is the other node's host, cluster every pod of every node', async () => {
+  it('entities across nodes: remote-node is the other node\'s host, cluster every pod of every node', async () => {
     const pol = (name: string, entities: string[]) => ({
       apiVersion: 'cilium.io/v2',
       kind: 'CiliumNetworkPolicy',
