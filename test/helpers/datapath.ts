@@ -102,21 +102,29 @@ export class DatapathFixture {
     return this.own(BpfMap.fromPin(path.join(this.pinRoot, name), name));
   }
 
-  /** Load bpf_lxc.o and bpf_host.o once (their maps pinned by name under the run's root). */
-  load(): this {
+  /** Further programs of the objects loaded (fixtures built on the datapath's sources), by name. */
+  readonly extra: Record<string, BpfProgram> = {};
+
+  /**
+   * Load bpf_lxc.o and bpf_host.o once (their maps pinned by name under the
+   * run's root), or fixture objects built from them (o.lxc, o.host) with
+   * extra programs to keep (o.extra).
+   */
+  load(o: { lxc?: string; host?: string; extra?: { lxc?: string[]; host?: string[] } } = {}): this {
     ensureBpffs(this.pinRoot);
     this.nl = RtNetlink.open(null);
     const progs: Record<string, BpfProgram> = {};
-    for (const [obj, names] of [
-      [LXC_OBJ, ['from_container', 'policy_ingress']],
-      [HOST_OBJ, ['from_host', 'from_netdev']],
+    for (const [obj, names, extra] of [
+      [o.lxc ?? LXC_OBJ, ['from_container', 'policy_ingress'], o.extra?.lxc ?? []],
+      [o.host ?? HOST_OBJ, ['from_host', 'from_netdev'], o.extra?.host ?? []],
     ] as const) {
-      const o = BpfObject.open(obj, { pinRoot: this.pinRoot });
+      const ob = BpfObject.open(obj, { pinRoot: this.pinRoot });
       try {
-        o.load();
-        for (const n of names) progs[n] = this.own(o.program(n));
+        ob.load();
+        for (const n of names) progs[n] = this.own(ob.program(n));
+        for (const n of extra) this.extra[n] = this.own(ob.program(n));
       } finally {
-        o.close();
+        ob.close();
       }
     }
     this.progs = progs as DatapathFixture['progs'];
