@@ -51,6 +51,7 @@
 #include "conntrack.h"
 #include "lb.h"
 #include "overlay.h"
+#include "snat.h"
 
 /* Drops here have no endpoint: source = 0; dst id = the endpoint if known. */
 #define DROP_HOST(ctx, reason, src_label, dst_label, dst_id) \
@@ -198,10 +199,30 @@ static __always_inline int handle_ipv4_from_netdev(struct __sk_buff *ctx)
 	ret = lb4_local(ip->saddr, ip->daddr, &l4, svc, ctx->len, ct_now(), &lb);
 	if (ret)
 		return DROP_HOST(ctx, ret, src_identity, 0, 0);
-	/* The client's address is kept: only a node-local backend can answer through us. */
 	ep = lookup_ip4_local_endpoint(lb.addr);
-	if (!ep)
-		return DROP_HOST(ctx, DROP_UNROUTABLE, src_identity, 0, 0);
+	if (!ep) {
+		/*
+		 * A backend on another node (externalTrafficPolicy Cluster): DNAT,
+		 * SNAT to this node's address so the reply comes back here, and
+		 * over the overlay with the client's identity.
+		 */
+		__be32 node_addr = ip->daddr, client = ip->saddr;
+		__be32 tunnel = ipcache_tunnel4(ipcache_ip4_lookup(lb.addr));
+
+		if (!tunnel || (svc->flags & LB_SVC_F_LOCAL))
+			return DROP_HOST(ctx, DROP_UNROUTABLE, src_identity, 0, 0);
+		ret = lb4_dnat(ctx, &l4, node_addr, &lb);
+		if (!ret)
+			ret = snat4_out(ctx, &l4, client, lb.addr, lb.port, node_addr, lb.rev_nat);
+		if (ret)
+			return DROP_HOST(ctx, ret, src_identity, 0, 0);
+		ret = overlay_encap4(ctx, tunnel, src_identity);
+		if (ret < 0)
+			return DROP_HOST(ctx, -ret, src_identity, 0, 0);
+		metrics_count(METRIC_FORWARDED, METRIC_DIR_SERVICE, ctx->len);
+		return ret;
+	}
+	/* The client's address is kept: a node-local backend answers through us. */
 	ret = lb4_dnat(ctx, &l4, ip->daddr, &lb);
 	if (ret)
 		return DROP_HOST(ctx, ret, src_identity, ep->sec_id, ep->ep_id);
@@ -216,6 +237,41 @@ int from_netdev(struct __sk_buff *ctx)
 	if (eth && eth->h_proto == bpf_htons(ETH_P_IP))
 		return handle_ipv4_from_netdev(ctx);
 	return TC_ACT_OK;
+}
+
+/*
+ * Route a (reverse-translated) packet out of the node towards its
+ * destination: FIB lookup, TTL, then the egress device with the neighbour's
+ * MAC (bpf_redirect_neigh resolves it when the FIB has none yet).
+ */
+static __always_inline int forward_to_world(struct __sk_buff *ctx, __u32 src_identity)
+{
+	struct bpf_fib_lookup fib = {};
+	struct iphdr *ip = ipv4_hdr(ctx);
+	int ret, found;
+
+	if (!ip)
+		return DROP_HOST(ctx, DROP_INVALID, src_identity, 0, 0);
+	fib.family = 2; /* AF_INET */
+	fib.l4_protocol = ip->protocol;
+	fib.tot_len = bpf_ntohs(ip->tot_len);
+	fib.ipv4_src = ip->saddr;
+	fib.ipv4_dst = ip->daddr;
+	fib.ifindex = ctx->ingress_ifindex;
+	found = bpf_fib_lookup(ctx, &fib, sizeof(fib), BPF_FIB_LOOKUP_DIRECT);
+	if (found != BPF_FIB_LKUP_RET_SUCCESS && found != BPF_FIB_LKUP_RET_NO_NEIGH)
+		return DROP_HOST(ctx, DROP_NO_FIB, src_identity, 0, 0);
+	ret = ipv4_dec_ttl(ctx, ip);
+	if (ret)
+		return DROP_HOST(ctx, ret, src_identity, 0, 0);
+	metrics_count(METRIC_FORWARDED, METRIC_DIR_SERVICE, ctx->len);
+	if (found == BPF_FIB_LKUP_RET_SUCCESS) {
+		if (bpf_skb_store_bytes(ctx, 0, fib.dmac, ETH_ALEN, 0) < 0 ||
+		    bpf_skb_store_bytes(ctx, ETH_ALEN, fib.smac, ETH_ALEN, 0) < 0)
+			return DROP_HOST(ctx, DROP_WRITE_ERROR, src_identity, 0, 0);
+		return bpf_redirect(fib.ifindex, 0);
+	}
+	return bpf_redirect_neigh(fib.ifindex, NULL, 0, 0);
 }
 
 /*
@@ -242,6 +298,12 @@ static __always_inline int handle_ipv4_from_overlay(struct __sk_buff *ctx, __u32
 	if (ep && !(ep->flags & ENDPOINT_F_HOST))
 		return deliver_local(ctx, ep, src_identity, 0, TRACE_FROM_OVERLAY);
 	if (ep) {
+		/* A backend's reply to a NodePort flow this node sent on: back to the client. */
+		ret = snat4_in(ctx, ip);
+		if (ret < 0)
+			return DROP_HOST(ctx, -ret, src_identity, 0, 0);
+		if (ret > 0)
+			return forward_to_world(ctx, src_identity);
 		/* The node itself (its router or underlay address): the stack takes it. */
 		metrics_count(METRIC_FORWARDED, METRIC_DIR_INGRESS, ctx->len);
 		return TC_ACT_OK;

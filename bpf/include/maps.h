@@ -291,6 +291,38 @@ struct lb_sock_revnat_value {
 };
 
 /*
+ * ---- NodePort SNAT towards backends on other nodes (bpf/lib/snat.h) ----
+ * A NodePort flow whose backend lives on another node leaves this node with
+ * its source rewritten to the node address it arrived on and a port chosen
+ * here, so the backend's reply comes back (over the overlay) to be reversed.
+ * Two entries per flow, keyed by the tuple as seen on the wire:
+ *   SNAT_OUT {client, backend, client port, backend port} -> {node addr, nat port}
+ *   SNAT_IN  {backend, node addr, backend port, nat port} -> {client, client port, rev_nat}
+ * Addresses and ports network order; LRU (the oldest flows make room).
+ */
+#define SNAT_OUT 0
+#define SNAT_IN 1
+#define SNAT_PORT_MIN 32768
+#define SNAT_PORT_SPAN 28232   /* 32768..60999, the kernel's default ephemeral range */
+
+struct snat4_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 dir;                /* SNAT_OUT / SNAT_IN */
+	__u16 pad;
+};
+
+struct snat4_value {
+	__be32 addr;             /* OUT: the node address; IN: the client */
+	__be16 port;             /* OUT: the nat port; IN: the client's port */
+	__u16 rev_nat_index;     /* IN: the frontend to reverse the backend's source to */
+	__u32 created;           /* CLOCK_MONOTONIC seconds */
+};
+
+/*
  * ---- metrics: (reason, direction) -> packets, bytes; per CPU ----
  * A per-CPU array indexed by METRIC_INDEX(reason, dir): the lookup is inlined
  * by the verifier (no hashing on every packet).
@@ -454,6 +486,7 @@ struct monitor_config {
 #define DROP_PROXY_LOOKUP_FAILED 178  /* redirected to the proxy, but no proxy socket (proxy down): fail closed */
 #define DROP_PROXY_SET_FAILED 179     /* bpf_sk_assign refused the proxy's socket */
 #define DROP_NO_TUNNEL_KEY 190      /* overlay: a packet without tunnel metadata on the VXLAN device */
+#define DROP_NAT_NO_PORT 191        /* NodePort to another node: no free SNAT port */
 #define DROP_POLICY_DENY 181
 #define DROP_TTL_EXCEEDED 196
 #define DROP_EP_NOT_READY 203
@@ -607,6 +640,14 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } mb_lb_revnat SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct snat4_key);
+	__type(value, struct snat4_value);
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mb_snat SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);

@@ -32,7 +32,7 @@ import { validateResources } from '../store/kinds';
 import type { ResourceRef, Store } from '../store/types';
 import { ClusterNode, connectCluster } from '../node/cluster';
 import { overlayDevice, podMtu, startOverlay } from '../overlay/overlay';
-import { formatIp } from '../util/ip';
+import { cidrContains, formatIp, parseCidr, parseIp } from '../util/ip';
 import { Monitor } from '../monitor/monitor';
 import { AgentMetrics, serveMetricsTcp } from '../monitor/metrics';
 import type { FlowSource } from '../monitor/context';
@@ -180,7 +180,8 @@ export class Agent {
       .hostAddresses()
       .map((a) => formatIp(a))
       .filter((a) => !a.startsWith('127.') && a !== router);
-    this.services.sync(pods, nodeAddresses);
+    const podCidr = parseCidr(this.cfg.podCidr);
+    this.services.sync(pods, nodeAddresses, (ip) => cidrContains(podCidr, parseIp(ip)));
   }
 
   /** Validate every object, then store them all (nothing is applied if any is invalid); answers once the kernel reflects it. */

@@ -53,6 +53,7 @@ export const DROP_REASONS: Record<number, { name: string; text: string }> = {
   179: { name: 'PROXY_SET_FAILED', text: 'Proxy assignment failed' },
   181: { name: 'POLICY_DENY', text: 'Policy denied by denylist' },
   190: { name: 'NO_TUNNEL_KEY', text: 'Missing tunnel metadata' },
+  191: { name: 'NAT_NO_PORT', text: 'No free NAT port' },
   196: { name: 'TTL_EXCEEDED', text: 'TTL exceeded' },
   203: { name: 'EP_NOT_READY', text: 'Endpoint not ready' },
 };

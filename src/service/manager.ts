@@ -178,7 +178,14 @@ export class ServiceManager {
    * Compute every frontend from the objects. Allocations made on the way are
    * persisted; allocations of services that no longer exist are released.
    */
-  compute(services: Resource[], slices: Resource[], pods: LocalPod[], nodeAddresses: string[]): { frontends: Frontend[]; errors: string[] } {
+  compute(
+    services: Resource[],
+    slices: Resource[],
+    pods: LocalPod[],
+    nodeAddresses: string[],
+    /** Is a backend address on this node (cluster mode: NodePort with externalTrafficPolicy Local uses only those)? */
+    isLocal: (ip: string) => boolean = () => true,
+  ): { frontends: Frontend[]; errors: string[] } {
     const frontends: Frontend[] = [];
     const errors: string[] = [];
     const live = { clusterIPs: new Set<string>(), nodePorts: new Set<string>(), revNat: new Set<string>(), backends: new Set<string>() };
@@ -206,7 +213,7 @@ export class ServiceManager {
           const mk = (type: Frontend['type'], ip: string, port: number, local: boolean): Frontend => {
             const rk = `${key}/${portName}/${type}/${ip}`;
             live.revNat.add(rk);
-            const active = backends.filter((b) => !b.terminating);
+            const active = backends.filter((b) => !b.terminating && (!local || isLocal(b.ip)));
             const slots =
               alg === 'maglev' && active.length
                 ? maglevTable(active.map((b) => `${b.ip}:${b.port}`), LB_MAGLEV_M).map((i) => active[i].id)

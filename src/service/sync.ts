@@ -30,8 +30,8 @@ export class ServiceSync {
   ) {}
 
   /** Recompute every frontend and make the load-balancing maps match (backends first, frontends last). */
-  sync(pods: LocalPod[], nodeAddresses: string[]): void {
-    const { frontends, errors } = this.manager.compute(this.store.list('Service'), this.store.list('EndpointSlice'), pods, nodeAddresses);
+  sync(pods: LocalPod[], nodeAddresses: string[], isLocal?: (ip: string) => boolean): void {
+    const { frontends, errors } = this.manager.compute(this.store.list('Service'), this.store.list('EndpointSlice'), pods, nodeAddresses, isLocal);
     const e = lbEntries(frontends);
     this.tables.lbBackends.replaceAll(e.backends);
     this.tables.lbRevnat.replaceAll(e.revnat);

@@ -11,6 +11,7 @@ import assert from 'node:assert/strict';
 import { EXT_IP, Lab, LabPod } from '../helpers/lab';
 import type { TestNode } from '../helpers/node';
 import { ip4, ipv4Frame, mac } from '../helpers/packet';
+import { NETKIT, tryRun } from '../helpers/sys';
 
 const DROP_POLICY = 133;
 const DROP_POLICY_DENY = 181;
@@ -18,7 +19,8 @@ const DROP_INVALID_IDENTITY = 171;
 const DROP_UNKNOWN_SENDER = 172;
 
 describe('cluster: traffic over the overlay', { timeout: 600_000 }, () => {
-  const lab = new Lab({ nodes: 2, leaseTtl: 10 });
+  // eth0 (the underlay uplink) takes NodePort traffic on every node.
+  const lab = new Lab({ nodes: 2, leaseTtl: 10, agentArgs: ['--devices', 'eth0'] });
   let n1: TestNode;
   let n2: TestNode;
   let client: LabPod; // n1, app=client
@@ -215,6 +217,39 @@ describe('cluster: traffic over the overlay', { timeout: 600_000 }, () => {
       assert.ok(got.every((x) => ['server', 'peer', 'other'].includes(x)), `${what}: every flow answered by a backend, from the frontend's address (${got.join(',')})`);
       assert.ok(got.includes('server') && got.includes('peer'), `${what}: backends on the other node are used`);
     }
+  });
+
+  it('NodePort on any node: a client outside the cluster reaches a backend on the other node, with conntrack and reverse NAT on both ends', async () => {
+    const svc = (name: string, policy: 'Cluster' | 'Local') => ({
+      apiVersion: 'v1',
+      kind: 'Service',
+      metadata: { name, namespace: 'default' },
+      spec: { type: 'NodePort', selector: { app: 'server' }, externalTrafficPolicy: policy, ports: [{ name: 'tcp', port: 80, targetPort: 8080 }, { name: 'udp', port: 53, targetPort: 5353, protocol: 'UDP' }] },
+    });
+    n1.apply([svc('np-cluster', 'Cluster'), svc('np-local', 'Local')], { wait: false });
+    const ports: Record<string, { tcp: number; udp: number }> = {};
+    await lab.until('both NodePort services on node 1 with their backend', () => {
+      const list: any[] = n1.cliJson(['service', 'list']);
+      for (const name of ['np-cluster', 'np-local']) {
+        const tcp = list.find((x) => x.service === `default/${name}` && x.type === 'NodePort' && x.frontend.startsWith('198.18.0.1:') && x.frontend.endsWith('/TCP'));
+        const udp = list.find((x) => x.service === `default/${name}` && x.type === 'NodePort' && x.frontend.startsWith('198.18.0.1:') && x.frontend.endsWith('/UDP'));
+        if (!tcp || !udp || !tcp.backends.length) return false;
+        ports[name] = { tcp: Number(tcp.frontend.split(':')[1].split('/')[0]), udp: Number(udp.frontend.split(':')[1].split('/')[0]) };
+      }
+      return true;
+    });
+    // Node 1 has no backend: Cluster crosses the overlay (SNAT to node 1), Local answers nothing.
+    assert.deepEqual(lab.who(lab.extNs, 'tcp', '198.18.0.1', ports['np-cluster'].tcp, 6), Array(6).fill('server'));
+    assert.deepEqual(lab.who(lab.extNs, 'udp', '198.18.0.1', ports['np-cluster'].udp, 6), Array(6).fill('server'));
+    assert.deepEqual(lab.who(lab.extNs, 'tcp', '198.18.0.2', ports['np-cluster'].tcp, 3), Array(3).fill('server'), 'and on the backend\'s own node');
+    assert.ok(lab.who(lab.extNs, 'tcp', '198.18.0.1', ports['np-local'].tcp, 2, 1000).every((x) => x !== 'server'), 'Local: no backend on node 1');
+    assert.deepEqual(lab.who(lab.extNs, 'tcp', '198.18.0.2', ports['np-local'].tcp, 2), ['server', 'server']);
+    // A long flow keeps its translation on both ends (conntrack): a stream through node 1.
+    const r = tryRun('ip', ['netns', 'exec', lab.extNs, process.execPath, NETKIT, 'tcp-stream', '198.18.0.1', String(ports['np-cluster'].tcp), '1500'], { timeoutMs: 20_000 });
+    const [sent, echoed] = r.stdout.trim().split('\n').pop()!.split(' ').map(Number);
+    assert.equal(r.code, 0, r.stderr);
+    assert.ok(sent > 20 && echoed >= sent - 2, `${sent} sent, ${echoed} echoed`);
+    n1.delete([svc('np-cluster', 'Cluster'), svc('np-local', 'Local')]);
   });
 
   it('drops packets from the underlay whose VNI is not an identity or whose inner source is not the sender\'s', () => {
