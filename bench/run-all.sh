@@ -33,4 +33,7 @@ node dist/bench/services.js "${quick[@]}" || status=1
 echo
 echo "=== l7-proxy $(date -Is)"
 node dist/bench/l7-proxy.js "${quick[@]}" || status=1
+echo
+echo "=== cluster $(date -Is)"
+node dist/bench/cluster.js "${quick[@]}" || status=1
 exit "$status"

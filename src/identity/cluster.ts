@@ -53,6 +53,10 @@ export class ClusterIdentities {
     this.ids.stop();
   }
 
+  get watchEvents(): number {
+    return this.ids.stats.events;
+  }
+
   /** Called for every identity the cluster gains (labels) or loses (undefined). */
   onChange(fn: (id: number, labels: string[] | undefined) => void): void {
     this.listeners.push(fn);

@@ -284,6 +284,8 @@ export class ClusterNode {
       nodes: this.nodes.all().length,
       remotePods: this.remote.size,
       identities: this.identities.all().length,
+      /** Changes received from etcd by every watch of this agent since it started. */
+      watchEvents: w.events + this.identities.watchEvents + this.nodes.watchEvents + this.services.watchEvents + this.pods.stats.events,
       lastError: w.lastError ?? null,
       uptimeSeconds: Math.round((Date.now() - this.started) / 1000),
     };

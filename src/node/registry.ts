@@ -120,6 +120,10 @@ export class NodeRegistry {
     this.reflector.stop();
   }
 
+  get watchEvents(): number {
+    return this.reflector.stats.events;
+  }
+
   get(name: string): NodeRecord | undefined {
     return this.nodes.get(name);
   }

@@ -39,6 +39,10 @@ export class ClusterServiceAllocations implements StoreAdmission {
     this.ports.stop();
   }
 
+  get watchEvents(): number {
+    return this.ips.stats.events + this.ports.stats.events;
+  }
+
   async caughtUp(rev: number): Promise<void> {
     await Promise.all([this.ips.waitForRevision(rev, 10_000), this.ports.waitForRevision(rev, 10_000)]);
   }
