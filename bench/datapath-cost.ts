@@ -30,7 +30,7 @@ const WORLD = ip4('198.51.100.7');
 const NODE = {
   host_ifindex: 201, net_ifindex: 202,
   host_mac: mac('02:00:00:00:02:01'), net_mac: mac('02:00:00:00:02:02'),
-  router_ipv4: ROUTER, router_ipv6: Buffer.alloc(16), flags: 0,
+  router_ipv4: ROUTER, router_ipv6: Buffer.alloc(16), flags: 0, tunnel_ifindex: 0,
 };
 
 function ep(id: number): DpEndpoint {

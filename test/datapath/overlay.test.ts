@@ -11,6 +11,7 @@ import { execFileSync } from 'node:child_process';
 import * as path from 'node:path';
 import { BpfMap, parseSkbCtx, skbCtx, testRun, u32Codec } from '../../src/bpf';
 import * as gen from '../../src/datapath/maps.gen';
+import { MetricsKey, metricsKeyCodec } from '../../src/datapath/metricsmap';
 import { DatapathFixture, DpEndpoint, ROOT, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, ID_HOST, ID_WORLD } from '../helpers/datapath';
 import { ip4, ipv4Frame, mac } from '../helpers/packet';
 
@@ -34,7 +35,7 @@ const REMOTE_ID = 5005;
 
 describe('overlay: encapsulation and decapsulation decisions (BPF_PROG_TEST_RUN)', () => {
   const fx = new DatapathFixture('ovl');
-  let metrics: BpfMap<gen.MetricsKey, gen.MetricsValue>;
+  let metrics: BpfMap<MetricsKey, gen.MetricsValue>;
   let ipcache: BpfMap<gen.IpcacheKey, gen.IpcacheValue>;
   let node: BpfMap<number, gen.NodeConfig>;
   const nodeConfig = (tunnel: number): gen.NodeConfig => ({
@@ -56,7 +57,7 @@ describe('overlay: encapsulation and decapsulation decisions (BPF_PROG_TEST_RUN)
     fx.addEndpoint(A);
     fx.addEndpoint(B);
     fx.addHostAddress(ROUTER);
-    metrics = fx.pin('mb_metrics').withCodecs(gen.metricsKeyCodec, gen.metricsValueCodec);
+    metrics = fx.pin('mb_metrics').withCodecs(metricsKeyCodec, gen.metricsValueCodec);
     ipcache = fx.pin('mb_ipcache').withCodecs(gen.ipcacheKeyCodec, gen.ipcacheValueCodec);
     node = fx.pin('mb_node').withCodecs(u32Codec, gen.nodeConfigCodec);
     // What the agent programs for another node: its pod CIDR (world), its address (remote-node), a pod of it.
