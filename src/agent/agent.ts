@@ -231,6 +231,10 @@ export class Agent {
     if (cluster) {
       cluster.onChanged = (what) => agent.changes.mark({ ipcache: what.ipcache, services: what.pods, regen: what.peerPorts });
       agent.endpoints.remotePeers = () => cluster.remotePods();
+      cluster.reportHealth(() => [
+        ...agent.endpoints.list().filter((e) => e.state !== 'ready').map((e) => `endpoint ${e.id} ${e.state}`),
+        ...agent.endpoints.list().filter((e) => e.policy.error).map((e) => `endpoint ${e.id}: ${e.policy.error}`),
+      ]);
       cluster.attachIpcache(agent.ipcache);
       agent.endpoints.onEndpointsChanged?.();
     }

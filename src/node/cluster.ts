@@ -247,6 +247,25 @@ export class ClusterNode {
     for (const [prefix, c] of cur) this.sink.upsert(prefix, c.source, { identity: c.identity, tunnelEndpoint: c.tunnel, node: now!.name });
   }
 
+  /**
+   * Keep this node's health in its record: `check` returns the problems (none:
+   * ok); written only when it changes.
+   */
+  reportHealth(check: () => string[], everyMs = 10_000): void {
+    const run = () => {
+      try {
+        const problems = check();
+        this.nodes.setHealth(problems.length ? 'degraded' : 'ok', problems.slice(0, 10));
+      } catch (e) {
+        this.log.warn('node health check failed', { error: e });
+      }
+    };
+    run();
+    this.healthTimer = setInterval(run, everyMs);
+    this.healthTimer.unref();
+  }
+  private healthTimer?: NodeJS.Timeout;
+
   /** `membrane node list`: every node, alive or recently gone, with the identities it references. */
   async nodeList(): Promise<
     { name: string; addresses: { type: string; ip: string }[]; podCIDRs: string[]; identities: number | null; alive: boolean; self: boolean; health: string; lastSeen?: string }[]
@@ -292,6 +311,7 @@ export class ClusterNode {
   }
 
   close(): void {
+    if (this.healthTimer) clearInterval(this.healthTimer);
     this.store.stop();
     this.identities.stop();
     this.nodes.stop();
