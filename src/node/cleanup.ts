@@ -17,6 +17,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { AgentConfig } from '../agent/config';
+import { overlayDevice } from '../overlay/overlay';
 import { hostVethName } from '../agent/config';
 import { BPF_LINK_TYPE_TCX, BpfLink, BpfMap, BpfProgram, isOnBpffs } from '../bpf';
 import { RtNetlink, tcBpfList } from '../netlink';
@@ -167,11 +168,14 @@ export async function cleanupNode(cfg: AgentConfig): Promise<CleanupReport> {
       }
     }
 
-    // 3. The host device pair: its address and the routes via it go with it.
+    // 3. The host device pair: its address and the routes via it (other nodes' pod CIDRs too) go with it.
     for (const dev of [cfg.hostDevice, cfg.netDevice]) {
       const l = nl.linkGet(dev);
       if (l) step(`device ${dev} (and the routes to ${cfg.podCidr} and ${cfg.serviceCidr} via it)`, () => nl.linkDel(l.index));
     }
+    // The overlay's VXLAN device (cluster mode).
+    const vx = nl.linkGet(overlayDevice(cfg));
+    if (vx && vx.kind === 'vxlan') step(`overlay device ${vx.name}`, () => nl.linkDel(vx.index));
   } finally {
     nl.close();
   }
