@@ -1150,7 +1150,7 @@ export const FIELD_OFFSETS = {
   ct_key: { saddr: 0, daddr: 16, sport: 32, dport: 34, nexthdr: 36, flags: 37, family: 38, pad: 39 },
   ct_value: { tx_packets: 0, tx_bytes: 8, rx_packets: 16, rx_bytes: 24, lifetime: 32, src_sec_id: 36, rev_nat_index: 40, tx_flags_seen: 42, rx_flags_seen: 43, flags: 44, pad: 45, last_report: 48, backend_id: 52 },
   metrics_value: { count: 0, bytes: 8 },
-  node_config: { host_ifindex: 0, net_ifindex: 4, host_mac: 8, net_mac: 14, router_ipv4: 20, router_ipv6: 24, flags: 40 },
+  node_config: { host_ifindex: 0, net_ifindex: 4, host_mac: 8, net_mac: 14, router_ipv4: 20, router_ipv6: 24, flags: 40, tunnel_ifindex: 44 },
   event_hdr: { type: 0, subtype: 1, source: 2, hash: 4 },
   drop_event: { hdr: 0, src_label: 8, dst_label: 12, dst_id: 16, line: 18, file: 20, ext_error: 21, pad: 22, ifindex: 24, orig_len: 28, cap_len: 32, pad2: 34, data: 36 },
   ep_config: { ep_id: 0, sec_id: 4, ifindex: 8, flags: 12, ipv4: 16, ipv6: 20, mac: 36, node_mac: 42 },
