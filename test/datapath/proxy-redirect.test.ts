@@ -37,7 +37,7 @@ const DROP_PROXY_SET_FAILED = 179;
 const PROXY_PORT = 15999;
 
 const ROUTER = ip4('10.200.0.1');
-const NODE = { host_ifindex: 201, net_ifindex: 202, host_mac: mac('02:00:00:00:02:01'), net_mac: mac('02:00:00:00:02:02'), router_ipv4: ROUTER, router_ipv6: Buffer.alloc(16), flags: 0 };
+const NODE = { host_ifindex: 201, net_ifindex: 202, host_mac: mac('02:00:00:00:02:01'), net_mac: mac('02:00:00:00:02:02'), router_ipv4: ROUTER, router_ipv6: Buffer.alloc(16), flags: 0, tunnel_ifindex: 0 };
 
 interface Ep { id: number; secId: number; ifindex: number; ip: Buffer; mac: Buffer; nodeMac: Buffer }
 function ep(id: number): Ep {

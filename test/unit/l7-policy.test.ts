@@ -14,7 +14,7 @@ function world() {
   const engine = new PolicyEngine(ids, () => {});
   engine.proxyPorts = (egress) => (egress ? 15002 : 15001);
   const pod = (ns: string, labels: Record<string, string>) =>
-    ids.acquire(podSecurityLabels({ namespace: ns, podLabels: labels, namespaceLabels: { 'kubernetes.io/metadata.name': ns } }));
+    ids.acquireSync(podSecurityLabels({ namespace: ns, podLabels: labels, namespaceLabels: { 'kubernetes.io/metadata.name': ns } }));
   let n = 0;
   const apply = (o: any) => engine.repo.upsert({ ...o, metadata: { name: `p${n++}`, ...o.metadata } });
   const compute = (s: { id: number; labels: string[] }) => engine.compute({ identity: s.id, labels: s.labels, namedPorts: {} });
