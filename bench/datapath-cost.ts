@@ -35,7 +35,7 @@ const NODE = {
 
 function ep(id: number): DpEndpoint {
   const h = id.toString(16).padStart(2, '0');
-  return { id, secId: 5000 + id, ifindex: 0, ip: ip4(`10.200.0.${id}`), mac: mac(`0a:00:00:00:00:${h}`), nodeMac: mac(`fe:00:00:00:00:${h}`) };
+  return { id, secId: 5000 + id, ifindex: 0, ip: ip4(`10.200.0.${id}`), mac: mac(`0a:00:00:00:00:${h}`), nodeMac: mac(`fe:00:00:00:00:${h}`), policyEpoch: 1 };
 }
 
 async function main(): Promise<void> {

@@ -199,6 +199,22 @@ static __always_inline int ipv4_ct_policy(struct __sk_buff *ctx, const struct ep
 		return 0;
 	}
 
+	/*
+	 * Established, and its verdict was taken under the endpoint's current
+	 * policy for this same remote identity: it still holds. Any change to
+	 * the endpoint's policy map bumps the epoch, so revoking a policy still
+	 * cuts established flows at their next packet. Flows through the proxy
+	 * take the full path.
+	 */
+	if (ct && ct->policy_epoch && ct->policy_epoch == cfg->policy_epoch &&
+	    ct->src_sec_id == remote_id && !(ct->flags & CT_F_PROXY_REDIRECT)) {
+		changes = ct_update(ct, &l4, len, 1, now);
+		obs->state = TRACE_CT_ESTABLISHED;
+		obs->ct_flags = ct->flags;
+		obs->report = trace_aggregate(m, ct, (changes & TRACE_AGG_TCP_FLAGS) != 0, now);
+		return 0;
+	}
+
 	/* Established or new: policy on every packet, so revoking policy cuts flows. */
 	policy_map = ep_policy_map(cfg);
 	if (policy_map) {
@@ -238,6 +254,11 @@ static __always_inline int ipv4_ct_policy(struct __sk_buff *ctx, const struct ep
 	}
 	if (ct) {
 		changes = ct_update(ct, &l4, len, 1, now);
+		/* Remember the verdict (see the fast path above). */
+		if (ct->policy_epoch != cfg->policy_epoch)
+			ct->policy_epoch = cfg->policy_epoch;
+		if (ct->src_sec_id != remote_id)
+			ct->src_sec_id = remote_id;
 		obs->state = TRACE_CT_ESTABLISHED;
 		obs->ct_flags = ct->flags;
 		obs->report = trace_aggregate(m, ct, (changes & TRACE_AGG_TCP_FLAGS) != 0, now);
@@ -391,7 +412,7 @@ static __always_inline int handle_ipv4_from_lxc(struct __sk_buff *ctx, const str
 	struct endpoint_info *ep;
 	struct node_config *node;
 	int l4_ready = 0, hairpin = 0;
-	struct l4_info l4;
+	struct l4_info l4 = {};
 	__u16 rev_nat = 0;
 	struct ct_obs obs;
 	struct ethhdr *eth;
@@ -410,10 +431,12 @@ static __always_inline int handle_ipv4_from_lxc(struct __sk_buff *ctx, const str
 	/*
 	 * Services, before conntrack and policy: a frontend is DNATed to its
 	 * backend here, so conntrack and egress policy see the backend (its
-	 * address, port and identity).
+	 * address, port and identity). A local pod's address is never a
+	 * frontend: pod-to-pod packets skip the service lookup.
 	 */
-	if (lb4_proto_ok(ip->protocol) && !(ip->frag_off & bpf_htons(IP_OFFSET)) &&
-	    l4_parse_ipv4(ctx, ip, &l4) == 0) {
+	ep = lookup_ip4_endpoint(ip->daddr);
+	if ((!ep || (ep->flags & ENDPOINT_F_HOST)) && lb4_proto_ok(ip->protocol) &&
+	    !(ip->frag_off & bpf_htons(IP_OFFSET)) && l4_parse_ipv4(ctx, ip, &l4) == 0) {
 		l4_ready = 1;
 		svc = lb4_lookup_service(ip->daddr, l4.dport, l4.proto);
 		if (svc) {
@@ -427,6 +450,7 @@ static __always_inline int handle_ipv4_from_lxc(struct __sk_buff *ctx, const str
 				return DROP_EGRESS(ctx, cfg, DROP_INVALID, 0);
 			if (hairpin)
 				src_sec = MB_ID_HOST;
+			ep = lookup_ip4_endpoint(ip->daddr);  /* the backend */
 		}
 	}
 
@@ -439,19 +463,16 @@ static __always_inline int handle_ipv4_from_lxc(struct __sk_buff *ctx, const str
 	daddr = ip->daddr;
 	if (unlikely(daddr == bpf_htonl(LB_HAIRPIN_IPV4))) {
 		dst_sec = MB_ID_HOST;
+	} else if (ep) {
+		dst_sec = ep->sec_id;
+		if (!(ep->flags & ENDPOINT_F_HOST))
+			dst_id = ep->ep_id;
 	} else {
-		ep = lookup_ip4_endpoint(daddr);
-		if (ep) {
-			dst_sec = ep->sec_id;
-			if (!(ep->flags & ENDPOINT_F_HOST))
-				dst_id = ep->ep_id;
-		} else {
-			/* A remote pod or node: its ipcache entry names the node to tunnel to. */
-			struct ipcache_value *ic = ipcache_ip4_lookup(daddr);
+		/* A remote pod or node: its ipcache entry names the node to tunnel to. */
+		struct ipcache_value *ic = ipcache_ip4_lookup(daddr);
 
-			dst_sec = ic ? ic->sec_id : MB_ID_WORLD;
-			tunnel = ipcache_tunnel4(ic);
-		}
+		dst_sec = ic ? ic->sec_id : MB_ID_WORLD;
+		tunnel = ipcache_tunnel4(ic);
 	}
 	monitor_load(&m);
 	ret = ipv4_ct_policy(ctx, cfg, ip, &l4, l4_ready, dst_sec, CT_EGRESS, rev_nat, &m, &obs);

@@ -44,6 +44,10 @@ struct ep_config {
 	__u8 ipv6[16];
 	__u8 mac[6];          /* pod-side (container) MAC */
 	__u8 node_mac[6];     /* host-side veth MAC: the pod's router MAC */
+	__u16 policy_epoch;   /* bumped by the agent whenever the endpoint's policy map changes
+			       * (1..65535): conntrack entries remember the epoch their verdict
+			       * was taken under (ct_value.policy_epoch); 0 = never cache */
+	__u16 pad;
 };
 
 /* ---- endpoints: local endpoint address -> where and who it is ---- */
@@ -176,14 +180,18 @@ struct ct_value {
 	__u64 rx_bytes;
 	__u32 lifetime;    /* absolute expiry, CLOCK_MONOTONIC seconds (bpf_ktime_get_coarse_ns() / 1e9);
 			    * expired (treated as absent, to be GC'd) iff lifetime < now */
-	__u32 src_sec_id;  /* identity of the remote side when the entry was created */
+	__u32 src_sec_id;  /* identity of the remote side at the entry's last policy check */
 	__u16 rev_nat_index; /* service flows: mb_lb_revnat index the replies' source is
 			      * rewritten to (CT_EGRESS of a pod client, CT_INGRESS of the
 			      * backend for host/world clients, CT_SERVICE); bpf/lib/lb.h */
 	__u8 tx_flags_seen; /* TCP flags seen (or'ed) in each direction */
 	__u8 rx_flags_seen;
 	__u8 flags;        /* CT_F_* */
-	__u8 pad[3];
+	__u8 pad;
+	__u16 policy_epoch; /* the endpoint's policy epoch when the forward direction's verdict
+			     * was last taken (0: never cached): while it is the endpoint's
+			     * current epoch and src_sec_id the remote identity, established
+			     * packets skip the policy lookups (bpf_lxc.c) */
 	__u32 last_report; /* seconds (as lifetime) of the flow's last trace report, for
 			    * MONITOR_AGG_LOW (bpf/lib/trace.h); set to the creation time */
 	__u32 backend_id;  /* CT_SERVICE entries: the backend chosen for the flow */

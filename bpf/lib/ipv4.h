@@ -31,23 +31,23 @@ static __always_inline struct ethhdr *ipv4_eth(struct iphdr *ip)
 }
 
 /*
- * Decrement the TTL with an incremental header-checksum update (RFC 1624 via
- * bpf_l3_csum_replace on the 16-bit word holding ttl+protocol).
- * Returns 0, or DROP_TTL_EXCEEDED / DROP_CSUM_L3. Invalidates packet pointers.
+ * Decrement the TTL and update the header checksum in place (RFC 1624: the
+ * 16-bit word holding ttl and protocol drops by 0x0100, so the checksum rises
+ * by as much, with the end-around carry). No helper call; packet pointers stay
+ * valid. The IP header is not part of a CHECKSUM_COMPLETE sum's change (the
+ * two edits cancel out), so skb->csum needs nothing. Returns 0 or
+ * DROP_TTL_EXCEEDED.
  */
 static __always_inline int ipv4_dec_ttl(struct __sk_buff *ctx, struct iphdr *ip)
 {
-	__u8 ttl = ip->ttl;
-	__be16 old, new;
+	__u32 check;
 
-	if (ttl <= 1)
+	(void)ctx;
+	if (ip->ttl <= 1)
 		return DROP_TTL_EXCEEDED;
-	old = *(__be16 *)&ip->ttl;          /* ttl, protocol */
-	ip->ttl = ttl - 1;
-	new = *(__be16 *)&ip->ttl;
-	if (bpf_l3_csum_replace(ctx, ETH_HLEN + offsetof(struct iphdr, check),
-				old, new, sizeof(__u16)) < 0)
-		return DROP_CSUM_L3;
+	check = (__u32)ip->check + (__u32)bpf_htons(0x0100);
+	ip->check = (__sum16)(check + (check >= 0xffff));
+	ip->ttl--;
 	return 0;
 }
 

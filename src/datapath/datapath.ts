@@ -75,6 +75,8 @@ export interface EndpointConfig {
   podMac: Buffer;
   /** the endpoint's policy names address blocks (EP_CFG_F_ADDR_POLICY) */
   addressRules?: boolean;
+  /** bumped with every change of the endpoint's policy map: conntrack's cached verdicts older than it are rechecked */
+  policyEpoch?: number;
 }
 
 const POLICY_GROUP = 'mb_policy (per endpoint)';
@@ -106,7 +108,7 @@ function epConfigValue(c: EndpointConfig): gen.EpConfig {
   const ipv4 = Buffer.alloc(4);
   c.ipv4.bytes.copy(ipv4, 0, 0, 4);
   const flags = EP_CFG_F_IPV4 | (c.addressRules ? EP_CFG_F_ADDR_POLICY : 0);
-  return { ep_id: c.id, sec_id: c.identity, ifindex: c.hostIfindex, flags, ipv4, ipv6: Buffer.alloc(16), mac: c.podMac, node_mac: c.hostMac };
+  return { ep_id: c.id, sec_id: c.identity, ifindex: c.hostIfindex, flags, policy_epoch: c.policyEpoch ?? 1, ipv4, ipv6: Buffer.alloc(16), mac: c.podMac, node_mac: c.hostMac };
 }
 
 const EMPTY_EP_CONFIG = gen.epConfigCodec.decode(Buffer.alloc(gen.epConfigCodec.size));
@@ -449,7 +451,7 @@ export class Datapath {
     podNl.routeAdd({ dst: 'default', gateway: routerText, dev: pod.index, onlink: true });
 
     this.attachEndpoint(
-      { id: spec.id, identity: spec.identity, ipv4: spec.ipv4, hostIfindex: host.index, hostMac: parseMac(host.mac), podMac: parseMac(pod.mac), addressRules: spec.addressRules },
+      { id: spec.id, identity: spec.identity, ipv4: spec.ipv4, hostIfindex: host.index, hostMac: parseMac(host.mac), podMac: parseMac(pod.mac), addressRules: spec.addressRules, policyEpoch: 1 },
       undo,
       policy,
     );
@@ -543,6 +545,32 @@ export class Datapath {
     return this.policyTables.get(id)?.table;
   }
 
+  /** The policy epoch the kernel holds for an endpoint (restore continues after it). */
+  kernelPolicyEpoch(id: number): number | undefined {
+    return this.epConfig.kernelGet(id)?.policy_epoch;
+  }
+
+  /**
+   * Remove the conntrack entries of an address (both directions), in the
+   * background: after an endpoint's policy epoch wraps around, no entry may
+   * carry an old verdict under a reused epoch.
+   */
+  async flushConntrackOf(ip: IpAddr): Promise<number> {
+    const { keys, count } = await this.maps.ct.rawEntriesAsync();
+    const ks = this.maps.ct.keySize;
+    const addr = ip.bytes.subarray(0, 16);
+    const hit: number[] = [];
+    for (let i = 0; i < count; i++) {
+      const o = i * ks;
+      if (keys.subarray(o, o + 16).equals(addr) || keys.subarray(o + 16, o + 32).equals(addr)) hit.push(i);
+    }
+    if (!hit.length) return 0;
+    const batch = Buffer.alloc(hit.length * ks);
+    hit.forEach((i, j) => keys.copy(batch, j * ks, i * ks, (i + 1) * ks));
+    this.maps.ct.deleteRawBatch(batch, hit.length);
+    return hit.length;
+  }
+
   /** A new identity (or addresses) for an endpoint: a configuration write, no program is touched. */
   setEndpointConfig(c: EndpointConfig): void {
     this.epConfig.upsert(c.id, epConfigValue(c));
@@ -567,14 +595,20 @@ export class Datapath {
       table.replaceAll([...table.kernelEntries()]);
       table.markClean();
       this.policyTables.set(c.id, { map, table: this.reconciler.add(table, POLICY_GROUP) });
-      this.policyMaps.upsert(c.id, { fd: map.fd, id: map.id });
+      this.policyMaps.adopt(c.id, { fd: map.fd, id: map.id });
     } catch (e) {
       map?.close();
       problems.push(`policy map: ${(e as Error).message}`);
     }
     this.epConfig.upsert(c.id, epConfigValue(c));
-    this.lxc.upsert(c.hostIfindex, c.id);
-    this.callPolicy.upsert(c.id, { fd: this.programs.policyIngress.fd, id: this.programs.policyIngressId });
+    this.lxc.adopt(c.hostIfindex, c.id);
+    this.callPolicy.adopt(c.id, { fd: this.programs.policyIngress.fd, id: this.programs.policyIngressId });
+    try {
+      // The configuration the (maybe new) program reads is in place before the program runs.
+      for (const t of [this.policyMaps, this.epConfig, this.lxc, this.callPolicy] as MapTable<number, unknown>[]) t.flush();
+    } catch (e) {
+      problems.push((e as Error).message);
+    }
     try {
       const f = tcBpfList(this.nl, c.hostIfindex, 'ingress').find((x) => x.priority === 1 && x.handle === 1);
       if (!f || f.progId !== this.programs.fromContainerId) {

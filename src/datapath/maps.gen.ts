@@ -367,8 +367,10 @@ export interface CtValue {
   rx_flags_seen: number;
   /** __u8 @44 */
   flags: number;
-  /** __u8[3] @45 */
-  pad?: Buffer;
+  /** __u8 @45 */
+  pad?: number;
+  /** __u16 @46 */
+  policy_epoch: number;
   /** __u32 @48 */
   last_report: number;
   /** __u32 @52 */
@@ -390,7 +392,8 @@ export const ctValueCodec: Codec<CtValue> = {
     wint(b, o + 42, v.tx_flags_seen, 1, false, false, "ct_value.tx_flags_seen");
     wint(b, o + 43, v.rx_flags_seen, 1, false, false, "ct_value.rx_flags_seen");
     wint(b, o + 44, v.flags, 1, false, false, "ct_value.flags");
-    wbytes(b, o + 45, v.pad, 3, true, "ct_value.pad");
+    if (v.pad !== undefined) wint(b, o + 45, v.pad, 1, false, false, "ct_value.pad");
+    wint(b, o + 46, v.policy_epoch, 2, false, false, "ct_value.policy_epoch");
     wint(b, o + 48, v.last_report, 4, false, false, "ct_value.last_report");
     wint(b, o + 52, v.backend_id, 4, false, false, "ct_value.backend_id");
     return b;
@@ -408,7 +411,8 @@ export const ctValueCodec: Codec<CtValue> = {
       tx_flags_seen: rint(b, o + 42, 1, false, false),
       rx_flags_seen: rint(b, o + 43, 1, false, false),
       flags: rint(b, o + 44, 1, false, false),
-      pad: Buffer.from(b.subarray(o + 45, o + 45 + 3)),
+      pad: rint(b, o + 45, 1, false, false),
+      policy_epoch: rint(b, o + 46, 2, false, false),
       last_report: rint(b, o + 48, 4, false, false),
       backend_id: rint(b, o + 52, 4, false, false),
     };
@@ -595,7 +599,7 @@ export const dropEventCodec: Codec<DropEvent> = {
   },
 };
 
-/** struct ep_config (48 bytes) */
+/** struct ep_config (52 bytes) */
 export interface EpConfig {
   /** __u32 @0 */
   ep_id: number;
@@ -613,12 +617,16 @@ export interface EpConfig {
   mac: Buffer;
   /** __u8[6] @42 */
   node_mac: Buffer;
+  /** __u16 @48 */
+  policy_epoch: number;
+  /** __u16 @50 */
+  pad?: number;
 }
 
 export const epConfigCodec: Codec<EpConfig> = {
-  size: 48,
+  size: 52,
   encode(v: EpConfig, out?: Buffer, offset = 0): Buffer {
-    const b = target(48, out, offset);
+    const b = target(52, out, offset);
     const o = out ? offset : 0;
     wint(b, o + 0, v.ep_id, 4, false, false, "ep_config.ep_id");
     wint(b, o + 4, v.sec_id, 4, false, false, "ep_config.sec_id");
@@ -628,10 +636,12 @@ export const epConfigCodec: Codec<EpConfig> = {
     wbytes(b, o + 20, v.ipv6, 16, false, "ep_config.ipv6");
     wbytes(b, o + 36, v.mac, 6, false, "ep_config.mac");
     wbytes(b, o + 42, v.node_mac, 6, false, "ep_config.node_mac");
+    wint(b, o + 48, v.policy_epoch, 2, false, false, "ep_config.policy_epoch");
+    if (v.pad !== undefined) wint(b, o + 50, v.pad, 2, false, false, "ep_config.pad");
     return b;
   },
   decode(b: Buffer, o = 0): EpConfig {
-    if (o + 48 > b.length) throw new RangeError(`struct ep_config: need 48 bytes at offset ${o}, buffer has ${b.length}`);
+    if (o + 52 > b.length) throw new RangeError(`struct ep_config: need 52 bytes at offset ${o}, buffer has ${b.length}`);
     return {
       ep_id: rint(b, o + 0, 4, false, false),
       sec_id: rint(b, o + 4, 4, false, false),
@@ -641,6 +651,8 @@ export const epConfigCodec: Codec<EpConfig> = {
       ipv6: Buffer.from(b.subarray(o + 20, o + 20 + 16)),
       mac: Buffer.from(b.subarray(o + 36, o + 36 + 6)),
       node_mac: Buffer.from(b.subarray(o + 42, o + 42 + 6)),
+      policy_epoch: rint(b, o + 48, 2, false, false),
+      pad: rint(b, o + 50, 2, false, false),
     };
   },
 };
@@ -1125,7 +1137,7 @@ export const STRUCT_SIZES = {
   node_config: 48,
   event_hdr: 8,
   drop_event: 164,
-  ep_config: 48,
+  ep_config: 52,
   trace_event: 160,
   policy_verdict_event: 160,
   monitor_config: 16,
@@ -1148,12 +1160,12 @@ export const FIELD_OFFSETS = {
   policy_key: { prefixlen: 0, sec_id: 4, egress: 8, protocol: 9, dport: 10 },
   policy_value: { packets: 0, bytes: 8, proxy_port: 16, flags: 18, prefix_len: 19, pad: 20 },
   ct_key: { saddr: 0, daddr: 16, sport: 32, dport: 34, nexthdr: 36, flags: 37, family: 38, pad: 39 },
-  ct_value: { tx_packets: 0, tx_bytes: 8, rx_packets: 16, rx_bytes: 24, lifetime: 32, src_sec_id: 36, rev_nat_index: 40, tx_flags_seen: 42, rx_flags_seen: 43, flags: 44, pad: 45, last_report: 48, backend_id: 52 },
+  ct_value: { tx_packets: 0, tx_bytes: 8, rx_packets: 16, rx_bytes: 24, lifetime: 32, src_sec_id: 36, rev_nat_index: 40, tx_flags_seen: 42, rx_flags_seen: 43, flags: 44, pad: 45, policy_epoch: 46, last_report: 48, backend_id: 52 },
   metrics_value: { count: 0, bytes: 8 },
   node_config: { host_ifindex: 0, net_ifindex: 4, host_mac: 8, net_mac: 14, router_ipv4: 20, router_ipv6: 24, flags: 40, tunnel_ifindex: 44 },
   event_hdr: { type: 0, subtype: 1, source: 2, hash: 4 },
   drop_event: { hdr: 0, src_label: 8, dst_label: 12, dst_id: 16, line: 18, file: 20, ext_error: 21, pad: 22, ifindex: 24, orig_len: 28, cap_len: 32, pad2: 34, data: 36 },
-  ep_config: { ep_id: 0, sec_id: 4, ifindex: 8, flags: 12, ipv4: 16, ipv6: 20, mac: 36, node_mac: 42 },
+  ep_config: { ep_id: 0, sec_id: 4, ifindex: 8, flags: 12, ipv4: 16, ipv6: 20, mac: 36, node_mac: 42, policy_epoch: 48, pad: 50 },
   trace_event: { hdr: 0, src_label: 8, dst_label: 12, dst_id: 16, ct_state: 18, pad: 19, ifindex: 20, orig_len: 24, cap_len: 28, pad2: 30, data: 32 },
   policy_verdict_event: { hdr: 0, remote_label: 8, verdict: 12, drop_reason: 13, dir: 14, match_type: 15, dst_port: 16, proto: 18, audited: 19, ifindex: 20, orig_len: 24, cap_len: 28, pad: 30, data: 32 },
   monitor_config: { flags: 0, aggregation: 4, report_interval: 8, pad: 12 },

@@ -94,6 +94,16 @@ export class MapTable<K, V> {
     this.pending.set(id, key);
   }
 
+  /**
+   * Desire `value` at `key`, writing it only if the kernel holds something
+   * else there (adopting kernel state after a restart costs no write).
+   */
+  adopt(key: K, value: V): void {
+    this.upsert(key, value);
+    const k = this.kernelGet(key);
+    if (k !== undefined && this.same(k, value)) this.pending.delete(this.keyId(key));
+  }
+
   delete(key: K): void {
     const id = this.keyId(key);
     if (!this.desired.has(id) && !this.pending.has(id)) {

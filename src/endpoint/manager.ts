@@ -26,6 +26,11 @@ import type { IpCache } from '../ipcache/ipcache';
 import type { PolicyEngine } from '../policy/engine';
 import type { NamedPort } from '../policy/mapstate';
 
+/** The policy epoch after `e` (1..65535; 0 means "never cached" in conntrack entries). */
+export function nextEpoch(e: number): number {
+  return e >= 0xffff || e < 1 ? 1 : e + 1;
+}
+
 /** Policy-map slots kept ready for the next endpoint ids (see Datapath.ensurePolicySlot). */
 const PREWARM_SLOTS = 4;
 
@@ -53,7 +58,7 @@ export interface Endpoint {
   /** Container ports by name (from the Pod object), for named ports in policy. */
   namedPorts: Record<string, NamedPort[]>;
   /** Policy enforcement per direction and the policy revision this endpoint has reached. */
-  policy: { ingress: boolean; egress: boolean; revision: number; entries: number; error?: string; addressRules?: boolean };
+  policy: { ingress: boolean; egress: boolean; revision: number; entries: number; error?: string; addressRules?: boolean; epoch?: number };
 }
 
 /** Where an endpoint's security labels and named ports come from (Pod and Namespace objects). */
@@ -157,6 +162,8 @@ export class EndpointManager {
       }
       ep.namedPorts ??= {};
       ep.policy ??= { ingress: false, egress: false, revision: 0, entries: 0 };
+      // Continue after the kernel's epoch: verdicts cached before the restart are rechecked once.
+      ep.policy.epoch = nextEpoch(this.dp.kernelPolicyEpoch(ep.id) ?? ep.policy.epoch ?? 0);
       const problems = this.dp.restoreEndpoint(this.config(ep));
       if (!problems.length) problems.push(...this.dp.checkEndpoint(ep.id, ep.hostIfname).filter((p) => !p.startsWith('mb_')));
       ep.state = problems.length ? 'not-ready' : 'ready';
@@ -198,7 +205,24 @@ export class EndpointManager {
       hostMac: parseMac(ep.hostMac),
       podMac: parseMac(ep.mac),
       addressRules: ep.policy.addressRules,
+      policyEpoch: ep.policy.epoch ?? 1,
     };
+  }
+
+  /**
+   * The endpoint's next policy epoch (1..65535). On wrap-around its conntrack
+   * entries are flushed: none may keep a verdict cached under a reused epoch.
+   */
+  private bumpEpoch(ep: Endpoint): number {
+    const cur = ep.policy.epoch ?? 0;
+    const next = nextEpoch(cur);
+    if (cur > 0 && next === 1) {
+      this.dp.flushConntrackOf(parseIp(ep.ipv4)).then(
+        (n) => this.log.info('policy epoch wrapped: conntrack entries of the endpoint flushed', { endpoint: ep.id, entries: n }),
+        (e) => this.log.error('flushing conntrack after a policy epoch wrap failed', { endpoint: ep.id, error: e }),
+      );
+    }
+    return next;
   }
 
   private desire(ep: Endpoint): void {
@@ -302,7 +326,7 @@ export class EndpointManager {
         state: 'ready',
         createdAt: new Date().toISOString(),
         namedPorts: pod.namedPorts,
-        policy: { ingress: computed.ingress.enforced, egress: computed.egress.enforced, revision, entries: entries.length, addressRules: computed.addressRules },
+        policy: { ingress: computed.ingress.enforced, egress: computed.egress.enforced, revision, entries: entries.length, addressRules: computed.addressRules, epoch: 1 },
       };
       this.desire(ep);
       undo.push('remove map entries', () => {
@@ -376,13 +400,17 @@ export class EndpointManager {
     const computed = this.policy.compute({ identity: ep.identity, labels: ep.labels, namedPorts: ep.namedPorts ?? {} });
     const entries = [...computed.entries.values()].map(policyKV);
     try {
-      table.replaceAll(entries);
+      const diff = table.replaceAll(entries);
       table.flush();
-      // Address-block rules appear before the switch that makes the datapath use them, and go after it.
-      if (!!computed.addressRules !== !!ep.policy.addressRules) {
-        this.dp.setEndpointConfig({ ...this.config(ep), addressRules: computed.addressRules });
+      // The entries first, then the configuration: address-block rules appear before the switch that
+      // makes the datapath use them (and go after it); a new epoch makes conntrack recheck cached verdicts.
+      const changed = diff.upserts + diff.deletes > 0;
+      let epoch = ep.policy.epoch ?? 1;
+      if (changed || !!computed.addressRules !== !!ep.policy.addressRules) {
+        if (changed) epoch = this.bumpEpoch(ep);
+        this.dp.setEndpointConfig({ ...this.config(ep), addressRules: computed.addressRules, policyEpoch: epoch });
       }
-      ep.policy = { ingress: computed.ingress.enforced, egress: computed.egress.enforced, revision, entries: entries.length, addressRules: computed.addressRules };
+      ep.policy = { ingress: computed.ingress.enforced, egress: computed.egress.enforced, revision, entries: entries.length, addressRules: computed.addressRules, epoch };
       if (ep.state === 'not-ready' && ep.problems?.every((p) => p.startsWith('policy'))) {
         ep.state = 'ready';
         ep.problems = undefined;
@@ -393,6 +421,9 @@ export class EndpointManager {
       this.log.error('policy regeneration failed; endpoint fails closed', { endpoint: ep.id, error: msg });
       try {
         table.clearAll();
+        const epoch = this.bumpEpoch(ep);
+        this.dp.setEndpointConfig({ ...this.config(ep), policyEpoch: epoch });
+        ep.policy = { ...ep.policy, epoch };
       } catch (e2) {
         this.log.error('could not clear policy map', { endpoint: ep.id, error: e2 });
       }

@@ -62,7 +62,7 @@ function loadFixture(retCode = 0, epSecId = 0): BpfObject {
     obj.setConst('ret_code', u32(retCode));
     obj.setConst(
       'ep_cfg',
-      gen.epConfigCodec.encode({ ep_id: 1, sec_id: epSecId, ifindex: 0, flags: 0, ipv4: Buffer.from([10, 0, 0, 1]), ipv6: Buffer.alloc(16), mac: Buffer.alloc(6), node_mac: Buffer.alloc(6) }),
+      gen.epConfigCodec.encode({ ep_id: 1, sec_id: epSecId, ifindex: 0, flags: 0, policy_epoch: 0, ipv4: Buffer.from([10, 0, 0, 1]), ipv6: Buffer.alloc(16), mac: Buffer.alloc(6), node_mac: Buffer.alloc(6) }),
     );
     return obj.load();
   } catch (e) {

@@ -451,6 +451,32 @@ describe('address blocks (NetworkPolicy ipBlock, mb_ipblock)', () => {
 // ============================================================================
 
 describe('conntrack', () => {
+  it('an established flow keeps its verdict while the policy epoch stands; a new epoch rechecks it (revocation still cuts it)', () => {
+    const k = put(P, { id: ID_REMOTE, egress: true, proto: IPPROTO_TCP, port: 80 });
+    P.policyEpoch = 7;
+    fx.configure(P);
+    try {
+      const sport = port();
+      const pkt = () => out(P, REMOTE, { tcp: { sport, dport: 80, flags: TCP_ACK } });
+      egressPass(out(P, REMOTE, { tcp: { sport, dport: 80, flags: TCP_SYN } })); // new: policy, entry created
+      egressPass(pkt()); // established: policy checked, verdict cached under epoch 7
+      const entry = ct.lookup(ctKey(P.ip, REMOTE, IPPROTO_TCP, sport, 80, CT_EGRESS))!;
+      assert.equal(entry.policy_epoch, 7);
+      assert.equal(entry.src_sec_id, ID_REMOTE);
+      const [pk] = counters(P, k);
+      egressPass(pkt());
+      assert.deepEqual(counters(P, k)[0], pk, 'the cached verdict skips the policy lookup (the entry is not counted)');
+      policy[P.id].delete(k); // revoked behind the epoch's back: the cache still holds...
+      egressPass(pkt());
+      P.policyEpoch = 8; // ...until the epoch moves, as the agent does with every change of the map
+      fx.configure(P);
+      egressDrop(pkt(), DROP_POLICY);
+    } finally {
+      P.policyEpoch = 0;
+      fx.configure(P);
+    }
+  });
+
   it('garbage collection removes exactly the expired entries of a large table (read on a worker thread, deleted in slices)', async () => {
     const now = nowSec();
     const live: gen.CtKey[] = [];
@@ -460,7 +486,7 @@ describe('conntrack', () => {
       const k = ctKey(ip4(`10.9.${i >> 8}.${i & 255}`), ip4('10.9.255.1'), IPPROTO_UDP, 1000 + (i % 50000), 53, CT_EGRESS);
       const dead = i % 3 === 0;
       (dead ? expired : live).push(k);
-      entries.push([k, { tx_packets: 1n, tx_bytes: 1n, rx_packets: 0n, rx_bytes: 0n, lifetime: dead ? now - 5 : now + 600, src_sec_id: 2, rev_nat_index: 0, tx_flags_seen: 0, rx_flags_seen: 0, flags: 0, last_report: now, backend_id: 0 } as gen.CtValue]);
+      entries.push([k, { tx_packets: 1n, tx_bytes: 1n, rx_packets: 0n, rx_bytes: 0n, lifetime: dead ? now - 5 : now + 600, src_sec_id: 2, rev_nat_index: 0, tx_flags_seen: 0, rx_flags_seen: 0, flags: 0, policy_epoch: 0, last_report: now, backend_id: 0 } as gen.CtValue]);
     }
     ct.updateBatch(entries);
     const before = ctCount();

@@ -75,6 +75,8 @@ export interface DpEndpoint {
   policy?: boolean;
   /** the policy names address blocks (EP_CFG_F_ADDR_POLICY) */
   addressRules?: boolean;
+  /** conntrack caches verdicts under this epoch (0, the fixture's default: never cached) */
+  policyEpoch?: number;
 }
 
 export class DatapathFixture {
@@ -159,7 +161,7 @@ export class DatapathFixture {
     this.pin('mb_ep_config').withCodecs(u32Codec, gen.epConfigCodec).update(e.id, {
       ep_id: e.id, sec_id: e.secId, ifindex: e.ifindex,
       flags: EP_CFG_F_IPV4 | (e.policy === false ? EP_CFG_F_NO_POLICY : 0) | (e.addressRules ? C.EP_CFG_F_ADDR_POLICY : 0),
-      ipv4: e.ip, ipv6: Buffer.alloc(16), mac: e.mac, node_mac: e.nodeMac,
+      ipv4: e.ip, ipv6: Buffer.alloc(16), mac: e.mac, node_mac: e.nodeMac, policy_epoch: e.policyEpoch ?? 0,
     });
   }
 
