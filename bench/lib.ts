@@ -1,9 +1,12 @@
 /**
  * Shared helpers of the benchmarks: cleanup that runs even on failure or
- * Ctrl-C, bounded child processes, small statistics and table printing.
- * Benchmarks print figures and ratios; they never assert timings.
+ * Ctrl-C, bounded child processes, small statistics and table printing, and
+ * the rows of the issues' tables (reportRow) that bench/run-all.sh gathers
+ * into one summary. Benchmarks print figures and ratios; they never assert
+ * timings.
  */
 import { ChildProcess, spawn } from 'node:child_process';
+import * as fs from 'node:fs';
 
 // ---------------------------------------------------------------- cleanup
 
@@ -51,6 +54,7 @@ function killChild(c: ChildProcess): void {
  * failed (figures missing a target are not a failure).
  */
 export function runBench(name: string, main: () => Promise<void>): void {
+  benchName = name;
   let signalled = false;
   const onSignal = (sig: NodeJS.Signals) => {
     if (signalled) return;
@@ -64,6 +68,11 @@ export function runBench(name: string, main: () => Promise<void>): void {
       await main();
     } finally {
       await runCleanup();
+    }
+    if (reported.length) {
+      console.log('');
+      console.log(`${name}: rows of the issues' tables (bench/run-all.sh gathers them into its summary)`);
+      console.log(rowsTable(reported));
     }
   })().then(
     () => process.exit(0),
@@ -189,4 +198,92 @@ export function argValue(name: string, def: number, min: number, max: number): n
 
 export function mustRoot(): void {
   if (process.getuid && process.getuid() !== 0) throw new Error('the benchmarks create network namespaces: run them as root');
+}
+
+// ---------------------------------------------------------------- issue rows
+
+/**
+ * What a row must reach: the figure itself, or the figure divided by the
+ * reference measured in the same run ('ratio').
+ */
+export interface RowTarget {
+  on: 'figure' | 'ratio';
+  op: '<=' | '>=';
+  value: number;
+}
+
+/** One row of an issue's table, as a bench measured it. */
+export interface BenchRow {
+  /** The row as the issue names it, e.g. "CNI ADD, plugin exec p50, sequential". */
+  row: string;
+  figure: number;
+  /** 'ms', 'KiB', 's', 'events/s', '' for a plain ratio, ... */
+  unit: string;
+  /** The reference measured in the same run, when the row has one. */
+  reference?: { what: string; value: number; unit?: string };
+  /** Absent: the figure is shown, nothing is judged. */
+  target?: RowTarget;
+  note?: string;
+  /** Filled in by reportRow. */
+  bench?: string;
+  meets?: boolean;
+  time?: string;
+}
+
+/** The file rows are appended to (JSON lines); bench/run-all.sh sets it for the run. */
+export const ROWS_FILE_ENV = 'MEMBRANE_BENCH_ROWS';
+
+let benchName = '';
+const reported: BenchRow[] = [];
+
+/** The value a target is judged on (figure, or figure / reference). */
+export function rowValue(r: BenchRow): number {
+  if (r.target?.on === 'ratio') return r.reference && r.reference.value ? r.figure / r.reference.value : NaN;
+  return r.figure;
+}
+
+export function rowMeets(r: BenchRow): boolean | undefined {
+  if (!r.target) return undefined;
+  const v = rowValue(r);
+  if (!Number.isFinite(v)) return false;
+  return r.target.op === '<=' ? v <= r.target.value : v >= r.target.value;
+}
+
+/**
+ * Report one row of an issue's table: printed at the end of the bench and,
+ * under bench/run-all.sh, appended to the run's rows file for its summary.
+ * One call per row, e.g.
+ *   reportRow({ row: 'ClusterIP / direct new connections, 1 service', figure: 0.98, unit: '',
+ *               target: { on: 'figure', op: '>=', value: 0.97 } });
+ */
+export function reportRow(r: BenchRow): void {
+  const row: BenchRow = { ...r, bench: r.bench ?? benchName, meets: rowMeets(r), time: new Date().toISOString() };
+  reported.push(row);
+  const file = process.env[ROWS_FILE_ENV];
+  if (file) fs.appendFileSync(file, JSON.stringify(row) + '\n');
+}
+
+function withUnit(x: number, unit: string | undefined): string {
+  if (!Number.isFinite(x)) return '-';
+  const digits = Math.abs(x) >= 100 ? 0 : Math.abs(x) >= 10 ? 1 : Math.abs(x) >= 1 ? 2 : 3;
+  return `${fmt(x, digits)}${unit ? ' ' + unit : ''}`;
+}
+
+/** "<= 2x bridge + host-local", ">= 0.97", "<= 10 ms" */
+export function targetText(r: BenchRow): string {
+  if (!r.target) return '';
+  if (r.target.on === 'ratio') return `${r.target.op} ${fmt(r.target.value, r.target.value % 1 ? 2 : 0)}x ${r.reference?.what ?? 'the reference'}`;
+  return `${r.target.op} ${withUnit(r.target.value, r.unit)}`;
+}
+
+/** The rows as a table: row, figure, reference in the same run, target, meets/misses. */
+export function rowsTable(rows: BenchRow[]): string {
+  const out: string[][] = [['row', 'figure', 'reference (same run)', 'target', '']];
+  for (const r of rows) {
+    const ratio = r.target?.on === 'ratio' ? ` (${fmt(rowValue(r), 2)}x)` : '';
+    const ref = r.reference ? `${r.reference.what}: ${withUnit(r.reference.value, r.reference.unit ?? r.unit)}` : '';
+    const verdict = r.meets === undefined ? '' : r.meets ? 'meets' : 'MISSES';
+    out.push([r.row, withUnit(r.figure, r.unit) + ratio, ref, targetText(r), verdict]);
+  }
+  return table(out);
 }

@@ -52,7 +52,7 @@ import * as path from 'node:path';
 import * as crypto from 'node:crypto';
 import { CLI_BIN, TestNode, hasCmd } from '../test/helpers/node';
 import { netnsAdd, netnsDel, ping, runPrefix, sh, tryRun } from '../test/helpers/sys';
-import { argValue, background, fmt, hasArg, median, mustRoot, onCleanup, run, runBench, sleep, spread, table } from './lib';
+import { argValue, background, fmt, hasArg, median, mustRoot, onCleanup, reportRow, run, runBench, sleep, spread, table } from './lib';
 
 const TARGET_VIP_RATIO = 0.95; // ClusterIP / direct
 const TARGET_FLAT = 0.95; // large / small services
@@ -687,6 +687,18 @@ async function main(): Promise<void> {
   ratioRows.push([`direct ${nm(large)} / 0 services`, fmt(med('m-direct', large) / med('m-direct', 0), 3), fmt(med('b-direct', large) / med('b-direct', 0), 3), '', '']);
   console.log('');
   console.log(table(ratioRows));
+  // Issue 15's rows: ClusterIP against direct connections to a backend, measured in the same rounds.
+  const ISSUE_VIP_RATIO = 0.97;
+  for (const n of [1, large]) {
+    if (!phases.includes(n)) continue;
+    reportRow({
+      row: n === 10_000 ? 'ClusterIP / direct new connections, 10,000 services' : n === 1 ? 'ClusterIP / direct new connections, 1 service' : `ClusterIP / direct new connections, ${nm(n)} services`,
+      figure: med('m-vip', n),
+      unit: 'conn/s',
+      reference: { what: 'direct to the backend pod', value: med('m-direct', n) },
+      target: { on: 'ratio', op: '>=', value: ISSUE_VIP_RATIO },
+    });
+  }
 
   // Same-round pairs are less sensitive to drift on a shared machine.
   const paired = (a: string, b: string, n: number) => (res[a][n] ?? []).map((x, i) => x.rate / res[b][n][i].rate);

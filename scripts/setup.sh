@@ -13,9 +13,9 @@ want_lab=0
 [ "${1:-}" = "--test" ] && want_test=1
 [ "${1:-}" = "--lab" ] && want_lab=1
 
-pkgs=(clang llvm libbpf-dev libelf-dev zlib1g-dev linux-libc-dev iproute2 bpftool make gcc g++ python3 util-linux iputils-ping)
+pkgs=(clang llvm libbpf-dev libelf-dev zlib1g-dev linux-libc-dev libc6-dev iproute2 bpftool make gcc g++ python3 util-linux iputils-ping)
 if [ "$want_test" = 1 ]; then
-  pkgs+=(iperf3 sockperf podman runc containerd busybox-static golang-go golang-github-appc-cni-dev iptables chromium strace curl wrk etcd-server etcd-client)
+  pkgs+=(iperf3 sockperf podman runc containerd busybox-static golang-go golang-github-appc-cni-dev iptables chromium strace curl wrk etcd-server etcd-client containernetworking-plugins)
 fi
 if [ "$want_lab" = 1 ]; then
   pkgs+=(etcd-server etcd-client)

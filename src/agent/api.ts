@@ -16,6 +16,8 @@ import { FILTER_FIELDS, FilterError, parseFlowQuery } from '../monitor/filter';
 import { MONITOR_TYPES, serveFlows, serveMonitor } from '../monitor/stream';
 import { ifnameProblem } from '../netlink/ifname';
 import { MAX_DEPTH, showValue, tooDeep } from '../util/depth';
+import { CNI_ENV } from '../cni/plugin';
+import { CniRequest, endpointBackend, serveCni } from '../cni/backend';
 
 /** Linux interface names (dev_valid_name): not "." or "..", no '/', ':' or whitespace; bytes are checked by ifnameProblem. */
 const IFNAME_PATTERN = '^(?!\\.\\.?$)[^/:\\s]+$';
@@ -62,6 +64,19 @@ const gcBody = {
   additionalProperties: false,
   properties: { validAttachments: { type: 'array', items: attachment } },
 } as const;
+
+/** One CNI invocation forwarded by bin/membrane-cni: its CNI_* variables and its stdin (at most 4 MiB there). */
+const cniBody = {
+  type: 'object',
+  required: ['env', 'stdin'],
+  additionalProperties: false,
+  properties: {
+    env: { type: 'object', additionalProperties: false, properties: Object.fromEntries(CNI_ENV.map((k) => [k, { type: 'string', maxLength: 65536 }])) },
+    stdin: { type: 'string', maxLength: 4 * 1024 * 1024 },
+  },
+} as const;
+/** The header carrying the plugin's exit code (the body is what it prints). */
+export const CNI_EXIT_HEADER = 'membrane-cni-exit-code';
 
 /** No query parameters at all. */
 const noQuery = { type: 'object', additionalProperties: false, properties: {} } as const;
@@ -211,6 +226,14 @@ export function buildApi(agent: Agent): FastifyInstance {
   });
   app.post('/v1/gc', { schema: { body: gcBody, querystring: noQuery } }, async (req) => {
     return agent.endpoints.gc((req.body as { validAttachments: { containerId: string; ifname: string }[] }).validAttachments);
+  });
+
+  // The CNI plugin: bin/membrane-cni forwards its invocation, prints the body and exits with the header's code.
+  const cni = endpointBackend(agent.endpoints, () => agent.routerAddress());
+  app.post('/v1/cni', { bodyLimit: 32 * 1024 * 1024, schema: { body: cniBody, querystring: noQuery } }, async (req, reply) => {
+    const out = await serveCni(req.body as CniRequest, cni, agent.log);
+    reply.header(CNI_EXIT_HEADER, String(out.exitCode)).type('application/json; charset=utf-8');
+    return reply.send(out.stdout ? out.stdout + '\n' : '');
   });
 
   app.get('/v1/identity', { schema: { querystring: noQuery } }, async () => agent.endpoints.identities.list());

@@ -17,7 +17,7 @@ import { readPolicyImport, readResources, UsageError } from '../../src/cli/main'
 import { ifnameProblem } from '../../src/netlink/ifname';
 import { ensurePrivateDir } from '../../src/util/fsutil';
 import { parseAgentArgs } from '../../src/agent/config';
-import { run } from '../../src/cni/plugin';
+import { CniBackend, run } from '../../src/cni/plugin';
 
 const pod = (labels: unknown) => ({ apiVersion: 'v1', kind: 'Pod', metadata: { name: 'p', namespace: 'x', labels } });
 const problemsOf = (objects: unknown[], ctx = {}): ResourceValidationError => {
@@ -194,11 +194,20 @@ describe('policy import of plain rule lists', () => {
   });
 });
 
+/** The CNI checks below run before any endpoint work: a backend call is a failure. */
+const noBackend: CniBackend = {
+  add: async () => assert.fail('add called'),
+  del: async () => assert.fail('del called'),
+  check: async () => assert.fail('check called'),
+  status: async () => assert.fail('status called'),
+  gc: async () => assert.fail('gc called'),
+};
+
 describe('interface names, the state directory', () => {
   it('CNI_IFNAME is checked as Linux checks it (dev_valid_name)', async () => {
     for (const ok of ['eth0', 'net1', 'a', 'x'.repeat(15), 'é'.repeat(7)]) assert.equal(ifnameProblem(ok), undefined, ok);
     for (const bad of ['', '.', '..', 'a b', 'a\tb', 'a:b', 'a/b', 'x'.repeat(16), 'é'.repeat(8), 'a\u00a0']) assert.ok(ifnameProblem(bad), JSON.stringify(bad));
-    const out = await run({ env: { CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'c', CNI_NETNS: '/run/netns/x', CNI_IFNAME: '..' }, stdin: '{"cniVersion":"1.1.0","name":"n","type":"membrane-cni","socket":"/nonexistent.sock"}' });
+    const out = await run({ env: { CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'c', CNI_NETNS: '/run/netns/x', CNI_IFNAME: '..' }, stdin: '{"cniVersion":"1.1.0","name":"n","type":"membrane-cni","socket":"/nonexistent.sock"}' }, noBackend);
     const j = JSON.parse(out.stdout);
     assert.equal(j.code, 4);
     assert.match(j.msg, /CNI_IFNAME: "\.\." is not a valid interface name/);

@@ -1,8 +1,17 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { buildResult, convertResult, parseCniArgs, parseConf, run } from '../../src/cni/plugin';
+import { CniBackend, buildResult, convertResult, parseCniArgs, parseConf, run } from '../../src/cni/plugin';
 
-describe('CNI plugin input handling (no agent needed)', () => {
+/** A backend that must not be reached: input errors are found before any endpoint work. */
+const unreachable: CniBackend = {
+  add: async () => assert.fail('add called'),
+  del: async () => assert.fail('del called'),
+  check: async () => assert.fail('check called'),
+  status: async () => assert.fail('status called'),
+  gc: async () => assert.fail('gc called'),
+};
+
+describe('CNI plugin input handling (no endpoint work)', () => {
   it('parses CNI_ARGS and rejects unknown keys unless IgnoreUnknown', () => {
     assert.deepEqual(parseCniArgs('IgnoreUnknown=1;K8S_POD_NAMESPACE=x;K8S_POD_NAME=a;FOO=b'), { K8S_POD_NAMESPACE: 'x', K8S_POD_NAME: 'a', FOO: 'b' });
     assert.throws(() => parseCniArgs('FOO=b'), /unknown key "FOO"/);
@@ -35,12 +44,12 @@ describe('CNI plugin input handling (no agent needed)', () => {
   });
 
   it('missing environment variables are code 4 naming the variable', async () => {
-    const out = await run({ env: { CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'c' }, stdin: '{"cniVersion":"1.1.0","name":"n","type":"membrane-cni"}' });
+    const out = await run({ env: { CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'c' }, stdin: '{"cniVersion":"1.1.0","name":"n","type":"membrane-cni"}' }, unreachable);
     assert.equal(out.exitCode, 1);
     const j = JSON.parse(out.stdout);
     assert.equal(j.code, 4);
     assert.match(j.msg, /CNI_NETNS/);
-    const v = await run({ env: { CNI_COMMAND: 'VERSION' }, stdin: '{"cniVersion":"0.4.0"}' });
+    const v = await run({ env: { CNI_COMMAND: 'VERSION' }, stdin: '{"cniVersion":"0.4.0"}' }, unreachable);
     assert.equal(JSON.parse(v.stdout).cniVersion, '0.4.0');
   });
 });
