@@ -567,6 +567,113 @@ static napi_value js_map_update_async(napi_env env, napi_callback_info info)
 	return promise;
 }
 
+/*
+ * mapUpdateBatchAsync(fd, keys, values, count, flags) -> Promise<void>: BPF_MAP_UPDATE_BATCH
+ * (element by element where the map type has no batch op) on a libuv worker
+ * thread. For maps of maps the kernel waits for one RCU grace period per
+ * syscall, so a batch installs many slots for the price of one. Keys and
+ * values are copied; the fd must stay open until the promise settles.
+ */
+struct map_batch_work {
+	napi_async_work work;
+	napi_deferred deferred;
+	int fd;
+	__u64 flags;
+	uint32_t count, done;
+	size_t klen, vlen;
+	void *keys;
+	void *vals;
+	int err;
+	const char *syscall;
+};
+
+static void map_batch_execute(napi_env env, void *data)
+{
+	struct map_batch_work *w = data;
+	(void)env;
+	uint32_t n = w->count;
+	if (!n)
+		return;
+	LIBBPF_OPTS(bpf_map_batch_opts, opts, .elem_flags = w->flags);
+	w->syscall = "bpf(BPF_MAP_UPDATE_BATCH)";
+	if (bpf_map_update_batch(w->fd, w->keys, w->vals, &n, &opts) == 0) {
+		w->done = w->count;
+		return;
+	}
+	w->err = errno;
+	w->done = n;
+	if (!batch_unsupported(w->err))
+		return;
+	w->err = 0;
+	w->syscall = "bpf(BPF_MAP_UPDATE_ELEM)";
+	for (w->done = 0; w->done < w->count; w->done++) {
+		if (bpf_map_update_elem(w->fd, (char *)w->keys + w->done * w->klen, (char *)w->vals + w->done * w->vlen, w->flags) < 0) {
+			w->err = errno;
+			return;
+		}
+	}
+}
+
+static void map_batch_complete(napi_env env, napi_status status, void *data)
+{
+	struct map_batch_work *w = data;
+	if (status != napi_ok || w->err) {
+		char nb[64];
+		napi_value e = mb_errno_error(env, w->err ? w->err : EIO, w->syscall, NULL, "map %s (%u of %u done)",
+					      map_name(w->fd, nb, sizeof(nb)), w->done, w->count);
+		napi_reject_deferred(env, w->deferred, e);
+	} else {
+		napi_resolve_deferred(env, w->deferred, mb_undef(env));
+	}
+	napi_delete_async_work(env, w->work);
+	free(w->keys);
+	free(w->vals);
+	free(w);
+}
+
+static napi_value js_map_update_batch_async(napi_env env, napi_callback_info info)
+{
+	MB_ARGS(5);
+	int32_t fd;
+	void *keys, *vals;
+	uint32_t count;
+	size_t klen, vlen;
+	int64_t flags = 0;
+	if (!batch_args(env, argv, true, &fd, &keys, &vals, &count, &klen, &vlen))
+		return NULL;
+	if (!mb_is_nullish(env, argv[4]) && !mb_arg_i64(env, argv[4], "flags", &flags))
+		return NULL;
+	struct map_batch_work *w = calloc(1, sizeof(*w));
+	if (!w) {
+		mb_throw_type(env, "mapUpdateBatchAsync: out of memory");
+		return NULL;
+	}
+	w->fd = fd;
+	w->flags = (__u64)flags;
+	w->count = count;
+	w->klen = klen;
+	w->vlen = vlen;
+	w->keys = malloc(count * klen + 1);
+	w->vals = malloc(count * vlen + 1);
+	if (!w->keys || !w->vals) {
+		free(w->keys);
+		free(w->vals);
+		free(w);
+		mb_throw_type(env, "mapUpdateBatchAsync: out of memory");
+		return NULL;
+	}
+	if (count) {
+		memcpy(w->keys, keys, count * klen);
+		memcpy(w->vals, vals, count * vlen);
+	}
+	napi_value promise, name;
+	napi_create_promise(env, &w->deferred, &promise);
+	napi_create_string_utf8(env, "mapUpdateBatchAsync", NAPI_AUTO_LENGTH, &name);
+	napi_create_async_work(env, NULL, name, map_batch_execute, map_batch_complete, w, &w->work);
+	napi_queue_async_work(env, w->work);
+	return promise;
+}
+
 /* mapCreate(type, name, keySize, valueSize, maxEntries, flags) -> fd (owned by the caller) */
 static napi_value js_map_create(napi_env env, napi_callback_info info)
 {
@@ -610,6 +717,7 @@ void mb_init_bpf_map(napi_env env, napi_value exports)
 	mb_export(env, exports, "mapLookupBatch", js_map_lookup_batch);
 	mb_export(env, exports, "mapLookupBatchAsync", js_map_lookup_batch_async);
 	mb_export(env, exports, "mapUpdateBatch", js_map_update_batch);
+	mb_export(env, exports, "mapUpdateBatchAsync", js_map_update_batch_async);
 	mb_export(env, exports, "mapDeleteBatch", js_map_delete_batch);
 	mb_export(env, exports, "numPossibleCpus", js_num_possible_cpus);
 }

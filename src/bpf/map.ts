@@ -307,6 +307,26 @@ export class BpfMap<K = Buffer, V = Buffer> {
     return out;
   }
 
+  /**
+   * updateBatch() on a worker thread. For maps of maps the kernel waits for an
+   * RCU grace period once per syscall: a batch installs many slots for one.
+   */
+  async updateBatchAsync(entries: Iterable<readonly [K, V]>, flag: UpdateFlag = 'any'): Promise<void> {
+    const list = [...entries];
+    if (!list.length) return;
+    const keys = Buffer.alloc(list.length * this.keySize);
+    const vals = Buffer.alloc(list.length * this.valueLen);
+    list.forEach(([k, v], i) => {
+      this.encKey(k, 'updateBatch').copy(keys, i * this.keySize);
+      this.valueBytes(v, 'updateBatch').copy(vals, i * this.valueLen);
+    });
+    try {
+      await native().mapUpdateBatchAsync(this.fd, keys, vals, list.length, UPDATE_FLAGS[flag]);
+    } catch (e) {
+      throw toBpfError(e, this.ctx('update batch (async)'));
+    }
+  }
+
   /** BPF_MAP_UPDATE_BATCH (per-element fallback for map types without batch ops). */
   updateBatch(entries: Iterable<readonly [K, V]>, flag: UpdateFlag = 'any'): void {
     const list = [...entries];

@@ -156,6 +156,8 @@ export interface MembraneNative {
   mapLookupBatchAsync(fd: number, keyLen: number, valueLen: number, maxCount: number): Promise<{ keys: Buffer; values: Buffer; count: number }>;
   /** Falls back to per-element updates for map types without batch ops. */
   mapUpdateBatch(fd: number, keys: Buffer, values: Buffer, count: number, flags?: number): void;
+  /** BPF_MAP_UPDATE_BATCH on a libuv worker thread (element by element where unsupported). */
+  mapUpdateBatchAsync(fd: number, keys: Buffer, values: Buffer, count: number, flags?: number): Promise<void>;
   /** Throws (ENOENT) on the first absent key; falls back to per-element deletes. */
   mapDeleteBatch(fd: number, keys: Buffer, count: number): void;
   numPossibleCpus(): number;

@@ -75,6 +75,8 @@ export class MapTable<K, V> {
   private readonly keyId: (k: K) => string;
   private readonly same: (a: V, b: V) => boolean;
   private readonly absent?: V;
+  /** The batch flushAsync is writing, if any. */
+  private flushing?: Promise<void>;
 
   constructor(
     readonly name: string,
@@ -184,21 +186,53 @@ export class MapTable<K, V> {
   }
 
   /**
-   * flush() with updates on a worker thread (BpfMap.updateAsync): for tables
-   * whose writes wait for an RCU grace period (maps of maps). A change made
-   * while a write is in flight stays pending.
+   * flush() with the updates on a worker thread, in one batch
+   * (BpfMap.updateBatchAsync): for tables whose writes wait for an RCU grace
+   * period (maps of maps), which then costs one grace period per batch, not
+   * per entry. Changes stated in the same turn join the batch; a flush waits
+   * for one in flight, then writes what is still pending. A change made while
+   * a write is in flight stays pending.
    */
   async flushAsync(): Promise<void> {
-    for (const [id, key] of [...this.pending]) {
-      const want = this.desired.get(id);
-      try {
-        if (want) await this.map.updateAsync(want.key, want.value);
-        else if (this.absent !== undefined) this.map.update(key, this.absent);
-        else this.map.delete(key);
-      } catch (e) {
-        throw this.failed(want ? 'update' : 'delete', id, e);
+    await undefined;
+    while (this.flushing) await this.flushing.catch(() => undefined);
+    if (!this.pending.size) return;
+    const run = this.flushPendingAsync();
+    this.flushing = run;
+    try {
+      await run;
+    } finally {
+      if (this.flushing === run) this.flushing = undefined;
+    }
+  }
+
+  private async flushPendingAsync(): Promise<void> {
+    const batch = [...this.pending].map(([id, key]) => ({ id, key, want: this.desired.get(id) }));
+    const settle = (b: (typeof batch)[number]) => {
+      if (this.pending.get(b.id) === b.key && this.desired.get(b.id) === b.want) this.pending.delete(b.id);
+    };
+    const ups = batch.filter((b) => b.want);
+    try {
+      await this.map.updateBatchAsync(ups.map((b) => [b.want!.key, b.want!.value] as const));
+    } catch {
+      // Find the entry at fault one by one, so the error names it (written ones are written again).
+      for (const b of ups) {
+        try {
+          await this.map.updateAsync(b.want!.key, b.want!.value);
+        } catch (e) {
+          throw this.failed('update', b.id, e);
+        }
       }
-      if (this.pending.get(id) === key && this.desired.get(id) === want) this.pending.delete(id);
+    }
+    for (const b of ups) settle(b);
+    for (const b of batch.filter((x) => !x.want)) {
+      try {
+        if (this.absent !== undefined) this.map.update(b.key, this.absent);
+        else this.map.delete(b.key);
+      } catch (e) {
+        throw this.failed('delete', b.id, e);
+      }
+      settle(b);
     }
     if (!this.pending.size) {
       this.failures = 0;

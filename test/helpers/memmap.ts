@@ -30,6 +30,21 @@ export class MemMap<K, V> {
     this.m.set(this.id(k), { k: this.kc.decode(this.kc.encode(k)), v: this.vc.decode(this.vc.encode(v)) });
   }
 
+  async updateAsync(k: K, v: V): Promise<void> {
+    await undefined;
+    this.update(k, v);
+  }
+
+  /** As the kernel's batch update: entries in order, stopping at the first failure. */
+  async updateBatchAsync(entries: Iterable<readonly [K, V]>): Promise<void> {
+    await undefined;
+    this.batches++;
+    for (const [k, v] of entries) this.update(k, v);
+  }
+
+  /** How many batch updates were made. */
+  batches = 0;
+
   delete(k: K): boolean {
     return this.m.delete(this.id(k));
   }

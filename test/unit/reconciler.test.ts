@@ -28,6 +28,38 @@ describe('MapTable', () => {
     assert.equal(t.status().failed, 0);
   });
 
+  it('flushAsync writes the changes of one turn in one batch, flushes in turn, and names an entry that fails', async () => {
+    const { map, t } = table();
+    t.upsert(1, 10);
+    const a = t.flushAsync();
+    t.upsert(2, 20);
+    t.upsert(3, 30);
+    const b = t.flushAsync();
+    await Promise.all([a, b]);
+    assert.equal(map.batches, 1, 'one batch for the changes stated in the same turn');
+    assert.deepEqual(new Map(map.entries()), new Map([[1, 10], [2, 20], [3, 30]]));
+    assert.ok(!t.dirty);
+    // Stated while a batch is in flight: written by the next one.
+    t.upsert(4, 40);
+    const c = t.flushAsync();
+    await undefined;
+    await undefined;
+    t.upsert(5, 50);
+    await Promise.all([c, t.flushAsync()]);
+    assert.deepEqual(new Map(map.entries()), new Map([[1, 10], [2, 20], [3, 30], [4, 40], [5, 50]]));
+    assert.ok(!t.dirty);
+    // A failure inside the batch: the entry at fault is named and stays pending.
+    t.upsert(6, 60);
+    t.upsert(7, 70);
+    map.failNext = 2; // the batch fails at 6, then 6 fails again when written alone
+    await assert.rejects(t.flushAsync(), (e: unknown) => e instanceof TableError && e.op === 'update' && e.key === '6');
+    assert.ok(t.dirty);
+    await t.flushAsync();
+    assert.equal(map.lookup(6), 60);
+    assert.equal(map.lookup(7), 70);
+    assert.equal(t.status().failed, 0);
+  });
+
   it('resync repairs entries changed, removed or added behind its back, and counts them', () => {
     const { map, t } = table();
     t.replaceAll([{ key: 1, value: 10 }, { key: 2, value: 20 }]);
