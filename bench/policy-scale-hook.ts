@@ -20,12 +20,23 @@
  * directory; "bench profiler started/stopped" lines go to the log. Only
  * around policy applies: the profiler's SIGPROF interrupts BPF program loads
  * (the verifier returns EAGAIN on a pending signal), so an endpoint ADD fails
- * while it runs. With MB_BENCH_NO_TIMERS=1 only the profiler is set up.
+ * while it runs. With MB_BENCH_NO_TIMERS=1 only the profiler and the
+ * memory probe are set up.
+ *
+ * Memory probe (always): SIGWINCH runs two full garbage collections (V8's gc,
+ * exposed here with --expose-gc set at run time) and logs
+ *   {"msg":"bench memory","rss":..,"heapTotal":..,"heapUsed":..,"external":..,"arrayBuffers":..}
+ * (process.memoryUsage() after the collections, bytes); with
+ * MB_BENCH_HEAP_DIR set and a file named "take" in it, it also writes a heap
+ * snapshot there (and removes "take") and names it in the line ("snapshot").
+ * SIGWINCH is otherwise ignored by the agent.
  */
 /* eslint-disable @typescript-eslint/no-explicit-any */
 import * as fs from 'node:fs';
 import * as inspector from 'node:inspector';
 import * as path from 'node:path';
+import * as v8 from 'node:v8';
+import * as vm from 'node:vm';
 
 const isAgent = /membrane-agent$/.test(process.argv[1] ?? '');
 
@@ -134,6 +145,27 @@ function profilerOnSignal(dir: string): void {
 }
 
 if (isAgent && process.env.MB_BENCH_CPU_PROF_DIR) profilerOnSignal(process.env.MB_BENCH_CPU_PROF_DIR);
+
+function memoryOnSignal(): void {
+  v8.setFlagsFromString('--expose-gc');
+  const gc = vm.runInNewContext('gc') as () => void;
+  process.on('SIGWINCH', () => {
+    gc();
+    gc();
+    const dir = process.env.MB_BENCH_HEAP_DIR;
+    let snapshot: string | undefined;
+    if (dir && fs.existsSync(path.join(dir, 'take'))) {
+      fs.rmSync(path.join(dir, 'take'), { force: true });
+      snapshot = v8.writeHeapSnapshot(path.join(dir, `agent-${process.pid}-${Date.now()}.heapsnapshot`));
+    }
+    const m = process.memoryUsage();
+    process.stderr.write(
+      JSON.stringify({ time: new Date().toISOString(), level: 'info', msg: 'bench memory', rss: m.rss, heapTotal: m.heapTotal, heapUsed: m.heapUsed, external: m.external, arrayBuffers: m.arrayBuffers, snapshot }) + '\n',
+    );
+  });
+}
+
+if (isAgent) memoryOnSignal();
 
 if (isAgent && process.env.MB_BENCH_NO_TIMERS !== '1') {
   const dist = path.resolve(__dirname, '..', 'src');

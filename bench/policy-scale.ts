@@ -50,7 +50,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { CLI_BIN, CNI_BIN, TestNode, hasCmd } from '../test/helpers/node';
 import { REPO, netnsAdd, netnsDel, ping, runPrefix, sh, tryRun } from '../test/helpers/sys';
-import { argValue, background, fmt, hasArg, median, mustRoot, onCleanup, run, runBench, sleep, spread, table } from './lib';
+import { argValue, background, fmt, hasArg, median, mustRoot, onCleanup, reportRow, run, runBench, sleep, spread, table } from './lib';
 
 const TARGET_APPLY_MS = 1000; // whole apply enforced
 const REF_PER_ENDPOINT_MS = 600; // reference system: policy enforced on an endpoint in < 600 ms
@@ -65,6 +65,11 @@ const CHAIN = 'MBBENCH';
 const quick = hasArg('--quick');
 const noBreakdown = hasArg('--no-breakdown');
 const cpuProf = hasArg('--cpu-prof');
+const heapSnapshots = hasArg('--heap-snapshot');
+const ISSUE_PODS = 1000;
+const ISSUE_RULES = 500;
+const TARGET_ATTACH_S = 30; // 1,000 pods attached
+const TARGET_KIB_PER_ENDPOINT = 10; // agent memory per endpoint, 1,000 endpoints and 500 rules
 
 function cidrFor(n: number): string {
   // room for n pods + router + network/broadcast
@@ -171,12 +176,14 @@ function logSince(node: TestNode, from: number): any[] {
 }
 
 /** Agent-side NODE_OPTIONS for one agent start only (the timing hook, the CPU profiler). */
-async function startAgentWith(node: TestNode, opts: { hook: boolean; profDir?: string }): Promise<void> {
+async function startAgentWith(node: TestNode, opts: { hook: boolean; profDir?: string; heapDir?: string }): Promise<void> {
   // Node refuses --cpu-prof in NODE_OPTIONS: the hook starts the V8 profiler through node:inspector instead.
+  // The hook is always loaded for its memory probe; without `hook` it wraps nothing.
   const vars: Record<string, string | undefined> = {};
-  if (opts.hook || opts.profDir) vars.NODE_OPTIONS = `${process.env.NODE_OPTIONS ?? ''} --require ${path.join(__dirname, 'policy-scale-hook.js')}`.trim();
+  vars.NODE_OPTIONS = `${process.env.NODE_OPTIONS ?? ''} --require ${path.join(__dirname, 'policy-scale-hook.js')}`.trim();
   if (opts.profDir) vars.MB_BENCH_CPU_PROF_DIR = opts.profDir;
-  if (!opts.hook && opts.profDir) vars.MB_BENCH_NO_TIMERS = '1';
+  if (opts.heapDir) vars.MB_BENCH_HEAP_DIR = opts.heapDir;
+  if (!opts.hook) vars.MB_BENCH_NO_TIMERS = '1';
   const saved = Object.fromEntries(Object.keys(vars).map((k) => [k, process.env[k]]));
   Object.assign(process.env, vars);
   try {
@@ -187,6 +194,85 @@ async function startAgentWith(node: TestNode, opts: { hook: boolean; profDir?: s
       else process.env[k] = v;
     }
   }
+}
+
+interface HeapProbe {
+  rss: number;
+  heapTotal: number;
+  heapUsed: number;
+  external: number;
+  arrayBuffers: number;
+  snapshot?: string;
+}
+
+/** The agent's memory after two full collections (the hook's probe, SIGWINCH), bytes; a heap snapshot too when snapshotDir is given. */
+async function heapProbe(node: TestNode, pid: number, snapshotDir?: string): Promise<HeapProbe> {
+  const off = logSize(node);
+  if (snapshotDir) fs.writeFileSync(path.join(snapshotDir, 'take'), '');
+  process.kill(pid, 'SIGWINCH');
+  for (let i = 0; i < 600; i++) {
+    const l = logSince(node, off).find((x) => x.msg === 'bench memory');
+    if (l) return l;
+    await sleep(100);
+  }
+  throw new Error("the agent's memory probe did not answer in 60 s (was the hook loaded?)");
+}
+
+const heapOf = (h: HeapProbe) => h.heapUsed + h.external;
+
+/**
+ * Self size per kind of node in a V8 heap snapshot (bytes, count): plain
+ * objects and arrays by their own property names (what they are), other
+ * objects by constructor, the rest by node type.
+ */
+function heapByKind(file: string): Map<string, { size: number; count: number }> {
+  const snap = JSON.parse(fs.readFileSync(file, 'utf8'));
+  const meta = snap.snapshot.meta;
+  const nf: string[] = meta.node_fields;
+  const ef: string[] = meta.edge_fields;
+  const nodeTypes: string[] = meta.node_types[0];
+  const edgeTypes: string[] = meta.edge_types[0];
+  const [NS, ES] = [nf.length, ef.length];
+  const [iT, iN, iS, iE] = ['type', 'name', 'self_size', 'edge_count'].map((x) => nf.indexOf(x));
+  const [eT, eN] = ['type', 'name_or_index'].map((x) => ef.indexOf(x));
+  const nodes: number[] = snap.nodes;
+  const edges: number[] = snap.edges;
+  const strings: string[] = snap.strings;
+  const out = new Map<string, { size: number; count: number }>();
+  let e = 0;
+  for (let i = 0; i < nodes.length; i += NS) {
+    const type = nodeTypes[nodes[i + iT]];
+    const name: string = strings[nodes[i + iN]];
+    const ec = nodes[i + iE];
+    let key: string;
+    if (type === 'object' && (name === 'Object' || name === 'Array')) {
+      const props: string[] = [];
+      for (let k = 0; k < ec; k++) if (edgeTypes[edges[e + k * ES + eT]] === 'property') props.push(strings[edges[e + k * ES + eN]]);
+      key = `${name} {${props.filter((p) => p !== '__proto__').slice(0, 8).join(', ')}}`;
+    } else if (type === 'object' || type === 'closure') key = `${name} (${type})`;
+    else if (type.endsWith('string')) key = `(${type})`;
+    else key = `(${type}) ${name.slice(0, 40)}`;
+    const v = out.get(key) ?? { size: 0, count: 0 };
+    v.size += nodes[i + iS];
+    v.count++;
+    out.set(key, v);
+    e += ec * ES;
+  }
+  return out;
+}
+
+/** The difference of two snapshots per kind, per endpoint, largest first. */
+function heapDiffTable(withFile: string, withoutFile: string, n: number, top: number): string {
+  const a = heapByKind(withFile);
+  const b = heapByKind(withoutFile);
+  const rows = [...a].map(([k, v]) => ({ k, size: v.size - (b.get(k)?.size ?? 0), count: v.count - (b.get(k)?.count ?? 0) })).sort((x, y) => y.size - x.size);
+  const total = rows.reduce((acc, r) => acc + r.size, 0);
+  return (
+    table([
+      ['kind', 'bytes per endpoint', 'objects per endpoint', '%'],
+      ...rows.slice(0, top).map((r) => [r.k.slice(0, 90), fmt(r.size / n, 0), fmt(r.count / n, 1), fmt((100 * r.size) / total, 1)]),
+    ]) + `\ntotal ${fmt(total / n / 1024, 1)} KiB per endpoint (self sizes of all kinds)`
+  );
 }
 
 /** Toggle the hook's profiler with SIGUSR2 and wait for its log line. */
@@ -319,6 +405,11 @@ async function timedApply(node: TestNode, label: string, objects: unknown[], cmd
 }
 
 async function addPods(node: TestNode, n: number, concurrency: number): Promise<{ wallMs: number; execMs: number[] }> {
+  return cniAll(node, n, concurrency, 'ADD');
+}
+
+/** ADD (creating each pod's netns) or DEL every pod through the CNI plugin, `concurrency` calls in flight. */
+async function cniAll(node: TestNode, n: number, concurrency: number, command: 'ADD' | 'DEL'): Promise<{ wallMs: number; execMs: number[] }> {
   const conf = JSON.stringify(node.conf);
   const execMs: number[] = [];
   let next = 0;
@@ -329,10 +420,10 @@ async function addPods(node: TestNode, n: number, concurrency: number): Promise<
     while (next < n) {
       const i = next++;
       const name = podName(i);
-      const { nsPath } = node.podNs(name);
+      const nsPath = command === 'ADD' ? node.podNs(name).nsPath : `/run/netns/${node.prefix}-${name}`;
       const env: NodeJS.ProcessEnv = {
         PATH: process.env.PATH,
-        CNI_COMMAND: 'ADD',
+        CNI_COMMAND: command,
         CNI_PATH: path.dirname(CNI_BIN),
         CNI_CONTAINERID: `${node.prefix}-${name}-cid`,
         CNI_NETNS: nsPath,
@@ -340,12 +431,12 @@ async function addPods(node: TestNode, n: number, concurrency: number): Promise<
         CNI_ARGS: `IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=${name}`,
       };
       const r = await run(CNI_BIN, [], { input: conf, env, timeoutMs: 120_000 });
-      if (r.code !== 0) throw new Error(`CNI ADD ${name} failed (exit ${r.code}${r.timedOut ? ', timed out' : ''}): ${r.stdout} ${r.stderr}\n${node.agentLog()}`);
+      if (r.code !== 0) throw new Error(`CNI ${command} ${name} failed (exit ${r.code}${r.timedOut ? ', timed out' : ''}): ${r.stdout} ${r.stderr}\n${node.agentLog()}`);
       execMs.push(r.ms);
       done++;
       if (done % step === 0 || done === n) {
         const s = (Date.now() - t0) / 1000;
-        console.log(`  ${String(done).padStart(5)}/${n} pods attached, ${s.toFixed(1)} s, ${fmt(done / s, 1)} pods/s`);
+        console.log(`  ${String(done).padStart(5)}/${n} pods ${command === 'ADD' ? 'attached' : 'detached'}, ${s.toFixed(1)} s, ${fmt(done / s, 1)} pods/s`);
       }
     }
   };
@@ -423,11 +514,15 @@ async function scalePart(n: number, m: number, concurrency: number): Promise<voi
   const cleanNode = registerNode(node);
   const profDir = cpuProf ? path.join(node.dir, 'prof') : undefined;
   if (profDir) fs.mkdirSync(profDir, { recursive: true });
-  await startAgentWith(node, { hook: !noBreakdown, profDir });
+  const heapDir = heapSnapshots ? path.join(node.dir, 'heap') : undefined;
+  if (heapDir) fs.mkdirSync(heapDir, { recursive: true });
+  await startAgentWith(node, { hook: !noBreakdown, profDir, heapDir });
   const pid = agentPid(node);
   const mem: [string, Mem][] = [];
+  const heap: [string, HeapProbe][] = [];
   await sleep(500);
   mem.push(['agent started, no pods, no rules', memOf(pid)]);
+  heap.push(['agent started, no pods, no rules', await heapProbe(node, pid, heapDir)]);
   console.log(`== 1. apply-to-enforced: ${n} endpoints, ${m} rules (node ${node.nodeNs}, pod CIDR ${cidr}, agent pid ${pid}${noBreakdown ? '' : ', timing hook loaded'}${cpuProf ? ', --cpu-prof' : ''})`);
 
   // CLI start + one round trip, for reference (every CLI figure below includes it).
@@ -451,6 +546,7 @@ async function scalePart(n: number, m: number, concurrency: number): Promise<voi
   );
   await sleep(500);
   mem.push([`after ${n} pods`, memOf(pid)]);
+  heap.push([`after ${n} pods`, await heapProbe(node, pid, heapDir)]);
 
   const rules = Array.from({ length: m }, (_, j) => cnp(j));
   if (profDir) await profiler(node, pid, 'started');
@@ -458,6 +554,7 @@ async function scalePart(n: number, m: number, concurrency: number): Promise<voi
   const full = await timedApply(node, 'full', rules);
   await sleep(500);
   mem.push([`after ${m} rules`, memOf(pid)]);
+  heap.push([`after ${m} rules`, await heapProbe(node, pid)]);
   const edited = await timedApply(node, 'edit', [cnp(0, 1)]);
   const extraRule = { ...cnp(1, 2), metadata: { name: 'ps-extra', namespace: 'default' } };
   const extra = await timedApply(node, 'extra', [extraRule]);
@@ -465,6 +562,7 @@ async function scalePart(n: number, m: number, concurrency: number): Promise<voi
   if (profDir) await profiler(node, pid, 'stopped');
   await sleep(500);
   mem.push(['after the incremental changes', memOf(pid)]);
+  heap.push([`with ${n} endpoints and ${m} rules`, await heapProbe(node, pid, heapDir)]);
 
   // What the endpoints hold, and a kernel check on a few of them.
   const eps: any[] = await cliJson(node, ['endpoint', 'list']);
@@ -476,6 +574,13 @@ async function scalePart(n: number, m: number, concurrency: number): Promise<voi
     const k = await cliJson(node, ['bpf', 'policy', 'get', String(e.id)]);
     kernelCheck.push(`endpoint ${e.id}: kernel map ${k.entries.length} entries, agent ${e.policy?.entries}, revision ${k.revision}`);
   }
+
+  // The same agent and rules without the endpoints: every pod DELeted through the plugin.
+  console.log(`detaching the ${n} pods through the CNI plugin, ${concurrency} DELs in flight...`);
+  const dels = await cniAll(node, n, concurrency, 'DEL');
+  const stDel = await cliJson(node, ['status']);
+  heap.push([`${m} rules, the ${n} endpoints deleted`, await heapProbe(node, pid, heapDir)]);
+  mem.push([`${m} rules, the ${n} endpoints deleted`, memOf(pid)]);
 
   // ---- output
   console.log('');
@@ -516,14 +621,70 @@ async function scalePart(n: number, m: number, concurrency: number): Promise<voi
   if (full.regen?.failed) console.log(`WARNING: ${full.regen.failed} endpoints failed to regenerate (fail closed)`);
 
   console.log('');
-  console.log(`== 2. agent memory (pid ${pid}, /proc/<pid>/status)`);
-  console.log(table([['point', 'VmRSS MiB', 'VmHWM MiB'], ...mem.map(([k, v]) => [k, mib(v.rssKiB), mib(v.hwmKiB)])]));
+  console.log(`== 2. agent memory (pid ${pid})`);
+  console.log(`${n} pods detached in ${fmt(dels.wallMs / 1000, 1)} s (DEL plugin exec p50 ${fmt(median(dels.execMs), 0)} ms); endpoints left ${stDel.endpoints.total}`);
+  console.log(table([['point (/proc/<pid>/status)', 'VmRSS MiB', 'VmHWM MiB'], ...mem.map(([k, v]) => [k, mib(v.rssKiB), mib(v.hwmKiB)])]));
+  console.log('');
+  const kib = (b: number) => fmt(b / 1024, 1);
+  console.log(
+    table([
+      ['point (after two full GCs: process.memoryUsage)', 'heap used MiB', 'external MiB', 'heap + external MiB', 'heap total MiB', 'RSS MiB'],
+      ...heap.map(([k, h]) => [k, mib(h.heapUsed / 1024), mib(h.external / 1024), mib(heapOf(h) / 1024), mib(h.heapTotal / 1024), mib(h.rss / 1024)]),
+    ]),
+  );
+  const hStart = heap[0][1];
+  const hPods = heap[1][1];
+  const hWith = heap[heap.length - 2][1];
+  const hWithout = heap[heap.length - 1][1];
+  const perEndpointRules = (heapOf(hWith) - heapOf(hWithout)) / n;
+  const perEndpointNoRules = (heapOf(hPods) - heapOf(hStart)) / n;
   const podsDelta = mem[1][1].rssKiB - mem[0][1].rssKiB;
   const rulesDelta = mem[2][1].rssKiB - mem[1][1].rssKiB;
   console.log(
-    `RSS per pod: ${fmt(podsDelta / n, 1)} KiB (reference: ~438 MiB agent average in a 50,000-pod cluster, 10.5 KiB per pod); ` +
+    `per endpoint (heap + external after full GCs): ${kib(perEndpointRules)} KiB with the ${m} rules in force ((with ${n} endpoints) - (same rules, endpoints deleted)) / ${n}; ` +
+      `${kib(perEndpointNoRules)} KiB without rules ((after ${n} pods) - (no pods)) / ${n}`,
+  );
+  console.log(
+    `RSS per pod: ${fmt(podsDelta / n, 1)} KiB (the rougher figure: RSS also grows with V8's heap sizing and the allocators' warm-up, ~13 MiB over the first ~2,000 API requests ` +
+      `whatever they do, and never shrinks; reference: ~438 MiB agent average in a 50,000-pod cluster, 10.5 KiB per pod); ` +
       `the ${m} rules added ${mib(rulesDelta)} MiB; peak (VmHWM) ${mib(mem[mem.length - 1][1].hwmKiB)} MiB`,
   );
+  if (heapDir) {
+    const diffs: [string, HeapProbe, HeapProbe][] = [
+      [`the ${n} endpoints without rules (after ${n} pods - no pods)`, hPods, hStart],
+      [`the ${n} endpoints with the ${m} rules in force (with - the same rules, endpoints deleted)`, hWith, hWithout],
+    ];
+    for (const [title, withP, withoutP] of diffs) {
+      if (!withP.snapshot || !withoutP.snapshot) continue;
+      console.log('');
+      console.log(`where the heap of ${title} goes: heap snapshots, self size by constructor (objects by their own properties), top 30:`);
+      console.log(heapDiffTable(withP.snapshot, withoutP.snapshot, n, 30));
+    }
+    for (const [, h] of heap) {
+      if (!h.snapshot) continue;
+      const dest = path.join(REPO, 'test-artifacts', `${node.prefix}-${path.basename(h.snapshot)}`);
+      fs.renameSync(h.snapshot, dest);
+      console.log(`heap snapshot: ${path.relative(REPO, dest)}`);
+    }
+  }
+  const issueSize = n === ISSUE_PODS && m === ISSUE_RULES;
+  reportRow({
+    row: n === ISSUE_PODS ? '1,000 pods attached (policy-scale bench)' : `${n} pods attached (policy-scale)`,
+    figure: adds.wallMs / 1000,
+    unit: 's',
+    target: n === ISSUE_PODS ? { on: 'figure', op: '<=', value: TARGET_ATTACH_S } : undefined,
+    note: `${concurrency} ADDs in flight`,
+  });
+  reportRow({
+    row: issueSize ? 'agent memory per endpoint (1,000 endpoints, 500 rules)' : `agent memory per endpoint (${n} endpoints, ${m} rules)`,
+    figure: perEndpointRules / 1024,
+    unit: 'KiB',
+    reference: { what: 'reference system, documented (not this run)', value: 10.5 },
+    target: issueSize ? { on: 'figure', op: '<=', value: TARGET_KIB_PER_ENDPOINT } : undefined,
+    note: 'live heap + external after full GCs, with the endpoints minus after deleting them, same rules',
+  });
+  // For context, what the old figure was: RSS growth over the pods (includes the allocator's and V8's warm-up under load).
+  reportRow({ row: `agent RSS growth per pod over ${n} pods (context)`, figure: podsDelta / n, unit: 'KiB' });
 
   if (full.breakdown) {
     console.log('');

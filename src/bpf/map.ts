@@ -136,6 +136,11 @@ export class BpfMap<K = Buffer, V = Buffer> {
     return new BpfMap<Buffer, Buffer>({ fd, closed: false }, info, name ?? info.name, rawCodec(info.keySize), rawCodec(info.valueSize));
   }
 
+  /** The codecs of this view (a desired-state table keeps entries encoded with them). */
+  get codecs(): { key: Codec<K>; value: Codec<V> } {
+    return { key: this.keyCodec, value: this.valueCodec };
+  }
+
   /** The fd (shared by all views). Throws once closed. */
   get fd(): number {
     if (this.state.closed) throw bpfUsageError({ op: 'use', map: this.name }, 'map is closed', 'EBADF', 9);
@@ -219,6 +224,31 @@ export class BpfMap<K = Buffer, V = Buffer> {
     const key = this.encKey(k, 'update');
     const val = this.valueBytes(v, 'update');
     wrap(this.ctx('update'), () => native().mapUpdate(this.fd, key, val, UPDATE_FLAGS[flag]));
+  }
+
+  /**
+   * update() of a key and value already encoded with this view's codecs (what
+   * a desired-state table keeps). Not for per-CPU maps.
+   */
+  updateEncoded(key: Buffer, value: Buffer, flag: UpdateFlag = 'any'): void {
+    this.notPerCpu('updateEncoded');
+    wrap(this.ctx('update'), () => native().mapUpdate(this.fd, key, value, UPDATE_FLAGS[flag]));
+  }
+
+  /** delete() of an encoded key: true if deleted, false if absent. */
+  deleteEncoded(key: Buffer): boolean {
+    return wrap(this.ctx('delete'), () => native().mapDelete(this.fd, key));
+  }
+
+  /** updateBatchAsync() of `count` encoded keys and values laid end to end. Not for per-CPU maps. */
+  async updateBatchEncodedAsync(keys: Buffer, values: Buffer, count: number, flag: UpdateFlag = 'any'): Promise<void> {
+    this.notPerCpu('updateBatchEncodedAsync');
+    if (!count) return;
+    try {
+      await native().mapUpdateBatchAsync(this.fd, keys, values, count, UPDATE_FLAGS[flag]);
+    } catch (e) {
+      throw toBpfError(e, this.ctx('update batch (async)'));
+    }
   }
 
   /** Per-CPU maps: one value per possible CPU (vs.length must equal numPossibleCpus()). */

@@ -33,7 +33,7 @@ import { Netns, RtNetlink, setSysctl, tcBpfAttach, tcBpfList, tcClsactEnsure } f
 import type { AgentConfig } from '../agent/config';
 import { IpAddr, formatCidr, formatIp, parseCidr, parseMac } from '../util/ip';
 import type { Logger } from '../util/log';
-import { FdRef, MapTable, Reconciler, Undo, fdRefOpts, u32KeyOpts } from './reconciler';
+import { FdRef, MapTable, Reconciler, TableState, Undo, fdRefOpts, u32KeyOpts } from './reconciler';
 import * as gen from './maps.gen';
 import { MetricsKey, metricsKeyCodec } from './metricsmap';
 import { EP_CFG_F_ADDR_POLICY, EP_CFG_F_IPV4, FAMILY_IPV4, FAMILY_IPV6 } from './constants';
@@ -425,7 +425,7 @@ export class Datapath {
    * from_container. Every step is undone if a later one fails. No program is
    * loaded: the endpoint runs the node's shared programs.
    */
-  createEndpoint(spec: EndpointDatapathSpec, router: IpAddr, undo: Undo, policy: { key: PolicyKey; value: PolicyValue }[]): EndpointDatapathResult {
+  createEndpoint(spec: EndpointDatapathSpec, router: IpAddr, undo: Undo, policy: TableState): EndpointDatapathResult {
     const ns = Netns.open(spec.netnsPath);
     undo.push('close netns', () => ns.close());
     const podNl = RtNetlink.open(ns);
@@ -464,7 +464,7 @@ export class Datapath {
    * Policy map -> mb_policy_maps -> configuration -> tail-call slot -> link.
    * A packet can never run on the endpoint before all of it is in place.
    */
-  private attachEndpoint(c: EndpointConfig, undo: Undo, policy: { key: PolicyKey; value: PolicyValue }[]): void {
+  private attachEndpoint(c: EndpointConfig, undo: Undo, policy: TableState): void {
     const dir = this.endpointPinDir(c.id);
     fs.rmSync(dir, { recursive: true, force: true });
     fs.mkdirSync(dir, { recursive: true });
@@ -480,7 +480,7 @@ export class Datapath {
       this.policyTables.delete(c.id);
       this.retirePolicyMap(c.id, { map, table });
     });
-    table.replaceAll(policy);
+    table.adoptState(policy);
     table.flush();
     map.pin(path.join(dir, 'policy'));
     this.policyTables.set(c.id, { map, table });

@@ -9,7 +9,7 @@ import { BPF_MAP_TYPE, BpfMap } from '../bpf';
 import type { PolicyEntry } from '../policy/mapstate';
 import { MB_POLICY_MAX_ENTRIES, POLICY_F_DENY } from './constants';
 import * as gen from './maps.gen';
-import { MapTable } from './reconciler';
+import { MapTable, TableState, prepareState } from './reconciler';
 
 export type PolicyKey = gen.PolicyKey;
 export type PolicyValue = gen.PolicyValue;
@@ -43,9 +43,23 @@ export function policyMapName(id: number, agentTag = ''): string {
   return `mbp${agentTag.slice(0, 6)}_${id}`;
 }
 
+/** One set of options for every policy table (not a pair of closures per endpoint). */
+const POLICY_TABLE_OPTS = {
+  keyId: (k: PolicyKey) => `${k.prefixlen}/${k.sec_id}/${k.egress}/${k.protocol}/${k.dport}`,
+  same: (a: PolicyValue, b: PolicyValue) => a.flags === b.flags && a.proxy_port === b.proxy_port && a.prefix_len === b.prefix_len,
+};
+
 export function policyTable(name: string, map: BpfMap<PolicyKey, PolicyValue>): MapTable<PolicyKey, PolicyValue> {
-  return new MapTable(name, map, {
-    keyId: (k) => `${k.prefixlen}/${k.sec_id}/${k.egress}/${k.protocol}/${k.dport}`,
-    same: (a, b) => a.flags === b.flags && a.proxy_port === b.proxy_port && a.prefix_len === b.prefix_len,
-  });
+  return new MapTable(name, map, POLICY_TABLE_OPTS);
+}
+
+/**
+ * A policy map's desired state, encoded once: every endpoint whose policy is
+ * this computation adopts it (MapTable.adopt) instead of keeping a copy.
+ */
+export function policyState(entries: Iterable<PolicyEntry>): TableState {
+  const kv = function* () {
+    for (const e of entries) yield policyKV(e);
+  };
+  return prepareState(gen.policyKeyCodec, gen.policyValueCodec, kv());
 }

@@ -16,7 +16,7 @@
  * as "no entry". Maps whose values are file descriptors (program arrays, map
  * of maps) store {fd, id}: fds are written, ids are what the kernel reads back.
  */
-import type { BpfMap } from '../bpf';
+import type { BpfMap, Codec } from '../bpf';
 import type { Logger } from '../util/log';
 
 export interface TableStatus {
@@ -38,12 +38,17 @@ export interface TableStatus {
 }
 
 export interface MapTableOptions<K, V> {
-  /** stable identity of a key */
+  /** a key as people read it (status, errors); keys are identified by their encoded bytes */
   keyId: (k: K) => string;
   /** do two values mean the same thing (counters maintained by the datapath never count) */
   same: (a: V, b: V) => boolean;
   /** ARRAY semantics: the value an index holds when nothing is desired there */
   absent?: V;
+  /**
+   * How values are kept, when not with the map's own codec: for values that do
+   * not survive the map's codec (an fd is written, an id read back).
+   */
+  storeValue?: Codec<V>;
 }
 
 /** A value that is an fd when written and an id when read back (PROG_ARRAY, *_OF_MAPS). */
@@ -51,6 +56,20 @@ export interface FdRef {
   fd: number;
   id: number;
 }
+
+/** How a table keeps FdRef values: fd and id, 8 bytes. */
+export const fdRefStoreCodec: Codec<FdRef> = {
+  size: 8,
+  encode(v: FdRef, out?: Buffer, offset = 0): Buffer {
+    const b = out ?? Buffer.alloc(8);
+    b.writeInt32LE(v.fd, offset);
+    b.writeUInt32LE(v.id >>> 0, offset + 4);
+    return b;
+  },
+  decode(b: Buffer, offset = 0): FdRef {
+    return { fd: b.readInt32LE(offset), id: b.readUInt32LE(offset + 4) };
+  },
+};
 
 export class TableError extends Error {
   constructor(
@@ -64,9 +83,44 @@ export class TableError extends Error {
   }
 }
 
+/**
+ * A desired state prepared once and adopted by any number of tables with the
+ * same codecs (MapTable.prepare / adopt): endpoints with the same identity
+ * share their policy map state instead of holding a copy each. Immutable.
+ */
+export class TableState {
+  /** @internal encoded key -> encoded value (one-byte strings) */
+  constructor(
+    readonly entries: ReadonlyMap<string, string>,
+    /** @internal */ readonly codecs: { key: Codec<unknown>; value: Codec<unknown> },
+  ) {}
+
+  get size(): number {
+    return this.entries.size;
+  }
+}
+
+/** A desired state encoded with these codecs (those of the tables that will adopt it). */
+export function prepareState<K, V>(keyCodec: Codec<K>, valueCodec: Codec<V>, entries: Iterable<{ key: K; value: V }>): TableState {
+  const m = new Map<string, string>();
+  for (const e of entries) m.set(keyCodec.encode(e.key).toString('latin1'), valueCodec.encode(e.value).toString('latin1'));
+  return new TableState(m, { key: keyCodec, value: valueCodec });
+}
+
+/**
+ * Bytes as a one-byte string and back. A table keeps each entry as the two
+ * encoded strings (what the kernel holds), not as objects with Buffers: an
+ * entry costs tens of bytes instead of hundreds.
+ */
+const toStr = (b: Buffer): string => b.toString('latin1');
+const toBuf = (s: string): Buffer => Buffer.from(s, 'latin1');
+
 export class MapTable<K, V> {
-  private readonly desired = new Map<string, { key: K; value: V }>();
-  private readonly pending = new Map<string, K>();
+  /** encoded key -> encoded value; shared with a TableState until written to */
+  private desired: Map<string, string> = new Map();
+  private shared = false;
+  /** encoded keys whose kernel entry may differ from the desired one */
+  private readonly pending = new Set<string>();
   private lastError?: string;
   private lastResync?: string;
   private failures = 0;
@@ -74,7 +128,12 @@ export class MapTable<K, V> {
   private repaired = 0;
   private readonly keyId: (k: K) => string;
   private readonly same: (a: V, b: V) => boolean;
+  private readonly keyCodec: Codec<K>;
+  private readonly valueCodec: Codec<V>;
+  /** values are kept in the map's own encoding: written as they are */
+  private readonly raw: boolean;
   private readonly absent?: V;
+  private readonly absentEnc?: string;
   /** The batch flushAsync is writing, if any. */
   private flushing?: Promise<void>;
 
@@ -85,15 +144,50 @@ export class MapTable<K, V> {
   ) {
     this.keyId = opts.keyId;
     this.same = opts.same;
+    this.keyCodec = map.codecs.key;
+    this.valueCodec = opts.storeValue ?? map.codecs.value;
+    this.raw = !opts.storeValue;
     this.absent = opts.absent;
+    this.absentEnc = opts.absent !== undefined ? this.encValue(opts.absent) : undefined;
+  }
+
+  private encKey(k: K): string {
+    return toStr(this.keyCodec.encode(k));
+  }
+
+  private encValue(v: V): string {
+    return toStr(this.valueCodec.encode(v));
+  }
+
+  private decKey(s: string): K {
+    return this.keyCodec.decode(toBuf(s), 0);
+  }
+
+  private decValue(s: string): V {
+    return this.valueCodec.decode(toBuf(s), 0);
+  }
+
+  /** Do two encoded values mean the same (equal bytes, else the table's own comparison). */
+  private sameEnc(a: string, b: string): boolean {
+    return a === b || this.same(this.decValue(a), this.decValue(b));
+  }
+
+  /** The desired map, owned by this table (copied from a shared state on first write). */
+  private own(): Map<string, string> {
+    if (this.shared) {
+      this.desired = new Map(this.desired);
+      this.shared = false;
+    }
+    return this.desired;
   }
 
   upsert(key: K, value: V): void {
-    const id = this.keyId(key);
-    const cur = this.desired.get(id);
-    if (cur && this.same(cur.value, value)) return;
-    this.desired.set(id, { key, value });
-    this.pending.set(id, key);
+    const k = this.encKey(key);
+    const v = this.encValue(value);
+    const cur = this.desired.get(k);
+    if (cur !== undefined && this.sameEnc(cur, v)) return;
+    this.own().set(k, v);
+    this.pending.add(k);
   }
 
   /**
@@ -103,37 +197,54 @@ export class MapTable<K, V> {
   adopt(key: K, value: V): void {
     this.upsert(key, value);
     const k = this.kernelGet(key);
-    if (k !== undefined && this.same(k, value)) this.pending.delete(this.keyId(key));
+    if (k !== undefined && this.same(k, value)) this.pending.delete(this.encKey(key));
   }
 
   delete(key: K): void {
-    const id = this.keyId(key);
-    if (!this.desired.has(id) && !this.pending.has(id)) {
-      // Not ours (or already gone): still make sure the kernel does not hold it.
-      this.pending.set(id, key);
-      return;
-    }
-    this.desired.delete(id);
-    this.pending.set(id, key);
+    const k = this.encKey(key);
+    // Not ours (or already gone): still make sure the kernel does not hold it.
+    if (this.desired.has(k)) this.own().delete(k);
+    this.pending.add(k);
   }
 
   /** Make the desired table exactly `entries`: a diff against the current desired state. */
   replaceAll(entries: { key: K; value: V }[]): { upserts: number; deletes: number } {
-    const next = new Map<string, { key: K; value: V }>();
-    for (const e of entries) next.set(this.keyId(e.key), e);
+    return this.adoptState(this.prepare(entries), false);
+  }
+
+  /**
+   * A desired state for this table, or any table with the same codecs, to
+   * adopt (adoptState): encoded once, shared by every table that adopts it.
+   */
+  prepare(entries: Iterable<{ key: K; value: V }>): TableState {
+    return prepareState(this.keyCodec, this.valueCodec, entries);
+  }
+
+  /**
+   * Make the desired table exactly `state` (a diff, as replaceAll) and keep a
+   * reference to it instead of a copy, until this table is written to.
+   */
+  adoptState(state: TableState, share = true): { upserts: number; deletes: number } {
+    if (state.codecs.key !== this.keyCodec || state.codecs.value !== this.valueCodec) {
+      throw new Error(`${this.name}: a table state prepared with other codecs cannot be adopted`);
+    }
+    const next = state.entries;
     let upserts = 0;
     let deletes = 0;
-    for (const [id, cur] of [...this.desired]) {
-      if (!next.has(id)) {
-        this.delete(cur.key);
+    for (const k of this.desired.keys()) {
+      if (!next.has(k)) {
+        this.pending.add(k);
         deletes++;
       }
     }
-    for (const [id, e] of next) {
-      const cur = this.desired.get(id);
-      if (!cur || !this.same(cur.value, e.value)) upserts++;
-      this.upsert(e.key, e.value);
+    for (const [k, v] of next) {
+      const cur = this.desired.get(k);
+      if (cur !== undefined && this.sameEnc(cur, v)) continue;
+      this.pending.add(k);
+      upserts++;
     }
+    this.desired = next as Map<string, string>;
+    this.shared = share;
     return { upserts, deletes };
   }
 
@@ -146,15 +257,25 @@ export class MapTable<K, V> {
   }
 
   get(key: K): V | undefined {
-    return this.desired.get(this.keyId(key))?.value;
+    const v = this.desired.get(this.encKey(key));
+    return v === undefined ? undefined : this.decValue(v);
   }
 
   has(key: K): boolean {
-    return this.desired.has(this.keyId(key));
+    return this.desired.has(this.encKey(key));
   }
 
   entries(): { key: K; value: V }[] {
-    return [...this.desired.values()];
+    return [...this.desired].map(([k, v]) => ({ key: this.decKey(k), value: this.decValue(v) }));
+  }
+
+  /** Write one entry (encoded) as the table wants it now. */
+  private write(k: string): void {
+    const want = this.desired.get(k) ?? this.absentEnc;
+    if (want !== undefined) {
+      if (this.raw) this.map.updateEncoded(toBuf(k), toBuf(want));
+      else this.map.update(this.decKey(k), this.decValue(want));
+    } else this.map.deleteEncoded(toBuf(k));
   }
 
   /**
@@ -162,24 +283,29 @@ export class MapTable<K, V> {
    * failure; what failed (and everything after it) stays pending for a retry.
    */
   flush(): void {
-    for (const [id, key] of [...this.pending]) {
-      const want = this.desired.get(id);
+    for (const k of [...this.pending]) {
       try {
-        if (want) this.map.update(want.key, want.value);
-        else if (this.absent !== undefined) this.map.update(key, this.absent);
-        else this.map.delete(key);
+        this.write(k);
       } catch (e) {
-        throw this.failed(want ? 'update' : 'delete', id, e);
+        throw this.failed(this.desired.has(k) ? 'update' : 'delete', k, e);
       }
-      this.pending.delete(id);
+      this.pending.delete(k);
     }
     this.failures = 0;
     this.lastError = undefined;
   }
 
   /** Record a failed write (status) and return the error to throw. */
-  private failed(op: TableError['op'], id: string, e: unknown): TableError {
+  private failed(op: TableError['op'], k: string | undefined, e: unknown): TableError {
     this.failures++;
+    let id = '*';
+    if (k !== undefined) {
+      try {
+        id = this.keyId(this.decKey(k));
+      } catch {
+        id = toBuf(k).toString('hex');
+      }
+    }
     const err = new TableError(this.name, op, id, e as Error);
     this.lastError = err.message;
     return err;
@@ -207,30 +333,34 @@ export class MapTable<K, V> {
   }
 
   private async flushPendingAsync(): Promise<void> {
-    const batch = [...this.pending].map(([id, key]) => ({ id, key, want: this.desired.get(id) }));
+    const batch = [...this.pending].map((k) => ({ k, want: this.desired.get(k) }));
     const settle = (b: (typeof batch)[number]) => {
-      if (this.pending.get(b.id) === b.key && this.desired.get(b.id) === b.want) this.pending.delete(b.id);
+      if (this.desired.get(b.k) === b.want) this.pending.delete(b.k);
     };
-    const ups = batch.filter((b) => b.want);
+    const ups = batch.filter((b) => b.want !== undefined);
     try {
-      await this.map.updateBatchAsync(ups.map((b) => [b.want!.key, b.want!.value] as const));
+      if (this.raw) {
+        await this.map.updateBatchEncodedAsync(Buffer.concat(ups.map((b) => toBuf(b.k))), Buffer.concat(ups.map((b) => toBuf(b.want!))), ups.length);
+      } else {
+        await this.map.updateBatchAsync(ups.map((b) => [this.decKey(b.k), this.decValue(b.want!)] as const));
+      }
     } catch {
       // Find the entry at fault one by one, so the error names it (written ones are written again).
       for (const b of ups) {
         try {
-          await this.map.updateAsync(b.want!.key, b.want!.value);
+          await this.map.updateAsync(this.decKey(b.k), this.decValue(b.want!));
         } catch (e) {
-          throw this.failed('update', b.id, e);
+          throw this.failed('update', b.k, e);
         }
       }
     }
     for (const b of ups) settle(b);
-    for (const b of batch.filter((x) => !x.want)) {
+    for (const b of batch.filter((x) => x.want === undefined)) {
+      if (this.desired.has(b.k)) continue; // wanted again meanwhile: the next flush writes it
       try {
-        if (this.absent !== undefined) this.map.update(b.key, this.absent);
-        else this.map.delete(b.key);
+        this.write(b.k);
       } catch (e) {
-        throw this.failed('delete', b.id, e);
+        throw this.failed('delete', b.k, e);
       }
       settle(b);
     }
@@ -243,14 +373,18 @@ export class MapTable<K, V> {
   /** The kernel's value for one key now (undefined if absent). */
   kernelGet(key: K): V | undefined {
     const v = this.map.lookup(key);
-    if (v === undefined || (this.absent !== undefined && this.same(v, this.absent))) return undefined;
+    if (v === undefined || this.isAbsent(v)) return undefined;
     return v;
+  }
+
+  private isAbsent(v: V): boolean {
+    return this.absent !== undefined && this.same(v, this.absent);
   }
 
   /** What the kernel map holds now (ARRAY tables: only indices not holding the absent value). */
   *kernelEntries(): Iterable<{ key: K; value: V }> {
     for (const [key, value] of this.map.entries()) {
-      if (this.absent !== undefined && this.same(value, this.absent)) continue;
+      if (this.isAbsent(value)) continue;
       yield { key, value };
     }
   }
@@ -262,9 +396,10 @@ export class MapTable<K, V> {
 
   /** Remove every entry from the kernel map and the desired table now (fail closed). */
   clearAll(): void {
-    for (const { key } of [...this.kernelEntries()]) this.pending.set(this.keyId(key), key);
-    for (const [id, e] of this.desired) this.pending.set(id, e.key);
-    this.desired.clear();
+    for (const { key } of [...this.kernelEntries()]) this.pending.add(this.encKey(key));
+    for (const k of this.desired.keys()) this.pending.add(k);
+    this.desired = new Map();
+    this.shared = false;
     this.flush();
   }
 
@@ -284,27 +419,26 @@ export class MapTable<K, V> {
     try {
       for (const { key, value } of [...this.kernelEntries()]) {
         inKernel++;
-        const id = this.keyId(key);
-        const want = this.desired.get(id);
-        if (!want) {
-          if (this.absent !== undefined) this.map.update(key, this.absent);
-          else this.map.delete(key);
-          if (!this.pending.has(id)) removed++;
+        const k = this.encKey(key);
+        const want = this.desired.get(k);
+        if (want === undefined) {
+          this.write(k);
+          if (!this.pending.has(k)) removed++;
           continue;
         }
-        seen.add(id);
-        if (!this.same(want.value, value)) {
-          this.map.update(want.key, want.value);
-          if (!this.pending.has(id)) updated++;
+        seen.add(k);
+        if (!this.same(this.decValue(want), value)) {
+          this.write(k);
+          if (!this.pending.has(k)) updated++;
         }
       }
-      for (const [id, want] of this.desired) {
-        if (seen.has(id)) continue;
-        this.map.update(want.key, want.value);
-        if (!this.pending.has(id)) updated++;
+      for (const k of this.desired.keys()) {
+        if (seen.has(k)) continue;
+        this.write(k);
+        if (!this.pending.has(k)) updated++;
       }
     } catch (e) {
-      throw this.failed('resync', '*', e);
+      throw this.failed('resync', undefined, e);
     }
     this.pending.clear();
     this.failures = 0;
@@ -334,9 +468,9 @@ export function u32KeyOpts<V>(same: (a: V, b: V) => boolean, absent?: V): MapTab
   return { keyId: (k) => String(k), same, absent };
 }
 
-/** Options for fd-valued tables (program arrays, maps of maps): compared by kernel object id. */
+/** Options for fd-valued tables (program arrays, maps of maps): compared by kernel object id, kept with their fd. */
 export function fdRefOpts(): MapTableOptions<number, FdRef> {
-  return { keyId: (k) => String(k), same: (a, b) => a.id === b.id };
+  return { keyId: (k) => String(k), same: (a, b) => a.id === b.id, storeValue: fdRefStoreCodec };
 }
 
 /**

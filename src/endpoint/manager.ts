@@ -21,10 +21,11 @@ import { mkdirp, readJson, writeJsonAtomic } from '../util/fsutil';
 import type { Logger } from '../util/log';
 import { ENDPOINT_F_HOST, MB_MAX_ENDPOINTS } from '../datapath/constants';
 import type { EndpointInfo } from '../datapath/datapath';
-import { policyKV } from '../datapath/policymap';
+import { policyState } from '../datapath/policymap';
+import type { TableState } from '../datapath/reconciler';
 import type { IpCache } from '../ipcache/ipcache';
 import type { PolicyEngine } from '../policy/engine';
-import type { NamedPort } from '../policy/mapstate';
+import type { ComputedPolicy, NamedPort } from '../policy/mapstate';
 
 /** The policy epoch after `e` (1..65535; 0 means "never cached" in conntrack entries). */
 export function nextEpoch(e: number): number {
@@ -96,6 +97,8 @@ export class EndpointManager {
   private readonly reservedIds = new Set<number>();
   private readonly inFlight = new Set<string>();
   private readonly dir: string;
+  /** Policy map states by computation: endpoints with the same identity share one (see policyStateOf). */
+  private readonly policyStates = new WeakMap<ComputedPolicy, TableState>();
   readonly createDurationsMs: number[] = [];
   readonly regenerationDurationsMs: number[] = [];
   /** Observers of durations (metrics). */
@@ -305,12 +308,12 @@ export class EndpointManager {
       // an endpoint never sends a packet without its policy in place.
       const revision = this.policy.revision;
       const computed = this.policy.compute({ identity: ident.id, labels: ident.labels, namedPorts: pod.namedPorts });
-      const entries = [...computed.entries.values()].map(policyKV);
+      const state = this.policyStateOf(computed);
       const res = this.dp.createEndpoint(
         { id, identity: ident.id, ipv4: ip, hostIfname, podIfname: req.ifname, netnsPath: req.netns, mtu, addressRules: computed.addressRules },
         this.ipam.router,
         undo,
-        entries,
+        state,
       );
       const ep: Endpoint = {
         id,
@@ -331,7 +334,7 @@ export class EndpointManager {
         state: 'ready',
         createdAt: new Date().toISOString(),
         namedPorts: pod.namedPorts,
-        policy: { ingress: computed.ingress.enforced, egress: computed.egress.enforced, revision, entries: entries.length, addressRules: computed.addressRules, epoch: 1 },
+        policy: { ingress: computed.ingress.enforced, egress: computed.egress.enforced, revision, entries: state.size, addressRules: computed.addressRules, epoch: 1 },
       };
       this.desire(ep);
       undo.push('remove map entries', () => {
@@ -364,6 +367,20 @@ export class EndpointManager {
       this.inFlight.delete(owner);
       if (id) this.reservedIds.delete(id);
     }
+  }
+
+  /**
+   * The policy map state of a computation, encoded once: the endpoints that
+   * share an identity and named ports (hence one memoised computation) adopt
+   * the same state rather than each keeping a copy of it.
+   */
+  private policyStateOf(computed: ComputedPolicy): TableState {
+    let st = this.policyStates.get(computed);
+    if (!st) {
+      st = policyState(computed.entries.values());
+      this.policyStates.set(computed, st);
+    }
+    return st;
   }
 
   /** Pods on other nodes (cluster mode): their named ports count too. */
@@ -403,9 +420,9 @@ export class EndpointManager {
   private regenerateInner(ep: Endpoint, table: NonNullable<ReturnType<Datapath['policyTable']>>): boolean {
     const revision = this.policy.revision;
     const computed = this.policy.compute({ identity: ep.identity, labels: ep.labels, namedPorts: ep.namedPorts ?? {} });
-    const entries = [...computed.entries.values()].map(policyKV);
+    const state = this.policyStateOf(computed);
     try {
-      const diff = table.replaceAll(entries);
+      const diff = table.adoptState(state);
       table.flush();
       // The entries first, then the configuration: address-block rules appear before the switch that
       // makes the datapath use them (and go after it); a new epoch makes conntrack recheck cached verdicts.
@@ -415,14 +432,14 @@ export class EndpointManager {
         if (changed) epoch = this.bumpEpoch(ep);
         this.dp.setEndpointConfig({ ...this.config(ep), addressRules: computed.addressRules, policyEpoch: epoch });
       }
-      ep.policy = { ingress: computed.ingress.enforced, egress: computed.egress.enforced, revision, entries: entries.length, addressRules: computed.addressRules, epoch };
+      ep.policy = { ingress: computed.ingress.enforced, egress: computed.egress.enforced, revision, entries: state.size, addressRules: computed.addressRules, epoch };
       if (ep.state === 'not-ready' && ep.problems?.every((p) => p.startsWith('policy'))) {
         ep.state = 'ready';
         ep.problems = undefined;
       }
       return true;
     } catch (e) {
-      const msg = `policy of endpoint ${ep.id} could not be applied (${entries.length} entries, revision ${revision}): ${(e as Error).message}`;
+      const msg = `policy of endpoint ${ep.id} could not be applied (${state.size} entries, revision ${revision}): ${(e as Error).message}`;
       this.log.error('policy regeneration failed; endpoint fails closed', { endpoint: ep.id, error: msg });
       try {
         table.clearAll();

@@ -157,9 +157,38 @@ export interface ComputedPolicy {
   l7: L7Entry[];
 }
 
+/** Rule names, made once per rule: every entry a rule produces, for every identity, refers to the same string. */
+const ruleNames = new WeakMap<Rule, string>();
+
 function ruleName(r: Rule): string {
-  const s = r.source;
-  return `${s.kind}/${s.namespace ? s.namespace + '/' : ''}${s.name}${s.index ? `[${s.index}]` : ''}`;
+  let name = ruleNames.get(r);
+  if (name === undefined) {
+    const s = r.source;
+    name = `${s.kind}/${s.namespace ? s.namespace + '/' : ''}${s.name}${s.index ? `[${s.index}]` : ''}`;
+    ruleNames.set(r, name);
+  }
+  return name;
+}
+
+/**
+ * A new entry as one literal with every field, so all entries share one shape
+ * (a spread, or fields added later to some, makes V8 build shapes per object;
+ * entries are kept per identity).
+ */
+function newEntry(e: Omit<PolicyEntry, 'derivedFrom'>, from: string): PolicyEntry {
+  return {
+    identity: e.identity,
+    egress: e.egress,
+    protocol: e.protocol,
+    port: e.port,
+    prefixLen: e.prefixLen,
+    deny: e.deny,
+    proxyPort: e.proxyPort,
+    derivedFrom: [from],
+    redirect: undefined,
+    http: undefined,
+    allowAllFrom: undefined,
+  };
 }
 
 export function computeMapState(input: EndpointPolicyInput): ComputedPolicy {
@@ -169,13 +198,13 @@ export function computeMapState(input: EndpointPolicyInput): ComputedPolicy {
     let cur = entries.get(k);
     if (cur) {
       if (e.deny && !cur.deny) {
-        entries.set(k, { ...e, derivedFrom: [from] });
+        entries.set(k, newEntry(e, from));
         return;
       }
       if (e.deny !== cur.deny) return;
       if (!cur.derivedFrom.includes(from)) cur.derivedFrom.push(from);
     } else {
-      cur = { ...e, derivedFrom: [from] };
+      cur = newEntry(e, from);
       entries.set(k, cur);
     }
     if (cur.deny) return;
@@ -213,7 +242,7 @@ export function computeMapState(input: EndpointPolicyInput): ComputedPolicy {
           if (pr.icmps) l4 = expandIcmps(pr.icmps);
           else if (pr.ports) l4 = pr.ports.flatMap((ps) => expandPorts(ps, (n) => input.namedPorts(dir, pr, n)).map((x) => ({ ...x, l7: ps.l7 })));
           else l4 = [{ protocol: 0, port: 0, prefixLen: 40 }];
-          for (const id of ids) for (const { l7, ...p } of l4) add({ identity: id, egress, ...p, deny }, name, deny ? undefined : l7);
+          for (const id of ids) for (const p of l4) add({ identity: id, egress, protocol: p.protocol, port: p.port, prefixLen: p.prefixLen, deny }, name, deny ? undefined : p.l7);
         }
       }
     }

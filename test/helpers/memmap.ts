@@ -18,6 +18,24 @@ export class MemMap<K, V> {
     return this.kc.encode(k).toString('hex');
   }
 
+  get codecs(): { key: Codec<K>; value: Codec<V> } {
+    return { key: this.kc, value: this.vc };
+  }
+
+  updateEncoded(k: Buffer, v: Buffer): void {
+    this.update(this.kc.decode(k, 0), this.vc.decode(v, 0));
+  }
+
+  deleteEncoded(k: Buffer): boolean {
+    return this.delete(this.kc.decode(k, 0));
+  }
+
+  async updateBatchEncodedAsync(keys: Buffer, values: Buffer, count: number): Promise<void> {
+    const list: [K, V][] = [];
+    for (let i = 0; i < count; i++) list.push([this.kc.decode(keys, i * this.kc.size), this.vc.decode(values, i * this.vc.size)]);
+    await this.updateBatchAsync(list);
+  }
+
   lookup(k: K): V | undefined {
     return this.m.get(this.id(k))?.v;
   }
