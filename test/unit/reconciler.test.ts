@@ -1,7 +1,7 @@
 /** MapTable and Reconciler: diffs, retries, drift repair and its counts, ARRAY semantics (in-memory map). */
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { BpfMap, u32Codec } from '../../src/bpf';
+import { BpfMap, u16Codec, u32Codec } from '../../src/bpf';
 import { MapTable, Reconciler, TableError, u32KeyOpts } from '../../src/datapath/reconciler';
 import type { Logger } from '../../src/util/log';
 import { MemMap } from '../helpers/memmap';
@@ -58,6 +58,46 @@ describe('MapTable', () => {
     assert.equal(map.lookup(6), 60);
     assert.equal(map.lookup(7), 70);
     assert.equal(t.status().failed, 0);
+  });
+
+  it('tables adopt one prepared state without copying it; a table written to gets its own copy', () => {
+    const a = table();
+    const b = table();
+    const state = a.t.prepare([{ key: 1, value: 10 }, { key: 2, value: 20 }]);
+    assert.deepEqual(a.t.adopt(state), { upserts: 2, deletes: 0 });
+    assert.deepEqual(b.t.adopt(state), { upserts: 2, deletes: 0 });
+    a.t.flush();
+    b.t.flush();
+    assert.deepEqual(new Map(a.map.entries()), new Map([[1, 10], [2, 20]]));
+    // Writing to one table leaves the shared state and the other table as they were.
+    a.t.upsert(3, 30);
+    a.t.delete(1);
+    a.t.flush();
+    assert.equal(state.size, 2);
+    assert.deepEqual(b.t.entries(), [{ key: 1, value: 10 }, { key: 2, value: 20 }]);
+    assert.deepEqual(new Map(a.map.entries()), new Map([[2, 20], [3, 30]]));
+    // Adopting the next state writes only the difference.
+    const next = b.t.prepare([{ key: 2, value: 21 }, { key: 4, value: 40 }]);
+    assert.deepEqual(b.t.adopt(next), { upserts: 2, deletes: 1 });
+    b.t.flush();
+    assert.deepEqual(new Map(b.map.entries()), new Map([[2, 21], [4, 40]]));
+    assert.deepEqual(b.t.adopt(next), { upserts: 0, deletes: 0 });
+    assert.ok(!b.t.dirty);
+    // A state made with other codecs is refused.
+    const other = new MapTable('o', new MemMap<number, number>(u32Codec, u16Codec) as unknown as BpfMap<number, number>, u32KeyOpts<number>((x, y) => x === y));
+    assert.throws(() => a.t.adopt(other.prepare([{ key: 1, value: 1 }])), /other codecs/);
+  });
+
+  it('values the table compares as the same (kernel counters) are not written again', () => {
+    const map = new MemMap<number, number>(u32Codec, u32Codec);
+    // Only the low byte matters, as counters maintained by the datapath never count.
+    const t = new MapTable('t', map as unknown as BpfMap<number, number>, u32KeyOpts<number>((x, y) => (x & 0xff) === (y & 0xff)));
+    t.replaceAll([{ key: 1, value: 0x105 }]);
+    t.flush();
+    t.replaceAll([{ key: 1, value: 0x205 }]);
+    assert.ok(!t.dirty);
+    t.replaceAll([{ key: 1, value: 0x206 }]);
+    assert.ok(t.dirty);
   });
 
   it('resync repairs entries changed, removed or added behind its back, and counts them', () => {
