@@ -674,6 +674,68 @@ static napi_value js_map_update_batch_async(napi_env env, napi_callback_info inf
 	return promise;
 }
 
+/*
+ * mapDeleteAsync(fd, key) -> Promise<boolean>: the delete on a libuv worker
+ * thread (maps of maps wait for a grace period); false when the key was
+ * absent. The key is copied; the fd must stay open until the promise settles.
+ */
+struct map_delete_work {
+	napi_async_work work;
+	napi_deferred deferred;
+	int fd;
+	void *key;
+	int err;
+};
+
+static void map_delete_execute(napi_env env, void *data)
+{
+	struct map_delete_work *w = data;
+	(void)env;
+	w->err = bpf_map_delete_elem(w->fd, w->key) < 0 ? errno : 0;
+}
+
+static void map_delete_complete(napi_env env, napi_status status, void *data)
+{
+	struct map_delete_work *w = data;
+	if (status == napi_ok && (w->err == 0 || w->err == ENOENT)) {
+		napi_value b;
+		napi_get_boolean(env, w->err == 0, &b);
+		napi_resolve_deferred(env, w->deferred, b);
+	} else {
+		char nb[64];
+		napi_value e = mb_errno_error(env, w->err ? w->err : EIO, "bpf(BPF_MAP_DELETE_ELEM)", NULL, "map %s",
+					      map_name(w->fd, nb, sizeof(nb)));
+		napi_reject_deferred(env, w->deferred, e);
+	}
+	napi_delete_async_work(env, w->work);
+	free(w->key);
+	free(w);
+}
+
+static napi_value js_map_delete_async(napi_env env, napi_callback_info info)
+{
+	MB_ARGS(2);
+	int32_t fd;
+	void *key;
+	size_t klen;
+	if (!arg_fd(env, argv[0], &fd) || !mb_arg_buf(env, argv[1], "key", &key, &klen))
+		return NULL;
+	struct map_delete_work *w = calloc(1, sizeof(*w));
+	if (!w || !(w->key = malloc(klen ? klen : 1))) {
+		free(w);
+		mb_throw_type(env, "mapDeleteAsync: out of memory");
+		return NULL;
+	}
+	memcpy(w->key, key, klen);
+	w->fd = fd;
+	napi_value promise, name;
+	napi_create_promise(env, &w->deferred, &promise);
+	napi_create_string_utf8(env, "mapDeleteAsync", NAPI_AUTO_LENGTH, &name);
+	napi_create_async_work(env, NULL, name, map_delete_execute, map_delete_complete, w, &w->work);
+	napi_queue_async_work(env, w->work);
+	return promise;
+}
+
 /* mapCreate(type, name, keySize, valueSize, maxEntries, flags) -> fd (owned by the caller) */
 static napi_value js_map_create(napi_env env, napi_callback_info info)
 {
@@ -718,6 +780,7 @@ void mb_init_bpf_map(napi_env env, napi_value exports)
 	mb_export(env, exports, "mapLookupBatchAsync", js_map_lookup_batch_async);
 	mb_export(env, exports, "mapUpdateBatch", js_map_update_batch);
 	mb_export(env, exports, "mapUpdateBatchAsync", js_map_update_batch_async);
+	mb_export(env, exports, "mapDeleteAsync", js_map_delete_async);
 	mb_export(env, exports, "mapDeleteBatch", js_map_delete_batch);
 	mb_export(env, exports, "numPossibleCpus", js_num_possible_cpus);
 }

@@ -226,7 +226,7 @@ export class Agent {
         }
       }
     }
-    agent.endpoints.restore();
+    await agent.endpoints.restore();
     agent.endpoints.syncHostEntries();
     if (cluster) {
       cluster.onChanged = (what) => agent.changes.mark({ ipcache: what.ipcache, services: what.pods, regen: what.peerPorts });

@@ -240,6 +240,15 @@ export class BpfMap<K = Buffer, V = Buffer> {
     return wrap(this.ctx('delete'), () => native().mapDelete(this.fd, key));
   }
 
+  /** deleteEncoded() on a worker thread (maps of maps wait for a grace period). The map must stay open until it settles. */
+  async deleteEncodedAsync(key: Buffer): Promise<boolean> {
+    try {
+      return await native().mapDeleteAsync(this.fd, key);
+    } catch (e) {
+      throw toBpfError(e, this.ctx('delete (async)'));
+    }
+  }
+
   /** updateBatchAsync() of `count` encoded keys and values laid end to end. Not for per-CPU maps. */
   async updateBatchEncodedAsync(keys: Buffer, values: Buffer, count: number, flag: UpdateFlag = 'any'): Promise<void> {
     this.notPerCpu('updateBatchEncodedAsync');

@@ -158,6 +158,8 @@ export interface MembraneNative {
   mapUpdateBatch(fd: number, keys: Buffer, values: Buffer, count: number, flags?: number): void;
   /** BPF_MAP_UPDATE_BATCH on a libuv worker thread (element by element where unsupported). */
   mapUpdateBatchAsync(fd: number, keys: Buffer, values: Buffer, count: number, flags?: number): Promise<void>;
+  /** BPF_MAP_DELETE_ELEM on a libuv worker thread: false when the key was absent. */
+  mapDeleteAsync(fd: number, key: Buffer): Promise<boolean>;
   /** Throws (ENOENT) on the first absent key; falls back to per-element deletes. */
   mapDeleteBatch(fd: number, keys: Buffer, count: number): void;
   numPossibleCpus(): number;

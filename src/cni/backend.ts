@@ -15,7 +15,7 @@ export function endpointBackend(endpoints: EndpointManager, router: () => string
     },
     async del(containerId, ifname) {
       // Best effort, as the spec asks: what could not be removed is logged by the manager, DEL succeeds.
-      endpoints.delete(containerId, ifname);
+      await endpoints.delete(containerId, ifname);
     },
     async check(containerId, ifname, netns) {
       return endpoints.check(containerId, ifname, netns);

@@ -147,6 +147,8 @@ export class Datapath {
   hostIfindex = 0;
   netIfindex = 0;
   private readonly nl: RtNetlink;
+  private nlAsync?: RtNetlink;
+  private closed = false;
   /** Each endpoint's policy map and its table, by endpoint id. */
   private readonly policyTables = new Map<number, PolicyMapState>();
   /** Emptied policy maps still installed in mb_policy_maps, by endpoint id (oldest first). */
@@ -685,7 +687,7 @@ export class Datapath {
    * for it any more), then its slot, configuration and policy map, then its
    * pins. Best effort and idempotent; returns what could not be done.
    */
-  deleteEndpoint(id: number, hostIfname: string, hostIfindex?: number): string[] {
+  async deleteEndpoint(id: number, hostIfname: string, hostIfindex?: number): Promise<string[]> {
     const errors: string[] = [];
     const step = (what: string, fn: () => void) => {
       try {
@@ -694,8 +696,13 @@ export class Datapath {
         errors.push(`${what}: ${(e as Error).message}`);
       }
     };
-    // Deleting the host side removes the pair (and the link attached to it).
-    step(`delete veth ${hostIfname}`, () => void this.nl.linkDel(hostIfname));
+    // Deleting the host side removes the pair (and the link attached to it). The kernel takes
+    // ~20 ms to answer (it waits for RCU), on a worker thread: other requests are served meanwhile.
+    try {
+      await this.asyncNetlink().linkDelAsync(hostIfname);
+    } catch (e) {
+      errors.push(`delete veth ${hostIfname}: ${(e as Error).message}`);
+    }
     if (id > 0) {
       for (const t of [this.callPolicy, this.epConfig] as MapTable<number, unknown>[]) {
         step(`remove ${t.name}[${id}]`, () => {
@@ -737,24 +744,33 @@ export class Datapath {
     this.scheduleSpareRelease();
   }
 
-  /** Release spares beyond SPARE_POLICY_MAPS, oldest first, one per turn (each costs a grace period). */
+  /**
+   * Release spares beyond SPARE_POLICY_MAPS, oldest first, one at a time
+   * (each costs a grace period, waited for on a worker thread).
+   */
   private scheduleSpareRelease(): void {
     if (this.spareReaper || this.sparePolicy.size <= SPARE_POLICY_MAPS) return;
-    this.spareReaper = setTimeout(() => {
-      this.spareReaper = undefined;
+    this.spareReaper = setTimeout(async () => {
       const [id, spare] = this.sparePolicy.entries().next().value as [number, PolicyMapState];
       this.sparePolicy.delete(id);
       try {
         this.policyMaps.delete(id);
-        this.policyMaps.flush();
+        await this.policyMaps.flushAsync();
       } catch (e) {
         this.log.error('releasing a spare policy map failed', { endpoint: id, error: e });
       }
       this.reconciler.remove(spare.table);
       spare.table.close();
-      this.scheduleSpareRelease();
+      this.spareReaper = undefined;
+      if (!this.closed) this.scheduleSpareRelease();
     }, 50);
     this.spareReaper.unref();
+  }
+
+  /** A netlink socket of the agent's namespace for requests on a worker thread (only used that way). */
+  private asyncNetlink(): RtNetlink {
+    this.nlAsync ??= RtNetlink.open(null);
+    return this.nlAsync;
   }
 
   linkByName(name: string) {
@@ -767,8 +783,10 @@ export class Datapath {
   }
 
   close(): void {
+    this.closed = true;
     this.reconciler.stop();
     this.nl.close();
+    this.nlAsync?.close();
     if (this.spareReaper) clearTimeout(this.spareReaper);
     for (const st of [...this.policyTables.values(), ...this.sparePolicy.values()]) st.table.close();
     this.policyTables.clear();

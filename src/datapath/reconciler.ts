@@ -312,7 +312,7 @@ export class MapTable<K, V> {
   }
 
   /**
-   * flush() with the updates on a worker thread, in one batch
+   * flush() with the writes on a worker thread, the updates in one batch
    * (BpfMap.updateBatchAsync): for tables whose writes wait for an RCU grace
    * period (maps of maps), which then costs one grace period per batch, not
    * per entry. Changes stated in the same turn join the batch; a flush waits
@@ -358,7 +358,8 @@ export class MapTable<K, V> {
     for (const b of batch.filter((x) => x.want === undefined)) {
       if (this.desired.has(b.k)) continue; // wanted again meanwhile: the next flush writes it
       try {
-        this.write(b.k);
+        if (this.absentEnc !== undefined) this.write(b.k);
+        else await this.map.deleteEncodedAsync(toBuf(b.k));
       } catch (e) {
         throw this.failed('delete', b.k, e);
       }

@@ -96,6 +96,8 @@ export class EndpointManager {
   /** ids and attachments of creations in flight */
   private readonly reservedIds = new Set<number>();
   private readonly inFlight = new Set<string>();
+  /** DELs in flight by attachment (a second DEL of the same attachment waits for the first). */
+  private readonly deleting = new Map<string, Promise<{ deleted: boolean; errors: string[] }>>();
   private readonly dir: string;
   /** Policy map states by computation: endpoints with the same identity share one (see policyStateOf). */
   private readonly policyStates = new WeakMap<ComputedPolicy, TableState>();
@@ -153,7 +155,7 @@ export class EndpointManager {
   }
 
   /** Restore endpoints from disk; their kernel state (veths, pinned links and maps) is reused, not re-created. */
-  restore(): void {
+  async restore(): Promise<void> {
     for (const f of fs.readdirSync(this.dir)) {
       if (!/^\d+\.json$/.test(f)) continue;
       const ep = readJson<Endpoint>(path.join(this.dir, f));
@@ -183,7 +185,7 @@ export class EndpointManager {
     this.identities.pruneUnreferenced();
     this.dp.prewarmPolicySlots(this.nextFreeIds(PREWARM_SLOTS));
     this.log.info('restored endpoints', { count: this.byId.size });
-    this.reclaimInterrupted();
+    await this.reclaimInterrupted();
   }
 
   /**
@@ -191,14 +193,14 @@ export class EndpointManager {
    * and no endpoint record (written last): release such addresses, and the
    * veth that ADD may have created. Addresses of restored endpoints stay.
    */
-  private reclaimInterrupted(): void {
+  private async reclaimInterrupted(): Promise<void> {
     const live = new Set([...this.byId.values()].map((ep) => attachmentKey(ep.containerId, ep.ifname)));
     for (const a of this.ipam.list()) {
       if (a.owner === 'router' || live.has(a.owner)) continue;
       this.ipam.release(a.ip);
       const slash = a.owner.lastIndexOf('/');
       const veth = slash > 0 ? hostVethName(this.cfg, a.owner.slice(0, slash), a.owner.slice(slash + 1)) : undefined;
-      const errors = veth && this.dp.linkByName(veth) ? this.dp.deleteEndpoint(0, veth).filter((x) => !x.includes('mb_call_policy')) : [];
+      const errors = veth && this.dp.linkByName(veth) ? (await this.dp.deleteEndpoint(0, veth)).filter((x) => !x.includes('mb_call_policy')) : [];
       this.log.warn('reclaimed the address of an interrupted ADD (no endpoint was created)', { owner: a.owner, ipv4: a.ip, veth, errors: errors.length ? errors : undefined });
     }
   }
@@ -278,7 +280,7 @@ export class EndpointManager {
   async create(req: CreateRequest): Promise<Endpoint> {
     const t0 = process.hrtime.bigint();
     const owner = attachmentKey(req.containerId, req.ifname);
-    if (this.findByAttachment(req.containerId, req.ifname) || this.inFlight.has(owner)) {
+    if (this.findByAttachment(req.containerId, req.ifname) || this.inFlight.has(owner) || this.deleting.has(owner)) {
       throw new EndpointError(`an endpoint for container ${req.containerId} interface ${req.ifname} already exists`, 'conflict');
     }
     try {
@@ -530,14 +532,28 @@ export class EndpointManager {
     return changed;
   }
 
-  /** Delete by attachment. Idempotent: a missing endpoint is not an error. Addresses are released even if the netns is gone. */
-  delete(containerId: string, ifname: string): { deleted: boolean; errors: string[] } {
+  /**
+   * Delete by attachment. Idempotent: a missing endpoint is not an error.
+   * Addresses are released even if the netns is gone. The kernel's wait while
+   * the veth goes away happens off the event loop; meanwhile an ADD of the
+   * same attachment is refused (conflict) and a second DEL waits for this one.
+   */
+  delete(containerId: string, ifname: string): Promise<{ deleted: boolean; errors: string[] }> {
+    const owner = attachmentKey(containerId, ifname);
+    const running = this.deleting.get(owner);
+    if (running) return running;
+    const p = this.deleteNow(containerId, ifname).finally(() => this.deleting.delete(owner));
+    this.deleting.set(owner, p);
+    return p;
+  }
+
+  private async deleteNow(containerId: string, ifname: string): Promise<{ deleted: boolean; errors: string[] }> {
     const owner = attachmentKey(containerId, ifname);
     const ep = this.findByAttachment(containerId, ifname);
     const errors: string[] = [];
     if (ep) {
       ep.state = 'disconnecting';
-      errors.push(...this.dp.deleteEndpoint(ep.id, ep.hostIfname, ep.hostIfindex));
+      errors.push(...(await this.dp.deleteEndpoint(ep.id, ep.hostIfname, ep.hostIfindex)));
       this.undesire(ep);
       try {
         this.dp.endpoints.flush();
@@ -553,7 +569,7 @@ export class EndpointManager {
     } else {
       // A failed ADD may have left a veth behind under the name this attachment would use.
       const name = hostVethName(this.cfg, containerId, ifname);
-      if (this.dp.linkByName(name)) errors.push(...this.dp.deleteEndpoint(0, name));
+      if (this.dp.linkByName(name)) errors.push(...(await this.dp.deleteEndpoint(0, name)));
     }
     this.ipam.releaseOwner(owner);
     return { deleted: !!ep, errors };
@@ -571,14 +587,14 @@ export class EndpointManager {
   }
 
   /** Remove endpoints, addresses and veths of attachments not in the valid list. */
-  gc(valid: { containerId: string; ifname: string }[]): { removed: string[]; errors: string[] } {
+  async gc(valid: { containerId: string; ifname: string }[]): Promise<{ removed: string[]; errors: string[] }> {
     const keep = new Set(valid.map((v) => attachmentKey(v.containerId, v.ifname)));
     const removed: string[] = [];
     const errors: string[] = [];
     for (const ep of this.list()) {
       const key = attachmentKey(ep.containerId, ep.ifname);
       if (keep.has(key)) continue;
-      const r = this.delete(ep.containerId, ep.ifname);
+      const r = await this.delete(ep.containerId, ep.ifname);
       removed.push(key);
       errors.push(...r.errors);
     }

@@ -27,6 +27,12 @@ export interface NetlinkNative {
   nlSend(fd: number, buf: Buffer): void;
   /** One datagram, or null when nothing arrived within timeoutMs (-1 = wait forever). */
   nlRecv(fd: number, timeoutMs: number): Buffer | null;
+  /**
+   * Send one request and read datagrams until the ACK/error or end of dump
+   * with this sequence number, on a libuv worker thread; resolves with the
+   * datagrams end to end. Nothing else may use the socket meanwhile.
+   */
+  nlExchangeAsync(fd: number, request: Buffer, seq: number, timeoutMs: number): Promise<Buffer>;
   close(fd: number): void;
 }
 

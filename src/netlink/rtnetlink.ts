@@ -285,6 +285,9 @@ export class RtNetlink {
   readonly netnsPath: string;
   timeoutMs = DEFAULT_TIMEOUT_MS;
 
+  /** The last request queued on a worker thread (async requests on one socket run one after another). */
+  private asyncTail?: Promise<unknown>;
+
   private constructor(fd: number, netnsPath: string) {
     this.fd = fd;
     this.netnsPath = netnsPath;
@@ -314,7 +317,9 @@ export class RtNetlink {
     if (this.fd >= 0) {
       const fd = this.fd;
       this.fd = -1;
-      netlinkNative().close(fd);
+      // A request on a worker thread still uses the socket: close it when that is done.
+      if (this.asyncTail) void this.asyncTail.finally(() => netlinkNative().close(fd));
+      else netlinkNative().close(fd);
     }
   }
 
@@ -376,6 +381,47 @@ export class RtNetlink {
         msgs.push(m);
       }
     }
+  }
+
+  /**
+   * request() with the socket's send and receive on a libuv worker thread,
+   * for requests the kernel answers slowly (deleting a veth waits for RCU):
+   * the event loop keeps serving meanwhile. Async requests on one socket run
+   * one after another; a socket used this way must not also be used with the
+   * synchronous calls while one is in flight (they would read its answer).
+   */
+  requestAsync(type: number, flags: number, header: Buffer, attrs: NlAttr[], context: string): Promise<NlMsg[]> {
+    const run = async (): Promise<NlMsg[]> => {
+      if (this.fd < 0) throw new Error(`netlink ${C.msgTypeName(type)} (${context}): socket is closed`);
+      const seq = this.nextSeq();
+      let answer: Buffer;
+      try {
+        answer = await netlinkNative().nlExchangeAsync(this.fd, encodeMessage({ type, flags: flags | C.NLM_F_REQUEST, seq, header, attrs }), seq, this.timeoutMs);
+      } catch (e) {
+        const errno = (e as { errno?: number }).errno ?? 5;
+        throw new NetlinkError({ errno, op: type, context: this.ctx(context), extAck: errno === 110 ? `no answer within ${this.timeoutMs} ms` : (e as Error).message });
+      }
+      const msgs: NlMsg[] = [];
+      for (const m of parseMessages(answer)) {
+        if (m.seq !== seq) continue; // stale answer to an earlier (timed-out) request
+        if (m.type === C.NLMSG_ERROR) {
+          const err = parseError(m);
+          if (err.errno !== 0) throw new NetlinkError({ errno: err.errno, op: type, context: this.ctx(context), extAck: err.extAckMsg, extAckOffset: err.extAckOffset });
+          return msgs;
+        }
+        if (m.type === C.NLMSG_DONE) {
+          const errno = parseDoneErrno(m);
+          if (errno !== 0) throw new NetlinkError({ errno, op: type, context: this.ctx(context) });
+          return msgs;
+        }
+        if (m.type === C.NLMSG_NOOP || m.type === C.NLMSG_OVERRUN) continue;
+        msgs.push(m);
+      }
+      return msgs;
+    };
+    const p = (this.asyncTail ?? Promise.resolve()).catch(() => undefined).then(run);
+    this.asyncTail = p;
+    return p;
   }
 
   /** Run a change request; returns false instead of throwing when the kernel answers with one of `okErrnos`. */
@@ -546,6 +592,18 @@ export class RtNetlink {
   linkDel(nameOrIndex: string | number): boolean {
     const { header, attrs, desc } = this.linkSelector('nameOrIndex', nameOrIndex);
     return this.change(C.RTM_DELLINK, 0, header, attrs, `delete link ${desc}`, ['ENODEV']);
+  }
+
+  /** linkDel() on a worker thread (see requestAsync): false if there was no such link. */
+  async linkDelAsync(nameOrIndex: string | number): Promise<boolean> {
+    const { header, attrs, desc } = this.linkSelector('nameOrIndex', nameOrIndex);
+    try {
+      await this.requestAsync(C.RTM_DELLINK, C.NLM_F_ACK, header, attrs, `delete link ${desc}`);
+      return true;
+    } catch (e) {
+      if (e instanceof NetlinkError && e.code === 'ENODEV') return false;
+      throw e;
+    }
   }
 
   // ---- addresses --------------------------------------------------------------------------

@@ -13,7 +13,8 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { CNI_BIN } from '../helpers/node';
+import { CNI_BIN, TestNode } from '../helpers/node';
+import { ping } from '../helpers/sys';
 import { SUPPORTED_VERSIONS, versionAnswer } from '../../src/cni/plugin';
 
 function shim(command: string | undefined, stdin: string | Buffer, env: Record<string, string> = {}) {
@@ -205,5 +206,56 @@ describe('the CNI shim (bin/membrane-cni) on its own', () => {
     } finally {
       await half.close();
     }
+  });
+});
+
+describe('ADDs and DELs at once', () => {
+  const node = new TestNode('par');
+
+  before(async () => {
+    await node.start();
+  });
+  after(async () => {
+    await node.cleanup();
+  });
+
+  /** The plugin as a runtime runs it, without blocking this process (many at once). */
+  const cni = (command: string, pod: { containerId: string; nsPath?: string }) =>
+    new Promise<{ code: number; stdout: string }>((resolve) => {
+      const env: NodeJS.ProcessEnv = { PATH: process.env.PATH, CNI_COMMAND: command, CNI_CONTAINERID: pod.containerId, CNI_IFNAME: 'eth0', CNI_ARGS: 'IgnoreUnknown=1;K8S_POD_NAMESPACE=default' };
+      if (pod.nsPath) env.CNI_NETNS = pod.nsPath;
+      const child = require('node:child_process').spawn('nsenter', [`--net=/run/netns/${node.nodeNs}`, '--', CNI_BIN], { env });
+      let out = '';
+      child.stdout.on('data', (d: Buffer) => (out += d));
+      const timer = setTimeout(() => child.kill('SIGKILL'), 60_000);
+      child.on('close', (code: number | null) => {
+        clearTimeout(timer);
+        resolve({ code: code ?? -1, stdout: out });
+      });
+      child.stdin.end(JSON.stringify(node.conf));
+    });
+
+  it('20 ADDs at once (more than the slots kept ready) all attach, with distinct addresses and working routes; 25 DELs at once (5 twice) leave nothing', async () => {
+    const pods = Array.from({ length: 20 }, (_, i) => ({ ...node.podNs(`p${i}`), containerId: `${node.prefix}-p${i}` }));
+    const adds = await Promise.all(pods.map((p) => cni('ADD', p)));
+    for (const a of adds) assert.equal(a.code, 0, a.stdout);
+    const ips = adds.map((a) => String(JSON.parse(a.stdout).ips[0].address).split('/')[0]);
+    assert.equal(new Set(ips).size, 20, `distinct addresses: ${ips}`);
+    const eps: any[] = node.cliJson(['endpoint', 'list']);
+    assert.equal(eps.length, 20);
+    assert.ok(eps.every((e) => e.state === 'ready'), JSON.stringify(eps.map((e) => [e.id, e.state, e.problems])));
+    assert.ok(ping(pods[0].ns, ips[19]), 'first pod reaches the last one');
+    assert.ok(ping(pods[19].ns, ips[0]), 'and back');
+
+    const dels = await Promise.all([...pods, ...pods.slice(0, 5)].map((p) => cni('DEL', { containerId: p.containerId })));
+    for (const d of dels) assert.equal(d.code, 0, d.stdout);
+    assert.deepEqual(node.cliJson(['endpoint', 'list']), []);
+    assert.deepEqual((node.cliJson(['ipam', 'list']).allocations as any[]).filter((a) => a.owner !== 'router'), []);
+    const links = JSON.parse(node.nodeExec('ip', ['-j', 'link', 'show']).stdout) as any[];
+    assert.deepEqual(links.filter((l) => String(l.ifname).startsWith('lxc')), []);
+    // The recycled ids and slots serve the next pods.
+    const again = await cni('ADD', pods[3]);
+    assert.equal(again.code, 0, again.stdout);
+    assert.equal((await cni('DEL', pods[3])).code, 0);
   });
 });

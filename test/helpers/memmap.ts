@@ -30,6 +30,11 @@ export class MemMap<K, V> {
     return this.delete(this.kc.decode(k, 0));
   }
 
+  async deleteEncodedAsync(k: Buffer): Promise<boolean> {
+    await undefined;
+    return this.deleteEncoded(k);
+  }
+
   async updateBatchEncodedAsync(keys: Buffer, values: Buffer, count: number): Promise<void> {
     const list: [K, V][] = [];
     for (let i = 0; i < count; i++) list.push([this.kc.decode(keys, i * this.kc.size), this.vc.decode(values, i * this.vc.size)]);
