@@ -1043,6 +1043,16 @@ int main(void)
 		if (errno || *e || e == exit_text || exit_code < 0 || exit_code > 255)
 			exit_code = -1;
 	}
+	/* The body is exactly Content-Length bytes when the header is there; a chunked body is not a CNI answer. */
+	char len_text[24], te[32];
+	if (h && header_value(resp.p, header_end, "content-length", len_text, sizeof(len_text)) == 0) {
+		errno = 0;
+		unsigned long long cl = strtoull(len_text, &e, 10);
+		if (!errno && *e == '\0' && cl < blen)
+			blen = (size_t)cl;
+	}
+	if (h && header_value(resp.p, header_end, "transfer-encoding", te, sizeof(te)) == 0)
+		exit_code = -1;
 	if (http_status != 200 || exit_code < 0) {
 		/* Not a CNI answer: an older agent without the route, an internal error. Name what it said. */
 		struct jdoc ed;
