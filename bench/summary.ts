@@ -21,6 +21,8 @@ const ISSUE_15: { row: string; bench: string }[] = [
   { row: 'ClusterIP / direct new connections, 1 service', bench: 'services' },
   { row: 'ClusterIP / direct new connections, 10,000 services', bench: 'services' },
   { row: 'flow events the agent ingests on one core', bench: 'observe-cost' },
+  { row: 'flow events the agent ingests on one core: events lost at 100,000/s offered', bench: 'observe-cost' },
+  { row: 'flow events the agent ingests on one core: API p99 during the maximum flood', bench: 'observe-cost' },
   { row: 'agent memory per endpoint (1,000 endpoints, 500 rules)', bench: 'policy-scale' },
 ];
 
