@@ -191,6 +191,10 @@ function newEntry(e: Omit<PolicyEntry, 'derivedFrom'>, from: string): PolicyEntr
   };
 }
 
+function sameList(a: string[], b: string[]): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i]);
+}
+
 export function computeMapState(input: EndpointPolicyInput): ComputedPolicy {
   const entries: MapState = new Map();
   const add = (e: Omit<PolicyEntry, 'derivedFrom'>, from: string, l7?: L7Rules) => {
@@ -268,6 +272,12 @@ export function computeMapState(input: EndpointPolicyInput): ComputedPolicy {
     const port = input.proxyPort?.(e.egress) ?? 0;
     if (!port) throw new L7PolicyError(`L7 rules (${(e.http ?? []).map((h) => h.from).join(', ')}) need the proxy, and no proxy port is configured`);
     e.proxyPort = port;
+  }
+  // Computations are kept per identity: the lists that grew while rules were added are
+  // copied to their exact size, and a rule list equal to the entry's own is shared.
+  for (const e of entries.values()) {
+    if (e.derivedFrom.length > 1) e.derivedFrom = e.derivedFrom.slice();
+    if (e.allowAllFrom) e.allowAllFrom = sameList(e.allowAllFrom, e.derivedFrom) ? e.derivedFrom : e.allowAllFrom.slice();
   }
   return result;
 }
