@@ -55,7 +55,7 @@ export function policyTable(name: string, map: BpfMap<PolicyKey, PolicyValue>): 
 
 /**
  * A policy map's desired state, encoded once: every endpoint whose policy is
- * this computation adopts it (MapTable.adopt) instead of keeping a copy.
+ * this computation adopts it (MapTable.adoptState) instead of keeping a copy.
  */
 export function policyState(entries: Iterable<PolicyEntry>): TableState {
   const kv = function* () {

@@ -64,8 +64,8 @@ describe('MapTable', () => {
     const a = table();
     const b = table();
     const state = a.t.prepare([{ key: 1, value: 10 }, { key: 2, value: 20 }]);
-    assert.deepEqual(a.t.adopt(state), { upserts: 2, deletes: 0 });
-    assert.deepEqual(b.t.adopt(state), { upserts: 2, deletes: 0 });
+    assert.deepEqual(a.t.adoptState(state), { upserts: 2, deletes: 0 });
+    assert.deepEqual(b.t.adoptState(state), { upserts: 2, deletes: 0 });
     a.t.flush();
     b.t.flush();
     assert.deepEqual(new Map(a.map.entries()), new Map([[1, 10], [2, 20]]));
@@ -78,14 +78,14 @@ describe('MapTable', () => {
     assert.deepEqual(new Map(a.map.entries()), new Map([[2, 20], [3, 30]]));
     // Adopting the next state writes only the difference.
     const next = b.t.prepare([{ key: 2, value: 21 }, { key: 4, value: 40 }]);
-    assert.deepEqual(b.t.adopt(next), { upserts: 2, deletes: 1 });
+    assert.deepEqual(b.t.adoptState(next), { upserts: 2, deletes: 1 });
     b.t.flush();
     assert.deepEqual(new Map(b.map.entries()), new Map([[2, 21], [4, 40]]));
-    assert.deepEqual(b.t.adopt(next), { upserts: 0, deletes: 0 });
+    assert.deepEqual(b.t.adoptState(next), { upserts: 0, deletes: 0 });
     assert.ok(!b.t.dirty);
     // A state made with other codecs is refused.
     const other = new MapTable('o', new MemMap<number, number>(u32Codec, u16Codec) as unknown as BpfMap<number, number>, u32KeyOpts<number>((x, y) => x === y));
-    assert.throws(() => a.t.adopt(other.prepare([{ key: 1, value: 1 }])), /other codecs/);
+    assert.throws(() => a.t.adoptState(other.prepare([{ key: 1, value: 1 }])), /other codecs/);
   });
 
   it('values the table compares as the same (kernel counters) are not written again', () => {
