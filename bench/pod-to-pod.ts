@@ -3,8 +3,11 @@
  *
  *   node dist/bench/pod-to-pod.js [--quick] [--rounds N]
  *
- * Two systems are built in the same run and measured interleaved
- * (baseline, membrane, baseline, membrane, ...; N rounds, median reported):
+ * Three systems are built in the same run and measured interleaved
+ * (plain, baseline, membrane, plain, ...; N rounds, median reported):
+ *   plain     model A of the performance anchors: two pod namespaces joined by
+ *             one veth pair, /32 addresses, no routing, no BPF: the physical
+ *             limit on this machine (issue 15's reference)
  *   baseline  model C of the performance anchors: two pod namespaces, each with
  *             a veth to a router namespace; /32 addresses and routes, IP
  *             forwarding in the router, no BPF.
@@ -19,11 +22,13 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import { TestNode, hasCmd } from '../test/helpers/node';
 import { netnsAdd, netnsDel, ping, runPrefix, sh } from '../test/helpers/sys';
-import { argValue, background, fmt, hasArg, median, mustRoot, onCleanup, run, runBench, sleep, spread, table } from './lib';
+import { argValue, background, fmt, hasArg, median, mustRoot, onCleanup, reportRow, run, runBench, sleep, spread, table } from './lib';
 
 const RR_PORT = 11111;
 const TP_PORT = 5201;
 const TARGET = 0.95;
+/** Issue 15: Membrane's RR against the plain veth pair. */
+const ROW_RR = 'pod-to-pod TCP RR vs a plain veth pair between two namespaces (no routing)';
 
 interface System {
   name: string;
@@ -71,6 +76,26 @@ function buildBaseline(): System {
     ip('-n', ns, 'route', 'add', 'default', 'via', router, 'dev', 'eth0', 'onlink');
   }
   return { name: 'baseline', label: 'routed veth (model C)', client: a, server: b, clientIp: pods[0][2], serverIp: pods[1][2], forwarderNs: r };
+}
+
+/** Model A: pod A <-veth-> pod B, nothing in between (the physical limit). */
+function buildPlain(): System {
+  const prefix = runPrefix('bv');
+  const a = `${prefix}-a`;
+  const b = `${prefix}-b`;
+  for (const ns of [a, b]) {
+    netnsAdd(ns);
+    onCleanup(`delete netns ${ns}`, () => netnsDel(ns));
+  }
+  const [ipA, ipB] = ['10.202.0.2', '10.202.0.3'];
+  sh('ip', ['-n', a, 'link', 'add', 'eth0', 'mtu', '1500', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', b, 'mtu', '1500']);
+  for (const [ns, mine, peer] of [[a, ipA, ipB], [b, ipB, ipA]]) {
+    sh('ip', ['netns', 'exec', ns, 'sysctl', '-qw', 'net.ipv6.conf.eth0.disable_ipv6=1']);
+    sh('ip', ['-n', ns, 'addr', 'add', `${mine}/32`, 'dev', 'eth0']);
+    sh('ip', ['-n', ns, 'link', 'set', 'eth0', 'up']);
+    sh('ip', ['-n', ns, 'route', 'add', `${peer}/32`, 'dev', 'eth0', 'scope', 'link']);
+  }
+  return { name: 'plain', label: 'plain veth pair (model A)', client: a, server: b, clientIp: ipA, serverIp: ipB, forwarderNs: a };
 }
 
 async function buildMembrane(): Promise<{ sys: System; node: TestNode }> {
@@ -149,12 +174,13 @@ async function main(): Promise<void> {
   console.log(`pod-to-pod: kernel ${os.release()}, ${os.cpus().length} CPUs, load ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}`);
   console.log(`RR: sockperf ping-pong --tcp, 14-byte messages, ${rrSec} s per run (0.4 s warm-up excluded), client and server pinned to CPU 0`);
   console.log(`Throughput: iperf3, one TCP stream, ${tpSec} s per run, unpinned`);
-  console.log(`${rounds} rounds, interleaved baseline/membrane; median [min-max]\n`);
+  console.log(`${rounds} rounds, interleaved plain/baseline/membrane; median [min-max]\n`);
 
   const t0 = Date.now();
+  const plain = buildPlain();
   const base = buildBaseline();
   const { sys: mem, node } = await buildMembrane();
-  const systems = [base, mem];
+  const systems = [plain, base, mem];
   for (const s of systems) {
     if (!ping(s.client, s.serverIp)) throw new Error(`${s.name}: ${s.client} cannot ping ${s.serverIp}`);
     await startServers(s);
@@ -172,8 +198,8 @@ async function main(): Promise<void> {
     /* metrics are a diagnostic only */
   }
 
-  const rr: Record<string, Sample[]> = { baseline: [], membrane: [] };
-  const tp: Record<string, number[]> = { baseline: [], membrane: [] };
+  const rr: Record<string, Sample[]> = { plain: [], baseline: [], membrane: [] };
+  const tp: Record<string, number[]> = { plain: [], baseline: [], membrane: [] };
   for (let i = 1; i <= rounds; i++) {
     for (const s of systems) {
       const x = await measureRR(s, rrSec);
@@ -187,6 +213,7 @@ async function main(): Promise<void> {
     }
   }
   const fwd = systems.map((s, i) => forwarded(s.forwarderNs) - fwdBefore[i]);
+  // (plain has nothing in between: its "forwarder" is the client namespace itself, which forwards nothing)
   let bpfFwd = NaN;
   try {
     bpfFwd = node.metric(0) - bpfBefore;
@@ -199,19 +226,29 @@ async function main(): Promise<void> {
   const ratioTps = median(tps('membrane')) / median(tps('baseline'));
   const ratioLat = median(lat('membrane')) / median(lat('baseline'));
   const ratioTp = median(tp.membrane) / median(tp.baseline);
+  const plainTps = median(tps('membrane')) / median(tps('plain'));
+  const plainTp = median(tp.membrane) / median(tp.plain);
   const verdict = (r: number) => (r >= TARGET ? 'meets' : 'BELOW');
 
   console.log('');
   console.log(
     table([
-      ['metric', `baseline: ${base.label}`, `membrane: ${mem.label}`, 'ratio M/B', 'target', ''],
-      ['TCP RR same-CPU (transactions/s)', spread(tps('baseline'), 0), spread(tps('membrane'), 0), fmt(ratioTps, 3), `>= ${TARGET}`, verdict(ratioTps)],
-      ['TCP RR p50 round trip (us)', spread(lat('baseline'), 2), spread(lat('membrane'), 2), fmt(ratioLat, 3), '(lower is better)', ''],
-      ['TCP 1 stream (Gbit/s)', spread(tp.baseline, 2), spread(tp.membrane, 2), fmt(ratioTp, 3), `>= ${TARGET}`, verdict(ratioTp)],
+      ['metric', `plain: ${plain.label}`, `baseline: ${base.label}`, `membrane: ${mem.label}`, 'M/plain', 'M/baseline', 'target', ''],
+      ['TCP RR same-CPU (transactions/s)', spread(tps('plain'), 0), spread(tps('baseline'), 0), spread(tps('membrane'), 0), fmt(plainTps, 3), fmt(ratioTps, 3), `>= ${TARGET} of plain`, verdict(plainTps)],
+      ['TCP RR p50 round trip (us)', spread(lat('plain'), 2), spread(lat('baseline'), 2), spread(lat('membrane'), 2), fmt(median(lat('membrane')) / median(lat('plain')), 3), fmt(ratioLat, 3), '(lower is better)', ''],
+      ['TCP 1 stream (Gbit/s)', spread(tp.plain, 2), spread(tp.baseline, 2), spread(tp.membrane, 2), fmt(plainTp, 3), fmt(ratioTp, 3), `>= ${TARGET} of plain`, verdict(plainTp)],
     ]),
   );
+  reportRow({
+    row: ROW_RR,
+    figure: median(tps('membrane')),
+    unit: 'tps',
+    reference: { what: 'plain veth pair', value: median(tps('plain')) },
+    target: { on: 'ratio', op: '>=', value: TARGET },
+    note: `routed veth baseline: ${fmt(median(tps('baseline')), 0)} tps (Membrane ${fmt(ratioTps, 3)}x of it)`,
+  });
   console.log('');
-  console.log(`IP datagrams forwarded by the kernel stack in between during the measurement: baseline router ${fwd[0].toLocaleString('en-US')}, membrane node ${fwd[1].toLocaleString('en-US')}`);
+  console.log(`IP datagrams forwarded by the kernel stack in between during the measurement: baseline router ${fwd[1].toLocaleString('en-US')}, membrane node ${fwd[2].toLocaleString('en-US')}`);
   if (Number.isFinite(bpfFwd)) console.log(`packets counted as forwarded in Membrane's BPF metrics map: ${bpfFwd.toLocaleString('en-US')}`);
   console.log(`load at the end: ${os.loadavg().map((x) => x.toFixed(2)).join(' ')} (the machine is shared: compare ratios, not absolute figures)`);
   console.log(`agent log: test-artifacts/${node.prefix}-agent.log`);
