@@ -20,6 +20,8 @@
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
+import * as path from 'node:path';
+import { BpfProgram } from '../src/bpf';
 import { TestNode, hasCmd } from '../test/helpers/node';
 import { netnsAdd, netnsDel, ping, runPrefix, sh } from '../test/helpers/sys';
 import { argValue, background, fmt, hasArg, median, mustRoot, onCleanup, reportRow, run, runBench, sleep, spread, table } from './lib';
@@ -155,6 +157,46 @@ async function measureTP(s: System, seconds: number): Promise<number> {
   throw new Error(`iperf3 (${s.name}) failed 3 times: ${last.slice(-1000)}`);
 }
 
+/**
+ * Where Membrane's time per packet goes: one extra RR run with the kernel's
+ * BPF run-time statistics on (they cost a clock read per run, so never during
+ * the measured rounds). The entry program's run time includes its tail calls
+ * (policy_ingress of the destination), so from_container's ns per run is the
+ * whole eBPF cost of a pod-to-pod packet; the rest of the gap to the plain
+ * veth pair is the kernel's (the host-side veth's receive path, the tc hook,
+ * the redirect to the peer).
+ */
+async function profileBpf(node: TestNode, s: System, seconds: number): Promise<{ nsPerRun: number; runs: number; tps: number } | undefined> {
+  const pins: string[] = [];
+  const walk = (d: string): void => {
+    for (const e of fs.readdirSync(d, { withFileTypes: true })) {
+      const p = path.join(d, e.name);
+      if (e.isDirectory()) walk(p);
+      else if (e.name === 'from_container') pins.push(p);
+    }
+  };
+  try {
+    walk(path.join(node.bpfRoot, 'programs'));
+  } catch {
+    return undefined;
+  }
+  if (pins.length !== 1) return undefined;
+  const prog = BpfProgram.fromPin(pins[0]);
+  const knob = '/proc/sys/kernel/bpf_stats_enabled';
+  const was = fs.readFileSync(knob, 'utf8').trim();
+  try {
+    fs.writeFileSync(knob, '1');
+    const a = prog.info();
+    const x = await measureRR(s, seconds);
+    const b = prog.info();
+    const runs = b.runCount - a.runCount;
+    return runs > 0 ? { nsPerRun: (b.runTimeNs - a.runTimeNs) / runs, runs, tps: x.tps } : undefined;
+  } finally {
+    fs.writeFileSync(knob, was);
+    prog.close();
+  }
+}
+
 /** IP datagrams forwarded by the kernel stack of a namespace (/proc/net/snmp Ip: ForwDatagrams). */
 function forwarded(ns: string): number {
   const snmp = sh('ip', ['netns', 'exec', ns, 'cat', '/proc/net/snmp']).split('\n').filter((l) => l.startsWith('Ip:'));
@@ -247,6 +289,14 @@ async function main(): Promise<void> {
     target: { on: 'ratio', op: '>=', value: TARGET },
     note: `routed veth baseline: ${fmt(median(tps('baseline')), 0)} tps (Membrane ${fmt(ratioTps, 3)}x of it)`,
   });
+  const prof = await profileBpf(node, mem, rrSec).catch(() => undefined);
+  if (prof) {
+    // Two packets per transaction; the gap per packet to the plain pair, measured in the rounds above.
+    const gapNs = ((1 / median(tps('membrane')) - 1 / median(tps('plain'))) * 1e9) / 2;
+    console.log('');
+    console.log(`profile (one extra RR run with kernel.bpf_stats_enabled=1): from_container + its tail calls ${fmt(prof.nsPerRun, 0)} ns per packet over ${prof.runs.toLocaleString('en-US')} runs;`);
+    console.log(`  gap to the plain veth pair ${fmt(gapNs, 0)} ns per packet: eBPF ${fmt(prof.nsPerRun, 0)} ns, kernel (host-side veth receive, tc hook, redirect to the peer) ${fmt(Math.max(0, gapNs - prof.nsPerRun), 0)} ns`);
+  }
   console.log('');
   console.log(`IP datagrams forwarded by the kernel stack in between during the measurement: baseline router ${fwd[1].toLocaleString('en-US')}, membrane node ${fwd[2].toLocaleString('en-US')}`);
   if (Number.isFinite(bpfFwd)) console.log(`packets counted as forwarded in Membrane's BPF metrics map: ${bpfFwd.toLocaleString('en-US')}`);

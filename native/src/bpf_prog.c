@@ -31,6 +31,12 @@ static napi_value js_prog_info(napi_env env, napi_callback_info info)
 	mb_set(env, o, "type", mb_u32(env, pi.type));
 	mb_set(env, o, "name", mb_str(env, pi.name));
 	mb_set(env, o, "tag", mb_str(env, tag));
+	/* Cumulative run time and count: non-zero only while BPF stats are enabled. */
+	napi_value rt, rc;
+	napi_create_double(env, (double)pi.run_time_ns, &rt);
+	napi_create_double(env, (double)pi.run_cnt, &rc);
+	mb_set(env, o, "runTimeNs", rt);
+	mb_set(env, o, "runCount", rc);
 	return o;
 }
 

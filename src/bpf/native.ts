@@ -32,6 +32,10 @@ export interface ProgInfo {
   name: string;
   /** 8-byte program tag, hex */
   tag: string;
+  /** Cumulative nanoseconds spent running it (counted only while kernel.bpf_stats_enabled = 1). */
+  runTimeNs: number;
+  /** Cumulative runs (same condition). */
+  runCount: number;
 }
 
 export interface LinkInfo {
