@@ -460,7 +460,7 @@ static napi_value js_map_update_batch(napi_env env, napi_callback_info info)
 /* mapDeleteBatch(fd, keys, count): throws ENOENT (with progress) if a key is absent */
 static napi_value js_map_delete_batch(napi_env env, napi_callback_info info)
 {
-	MB_ARGS(3);
+	MB_ARGS(4);
 	int32_t fd;
 	void *keys, *vals = NULL;
 	uint32_t count;
@@ -469,19 +469,41 @@ static napi_value js_map_delete_batch(napi_env env, napi_callback_info info)
 		return NULL;
 	if (!count)
 		return NULL;
-	uint32_t n = count;
+	bool missing_ok = false;
+	napi_valuetype t;
+	if (napi_typeof(env, argv[3], &t) == napi_ok && t == napi_boolean)
+		napi_get_value_bool(env, argv[3], &missing_ok);
 	LIBBPF_OPTS(bpf_map_batch_opts, opts);
-	if (bpf_map_delete_batch(fd, keys, &n, &opts) == 0)
+	/*
+	 * With missing_ok, a key already gone (the datapath, an LRU or another writer removed it
+	 * since it was read) is what the caller wanted: the kernel stops at it
+	 * and reports how many it deleted before it, so skip it and go on.
+	 */
+	uint32_t done = 0;
+	int e = 0;
+	while (done < count) {
+		uint32_t n = count - done;
+		if (bpf_map_delete_batch(fd, (char *)keys + (size_t)done * klen, &n, &opts) == 0)
+			return NULL;
+		e = errno;
+		if (n > count - done)
+			n = count - done;
+		if (e != ENOENT || !missing_ok) {
+			done += n;
+			break;
+		}
+		done += n + 1;
+	}
+	if (done >= count)
 		return NULL;
-	int e = errno;
 	if (!batch_unsupported(e)) {
 		char nb[64];
 		mb_throw_errno(env, e, "bpf(BPF_MAP_DELETE_BATCH)", "map %s (%u of %u done)",
-			       map_name(fd, nb, sizeof(nb)), n, count);
+			       map_name(fd, nb, sizeof(nb)), done, count);
 		return NULL;
 	}
-	for (uint32_t i = 0; i < count; i++) {
-		if (bpf_map_delete_elem(fd, (char *)keys + i * klen) < 0) {
+	for (uint32_t i = done; i < count; i++) {
+		if (bpf_map_delete_elem(fd, (char *)keys + i * klen) < 0 && !(missing_ok && errno == ENOENT)) {
 			char nb[64];
 			mb_throw_errno(env, errno, "bpf(BPF_MAP_DELETE_ELEM)", "map %s (batch fallback, %u of %u done)",
 				       map_name(fd, nb, sizeof(nb)), i, count);

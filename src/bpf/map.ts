@@ -391,7 +391,7 @@ export class BpfMap<K = Buffer, V = Buffer> {
   /** BPF_MAP_DELETE_BATCH of `count` raw keys laid out one after the other (entries already gone are skipped). */
   deleteRawBatch(keys: Buffer, count: number): void {
     if (keys.length < count * this.keySize) throw bpfUsageError(this.ctx('deleteRawBatch'), `${count} keys need ${count * this.keySize} bytes, got ${keys.length}`);
-    wrap(this.ctx('deleteRawBatch'), () => native().mapDeleteBatch(this.fd, keys, count));
+    wrap(this.ctx('deleteRawBatch'), () => native().mapDeleteBatch(this.fd, keys, count, true));
   }
 
   /** Pin at path (bpffs). */

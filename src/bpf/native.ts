@@ -165,7 +165,8 @@ export interface MembraneNative {
   /** BPF_MAP_DELETE_ELEM on a libuv worker thread: false when the key was absent. */
   mapDeleteAsync(fd: number, key: Buffer): Promise<boolean>;
   /** Throws (ENOENT) on the first absent key; falls back to per-element deletes. */
-  mapDeleteBatch(fd: number, keys: Buffer, count: number): void;
+  /** missingOk: keys already absent are skipped (ENOENT is not an error). */
+  mapDeleteBatch(fd: number, keys: Buffer, count: number, missingOk?: boolean): void;
   numPossibleCpus(): number;
 
   // ---- links ----

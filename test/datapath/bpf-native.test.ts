@@ -211,6 +211,12 @@ describe('maps', () => {
       m.deleteBatch(Array.from({ length: 100 }, (_, i) => i));
       assert.equal(m.entries().length, n - 100);
       expectBpfError(() => m.deleteBatch([0]), { code: 'ENOENT', includes: ['t_hash'] });
+      // Raw batches (conntrack GC) skip keys someone else already removed and delete the rest.
+      const raw4 = Buffer.alloc(5 * 4);
+      [100, 0, 101, 1, 102].forEach((k, i) => raw4.writeUInt32LE(k, i * 4));
+      m.deleteRawBatch(raw4, 5);
+      assert.equal(m.entries().length, n - 103);
+      for (const k of [100, 101, 102]) assert.equal(m.lookup(k), undefined);
       // fill to max_entries and dump (hash buckets bigger than one batch are handled)
       m.updateBatch(Array.from({ length: 1024 }, (_, i) => [i, 1n] as [number, bigint]));
       assert.equal(m.entries().length, 1024);
