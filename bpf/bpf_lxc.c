@@ -185,6 +185,18 @@ static __always_inline int ipv4_ct_policy(struct __sk_buff *ctx, const struct ep
 	ct_key_ipv4(&key, saddr, daddr, l4.sport, l4.dport, l4.proto, dir);
 	ct = ct_lookup(&key, now);
 	/*
+	 * A new TCP connection (bare SYN) on the tuple of a flow that is closing
+	 * (a reused port), or of one recorded with another translation (a
+	 * service flow and a direct flow DNATed to the same backend tuple): a
+	 * new flow. Its entry is rewritten with what this connection went
+	 * through (rev_nat_index, flags), so its replies are reversed by the
+	 * right translation, and policy is taken again.
+	 */
+	if (ct && l4.proto == IPPROTO_TCP &&
+	    (l4.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN &&
+	    ((ct->flags & CT_F_CLOSING) || ct->rev_nat_index != rev_nat))
+		ct = NULL;
+	/*
 	 * A TCP segment to this pod that belongs to no flow and opens none (not
 	 * a bare SYN): a reply to an upstream connection of the proxy, which
 	 * speaks with this pod's address to a server that is not a local pod

@@ -38,6 +38,8 @@ import {
   IPPROTO_TCP,
   IPPROTO_UDP,
   TCP_ACK,
+  TCP_FIN,
+  TCP_RST,
   TCP_SYN,
   arpRequestFrame,
   ethernet,
@@ -479,6 +481,32 @@ describe('reverse NAT of replies', () => {
     assert.equal(l4ChecksumState(back.l3), 'ok');
     assert.equal(back.ip.ttl, 63, 'one hop');
     assert.equal(ct.lookup(ctKey(C.ip, b.ip, IPPROTO_TCP, sport, 8080, CT_EGRESS))?.rx_packets, 1n);
+  });
+
+  it('a port reused between a service flow and a direct flow to the same backend: each connection\'s reply is reversed by its own translation', () => {
+    const F = frontend();
+    putService({ addr: F, port: 80, revNat: 131, slots: [1] });
+    const sport = port();
+    // Through the service, to B1:8080; the flow closes (FIN both ways).
+    const d = viaService(tcpOut(C, F, sport, 80));
+    assert.equal(d.ep, B1);
+    run('from_container_B1', tcpOut(B1, C.ip, 8080, sport, TCP_SYN | TCP_ACK), { verdict: TC_ACT_REDIRECT, reason: FORWARDED, dir: DIR_INGRESS });
+    run('from_container_C', tcpOut(C, F, sport, 80, TCP_FIN | TCP_ACK), { verdict: TC_ACT_REDIRECT, reason: FORWARDED, dir: DIR_INGRESS });
+    run('from_container_B1', tcpOut(B1, C.ip, 8080, sport, TCP_FIN | TCP_ACK), { verdict: TC_ACT_REDIRECT, reason: FORWARDED, dir: DIR_INGRESS });
+    // The same source port, now straight to the backend (same post-DNAT tuple).
+    const direct = delivered(run('from_container_C', tcpOut(C, B1.ip, sport, 8080), { verdict: TC_ACT_REDIRECT, reason: FORWARDED, dir: DIR_INGRESS }).data);
+    assert.equal(direct.ep, B1);
+    assert.equal(ct.lookup(ctKey(C.ip, B1.ip, IPPROTO_TCP, sport, 8080, CT_EGRESS))?.rev_nat_index, 0, 'the direct connection\'s entry is not a translated one');
+    const back = delivered(run('from_container_B1', tcpOut(B1, C.ip, 8080, sport, TCP_SYN | TCP_ACK), { verdict: TC_ACT_REDIRECT, reason: FORWARDED, dir: DIR_INGRESS }).data);
+    assert.equal(back.ep, C);
+    assert.deepEqual(back.ip.src, B1.ip, 'the direct reply keeps the backend\'s address');
+    assert.equal(back.sport, 8080);
+    // And back through the service on the same port: translated again.
+    run('from_container_C', tcpOut(C, B1.ip, sport, 8080, TCP_RST), { verdict: TC_ACT_REDIRECT, reason: FORWARDED, dir: DIR_INGRESS });
+    viaService(tcpOut(C, F, sport, 80));
+    const again = delivered(run('from_container_B1', tcpOut(B1, C.ip, 8080, sport, TCP_SYN | TCP_ACK), { verdict: TC_ACT_REDIRECT, reason: FORWARDED, dir: DIR_INGRESS }).data);
+    assert.deepEqual(again.ip.src, F, 'the service reply is reversed to the frontend');
+    assert.equal(again.sport, 80);
   });
 
   it('remote backend: forward to the stack DNATed, the reply through from_host is reversed (TCP and UDP)', () => {
