@@ -3,9 +3,16 @@
  * IPv4 address/port rewriting with incremental checksum updates (RFC 1624),
  * for the service translations of lb.h:
  *
- *   address   bpf_skb_store_bytes + bpf_l3_csum_replace (IP header) +
+ *   address   written in place, IP header checksum updated in place (RFC 1624,
+ *             no helper: the IP checksum is never offloaded), one
  *             bpf_l4_csum_replace with BPF_F_PSEUDO_HDR (TCP/UDP pseudo header)
- *   port      bpf_skb_store_bytes + bpf_l4_csum_replace (TCP/UDP)
+ *   port      written in place + one bpf_l4_csum_replace (TCP/UDP)
+ *
+ * The L4 updates stay helpers: only the kernel knows whether the checksum is
+ * offloaded (CHECKSUM_PARTIAL: the field holds the pseudo header's sum, which
+ * an address changes and a port does not) or complete (skb->csum follows).
+ * In-place writes need no unclone call of their own: a program that writes
+ * packet data directly gets the verifier's unclone prologue.
  *
  * UDP: BPF_F_MARK_MANGLED_0, so a zero checksum (none) stays zero and a
  * computed zero becomes 0xffff. SCTP: its CRC32c covers no pseudo header, so an
@@ -13,8 +20,9 @@
  * whole packet recomputed and is refused (nat4_port returns DROP_CSUM_L4).
  * ICMP and others: no L4 checksum over addresses.
  *
- * The helpers work on offsets (bpf_skb_* helpers): any IHL, and they
- * invalidate packet pointers (callers re-fetch headers afterwards).
+ * They work on offsets (any IHL; the headers must be in the linear part,
+ * as ipv4_hdr and l4_parse_ipv4 leave them) and invalidate packet pointers
+ * (callers re-fetch headers afterwards).
  */
 #ifndef MB_LIB_NAT_H
 #define MB_LIB_NAT_H
@@ -42,6 +50,21 @@ static __always_inline __u64 nat4_l4_flags(__u8 proto)
 }
 
 /*
+ * RFC 1624 incremental update of a 16-bit one's complement checksum for a
+ * 32-bit field changing from @from to @to: HC' = ~(~HC + ~m + m'). Byte order
+ * does not matter as long as all three are taken from the packet as they are.
+ */
+static __always_inline __sum16 csum16_replace4(__sum16 check, __be32 from, __be32 to)
+{
+	__u32 sum = (__u16)~check;
+
+	sum += ((~from) >> 16) + ((~from) & 0xffff) + (to >> 16) + (to & 0xffff);
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return (__sum16)~sum;
+}
+
+/*
  * Rewrite the source (@src != 0) or destination address from @from to @to.
  * Returns 0 or DROP_WRITE_ERROR / DROP_CSUM_L3 / DROP_CSUM_L4.
  */
@@ -49,13 +72,19 @@ static __always_inline int nat4_addr(struct __sk_buff *ctx, __u32 l4_off, __u8 p
 				     __be32 from, __be32 to)
 {
 	__u32 csum_off = nat4_l4_csum_off(proto);
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct iphdr *ip = data + ETH_HLEN;
 
 	if (from == to)
 		return 0;
-	if (bpf_skb_store_bytes(ctx, src ? NAT4_SADDR_OFF : NAT4_DADDR_OFF, &to, 4, 0) < 0)
+	if ((void *)(ip + 1) > data_end)
 		return DROP_WRITE_ERROR;
-	if (bpf_l3_csum_replace(ctx, NAT4_CSUM_OFF, from, to, 4) < 0)
-		return DROP_CSUM_L3;
+	if (src)
+		ip->saddr = to;
+	else
+		ip->daddr = to;
+	ip->check = csum16_replace4(ip->check, from, to);
 	if (csum_off && bpf_l4_csum_replace(ctx, l4_off + csum_off, from, to,
 					    BPF_F_PSEUDO_HDR | nat4_l4_flags(proto) | 4) < 0)
 		return DROP_CSUM_L4;
@@ -75,8 +104,18 @@ static __always_inline int nat4_port(struct __sk_buff *ctx, __u32 l4_off, __u8 p
 		return 0;
 	if (proto == IPPROTO_SCTP)
 		return DROP_CSUM_L4;   /* CRC32c: no incremental update */
-	if (bpf_skb_store_bytes(ctx, l4_off + (src ? 0 : 2), &to, 2, 0) < 0)
-		return DROP_WRITE_ERROR;
+	{
+		void *data = (void *)(long)ctx->data;
+		void *data_end = (void *)(long)ctx->data_end;
+		__be16 *ports;
+
+		if (l4_off > ETH_HLEN + 60)
+			return DROP_WRITE_ERROR;
+		ports = data + l4_off;
+		if ((void *)(ports + 2) > data_end)
+			return DROP_WRITE_ERROR;
+		ports[src ? 0 : 1] = to;
+	}
 	if (csum_off && bpf_l4_csum_replace(ctx, l4_off + csum_off, from, to,
 					    nat4_l4_flags(proto) | 2) < 0)
 		return DROP_CSUM_L4;
