@@ -18,7 +18,7 @@ import type { AgentConfig } from './config';
 import { buildApi, listenUnix } from './api';
 import { ChangePipeline } from './changes';
 import { Datapath, pruneSharedPrograms } from '../datapath/datapath';
-import { gcConntrack } from '../datapath/ctgc';
+import { ConntrackGc } from '../datapath/ctgc';
 import { EndpointManager } from '../endpoint/manager';
 import { storePodSource } from '../endpoint/podsource';
 import { IdentityAllocator } from '../identity/identity';
@@ -59,9 +59,7 @@ export class Agent {
   readonly proxy: ProxyManager;
   private metricsServer?: http.Server;
   private api?: FastifyInstance;
-  private ctGcTimer?: NodeJS.Timeout;
-  lastCtGc?: { at: string; scanned: number; deleted: number };
-  private ctGcRunning = false;
+  readonly ctGc: ConntrackGc;
   private readonly startedAt = Date.now();
   private readonly apiLatency = new Map<string, { count: number; sumMs: number }>();
 
@@ -72,6 +70,7 @@ export class Agent {
     readonly cluster?: ClusterNode,
   ) {
     const ipam = new Ipam(cfg.podCidr, cfg.stateDir);
+    this.ctGc = new ConntrackGc(dp.maps.ct, log);
     this.store = cluster ? cluster.store : new EmbeddedStore(cfg.stateDir);
     this.identities = new IdentityAllocator(cfg.stateDir);
     this.ipcache = new IpCache(dp.ipcache);
@@ -249,25 +248,9 @@ export class Agent {
     await listenUnix(agent.api, cfg.socket);
     if (cfg.metricsAddress) agent.metricsServer = await serveMetricsTcp(cfg.metricsAddress, agent.metrics, log);
     dp.reconciler.start(cfg.resyncInterval * 1000);
-    agent.ctGcTimer = setInterval(() => void agent.runCtGc(), 15_000);
-    agent.ctGcTimer.unref();
+    agent.ctGc.start(15_000);
     log.info('agent ready', { socket: cfg.socket, podCidr: cfg.podCidr, router: agent.routerAddress(), bpfRoot: cfg.bpfRoot, node: cfg.nodeName });
     return agent;
-  }
-
-  /** Remove expired conntrack entries, in the background (never overlapping runs). */
-  async runCtGc(): Promise<void> {
-    if (this.ctGcRunning) return;
-    this.ctGcRunning = true;
-    try {
-      const r = await gcConntrack(this.dp.maps.ct);
-      this.lastCtGc = { at: new Date().toISOString(), ...r };
-      if (r.deleted) this.log.debug('conntrack gc', r);
-    } catch (e) {
-      this.log.error('conntrack gc failed', { error: e });
-    } finally {
-      this.ctGcRunning = false;
-    }
   }
 
   routerAddress(): string {
@@ -313,7 +296,7 @@ export class Agent {
       ipam: { allocated: this.endpoints.ipam.list().length - 1 },
       maps: this.dp.reconciler.status(),
       reconciler: { resyncIntervalSeconds: this.cfg.resyncInterval, ...this.dp.reconciler.counters },
-      conntrackGc: this.lastCtGc,
+      conntrackGc: this.ctGc.last,
       proxy: this.proxy.status(),
       cluster: this.cluster?.status() ?? { mode: 'embedded' },
       services: {
@@ -331,7 +314,7 @@ export class Agent {
   }
 
   async stop(): Promise<void> {
-    if (this.ctGcTimer) clearInterval(this.ctGcTimer);
+    this.ctGc.stop();
     this.proxy.close();
     this.monitor.stop();
     this.metricsServer?.close();

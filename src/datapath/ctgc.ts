@@ -12,6 +12,7 @@
 import type { BpfMap } from '../bpf';
 import type * as gen from './maps.gen';
 import { FIELD_OFFSETS } from './maps.gen';
+import type { Logger } from '../util/log';
 
 /** Seconds of CLOCK_MONOTONIC, the clock the datapath stamps lifetimes with. */
 export function monotonicSeconds(): number {
@@ -41,4 +42,40 @@ export async function gcConntrack(ct: BpfMap<gen.CtKey, gen.CtValue>, now = mono
     if (end < count) await yieldToLoop();
   }
   return { scanned: count, deleted };
+}
+
+/** Periodic conntrack GC in the background: never two runs at once; the last run is reported in status. */
+export class ConntrackGc {
+  last?: { at: string; scanned: number; deleted: number };
+  private timer?: NodeJS.Timeout;
+  private running = false;
+
+  constructor(
+    private readonly ct: BpfMap<gen.CtKey, gen.CtValue>,
+    private readonly log: Logger,
+  ) {}
+
+  start(intervalMs: number): void {
+    this.timer = setInterval(() => void this.run(), intervalMs);
+    this.timer.unref();
+  }
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+  }
+
+  async run(): Promise<void> {
+    if (this.running) return;
+    this.running = true;
+    try {
+      const r = await gcConntrack(this.ct);
+      this.last = { at: new Date().toISOString(), ...r };
+      if (r.deleted) this.log.debug('conntrack gc', r);
+    } catch (e) {
+      this.log.error('conntrack gc failed', { error: e });
+    } finally {
+      this.running = false;
+    }
+  }
 }
