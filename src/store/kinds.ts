@@ -7,6 +7,7 @@ import { cidrContains, formatCidr, parseCidr, parseIp } from '../util/ip';
 import { showValue, tooDeep, MAX_DEPTH } from '../util/depth';
 import { labelValueProblems, MAX_ANNOTATIONS_BYTES, qualifiedNameProblems } from '../util/k8snames';
 import type { Resource } from './types';
+import { GATEWAY_V1, GATEWAY_V1BETA1, validateGateway, validateGatewayClass, validateHttpRoute, validateReferenceGrant } from '../gateway/resources';
 
 /** What validation needs to know about the node (e.g. ClusterIPs must lie in --service-cidr). */
 export interface ValidationContext {
@@ -16,6 +17,8 @@ export interface ValidationContext {
 export interface KindInfo {
   kind: string;
   apiVersion: string;
+  /** Other apiVersions accepted for the same shape (stored as given). */
+  alsoApiVersions?: string[];
   namespaced: boolean;
   names: string[]; // accepted on the command line: singular, plural, short
   validate(o: Resource, problems: string[], ctx: ValidationContext): void;
@@ -216,6 +219,10 @@ export const KINDS: KindInfo[] = [
     names: ['ciliumclusterwidenetworkpolicy', 'ciliumclusterwidenetworkpolicies', 'ccnp'],
     validate: validatePolicy,
   },
+  { kind: 'GatewayClass', apiVersion: GATEWAY_V1, alsoApiVersions: [GATEWAY_V1BETA1], namespaced: false, names: ['gatewayclass', 'gatewayclasses', 'gc'], validate: validateGatewayClass },
+  { kind: 'Gateway', apiVersion: GATEWAY_V1, alsoApiVersions: [GATEWAY_V1BETA1], namespaced: true, names: ['gateway', 'gateways', 'gtw'], validate: validateGateway },
+  { kind: 'HTTPRoute', apiVersion: GATEWAY_V1, alsoApiVersions: [GATEWAY_V1BETA1], namespaced: true, names: ['httproute', 'httproutes'], validate: validateHttpRoute },
+  { kind: 'ReferenceGrant', apiVersion: GATEWAY_V1, alsoApiVersions: [GATEWAY_V1BETA1], namespaced: true, names: ['referencegrant', 'referencegrants', 'refgrant'], validate: validateReferenceGrant },
 ];
 
 export function kindInfo(kindOrName: string): KindInfo | undefined {
@@ -267,7 +274,7 @@ export function validateResources(objects: unknown[], ctx: ValidationContext = {
     const name = o.metadata?.name;
     const id = `${o.kind}/${typeof o.metadata?.namespace === 'string' && o.metadata.namespace ? o.metadata.namespace + '/' : ''}${typeof name === 'string' ? name : '?'}`;
     const local: string[] = [];
-    if (o.apiVersion !== info.apiVersion) local.push(`apiVersion: ${showValue(o.apiVersion)} must be ${info.apiVersion}`);
+    if (o.apiVersion !== info.apiVersion && !info.alsoApiVersions?.includes(o.apiVersion)) local.push(`apiVersion: ${showValue(o.apiVersion)} must be ${[info.apiVersion, ...(info.alsoApiVersions ?? [])].join(' or ')}`);
     if (typeof o.metadata !== 'object' || o.metadata === null || Array.isArray(o.metadata)) local.push('metadata: is required');
     else {
       if (typeof name !== 'string' || !NAME_RE.test(name)) local.push(`metadata.name: ${showValue(name)} is not a valid name (lowercase letters, digits, '-', '.')`);
