@@ -39,6 +39,8 @@ import type { FlowSource } from '../monitor/context';
 import { ServiceManager } from '../service/manager';
 import { ServiceSync } from '../service/sync';
 import { ProxyManager } from '../proxy/manager';
+import { GatewayManager } from '../gateway/manager';
+import { ReservedIdentity } from '../identity/identity';
 import { repoRoot } from './config';
 import { ensurePrivateDir, mkdirp } from '../util/fsutil';
 import type { Logger } from '../util/log';
@@ -57,6 +59,7 @@ export class Agent {
   readonly services: ServiceSync;
   readonly changes: ChangePipeline;
   readonly proxy: ProxyManager;
+  readonly gateways: GatewayManager;
   private metricsServer?: http.Server;
   private api?: FastifyInstance;
   readonly ctGc: ConntrackGc;
@@ -89,6 +92,14 @@ export class Agent {
     this.tracer = new PolicyTracer(this.policy, this.identities, this.endpoints);
     this.services = new ServiceSync(new ServiceManager(cfg.serviceCidr, cfg.stateDir, cfg.lbAlgorithm), this.store, dp, log.child({ component: 'services' }));
     this.policy.repo.serviceResolver = (peer) => this.services.resolvePeer(peer);
+    this.gateways = new GatewayManager({ stateDir: cfg.stateDir, pool: cfg.gatewayAddressPool, hostDevice: cfg.hostDevice, log: log.child({ component: 'gateway' }) }, this.store);
+    // The proxy's upstreams to Gateway backends come from the ingress address: reserved identity ingress.
+    this.ipcache.upsert(this.gateways.ingressAddress, 'gateway', { identity: ReservedIdentity.ingress });
+    this.gateways.onAddressesChanged = () => {
+      this.endpoints.syncHostEntries();
+      dp.endpoints.flush();
+      dp.ipcache.flush();
+    };
     const flowSource: FlowSource = {
       nodeName: cfg.nodeName,
       endpoints: () => this.endpoints.list(),
@@ -137,6 +148,10 @@ export class Agent {
         syncProxy: () => this.proxy.sync(this.endpoints.list(), this.policy),
         regenerateAll: () => this.endpoints.regenerateAll(),
         syncServices: () => this.syncServices(),
+        syncGateways: () => {
+          const g = this.gateways.sync(this.services.frontends);
+          this.proxy.setGateways(g.listeners, g.gateways);
+        },
         done: () => this.identities.flush(),
         enforcedRevision: () => this.endpoints.enforcedRevision(),
       },
@@ -298,6 +313,7 @@ export class Agent {
       reconciler: { resyncIntervalSeconds: this.cfg.resyncInterval, ...this.dp.reconciler.counters },
       conntrackGc: this.ctGc.last,
       proxy: this.proxy.status(),
+      gateways: this.gateways.status(),
       cluster: this.cluster?.status() ?? { mode: 'embedded' },
       services: {
         serviceCidr: this.cfg.serviceCidr,

@@ -10,6 +10,8 @@ import { isPolicyKind } from '../policy/translate';
 import type { WatchEvent } from '../store/types';
 import type { Logger } from '../util/log';
 
+const GATEWAY_KINDS = new Set(['GatewayClass', 'Gateway', 'HTTPRoute', 'ReferenceGrant']);
+
 export interface PipelineSteps {
   /** Store policy objects into the repository; true if the repository changed. */
   policyEvent(ev: WatchEvent): boolean;
@@ -25,6 +27,8 @@ export interface PipelineSteps {
   regenerateAll(): { endpoints: number; failed: number; ms: number; revision: number };
   /** Recompute services into the load-balancing maps. */
   syncServices(): void;
+  /** Recompute Gateways (their routes name Services, so after them) and send their listeners to the proxy. */
+  syncGateways(): void;
   /** Persist what the steps changed (identities). */
   done(): void;
   /** The lowest policy revision enforced by every endpoint (-1: some endpoint failed). */
@@ -32,7 +36,7 @@ export interface PipelineSteps {
 }
 
 export class ChangePipeline {
-  private pending = { refresh: false, regen: false, services: false, ipcache: false };
+  private pending = { refresh: false, regen: false, services: false, ipcache: false, gateways: false };
   private running?: Promise<void>;
   private again = false;
   private scheduled = false;
@@ -63,6 +67,8 @@ export class ChangePipeline {
       } catch (e) {
         this.log.error('re-resolving toServices failed', { error: e });
       }
+    } else if (GATEWAY_KINDS.has(o.kind)) {
+      this.pending.gateways = true;
     }
     this.schedule();
   }
@@ -95,7 +101,7 @@ export class ChangePipeline {
 
   private async runOnce(): Promise<void> {
     const p = this.pending;
-    this.pending = { refresh: false, regen: false, services: false, ipcache: false };
+    this.pending = { refresh: false, regen: false, services: false, ipcache: false, gateways: false };
     try {
       if (p.refresh && (await this.steps.refreshIdentities()) > 0) p.regen = true;
       if (p.ipcache || p.regen) this.steps.flushIpcache();
@@ -107,6 +113,11 @@ export class ChangePipeline {
       if (p.services) this.steps.syncServices();
     } catch (e) {
       this.log.error('applying changes failed', { error: e });
+    }
+    try {
+      if (p.services || p.gateways) this.steps.syncGateways();
+    } catch (e) {
+      this.log.error('applying gateway changes failed', { error: e });
     }
     this.steps.done();
     this.wake();

@@ -34,6 +34,8 @@ export interface AgentConfig {
   /** host:port for a Prometheus listener; none unless asked for. */
   metricsAddress?: string;
   serviceCidr: string;
+  /** Gateway API: addresses for programmed Gateways (--gateway-address-pool). */
+  gatewayAddressPool: string;
   lbAlgorithm: 'random' | 'maglev';
   /** External devices that receive NodePort traffic. */
   devices: string[];
@@ -100,6 +102,8 @@ const USAGE = `Usage: membrane-agent [flags]
                               for S seconds while flows are dropped for it is disconnected (30)
   --metrics-address HOST:PORT also serve Prometheus /metrics on TCP (off unless given)
   --service-cidr CIDR         ClusterIPs are allocated from it (10.96.0.0/16)
+  --gateway-address-pool CIDR Gateway API: each programmed Gateway gets an address from it, added to the
+                              node's host device (10.199.0.0/24)
   --lb-algorithm ALG          random|maglev, default backend selection (random)
   --devices DEV[,DEV]         external devices where NodePort traffic arrives (none)
   --socket-lb-cgroup DIR      also load-balance at the socket (connect/sendmsg) for processes in this
@@ -154,6 +158,7 @@ export function parseAgentArgs(argv: string[]): AgentConfig | 'help' {
       'flows-stream-timeout': { type: 'string' },
       'metrics-address': { type: 'string' },
       'service-cidr': { type: 'string' },
+      'gateway-address-pool': { type: 'string' },
       'lb-algorithm': { type: 'string' },
       devices: { type: 'string' },
       'socket-lb-cgroup': { type: 'string' },
@@ -182,7 +187,7 @@ export function parseAgentArgs(argv: string[]): AgentConfig | 'help' {
       throw new ConfigError(`--config: ${values.config} must hold a mapping of settings`);
     }
     for (const [k, v] of Object.entries(parsed ?? {})) file[k.replace(/-([a-z])/g, (_, c) => c.toUpperCase())] = v;
-    const known = ['stateDir', 'bpfRoot', 'socket', 'podCidr', 'nodeName', 'mtu', 'logLevel', 'bpfObjDir', 'policyEnforcement', 'monitorAggregation', 'monitorReportInterval', 'flowsBuffer', 'flowsMemory', 'flowsStreamTimeout', 'metricsAddress', 'serviceCidr', 'lbAlgorithm', 'devices', 'socketLbCgroup', 'resyncInterval', 'kvstoreEndpoints', 'kvstorePrefix', 'kvstoreLeaseTtl', 'clusterName', 'nodeIp'];
+    const known = ['stateDir', 'bpfRoot', 'socket', 'podCidr', 'nodeName', 'mtu', 'logLevel', 'bpfObjDir', 'policyEnforcement', 'monitorAggregation', 'monitorReportInterval', 'flowsBuffer', 'flowsMemory', 'flowsStreamTimeout', 'metricsAddress', 'serviceCidr', 'gatewayAddressPool', 'lbAlgorithm', 'devices', 'socketLbCgroup', 'resyncInterval', 'kvstoreEndpoints', 'kvstorePrefix', 'kvstoreLeaseTtl', 'clusterName', 'nodeIp'];
     for (const k of Object.keys(file)) {
       if (!known.includes(k)) throw new ConfigError(`--config: unknown setting "${k}" in ${values.config} (known: ${known.join(', ')})`);
     }
@@ -209,6 +214,7 @@ export function parseAgentArgs(argv: string[]): AgentConfig | 'help' {
     flowsStreamTimeout: pick(values['flows-stream-timeout'], 'flowsStreamTimeout', '30'),
     metricsAddress: values['metrics-address'] ?? (file.metricsAddress as string | undefined),
     serviceCidr: pick(values['service-cidr'], 'serviceCidr', '10.96.0.0/16'),
+    gatewayAddressPool: pick(values['gateway-address-pool'], 'gatewayAddressPool', DEFAULT_GATEWAY_POOL),
     lbAlgorithm: pick(values['lb-algorithm'], 'lbAlgorithm', 'random'),
     devices: values.devices ?? (Array.isArray(file.devices) ? (file.devices as string[]).join(',') : (file.devices as string | undefined)) ?? '',
     socketLbCgroup: values['socket-lb-cgroup'] ?? (file.socketLbCgroup as string | undefined),
@@ -240,6 +246,7 @@ export function buildConfig(o: {
   flowsStreamTimeout?: string | number;
   metricsAddress?: string;
   serviceCidr?: string;
+  gatewayAddressPool?: string;
   lbAlgorithm?: string;
   devices?: string;
   socketLbCgroup?: string;
@@ -283,6 +290,13 @@ export function buildConfig(o: {
   } catch (e) {
     throw new ConfigError((e as Error).message);
   }
+  let gatewayAddressPool: string;
+  try {
+    gatewayAddressPool = formatCidr(parseCidr(o.gatewayAddressPool ?? DEFAULT_GATEWAY_POOL, 'gateway-address-pool'));
+  } catch (e) {
+    throw new ConfigError((e as Error).message);
+  }
+  if (parseCidr(gatewayAddressPool).addr.family !== 4) throw new ConfigError(`gateway-address-pool: "${o.gatewayAddressPool}" must be IPv4 (IPv6 is not wired yet)`);
   const resyncInterval = Number(o.resyncInterval ?? 30);
   if (!Number.isInteger(resyncInterval) || resyncInterval < 0 || resyncInterval > 86400) throw new ConfigError(`resync-interval: "${o.resyncInterval}" must be 0..86400 seconds`);
   const lbAlgorithm = o.lbAlgorithm ?? 'random';
@@ -339,6 +353,7 @@ export function buildConfig(o: {
     flowsStreamTimeout,
     metricsAddress: o.metricsAddress,
     serviceCidr,
+    gatewayAddressPool,
     lbAlgorithm,
     devices,
     socketLbCgroup: o.socketLbCgroup ? path.resolve(o.socketLbCgroup) : undefined,
@@ -352,6 +367,9 @@ export function buildConfig(o: {
     mtuExplicit: o.mtuExplicit ?? o.mtu !== undefined,
   };
 }
+
+/** Gateway addresses when --gateway-address-pool is not given: a single node works out of the box. */
+export const DEFAULT_GATEWAY_POOL = '10.199.0.0/24';
 
 export function usage(): string {
   return USAGE;

@@ -21,6 +21,8 @@ export const IPCACHE_SOURCES = {
   endpoint: 100,
   /** an address of this node (router, devices) */
   host: 100,
+  /** the Gateway proxy's upstream address (reserved identity ingress) */
+  gateway: 100,
   /** a pod on another node, learned from the cluster store */
   'cluster-pod': 80,
   /** another node's address (remote-node) */

@@ -20,11 +20,12 @@
  */
 import type { L7Entry } from '../policy/mapstate';
 import type { HttpRule } from '../policy/types';
+import type { GatewayTable } from '../gateway/model';
 
 export const CONFIG_VERSION = 1;
 
-export type ListenerKind = 'http-policy';
-export const LISTENER_KINDS: ListenerKind[] = ['http-policy'];
+export type ListenerKind = 'http-policy' | 'http-gateway';
+export const LISTENER_KINDS: ListenerKind[] = ['http-policy', 'http-gateway'];
 
 export interface ListenerConfig {
   /** Unique; also the name in flow records and status (e.g. "http-egress"). */
@@ -38,6 +39,8 @@ export interface ListenerConfig {
   transparent: boolean;
   /** http-policy: the direction whose redirect leads here (its endpoint's rules decide). */
   direction?: 'ingress' | 'egress';
+  /** http-gateway: the address upstream connections come from (its ipcache identity is the reserved `ingress`). */
+  sourceAddress?: string;
 }
 
 export interface EndpointTables {
@@ -59,6 +62,8 @@ export interface ProxyConfig {
   listeners: ListenerConfig[];
   policies: Record<string, EndpointTables>;
   endpoints: EndpointRef[];
+  /** http-gateway listeners' routes, by listener name (src/gateway/model.ts); replaced without touching the listener. */
+  gateways?: Record<string, GatewayTable>;
 }
 
 export class ConfigError extends Error {
@@ -101,7 +106,7 @@ export function parseConfig(v: unknown): ProxyConfig {
   if (!isU32(v.generation)) p.push(`generation: must be a number, got ${show(v.generation)}`);
   if (typeof v.node !== 'string') p.push(`node: must be a string, got ${show(v.node)}`);
   const names = new Set<string>();
-  const ports = new Set<number>();
+  const ports = new Set<string>();
   if (!Array.isArray(v.listeners)) p.push(`listeners: must be a list, got ${show(v.listeners)}`);
   else
     v.listeners.forEach((l, i) => {
@@ -113,11 +118,22 @@ export function parseConfig(v: unknown): ProxyConfig {
       if (!LISTENER_KINDS.includes(l.kind as ListenerKind)) p.push(`${lp}.kind: ${show(l.kind)} is not one of ${LISTENER_KINDS.join(', ')}`);
       if (typeof l.address !== 'string' || !l.address) p.push(`${lp}.address: must be an address, got ${show(l.address)}`);
       if (!isPort(l.port)) p.push(`${lp}.port: ${show(l.port)} is not a port 1-65535`);
-      else if (ports.has(l.port as number)) p.push(`${lp}.port: ${l.port} is used twice`);
-      else ports.add(l.port as number);
+      else if (ports.has(`${String(l.address)}:${l.port}`)) p.push(`${lp}.port: ${String(l.address)}:${l.port} is used twice`);
+      else ports.add(`${String(l.address)}:${l.port}`);
       if (l.protocol !== 'tcp') p.push(`${lp}.protocol: ${show(l.protocol)} is not tcp`);
       if (typeof l.transparent !== 'boolean') p.push(`${lp}.transparent: must be true or false, got ${show(l.transparent)}`);
       if (l.kind === 'http-policy' && l.direction !== 'ingress' && l.direction !== 'egress') p.push(`${lp}.direction: ${show(l.direction)} is not ingress or egress`);
+      if (l.kind === 'http-gateway') {
+        if (typeof l.sourceAddress !== 'string' || !/^\d+\.\d+\.\d+\.\d+$/.test(l.sourceAddress)) p.push(`${lp}.sourceAddress: ${show(l.sourceAddress)} is not an IPv4 address`);
+        const t = isObj(v.gateways) ? v.gateways[l.name as string] : undefined;
+        if (!isObj(t) || !Array.isArray(t.entries) || typeof t.gateway !== 'string') p.push(`gateways.${String(l.name)}: must be {gateway, address, port, entries: [...]}, got ${show(t)?.slice(0, 100)}`);
+        else
+          t.entries.forEach((e, j) => {
+            if (!isObj(e) || typeof e.route !== 'string' || !isObj(e.match) || !Array.isArray(e.backends) || !Array.isArray(e.filters) || !Array.isArray(e.hostnames)) {
+              p.push(`gateways.${String(l.name)}.entries[${j}]: must be {route, match, hostnames, filters, backends}`);
+            }
+          });
+      }
     });
   if (!isObj(v.policies)) p.push(`policies: must be an object, got ${show(v.policies)}`);
   else

@@ -31,6 +31,7 @@ import { MARK_FROM_PROXY } from './constants';
 import { Http1Connection, Outcome, RequestHead } from './http1';
 import type { Peer } from './identity';
 import type { L7Record } from './records';
+import type { GatewayTable } from '../gateway/model';
 import { sockets } from './sockets';
 
 export { ACCESS_DENIED_BODY } from './http1';
@@ -45,6 +46,8 @@ export interface ListenerContext {
   /** Resolves at the next configuration, or after ms. */
   nextConfig(ms: number): Promise<void>;
   record(r: L7Record): void;
+  /** An http-gateway listener's routes (ProxyConfig.gateways), read at every request. */
+  gateway(listener: string): GatewayTable | undefined;
   counters: { connections: number; requests: { forwarded: number; denied: number; error: number } };
 }
 

@@ -8,6 +8,7 @@
  */
 import type { ListenerConfig, ListenerKind } from './config';
 import { HttpPolicyListener, ListenerContext } from './http';
+import { HttpGatewayListener } from './gateway';
 
 export interface Listener {
   readonly cfg: ListenerConfig;
@@ -20,4 +21,5 @@ export interface Listener {
 
 export const LISTENER_FACTORIES: Record<ListenerKind, (cfg: ListenerConfig, ctx: ListenerContext) => Listener> = {
   'http-policy': (cfg, ctx) => new HttpPolicyListener(cfg, ctx),
+  'http-gateway': (cfg, ctx) => new HttpGatewayListener(cfg, ctx),
 };

@@ -20,6 +20,7 @@ import { mkdirp, readJson, writeJsonAtomic } from '../util/fsutil';
 import { socketServing } from '../util/unixsock';
 import type { Logger } from '../util/log';
 import { CONFIG_VERSION, EndpointTables, ListenerConfig, ProxyConfig } from './config';
+import type { GatewayTable } from '../gateway/model';
 import { MARK_MASK, MARK_TO_PROXY, PROXY_PORT_MAX, PROXY_PORT_MIN, PROXY_ROUTE_TABLE, PROXY_RULE_PRIORITY } from './constants';
 import type { L7Record } from './records';
 import { ProxySupervisor } from './supervisor';
@@ -54,6 +55,8 @@ export class ProxyManager {
   private needed = false;
   private nodeReady = false;
   private nodeError?: string;
+  private policyPart?: { listeners: ListenerConfig[]; policies: Record<string, EndpointTables>; endpoints: { id: number; policy: string }[] };
+  private gatewayPart: { listeners: ListenerConfig[]; gateways: Record<string, GatewayTable> } = { listeners: [], gateways: {} };
   readonly dir: string;
 
   constructor(private readonly opts: ProxyManagerOptions) {
@@ -172,6 +175,19 @@ export class ProxyManager {
       refs.push({ id: ep.id, policy: key });
     }
     if (any) this.needed = true;
+    refs.sort((a, b) => a.id - b.id);
+    this.policyPart = { listeners: [], policies, endpoints: refs };
+    this.send();
+  }
+
+  /** The Gateway listeners and their routes (src/gateway); sent with the policy part. */
+  setGateways(listeners: ListenerConfig[], gateways: Record<string, GatewayTable>): void {
+    this.gatewayPart = { listeners, gateways };
+    if (listeners.length) this.needed = true;
+    this.send();
+  }
+
+  private send(): void {
     if (!this.needed) return;
     this.trySetupNode();
     const listeners: ListenerConfig[] = HTTP_LISTENERS.map((l) => ({
@@ -183,8 +199,8 @@ export class ProxyManager {
       transparent: true,
       direction: l.direction,
     }));
-    refs.sort((a, b) => a.id - b.id);
-    const body = { listeners, policies, endpoints: refs };
+    const policy = this.policyPart ?? { policies: { none: { ingress: [], egress: [] } }, endpoints: [] };
+    const body = { listeners: [...listeners, ...this.gatewayPart.listeners], policies: policy.policies, endpoints: policy.endpoints, gateways: this.gatewayPart.gateways };
     const json = JSON.stringify(body);
     if (json !== this.lastJson) {
       this.lastJson = json;

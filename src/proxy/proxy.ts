@@ -109,6 +109,7 @@ export class Proxy {
           this.configWaiters.push(done);
         }),
       record: (r: L7Record) => this.queue.push(r),
+      gateway: (name) => this.config?.gateways?.[name],
       counters: this.counters,
     };
   }

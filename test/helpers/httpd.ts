@@ -6,6 +6,7 @@
  * server sees them, headers (raw pairs) and the body length. GET /chunked
  * answers in two chunks (Transfer-Encoding: chunked); /big?n=N with N bytes.
  * Idle keep-alive connections stay open for a minute. Stops on SIGTERM/SIGKILL.
+ * With HTTPD_NAME set, each answer names it (`pod`); `host` is the Host header.
  */
 import * as http from 'node:http';
 
@@ -23,6 +24,9 @@ const handler = (req: http.IncomingMessage, res: http.ServerResponse) => {
       headers: req.rawHeaders,
       bodyBytes: n,
       served,
+      // The pod that answered (HTTPD_NAME), and the request's host as the server saw it.
+      ...(process.env.HTTPD_NAME ? { pod: process.env.HTTPD_NAME } : {}),
+      host: req.headers.host,
     };
     if (url.pathname.endsWith('/chunked')) {
       res.writeHead(200, { 'content-type': 'application/json' });
@@ -37,6 +41,13 @@ const handler = (req: http.IncomingMessage, res: http.ServerResponse) => {
       return;
     }
     const body = JSON.stringify(info) + '\n';
+    if (url.pathname.endsWith('/slow')) {
+      setTimeout(() => {
+        res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
+        res.end(body);
+      }, Number(url.searchParams.get('ms') ?? '300'));
+      return;
+    }
     res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
     res.end(body);
   });

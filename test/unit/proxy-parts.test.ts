@@ -39,7 +39,7 @@ describe('proxy configuration', () => {
     } catch (e) {
       assert.ok(e instanceof ConfigError);
       const all = e.problems.join('\n');
-      for (const f of ['version: 2 is not 1', 'listeners[1].name: "http-egress" is used twice', 'listeners[1].port: 15001 is used twice', 'listeners[1].direction: "sideways"', 'policies.k.ingress[0].identity', 'endpoints[0].policy: "missing" is not in policies']) {
+      for (const f of ['version: 2 is not 1', 'listeners[1].name: "http-egress" is used twice', 'listeners[1].port: 127.0.0.1:15001 is used twice', 'listeners[1].direction: "sideways"', 'policies.k.ingress[0].identity', 'endpoints[0].policy: "missing" is not in policies']) {
         assert.ok(all.includes(f), `${f} in:\n${all}`);
       }
     }
