@@ -12,6 +12,23 @@ import { flowCompact, flowRow, lostLine, monitorLine } from './flowfmt';
 import { isBareRule, isRuleList, rulesToPolicy, RuleImportError } from '../policy/import';
 import { MAX_DEPTH, tooDeep } from '../util/depth';
 
+/** Columns of `get` for the Gateway API kinds: what their status says. */
+function gatewayColumns(kind: string | undefined): { head: string[]; row: (o: any) => string[] } | undefined {
+  const cond = (conds: any[] | undefined, type: string) => conds?.find((c) => c.type === type)?.status ?? 'Unknown';
+  if (kind === 'GatewayClass') return { head: ['CONTROLLER', 'ACCEPTED'], row: (o) => [o.spec?.controllerName ?? '', cond(o.status?.conditions, 'Accepted')] };
+  if (kind === 'Gateway') return { head: ['CLASS', 'ADDRESS', 'PROGRAMMED'], row: (o) => [o.spec?.gatewayClassName ?? '', o.status?.addresses?.map((a: any) => a.value).join(',') || '<none>', cond(o.status?.conditions, 'Programmed')] };
+  if (kind === 'HTTPRoute') {
+    return {
+      head: ['HOSTNAMES', 'PARENTS'],
+      row: (o) => [
+        (o.spec?.hostnames ?? []).join(',') || '*',
+        (o.status?.parents ?? []).map((p: any) => `${p.parentRef.name}${p.parentRef.sectionName ? `/${p.parentRef.sectionName}` : ''}:${p.conditions.filter((c: any) => c.status !== 'True').map((c: any) => c.reason).join('+') || 'Accepted'}`).join(',') || '<none>',
+      ],
+    };
+  }
+  return undefined;
+}
+
 const DEFAULT_SOCKET = '/var/run/membrane/membrane.sock';
 
 const HELP = `Usage: membrane [--socket PATH] [-o json] COMMAND
@@ -19,7 +36,8 @@ const HELP = `Usage: membrane [--socket PATH] [-o json] COMMAND
 Commands:
   status                     agent and datapath status
   apply -f FILE|DIR|-        create or update resources (multi-document YAML or JSON)
-  get KIND [NAME] [-n NS]    list resources (-o yaml|json); kinds: ns, pod, netpol, cnp, ccnp
+  get KIND [NAME] [-n NS]    list resources (-o yaml|json); kinds: ns, pod, svc, endpointslice, netpol, cnp, ccnp,
+                             gatewayclass, gateway, httproute, referencegrant
   delete -f FILE|DIR|-       delete the resources a file describes
   delete KIND NAME [-n NS]   delete one resource
   policy get                 the policies in force and the policy revision
@@ -374,6 +392,8 @@ const commands: Record<string, Handler> = {
     if (o.output === 'json') return json(name ? items[0] : { apiVersion: 'v1', kind: 'List', items });
     if (o.output === 'yaml') return YAML.stringify(name ? items[0] : { apiVersion: 'v1', kind: 'List', items });
     const namespaced = items.some((i) => i.metadata.namespace);
+    const gw = gatewayColumns(items[0]?.kind);
+    if (gw) return table([...(namespaced ? ['NAMESPACE'] : []), 'NAME', ...gw.head], items.map((i) => [...(namespaced ? [i.metadata.namespace] : []), i.metadata.name, ...gw.row(i)]));
     return table(
       [...(namespaced ? ['NAMESPACE'] : []), 'NAME', 'LABELS', 'CREATED'],
       items.map((i) => [
@@ -553,6 +573,10 @@ const commands: Record<string, Handler> = {
     if (s.monitor?.memory) lines.push(`Flows:         ${flowsStatus(s.monitor)}`);
     lines.push(`L7 proxy:      ${proxyLine(s.proxy)}`);
     for (const l of s.proxy?.listeners ?? []) lines.push(`  listener ${l.name} port ${l.port} ${l.state}${l.error ? ` (${l.error})` : ''}, ${l.connections} connections`);
+    if (s.gateways) {
+      lines.push(`Gateways:      ${s.gateways.gateways.length} (pool ${s.gateways.pool}, upstreams from ${s.gateways.ingressAddress})${s.gateways.errors?.length ? `; ${s.gateways.errors.join('; ')}` : ''}`);
+      for (const g of s.gateways.gateways) lines.push(`  ${g.gateway} ${g.address} ports ${g.ports.join(',') || '-'}, routes ${g.routes.join(',') || '-'}`);
+    }
     for (const nr of s.endpoints.notReady) lines.push(`  endpoint ${nr.id} ${nr.state}: ${(nr.problems ?? []).join('; ')}`);
     return lines.join('\n') + '\n';
   },

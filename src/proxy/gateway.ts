@@ -25,6 +25,7 @@
  */
 import * as http from 'node:http';
 import * as net from 'node:net';
+import { Pool, type buildConnector, type Dispatcher } from 'undici';
 import type { GatewayTable, RouteBackend, RouteEntry } from '../gateway/model';
 import { hostOnly, modifyHeaders, modifyPath, pickBackend, redirectLocation, route, splitTarget, type GatewayRequest } from '../gateway/match';
 import type { ListenerConfig } from './config';
@@ -48,7 +49,7 @@ function stripHop(raw: string[]): string[] {
 }
 
 const CONNECT_TIMEOUT_MS = 5000;
-/** No response head within this long: 504 (the reference proxy's default route timeout). */
+/** No response head within this long: 504 (the reference proxy's default route timeout; undici's headersTimeout). */
 const RESPONSE_TIMEOUT_MS = 15_000;
 
 export class GatewayUpstreamError extends Error {
@@ -64,7 +65,8 @@ const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE']);
 
 export class HttpGatewayListener {
   private server?: http.Server;
-  private readonly agent: http.Agent;
+  /** Keep-alive connection pools, one per backend endpoint (undici). */
+  private readonly pools = new Map<string, Pool>();
   private readonly peers = new WeakMap<net.Socket, Peer>();
   private open = 0;
   state: 'starting' | 'listening' | 'error' | 'closed' = 'starting';
@@ -73,21 +75,41 @@ export class HttpGatewayListener {
   constructor(
     readonly cfg: ListenerConfig,
     private readonly ctx: ListenerContext,
-  ) {
-    this.agent = new http.Agent({ keepAlive: true, keepAliveMsecs: 30_000, maxFreeSockets: 1024, scheduling: 'lifo' });
-    const source = cfg.sourceAddress!;
-    // Upstreams from the ingress address, marked so the datapath does not redirect them and steers the replies back.
-    (this.agent as unknown as { createConnection: (o: { host: string; port: number }) => net.Socket }).createConnection = (o) => {
-      const fd = sockets().sockBound(source, 0, MARK_FROM_PROXY, true);
-      const s = new net.Socket({ fd, readable: true, writable: true, manualStart: true } as net.SocketConstructorOpts);
+  ) {}
+
+  /** The pool of one backend endpoint; its connections come from the ingress address, marked so the datapath does not redirect them and steers the replies back. */
+  private pool(ip: string, port: number): Pool {
+    const key = `${ip}:${port}`;
+    let p = this.pools.get(key);
+    if (p) return p;
+    const source = this.cfg.sourceAddress!;
+    const connect: buildConnector.connector = (_opts, cb) => {
+      let s: net.Socket;
+      try {
+        const fd = sockets().sockBound(source, 0, MARK_FROM_PROXY, true);
+        s = new net.Socket({ fd, readable: true, writable: true, manualStart: true } as net.SocketConstructorOpts);
+      } catch (e) {
+        cb(e as Error, null);
+        return;
+      }
       s.setNoDelay(true);
       // A backend whose policy drops the connection must not hold the request forever.
-      const t = setTimeout(() => s.destroy(new GatewayUpstreamError(`connect to ${o.host}:${o.port} timed out after ${CONNECT_TIMEOUT_MS} ms`, 'connect-timeout')), CONNECT_TIMEOUT_MS);
-      s.once('connect', () => clearTimeout(t));
-      s.once('close', () => clearTimeout(t));
-      s.connect({ host: o.host, port: o.port });
-      return s;
+      const t = setTimeout(() => s.destroy(new GatewayUpstreamError(`connect to ${key} timed out after ${CONNECT_TIMEOUT_MS} ms`, 'connect-timeout')), CONNECT_TIMEOUT_MS);
+      const fail = (e: Error) => {
+        clearTimeout(t);
+        cb(e, null);
+      };
+      s.once('error', fail);
+      s.once('connect', () => {
+        clearTimeout(t);
+        s.off('error', fail);
+        cb(null, s);
+      });
+      s.connect({ host: ip, port });
     };
+    p = new Pool(`http://${key}`, { connect, keepAliveTimeout: 30_000, keepAliveMaxTimeout: 60_000, headersTimeout: RESPONSE_TIMEOUT_MS, bodyTimeout: 0 });
+    this.pools.set(key, p);
+    return p;
   }
 
   get connections(): number {
@@ -200,47 +222,52 @@ export class HttpGatewayListener {
     this.ctx.record({ time: Date.now(), kind: 'request', direction: 'ingress', verdict: 'forwarded', src, dst, http: httpInfo, route: { gateway, route: entry.route, backend: backend.name } });
 
     const hasBody = req.headers['content-length'] !== undefined ? req.headers['content-length'] !== '0' : req.headers['transfer-encoding'] !== undefined;
-    let answered = false;
+    // undici frames the body itself and refuses these.
+    raw = modifyHeaders(raw, { remove: ['transfer-encoding', 'expect'] });
+    const pool = this.pool(ep.ip, ep.port);
+    let status = 0;
     const send = (retry: boolean) => {
-      const up = http.request({ agent: this.agent, host: ep.ip, port: ep.port, method: gr.method, path: target, headers: raw as unknown as http.OutgoingHttpHeaders, setHost: false });
-      const timer = setTimeout(() => up.destroy(new GatewayUpstreamError(`no response within ${RESPONSE_TIMEOUT_MS} ms`, 'response-timeout')), RESPONSE_TIMEOUT_MS);
-      up.on('response', (ur) => {
-        clearTimeout(timer);
-        answered = true;
-        let headers = stripHop(ur.rawHeaders);
-        for (const m of responseMod) headers = modifyHeaders(headers, m);
-        res.writeHead(ur.statusCode ?? 502, ur.statusMessage, headers);
-        ur.pipe(res);
-        ur.on('end', () => done(ur.statusCode ?? 502, 'forwarded', entry, backend.name, dst));
-        ur.on('error', () => res.destroy());
-      });
-      up.on('error', (e) => {
-        clearTimeout(timer);
-        if (answered) return res.destroy();
-        // A kept-alive connection the server closed just as it was reused: once more on a new one.
-        if (retry && up.reusedSocket && !hasBody && IDEMPOTENT.has(gr.method)) return send(false);
-        this.ctx.log.debug('upstream failed', { listener: this.cfg.name, backend: `${ep.ip}:${ep.port}`, error: e });
-        if (res.headersSent) return res.destroy();
-        const timedOut = e instanceof GatewayUpstreamError && e.kind === 'response-timeout';
-        const code = timedOut ? 504 : 503;
-        const body = timedOut ? 'upstream request timeout\n' : 'upstream unavailable\n';
-        res.writeHead(code, { 'content-type': 'text/plain', 'content-length': Buffer.byteLength(body) });
-        res.end(body);
-        done(code, 'error', entry, backend.name, dst);
-      });
-      if (hasBody && retry) req.pipe(up);
-      else up.end();
+      pool
+        .stream({ method: gr.method as Dispatcher.HttpMethod, path: target, headers: raw, body: hasBody ? req : undefined, opaque: res }, ({ statusCode, headers }) => {
+          status = statusCode;
+          let out: string[] = [];
+          for (const [k, v] of Object.entries(headers)) {
+            if (v === undefined) continue;
+            for (const x of Array.isArray(v) ? v : [v]) out.push(k, x);
+          }
+          out = stripHop(out);
+          for (const m of responseMod) out = modifyHeaders(out, m);
+          res.writeHead(statusCode, out);
+          return res;
+        })
+        .then(
+          () => done(status, 'forwarded', entry, backend.name, dst),
+          (e: NodeJS.ErrnoException) => {
+            if (status) {
+              res.destroy();
+              return;
+            }
+            const timedOut = e?.code === 'UND_ERR_HEADERS_TIMEOUT';
+            // A kept-alive connection the server closed just as it was reused: once more on a new one.
+            if (retry && !timedOut && !(e instanceof GatewayUpstreamError) && !hasBody && IDEMPOTENT.has(gr.method)) return send(false);
+            this.ctx.log.debug('upstream failed', { listener: this.cfg.name, backend: `${ep.ip}:${ep.port}`, error: e });
+            if (res.headersSent) return res.destroy();
+            const code = timedOut ? 504 : 503;
+            const body = timedOut ? 'upstream request timeout\n' : 'upstream unavailable\n';
+            res.writeHead(code, { 'content-type': 'text/plain', 'content-length': Buffer.byteLength(body) });
+            res.end(body);
+            done(code, 'error', entry, backend.name, dst);
+          },
+        );
     };
     send(true);
-    res.on('close', () => {
-      if (!res.writableFinished) req.destroy();
-    });
   }
 
   async close(): Promise<void> {
     this.state = 'closed';
     const srv = this.server;
-    this.agent.destroy();
+    for (const p of this.pools.values()) void p.destroy().catch(() => {});
+    this.pools.clear();
     if (!srv) return;
     const closed = new Promise<void>((r) => srv.close(() => r()));
     srv.closeAllConnections();
