@@ -46,6 +46,7 @@ export interface Flow {
     latency_ns?: number;
     http?: { code?: number; method: string; url: string; protocol?: string };
     dns?: { query: string; rcode?: string; ips?: string[]; qtypes?: string[] };
+    route?: { gateway: string; route: string; backend?: string };
   };
   source: FlowEndpoint;
   destination: FlowEndpoint;
@@ -193,7 +194,10 @@ function urlPath(url: string): string {
 export function l7Text(f: Flow): string {
   const l7 = f.l7;
   if (!l7) return '';
-  if (l7.http) return [l7.http.method, urlPath(l7.http.url), l7.http.code].filter((x) => x !== undefined && x !== '').join(' ');
+  if (l7.http) {
+    const via = l7.route ? `via ${l7.route.gateway}${l7.route.route ? ` ${l7.route.route}` : ''}${l7.route.backend ? ` -> ${l7.route.backend}` : ''}` : '';
+    return [l7.http.method, urlPath(l7.http.url), l7.http.code, via].filter((x) => x !== undefined && x !== '').join(' ');
+  }
   if (l7.dns) return ['DNS', l7.dns.query, ...(l7.dns.qtypes ?? []), l7.dns.rcode ?? '', ...(l7.dns.ips ?? [])].filter(Boolean).join(' ');
   return '';
 }

@@ -192,9 +192,11 @@ const L7_VERDICT = { forwarded: 'FORWARDED', denied: 'DROPPED', error: 'ERROR' }
 export function l7Summary(r: L7Record): string {
   if (r.http) {
     const h = r.http;
-    if (r.kind === 'request') return `${h.protocol} ${h.method} ${h.url}`;
+    // Through a Gateway: which route and backend.
+    const via = r.route ? ` via Gateway ${r.route.gateway}${r.route.route ? ` route ${r.route.route}` : ''}${r.route.backend ? ` -> ${r.route.backend}` : ''}` : '';
+    if (r.kind === 'request') return `${h.protocol} ${h.method} ${h.url}${via}`;
     const ms = h.latencyNs !== undefined ? ` ${Math.round(h.latencyNs / 1e6)}ms` : '';
-    return `${h.protocol} ${h.code ?? '-'}${ms} (${h.method} ${h.url})`;
+    return `${h.protocol} ${h.code ?? '-'}${ms} (${h.method} ${h.url})${via}`;
   }
   const d = r.dns!;
   const q = `${d.query} ${d.qtypes.join(',')}`.trim();

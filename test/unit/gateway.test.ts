@@ -5,6 +5,8 @@ import { hostnameScore, modifyHeaders, modifyPath, pickBackend, prefixMatches, r
 import { intersectHostnames, translateGateways, type GatewayInputs } from '../../src/gateway/translate';
 import type { Resource } from '../../src/store/types';
 import type { RouteMatch } from '../../src/gateway/model';
+import { l7Summary } from '../../src/monitor/flow';
+import { l7Text } from '../../ui/model';
 
 const V1 = 'gateway.networking.k8s.io/v1';
 let seq = 0;
@@ -314,5 +316,18 @@ describe('Gateway API: attachment, references and status', () => {
     const grant: Resource = { apiVersion: V1, kind: 'ReferenceGrant', metadata: meta('g', 'other'), spec: { from: [{ group: 'gateway.networking.k8s.io', kind: 'HTTPRoute', namespace: 'app' }], to: [{ group: '', kind: 'Service', name: 's' }] } };
     assert.equal(resolved([...base, gw, grant, r([{ name: 's', namespace: 'other', port: 80 }])]).reason, 'ResolvedRefs');
     assert.equal(resolved([...base, gw, r([{ group: 'example.com', kind: 'Bucket', name: 'b' }])]).reason, 'InvalidKind');
+  });
+});
+
+describe('Gateway API: flows', () => {
+  it('an L7 record through a Gateway names its route and backend in the summary (observe) and the UI', () => {
+    const r = {
+      time: 0, kind: 'response' as const, direction: 'ingress' as const, verdict: 'forwarded' as const,
+      src: { ip: '10.0.0.5', port: 8080, identity: 300 }, dst: { ip: '192.0.2.10', port: 40000, identity: 2 },
+      http: { method: 'GET', url: 'http://gw/x', protocol: 'HTTP/1.1', code: 200, latencyNs: 2e6 },
+      route: { gateway: 'default/web', route: 'default/r', backend: 'default/svc:80' },
+    };
+    assert.equal(l7Summary(r), 'HTTP/1.1 200 2ms (GET http://gw/x) via Gateway default/web route default/r -> default/svc:80');
+    assert.equal(l7Text({ l7: { type: 'RESPONSE', http: r.http, route: r.route } } as any), 'GET /x 200 via default/web default/r -> default/svc:80');
   });
 });
