@@ -333,4 +333,23 @@ describe('Gateway API: Gateway and HTTPRoute through the proxy', () => {
     assert.ok(f.l7.latency_ns > 0);
     assert.equal(f.source.pod_name, 'echo-b');
   });
+
+  it('the Gateway keeps serving while the agent is down (kill -9), after its restart (same address), and again after a proxy crash', async () => {
+    apply(httpRoute('keep', { rules: [{ backendRefs: [to('svc-a')] }] }));
+    assert.equal(curl(world(), `http://${gw}/`).echo?.pod, 'echo-a');
+    await node.stopAgent('SIGKILL');
+    assert.equal(curl(world(), `http://${gw}/`).echo?.pod, 'echo-a', 'the proxy serves without the agent');
+    await node.startAgent();
+    assert.equal(get('gateway', 'web').status.addresses[0].value, gw, 'the address is kept');
+    assert.equal(curl(world(), `http://${gw}/`).echo?.pod, 'echo-a');
+    const pid = node.proxyPid();
+    assert.ok(pid);
+    process.kill(pid, 'SIGKILL');
+    let code = 0;
+    for (let i = 0; i < 100 && code !== 200; i++) {
+      await sleep(100);
+      code = curl(world(), `http://${gw}/`, ['--max-time', '2']).code;
+    }
+    assert.equal(code, 200, 'served again by the restarted proxy');
+  });
 });
