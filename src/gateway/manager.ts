@@ -23,7 +23,7 @@ import type { ListenerConfig } from '../proxy/config';
 import type { Frontend } from '../service/manager';
 import type { Resource, ResourceRef, Store } from '../store/types';
 import { stableJson } from '../store/types';
-import { cidrContains, cidrSize, formatIp, ipAtOffset, parseCidr, parseIp, type Cidr } from '../util/ip';
+import { cidrContains, cidrSize, formatCidr, formatIp, ipAtOffset, parseCidr, parseIp, type Cidr } from '../util/ip';
 import { mkdirp, readJson, writeJsonAtomic } from '../util/fsutil';
 import type { Logger } from '../util/log';
 import type { GatewayTable } from './model';
@@ -63,18 +63,31 @@ export class GatewayManager {
     this.addresses = readJson<Record<string, string>>(this.file) ?? {};
   }
 
-  private assign(gateway: string, requested?: string): string | undefined {
+  private assign(gateway: string, requested?: string): string | { reason: 'AddressNotAssigned' | 'AddressNotUsable'; message: string } {
     const cur = this.addresses[gateway];
     if (cur && (!requested || requested === cur)) return cur;
     const taken = new Set(Object.entries(this.addresses).filter(([k]) => k !== gateway).map(([, v]) => v));
     let ip: string | undefined;
-    if (requested && cidrContains(this.pool, parseIp(requested)) && !taken.has(requested) && requested !== this.ingressAddress) ip = requested;
+    const refuse = (reason: 'AddressNotAssigned' | 'AddressNotUsable', message: string) => {
+      // No address: the Gateway is not programmed, and gives back the one it had.
+      if (cur) {
+        delete this.addresses[gateway];
+        writeJsonAtomic(this.file, this.addresses);
+      }
+      return { reason, message };
+    };
+    if (requested) {
+      const pool = formatCidr(this.pool);
+      if (!cidrContains(this.pool, parseIp(requested)) || requested === this.ingressAddress) return refuse('AddressNotUsable', `spec.addresses[0]: ${requested} is not an address of the Gateway pool ${pool} (--gateway-address-pool; its first address is the ingress address)`);
+      if (taken.has(requested)) return refuse('AddressNotUsable', `spec.addresses[0]: ${requested} is used by another Gateway`);
+      ip = requested;
+    }
     const last = cidrSize(this.pool) - 2;
     for (let off = 2; !ip && off <= last; off++) {
       const c = formatIp(ipAtOffset(this.pool, off));
       if (!taken.has(c)) ip = c;
     }
-    if (!ip) return undefined;
+    if (!ip) return refuse('AddressNotAssigned', `no address left in the Gateway pool ${formatCidr(this.pool)} (--gateway-address-pool)`);
     this.addresses[gateway] = ip;
     writeJsonAtomic(this.file, this.addresses);
     return ip;

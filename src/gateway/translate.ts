@@ -42,8 +42,8 @@ export interface GatewayInputs {
   services: Resource[];
   /** Ready endpoints of a Service port (the Service's `port`); undefined when the Service has no such port. */
   endpoints(namespace: string, name: string, port: number): { ip: string; port: number }[] | undefined;
-  /** The address of a Gateway ("namespace/name"); undefined when none could be assigned. */
-  address(gateway: string): string | undefined;
+  /** The address of a Gateway ("namespace/name"), or why it has none (a Programmed reason and message). */
+  address(gateway: string): string | { reason: 'AddressNotAssigned' | 'AddressNotUsable'; message: string };
 }
 
 export interface StatusUpdate {
@@ -239,7 +239,9 @@ export function translateGateways(inputs: GatewayInputs): GatewayTranslation {
   for (const gw of gateways) {
     const gk = key(gw);
     const gen = gw.metadata.generation;
-    const address = inputs.address(gk);
+    const assigned = inputs.address(gk);
+    const address = typeof assigned === 'string' ? assigned : undefined;
+    const noAddress = typeof assigned === 'string' ? undefined : assigned;
     const listeners: GatewayListener[] = gw.spec?.listeners ?? [];
     const ports = [...new Set(listeners.map((l) => l.port))];
     if (address) {
@@ -256,7 +258,7 @@ export function translateGateways(inputs: GatewayInputs): GatewayTranslation {
         addresses: address ? [{ type: 'IPAddress', value: address }] : [],
         conditions: [
           cond('Accepted', true, 'Accepted', 'handled by Membrane', gen),
-          address ? cond('Programmed', true, 'Programmed', `listening on ${address}`, gen) : cond('Programmed', false, 'AddressNotAssigned', 'no address left in the Gateway address pool (--gateway-address-pool)', gen),
+          address ? cond('Programmed', true, 'Programmed', `listening on ${address}`, gen) : cond('Programmed', false, noAddress!.reason, noAddress!.message, gen),
         ],
         listeners: listeners.map((l) => ({
           name: l.name,

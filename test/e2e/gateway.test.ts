@@ -154,6 +154,15 @@ describe('Gateway API: Gateway and HTTPRoute through the proxy', () => {
     assert.deepEqual(g.status.conditions.map((x: any) => [x.type, x.status, x.reason]), [['Accepted', 'True', 'Accepted'], ['Programmed', 'True', 'Programmed']]);
     assert.deepEqual(g.status.listeners.map((l: any) => [l.name, l.attachedRoutes, l.conditions.find((x: any) => x.type === 'Programmed').status]), [['http', 0, 'True'], ['same', 0, 'True']]);
     assert.equal(curl(world(), `http://${gw}/`).code, 404, 'no route: 404');
+    // spec.addresses: honoured inside the pool, AddressNotUsable outside it.
+    const other = (name: string, value: string) => ({ apiVersion: V1, kind: 'Gateway', metadata: { name, namespace: 'default' }, spec: { gatewayClassName: 'membrane', addresses: [{ type: 'IPAddress', value }], listeners: [{ name: 'http', port: 80, protocol: 'HTTP' }] } });
+    apply(other('pinned', '10.199.0.77'), other('outside', '192.0.2.99'));
+    const pinned = get('gateway', 'pinned').status;
+    assert.deepEqual(pinned.addresses, [{ type: 'IPAddress', value: '10.199.0.77' }]);
+    assert.equal(curl(world(), 'http://10.199.0.77/').code, 404, 'the pinned address serves');
+    const outside = get('gateway', 'outside').status.conditions.find((x: any) => x.type === 'Programmed');
+    assert.deepEqual([outside.status, outside.reason], ['False', 'AddressNotUsable']);
+    assert.match(node.cli(['get', 'gateway']).stdout, /pinned\s+membrane\s+10\.199\.0\.77\s+True/);
   });
 
   it('matching from the world: path Exact and PathPrefix on segments, headers, query parameters, method; X-Forwarded-For keeps the client; the backend sees the ingress address', () => {

@@ -6,6 +6,7 @@ import { intersectHostnames, translateGateways, type GatewayInputs } from '../..
 import type { Resource } from '../../src/store/types';
 import type { RouteMatch } from '../../src/gateway/model';
 import { l7Summary } from '../../src/monitor/flow';
+import { ConfigError, parseConfig } from '../../src/proxy/config';
 import { l7Text } from '../../ui/model';
 
 const V1 = 'gateway.networking.k8s.io/v1';
@@ -274,7 +275,7 @@ describe('Gateway API: attachment, references and status', () => {
     assert.deepEqual(g.listeners.map((l: any) => [l.name, l.attachedRoutes]), [['http', 1], ['alt', 0]]);
     assert.deepEqual(g.listeners[0].conditions.map((c: any) => c.type), ['Accepted', 'Programmed', 'ResolvedRefs', 'Conflicted']);
     assert.deepEqual(t.tables.map((x) => x.port), [80, 8080]);
-    const noAddr = translateGateways(inputs(objs, { address: () => undefined }));
+    const noAddr = translateGateways(inputs(objs, { address: () => ({ reason: 'AddressNotAssigned', message: 'pool exhausted' }) }));
     const g2 = noAddr.status.find((s) => s.kind === 'Gateway')!.status as any;
     assert.deepEqual(g2.conditions[1].reason, 'AddressNotAssigned');
     assert.equal(noAddr.tables.length, 0);
@@ -329,5 +330,22 @@ describe('Gateway API: flows', () => {
     };
     assert.equal(l7Summary(r), 'HTTP/1.1 200 2ms (GET http://gw/x) via Gateway default/web route default/r -> default/svc:80');
     assert.equal(l7Text({ l7: { type: 'RESPONSE', http: r.http, route: r.route } } as any), 'GET /x 200 via default/web default/r -> default/svc:80');
+  });
+});
+
+describe('Gateway API: proxy configuration', () => {
+  it('an http-gateway listener needs its source address and its routes under gateways', () => {
+    const base = { version: 1, generation: 1, node: 'n', policies: {}, endpoints: [] };
+    const l = { name: 'gw-1', kind: 'http-gateway', address: '10.199.0.2', port: 80, protocol: 'tcp', transparent: false, sourceAddress: '10.199.0.1' };
+    const table = { gateway: 'default/web', address: '10.199.0.2', port: 80, entries: [] };
+    assert.ok(parseConfig({ ...base, listeners: [l, { ...l, name: 'gw-2', address: '10.199.0.3' }], gateways: { 'gw-1': table, 'gw-2': table } }));
+    try {
+      parseConfig({ ...base, listeners: [{ ...l, sourceAddress: 'x' }, { ...l, name: 'gw-2' }], gateways: { 'gw-1': { ...table, entries: [{}] } } });
+      assert.fail('accepted');
+    } catch (e) {
+      assert.ok(e instanceof ConfigError);
+      const all = e.problems.join('\n');
+      for (const f of ['listeners[0].sourceAddress: "x" is not an IPv4 address', 'gateways.gw-1.entries[0]: must be', 'listeners[1].port: 10.199.0.2:80 is used twice', 'gateways.gw-2: must be']) assert.ok(all.includes(f), `${f} in:\n${all}`);
+    }
   });
 });
