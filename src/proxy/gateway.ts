@@ -12,63 +12,64 @@
  *                         every weight 0) gets 500 for its share; a Service
  *                         without ready endpoints 503
  *   forwarded             RequestHeaderModifier and URLRewrite applied,
- *                         X-Forwarded-For / X-Forwarded-Proto added, on a
- *                         keep-alive pool per backend; the response gets
- *                         ResponseHeaderModifier
+ *                         hop-by-hop headers removed, X-Forwarded-For /
+ *                         X-Forwarded-Proto added; the response gets
+ *                         ResponseHeaderModifier; a backend that does not
+ *                         connect in 5 s is a 503, one that does not answer
+ *                         in 15 s a 504
  *
- * Upstream connections come from the agent's ingress address
- * (`sourceAddress`, IP_TRANSPARENT, MARK_FROM_PROXY): the ipcache gives that
- * address the reserved identity `ingress`, so the backends' policy sees the
- * traffic as `fromEntities: [ingress]`, and the datapath steers the backends'
- * replies back to these sockets as it does for the L7 policy proxy's.
- * Every request and response is an L7 record with `route`.
+ * The HTTP/1 work is gateway-http1.ts (Node's own parser, bodies forwarded as
+ * received, an upstream connection per client connection and backend
+ * endpoint, kept alive). Upstream connections come from the agent's ingress
+ * address (`sourceAddress`, IP_TRANSPARENT, MARK_FROM_PROXY): the ipcache
+ * gives that address the reserved identity `ingress`, so the backends' policy
+ * sees the traffic as `fromEntities: [ingress]`, and the datapath steers the
+ * backends' replies back to these sockets as it does for the L7 policy
+ * proxy's. Every request and response is an L7 record with `route`.
  */
-import * as http from 'node:http';
 import * as net from 'node:net';
-import { Pool, type buildConnector, type Dispatcher } from 'undici';
-import type { GatewayTable, RouteBackend, RouteEntry } from '../gateway/model';
+import type { RouteEntry } from '../gateway/model';
 import { hostOnly, modifyHeaders, modifyPath, pickBackend, redirectLocation, route, splitTarget, type GatewayRequest } from '../gateway/match';
 import type { ListenerConfig } from './config';
 import { MARK_FROM_PROXY } from './constants';
+import { GatewayConnection, GatewayDecision, headerValue } from './gateway-http1';
 import type { ListenerContext } from './http';
 import type { Peer } from './identity';
+import type { HeadInfo } from './llhttp';
 import { sockets } from './sockets';
 
-/** Hop-by-hop headers (RFC 9110 7.6.1), never forwarded; Transfer-Encoding is kept (Node re-frames the body). */
+/** Hop-by-hop headers (RFC 9110 7.6.1), never forwarded; Transfer-Encoding and Content-Length frame the body and stay. */
 const HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'upgrade', 'proxy-authenticate', 'proxy-authorization']);
 
 function stripHop(raw: string[]): string[] {
-  const extra = new Set<string>();
-  for (let i = 0; i + 1 < raw.length; i += 2) if (raw[i].toLowerCase() === 'connection') for (const t of raw[i + 1].split(',')) extra.add(t.trim().toLowerCase());
+  let extra: Set<string> | undefined;
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    if (raw[i].length === 10 && raw[i].toLowerCase() === 'connection') for (const t of raw[i + 1].split(',')) (extra ??= new Set()).add(t.trim().toLowerCase());
+  }
   const out: string[] = [];
   for (let i = 0; i + 1 < raw.length; i += 2) {
     const n = raw[i].toLowerCase();
-    if (!HOP.has(n) && !extra.has(n)) out.push(raw[i], raw[i + 1]);
+    if (!HOP.has(n) && !extra?.has(n)) out.push(raw[i], raw[i + 1]);
   }
   return out;
 }
 
 const CONNECT_TIMEOUT_MS = 5000;
-/** No response head within this long: 504 (the reference proxy's default route timeout; undici's headersTimeout). */
+/** No response head within this long: 504 (the reference proxy's default route timeout). */
 const RESPONSE_TIMEOUT_MS = 15_000;
 
 export class GatewayUpstreamError extends Error {
   constructor(
     message: string,
-    readonly kind: 'connect-timeout' | 'response-timeout',
+    readonly kind: 'connect-timeout',
   ) {
     super(message);
   }
 }
 
-const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE']);
-
 export class HttpGatewayListener {
-  private server?: http.Server;
-  /** Keep-alive connection pools, one per backend endpoint (undici). */
-  private readonly pools = new Map<string, Pool>();
-  private readonly peers = new WeakMap<net.Socket, Peer>();
-  private open = 0;
+  private server?: net.Server;
+  private readonly open = new Set<net.Socket>();
   state: 'starting' | 'listening' | 'error' | 'closed' = 'starting';
   error?: string;
 
@@ -77,60 +78,12 @@ export class HttpGatewayListener {
     private readonly ctx: ListenerContext,
   ) {}
 
-  /** The pool of one backend endpoint; its connections come from the ingress address, marked so the datapath does not redirect them and steers the replies back. */
-  private pool(ip: string, port: number): Pool {
-    const key = `${ip}:${port}`;
-    let p = this.pools.get(key);
-    if (p) return p;
-    const source = this.cfg.sourceAddress!;
-    const connect: buildConnector.connector = (_opts, cb) => {
-      let s: net.Socket;
-      try {
-        const fd = sockets().sockBound(source, 0, MARK_FROM_PROXY, true);
-        s = new net.Socket({ fd, readable: true, writable: true, manualStart: true } as net.SocketConstructorOpts);
-      } catch (e) {
-        cb(e as Error, null);
-        return;
-      }
-      s.setNoDelay(true);
-      // A backend whose policy drops the connection must not hold the request forever.
-      const t = setTimeout(() => s.destroy(new GatewayUpstreamError(`connect to ${key} timed out after ${CONNECT_TIMEOUT_MS} ms`, 'connect-timeout')), CONNECT_TIMEOUT_MS);
-      const fail = (e: Error) => {
-        clearTimeout(t);
-        cb(e, null);
-      };
-      s.once('error', fail);
-      s.once('connect', () => {
-        clearTimeout(t);
-        s.off('error', fail);
-        cb(null, s);
-      });
-      s.connect({ host: ip, port });
-    };
-    p = new Pool(`http://${key}`, { connect, keepAliveTimeout: 30_000, keepAliveMaxTimeout: 60_000, headersTimeout: RESPONSE_TIMEOUT_MS, bodyTimeout: 0 });
-    this.pools.set(key, p);
-    return p;
-  }
-
   get connections(): number {
-    return this.open;
+    return this.open.size;
   }
 
   async start(): Promise<void> {
-    const server = http.createServer({ noDelay: true, keepAlive: true, requestTimeout: 0 }, (req, res) => this.onRequest(req, res));
-    server.keepAliveTimeout = 60_000;
-    server.on('connection', (s: net.Socket) => {
-      this.open++;
-      this.ctx.counters.connections++;
-      s.once('close', () => {
-        this.open--;
-        this.ctx.counters.connections--;
-      });
-    });
-    server.on('clientError', (_e, s) => {
-      if (s.writable) s.end('HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
-      else s.destroy();
-    });
+    const server = net.createServer({ noDelay: true }, (s) => this.onConnection(s));
     await new Promise<void>((resolve, reject) => {
       server.once('error', (e) => {
         this.state = 'error';
@@ -148,129 +101,154 @@ export class HttpGatewayListener {
     this.state = 'listening';
   }
 
-  private peerOf(s: net.Socket): Peer {
-    let p = this.peers.get(s);
-    if (!p) {
-      try {
-        p = this.ctx.peer((s.remoteAddress ?? '').replace(/^::ffff:/, ''), s.remotePort ?? 0);
-      } catch {
-        p = { ip: (s.remoteAddress ?? '').replace(/^::ffff:/, ''), port: s.remotePort ?? 0, identity: 0 } as Peer;
-      }
-      this.peers.set(s, p);
-    }
-    return p;
+  /** A connection to a backend endpoint from the ingress address, marked so the datapath does not redirect it and steers the replies back. */
+  private connect(ip: string, port: number): net.Socket {
+    const fd = sockets().sockBound(this.cfg.sourceAddress!, 0, MARK_FROM_PROXY, true);
+    const s = new net.Socket({ fd, readable: true, writable: true, manualStart: true } as net.SocketConstructorOpts);
+    s.setNoDelay(true);
+    // A backend whose policy drops the connection must not hold the request forever.
+    const t = setTimeout(() => s.destroy(new GatewayUpstreamError(`connect to ${ip}:${port} timed out after ${CONNECT_TIMEOUT_MS} ms`, 'connect-timeout')), CONNECT_TIMEOUT_MS);
+    s.once('connect', () => clearTimeout(t));
+    s.once('close', () => clearTimeout(t));
+    s.connect({ host: ip, port });
+    return s;
   }
 
-  private onRequest(req: http.IncomingMessage, res: http.ServerResponse): void {
-    const started = process.hrtime.bigint();
-    const table: GatewayTable | undefined = this.ctx.gateway(this.cfg.name);
-    const src = this.peerOf(req.socket);
-    const hostHeader = req.headers.host ?? '';
-    const host = hostOnly(hostHeader) || this.cfg.address;
+  private onConnection(s: net.Socket): void {
+    this.open.add(s);
+    this.ctx.counters.connections++;
+    s.on('close', () => {
+      this.open.delete(s);
+      this.ctx.counters.connections--;
+    });
+    const remote = (s.remoteAddress ?? '').replace(/^::ffff:/, '');
+    let src: Peer;
+    try {
+      src = this.ctx.peer(remote, s.remotePort ?? 0);
+    } catch {
+      src = { ip: remote, port: s.remotePort ?? 0, identity: 0 };
+    }
+    const self: Peer = { ip: this.cfg.address, port: this.cfg.port, identity: 0 };
+    type Info = { started: bigint; http: { method: string; url: string; protocol: string; host?: string }; entry?: RouteEntry; backend?: string; dst: Peer };
+    const infos = new WeakMap<HeadInfo, Info>();
+    new GatewayConnection(
+      s,
+      {
+        decide: (h) => {
+          const table = this.ctx.gateway(this.cfg.name);
+          const hostHeader = headerValue(h.headers, 'host') ?? '';
+          const info: Info = {
+            started: process.hrtime.bigint(),
+            http: { method: h.method, url: `http://${hostHeader || this.cfg.address}${h.url}`, protocol: `HTTP/${h.versionMajor}.${h.versionMinor}`, ...(hostHeader ? { host: hostHeader } : {}) },
+            dst: self,
+          };
+          infos.set(h, info);
+          const gateway = table?.gateway ?? this.cfg.name;
+          const d = this.decide(h, hostHeader, src, info);
+          this.ctx.record({
+            time: Date.now(), kind: 'request', direction: 'ingress', verdict: d.kind === 'reply' && d.code >= 400 ? 'error' : 'forwarded', src, dst: info.dst,
+            http: info.http, route: { gateway, route: info.entry?.route ?? '', ...(info.backend ? { backend: info.backend } : {}) },
+          });
+          return d;
+        },
+        onDone: (h, code, verdict) => {
+          const info = infos.get(h);
+          if (verdict === 'forwarded') this.ctx.counters.requests.forwarded++;
+          else this.ctx.counters.requests.error++;
+          if (!info) return;
+          const gateway = this.ctx.gateway(this.cfg.name)?.gateway ?? this.cfg.name;
+          this.ctx.record({
+            time: Date.now(), kind: 'response', direction: 'ingress', verdict, src: info.dst, dst: src,
+            http: { ...info.http, code, latencyNs: Number(process.hrtime.bigint() - info.started) },
+            route: { gateway, route: info.entry?.route ?? '', ...(info.backend ? { backend: info.backend } : {}) },
+          });
+        },
+        onError: (what, e) => this.ctx.log.debug(what, { listener: this.cfg.name, client: `${src.ip}:${src.port}`, ...(e ? { error: e } : {}) }),
+      },
+      RESPONSE_TIMEOUT_MS,
+    );
+  }
+
+  /** Route one request: a local answer, or the head to send to the chosen backend endpoint. */
+  private decide(h: HeadInfo, hostHeader: string, src: Peer, info: { entry?: RouteEntry; backend?: string; dst: Peer }): GatewayDecision {
+    const table = this.ctx.gateway(this.cfg.name);
+    let headers: Map<string, string[]> | undefined;
+    const raw = h.headers;
     const gr: GatewayRequest = {
-      method: req.method ?? 'GET',
-      target: req.url ?? '/',
+      method: h.method,
+      target: h.url,
       host: hostHeader,
-      headers: new Map(Object.entries(req.headers).map(([k, v]) => [k, Array.isArray(v) ? v : [v ?? '']])),
-    };
-    const self = { ip: this.cfg.address, port: this.cfg.port, identity: 0 } as Peer;
-    const httpInfo = { method: gr.method, url: `http://${hostHeader || this.cfg.address}${gr.target}`, protocol: `HTTP/${req.httpVersion}`, ...(hostHeader ? { host: hostHeader } : {}) };
-    const gateway = table?.gateway ?? this.cfg.name;
-    const done = (code: number, verdict: 'forwarded' | 'error', entry?: RouteEntry, backend?: string, dst: Peer = self) => {
-      if (verdict === 'forwarded') this.ctx.counters.requests.forwarded++;
-      else this.ctx.counters.requests.error++;
-      const r = { gateway, route: entry?.route ?? '', ...(backend ? { backend } : {}) };
-      this.ctx.record({ time: Date.now(), kind: 'response', direction: 'ingress', verdict, src: dst, dst: src, http: { ...httpInfo, code, latencyNs: Number(process.hrtime.bigint() - started) }, route: r });
-    };
-    const reply = (code: number, body: string, headers: Record<string, string> = {}, entry?: RouteEntry, backend?: string) => {
-      req.resume();
-      this.ctx.record({ time: Date.now(), kind: 'request', direction: 'ingress', verdict: code < 400 ? 'forwarded' : 'error', src, dst: self, http: httpInfo, route: { gateway, route: entry?.route ?? '', ...(backend ? { backend } : {}) } });
-      res.writeHead(code, { 'content-type': 'text/plain', 'content-length': Buffer.byteLength(body), ...headers });
-      res.end(body);
-      done(code, code < 400 ? 'forwarded' : 'error', entry, backend);
+      // Built only when a match looks at headers.
+      get headers() {
+        if (!headers) {
+          headers = new Map();
+          for (let i = 0; i + 1 < raw.length; i += 2) {
+            const k = raw[i].toLowerCase();
+            const cur = headers.get(k);
+            if (cur) cur.push(raw[i + 1]);
+            else headers.set(k, [raw[i + 1]]);
+          }
+        }
+        return headers;
+      },
     };
     const entry = table && route(table, gr);
-    if (!entry) return reply(404, 'route not found\n');
+    if (!entry) return { kind: 'reply', code: 404, body: 'route not found\n' };
+    info.entry = entry;
     const redirect = entry.filters.find((f) => f.type === 'RequestRedirect')?.requestRedirect;
-    if (redirect) return reply(redirect.statusCode ?? 302, '', { location: redirectLocation(redirect, entry.match, gr, this.cfg.port) }, entry);
-    const backend: RouteBackend | undefined = pickBackend(entry.backends, Math.random());
-    if (!backend) return reply(500, 'no backend\n', {}, entry);
-    if (backend.error) return reply(500, 'backend not resolved\n', {}, entry, backend.name);
-    if (!backend.endpoints.length) return reply(503, 'no healthy upstream\n', {}, entry, backend.name);
+    if (redirect) return { kind: 'reply', code: redirect.statusCode ?? 302, headers: [['location', redirectLocation(redirect, entry.match, gr, this.cfg.port)]], body: '' };
+    const backend = pickBackend(entry.backends, Math.random());
+    if (!backend) return { kind: 'reply', code: 500, body: 'no backend\n' };
+    info.backend = backend.name;
+    if (backend.error) return { kind: 'reply', code: 500, body: 'backend not resolved\n' };
+    if (!backend.endpoints.length) return { kind: 'reply', code: 503, body: 'no healthy upstream\n' };
     const ep = backend.endpoints[backend.endpoints.length === 1 ? 0 : Math.floor(Math.random() * backend.endpoints.length)];
-    let dst: Peer;
     try {
-      dst = this.ctx.peer(ep.ip, ep.port);
+      info.dst = this.ctx.peer(ep.ip, ep.port);
     } catch {
-      dst = { ip: ep.ip, port: ep.port, identity: 0 } as Peer;
+      info.dst = { ip: ep.ip, port: ep.port, identity: 0 };
     }
 
-    // The upstream request: hop-by-hop headers removed, filters applied, X-Forwarded-*.
-    let raw = stripHop(req.rawHeaders);
+    // The upstream head: hop-by-hop headers removed, filters applied, X-Forwarded-*.
+    let out = stripHop(raw);
+    for (const f of entry.filters) if (f.type === 'RequestHeaderModifier') out = modifyHeaders(out, f.requestHeaderModifier);
+    let target = h.url;
     const rewrite = entry.filters.find((f) => f.type === 'URLRewrite')?.urlRewrite;
-    for (const f of entry.filters) if (f.type === 'RequestHeaderModifier') raw = modifyHeaders(raw, f.requestHeaderModifier);
-    let target = gr.target;
     if (rewrite?.path) {
-      const { path, query } = splitTarget(gr.target);
+      const { path, query } = splitTarget(h.url);
       target = modifyPath(rewrite.path, entry.match, path) + (query ? `?${query}` : '');
     }
-    if (rewrite?.hostname) raw = modifyHeaders(raw, { set: [{ name: 'Host', value: rewrite.hostname }] });
-    const xff = req.headers['x-forwarded-for'];
-    raw = modifyHeaders(raw, { set: [{ name: 'X-Forwarded-For', value: xff ? `${xff}, ${src.ip}` : src.ip }, { name: 'X-Forwarded-Proto', value: 'http' }] });
-    if (!raw.some((n, i) => i % 2 === 0 && n.toLowerCase() === 'host')) raw.push('Host', host);
-    const responseMod = entry.filters.filter((f) => f.type === 'ResponseHeaderModifier').map((f) => f.responseHeaderModifier);
-    this.ctx.record({ time: Date.now(), kind: 'request', direction: 'ingress', verdict: 'forwarded', src, dst, http: httpInfo, route: { gateway, route: entry.route, backend: backend.name } });
-
-    const hasBody = req.headers['content-length'] !== undefined ? req.headers['content-length'] !== '0' : req.headers['transfer-encoding'] !== undefined;
-    // undici frames the body itself and refuses these.
-    raw = modifyHeaders(raw, { remove: ['transfer-encoding', 'expect'] });
-    const pool = this.pool(ep.ip, ep.port);
-    let status = 0;
-    const send = (retry: boolean) => {
-      pool
-        .stream({ method: gr.method as Dispatcher.HttpMethod, path: target, headers: raw, body: hasBody ? req : undefined, opaque: res }, ({ statusCode, headers }) => {
-          status = statusCode;
-          let out: string[] = [];
-          for (const [k, v] of Object.entries(headers)) {
-            if (v === undefined) continue;
-            for (const x of Array.isArray(v) ? v : [v]) out.push(k, x);
+    if (rewrite?.hostname) out = modifyHeaders(out, { set: [{ name: 'Host', value: rewrite.hostname }] });
+    const xff = headerValue(raw, 'x-forwarded-for');
+    out = modifyHeaders(out, { set: [{ name: 'X-Forwarded-For', value: xff ? `${xff}, ${src.ip}` : src.ip }, { name: 'X-Forwarded-Proto', value: 'http' }] });
+    if (!hostHeader) out.push('Host', hostOnly(this.cfg.address));
+    let head = `${h.method} ${target} HTTP/1.1\r\n`;
+    for (let i = 0; i + 1 < out.length; i += 2) head += `${out[i]}: ${out[i + 1]}\r\n`;
+    head += '\r\n';
+    const mods = entry.filters.filter((f) => f.type === 'ResponseHeaderModifier').map((f) => f.responseHeaderModifier);
+    return {
+      kind: 'forward',
+      upstream: `${ep.ip}:${ep.port}`,
+      connect: () => this.connect(ep.ip, ep.port),
+      head,
+      ...(mods.length
+        ? {
+            responseHeaders: (r: string[]) => {
+              let x = r;
+              for (const m of mods) x = modifyHeaders(x, m);
+              return x;
+            },
           }
-          out = stripHop(out);
-          for (const m of responseMod) out = modifyHeaders(out, m);
-          res.writeHead(statusCode, out);
-          return res;
-        })
-        .then(
-          () => done(status, 'forwarded', entry, backend.name, dst),
-          (e: NodeJS.ErrnoException) => {
-            if (status) {
-              res.destroy();
-              return;
-            }
-            const timedOut = e?.code === 'UND_ERR_HEADERS_TIMEOUT';
-            // A kept-alive connection the server closed just as it was reused: once more on a new one.
-            if (retry && !timedOut && !(e instanceof GatewayUpstreamError) && !hasBody && IDEMPOTENT.has(gr.method)) return send(false);
-            this.ctx.log.debug('upstream failed', { listener: this.cfg.name, backend: `${ep.ip}:${ep.port}`, error: e });
-            if (res.headersSent) return res.destroy();
-            const code = timedOut ? 504 : 503;
-            const body = timedOut ? 'upstream request timeout\n' : 'upstream unavailable\n';
-            res.writeHead(code, { 'content-type': 'text/plain', 'content-length': Buffer.byteLength(body) });
-            res.end(body);
-            done(code, 'error', entry, backend.name, dst);
-          },
-        );
+        : {}),
     };
-    send(true);
   }
 
   async close(): Promise<void> {
     this.state = 'closed';
     const srv = this.server;
-    for (const p of this.pools.values()) void p.destroy().catch(() => {});
-    this.pools.clear();
     if (!srv) return;
     const closed = new Promise<void>((r) => srv.close(() => r()));
-    srv.closeAllConnections();
+    for (const s of this.open) s.destroy();
     await closed;
   }
 }

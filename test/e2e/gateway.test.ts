@@ -361,4 +361,24 @@ describe('Gateway API: Gateway and HTTPRoute through the proxy', () => {
     }
     assert.equal(code, 200, 'served again by the restarted proxy');
   });
+
+  it('bodies and framing: chunked request and response bodies, a large response, HEAD, pipelined requests on one connection', () => {
+    apply(httpRoute('bodies', { rules: [{ backendRefs: [to('svc-a')] }] }));
+    const post = curl(world(), `http://${gw}/upload`, ['-H', 'Transfer-Encoding: chunked', '--data-binary', 'x'.repeat(5000)]);
+    assert.equal(post.code, 200, post.body);
+    assert.equal((post.echo as any).bodyBytes, 5000, 'the chunked body arrived whole');
+    const chunked = curl(world(), `http://${gw}/chunked`);
+    assert.equal(chunked.headers['transfer-encoding'], 'chunked');
+    assert.equal(chunked.echo?.pod, 'echo-a');
+    const big = inNs(world(), 'curl', ['-s', '-o', '/dev/null', '-w', '%{http_code} %{size_download}', `http://${gw}/big?n=300000`]);
+    assert.equal(big.stdout, '200 300000');
+    const head = inNs(world(), 'curl', ['-s', '-I', `http://${gw}/x`]);
+    assert.match(head.stdout, /^HTTP\/1.1 200/);
+    // Three requests in one write (pipelined), three answers in order.
+    const pipe = inNs(world(), process.execPath, ['-e', `
+      const s = require('net').connect(80, '${gw}', () => s.write('GET /p1 HTTP/1.1\\r\\nHost: h\\r\\n\\r\\nGET /nothing-here HTTP/1.1\\r\\nHost: h\\r\\n\\r\\nGET /p3 HTTP/1.1\\r\\nHost: h\\r\\nConnection: close\\r\\n\\r\\n'));
+      let out = ''; s.on('data', (d) => (out += d)); s.on('end', () => process.stdout.write(JSON.stringify(out.match(/HTTP\\/1.1 \\d+|"url":"[^"]*"/g))));
+    `], 20_000);
+    assert.deepEqual(JSON.parse(pipe.stdout), ['HTTP/1.1 200', '"url":"/p1"', 'HTTP/1.1 200', '"url":"/nothing-here"', 'HTTP/1.1 200', '"url":"/p3"']);
+  });
 });
