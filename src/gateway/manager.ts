@@ -46,6 +46,8 @@ export class GatewayManager {
   private addresses: Record<string, string>;
   private tables: GatewayTable[] = [];
   private statusWarned = false;
+  /** The addresses last put on the host device (undefined: not yet checked). */
+  private deviceState?: string;
   errors: string[] = [];
   /** Called when Gateway addresses were added to or removed from the host device. */
   onAddressesChanged?: () => void;
@@ -139,6 +141,9 @@ export class GatewayManager {
   /** The host device holds exactly the assigned Gateway addresses of the pool (as /32). */
   private syncDevice(): void {
     const want = new Set(Object.values(this.addresses));
+    // Runs at every Service or Pod change: netlink only when the addresses changed (or the last attempt failed).
+    const key = [...want].sort().join(',');
+    if (key === this.deviceState && !this.errors.length) return;
     const errors: string[] = [];
     let changed = false;
     let nl: RtNetlink | undefined;
@@ -169,6 +174,7 @@ export class GatewayManager {
     }
     if (errors.join() !== this.errors.join()) for (const e of errors) this.opts.log.error('gateway addresses could not be set up', { error: e });
     this.errors = errors;
+    if (!errors.length) this.deviceState = key;
     if (changed) {
       this.opts.log.info('gateway addresses', { addresses: [...want] });
       this.onAddressesChanged?.();
