@@ -172,7 +172,11 @@ export class Agent {
     };
     this.endpoints.onCreated = (ms) => this.metrics.endpointCreate.observe(ms / 1000);
     this.endpoints.onRegenerated = (ms) => this.metrics.regeneration.observe(ms / 1000);
-    dp.reconciler.beforeResync = () => this.endpoints.syncHostEntries();
+    dp.reconciler.beforeResync = () => {
+      this.endpoints.syncHostEntries();
+      this.gateways.recheck();
+      this.changes.mark({ gateways: true });
+    };
     dp.reconciler.onDrift = (table, r) => this.metrics.driftRepaired.inc({ map: table }, r.updated + r.removed);
   }
 

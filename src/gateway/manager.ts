@@ -181,6 +181,11 @@ export class GatewayManager {
     }
   }
 
+  /** At the periodic resync: the next sync compares the host device with the addresses again (drift repair). */
+  recheck(): void {
+    this.deviceState = undefined;
+  }
+
   private writeStatus(updates: ReturnType<typeof translateGateways>['status']): void {
     const set = this.store.setStatus?.bind(this.store);
     if (!set) {

@@ -163,6 +163,7 @@ describe('Gateway API: Gateway and HTTPRoute through the proxy', () => {
     const outside = get('gateway', 'outside').status.conditions.find((x: any) => x.type === 'Programmed');
     assert.deepEqual([outside.status, outside.reason], ['False', 'AddressNotUsable']);
     assert.match(node.cli(['get', 'gateway']).stdout, /pinned\s+membrane\s+10\.199\.0\.77\s+True/);
+    assert.match(node.cli(['status']).stdout, /Gateways: +2 \(pool 10\.199\.0\.0\/24, upstreams from 10\.199\.0\.1\)/);
   });
 
   it('matching from the world: path Exact and PathPrefix on segments, headers, query parameters, method; X-Forwarded-For keeps the client; the backend sees the ingress address', () => {
