@@ -95,7 +95,8 @@ export class Agent {
     this.gateways = new GatewayManager({ stateDir: cfg.stateDir, pool: cfg.gatewayAddressPool, hostDevice: cfg.hostDevice, log: log.child({ component: 'gateway' }) }, this.store);
     // The proxy's upstreams to Gateway backends come from the ingress address: reserved identity ingress.
     this.ipcache.upsert(this.gateways.ingressAddress, 'gateway', { identity: ReservedIdentity.ingress });
-    this.gateways.onAddressesChanged = () => {
+    this.gateways.onAddressesChanged = (removed) => {
+      for (const a of removed) this.endpoints.forgetHostAddress(a);
       this.endpoints.syncHostEntries();
       dp.endpoints.flush();
       dp.ipcache.flush();

@@ -154,6 +154,13 @@ export class EndpointManager {
     }
   }
 
+  /** An address that is no longer the node's (a Gateway's, given back): its host entries go. */
+  forgetHostAddress(ip: string): void {
+    const a = parseIp(ip, 'address');
+    this.ipcache.delete(a, 'host');
+    this.dp.endpoints.delete(endpointKey(a));
+  }
+
   /** Restore endpoints from disk; their kernel state (veths, pinned links and maps) is reused, not re-created. */
   async restore(): Promise<void> {
     for (const f of fs.readdirSync(this.dir)) {

@@ -49,8 +49,8 @@ export class GatewayManager {
   /** The addresses last put on the host device (undefined: not yet checked). */
   private deviceState?: string;
   errors: string[] = [];
-  /** Called when Gateway addresses were added to or removed from the host device. */
-  onAddressesChanged?: () => void;
+  /** Called when Gateway addresses were added to or removed from the host device (with the removed ones). */
+  onAddressesChanged?: (removed: string[]) => void;
 
   constructor(
     private readonly opts: GatewayManagerOptions,
@@ -146,6 +146,7 @@ export class GatewayManager {
     if (key === this.deviceState && !this.errors.length) return;
     const errors: string[] = [];
     let changed = false;
+    const removed: string[] = [];
     let nl: RtNetlink | undefined;
     try {
       nl = RtNetlink.open(null);
@@ -165,6 +166,7 @@ export class GatewayManager {
       for (const a of have) {
         if (want.has(a)) continue;
         nl.addrDel(dev.index, `${a}/32`);
+        removed.push(a);
         changed = true;
       }
     } catch (e) {
@@ -177,7 +179,7 @@ export class GatewayManager {
     if (!errors.length) this.deviceState = key;
     if (changed) {
       this.opts.log.info('gateway addresses', { addresses: [...want] });
-      this.onAddressesChanged?.();
+      this.onAddressesChanged?.(removed);
     }
   }
 

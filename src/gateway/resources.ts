@@ -226,7 +226,7 @@ function pathModifier(a: At, v: unknown, prefixAllowed: boolean): void {
   a.keys(o, ['type', 'replaceFullPath', 'replacePrefixMatch']);
   if (o.type === 'ReplaceFullPath') a.at('replaceFullPath').str(o.replaceFullPath, /^\/[^?#\s]*$/, 'an absolute path', true);
   else if (o.type === 'ReplacePrefixMatch') {
-    if (!prefixAllowed) a.at('type').add('ReplacePrefixMatch needs a rule whose every match is a PathPrefix match');
+    if (!prefixAllowed) a.at('type').add('ReplacePrefixMatch needs a rule whose every match is a PathPrefix match (no matches: PathPrefix "/")');
     a.at('replacePrefixMatch').str(o.replacePrefixMatch, /^(\/[^?#\s]*)?$/, 'an absolute path or ""', true);
   } else a.at('type').add(`${showValue(o.type)} is not ReplaceFullPath or ReplacePrefixMatch`);
 }
@@ -335,7 +335,7 @@ export function validateHttpRoute(o: Resource, problems: string[]): void {
         hostname(ra2.at('hostname'), ro.hostname);
         if (typeof ro.hostname === 'string' && ro.hostname.startsWith('*')) ra2.at('hostname').add(`${showValue(ro.hostname)} must not be a wildcard`);
         ra2.at('port').port(ro.port);
-        pathModifier(ra2.at('path'), ro.path, allPrefix && matches.length > 0);
+        pathModifier(ra2.at('path'), ro.path, allPrefix);
         if (ro.statusCode !== undefined && !REDIRECT_CODES.includes(ro.statusCode)) ra2.at('statusCode').add(`${showValue(ro.statusCode)} is not one of ${REDIRECT_CODES.join(', ')}`);
       } else {
         const ua = fa.at('urlRewrite');
@@ -344,11 +344,10 @@ export function validateHttpRoute(o: Resource, problems: string[]): void {
         ua.keys(uo, ['hostname', 'path']);
         hostname(ua.at('hostname'), uo.hostname);
         if (typeof uo.hostname === 'string' && uo.hostname.startsWith('*')) ua.at('hostname').add(`${showValue(uo.hostname)} must not be a wildcard`);
-        pathModifier(ua.at('path'), uo.path, allPrefix && matches.length > 0);
+        pathModifier(ua.at('path'), uo.path, allPrefix);
       }
     });
     if (types.has('RequestRedirect') && types.has('URLRewrite')) ra.at('filters').add('RequestRedirect and URLRewrite cannot be used in the same rule');
-    if (types.has('RequestRedirect') && rule.backendRefs?.length) ra.at('backendRefs').add('a rule with a RequestRedirect filter takes no backendRefs');
     ra.at('backendRefs').list(rule.backendRefs, 16).forEach((b: any, j) => {
       const ba = ra.at('backendRefs').at(j);
       const bo = ba.obj(b, true);

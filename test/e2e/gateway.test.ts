@@ -164,6 +164,11 @@ describe('Gateway API: Gateway and HTTPRoute through the proxy', () => {
     assert.deepEqual([outside.status, outside.reason], ['False', 'AddressNotUsable']);
     assert.match(node.cli(['get', 'gateway']).stdout, /pinned\s+membrane\s+10\.199\.0\.77\s+True/);
     assert.match(node.cli(['status']).stdout, /Gateways: +2 \(pool 10\.199\.0\.0\/24, upstreams from 10\.199\.0\.1\)/);
+    // A deleted Gateway gives its address back: off the device and out of the ipcache.
+    assert.ok(node.nodeExec('ip', ['-4', 'addr']).stdout.includes('10.199.0.77/32'));
+    node.delete([applied.splice(applied.findIndex((o) => o.metadata.name === 'pinned'), 1)[0]]);
+    assert.ok(!node.nodeExec('ip', ['-4', 'addr']).stdout.includes('10.199.0.77'), 'off the host device');
+    assert.ok(!node.cli(['bpf', 'ipcache', 'list']).stdout.includes('10.199.0.77'), 'out of the ipcache');
   });
 
   it('matching from the world: path Exact and PathPrefix on segments, headers, query parameters, method; X-Forwarded-For keeps the client; the backend sees the ingress address', () => {

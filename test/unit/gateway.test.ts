@@ -62,9 +62,10 @@ describe('Gateway API: resources', () => {
       gwClass,
       gateway([{ name: 'http', port: 80, protocol: 'HTTP', hostname: '*.example.com', allowedRoutes: { namespaces: { from: 'All' } } }]),
       httpRoute('r', 'app', { hostnames: ['a.example.com'], rules: [{ matches: [{ path: { type: 'Exact', value: '/x' }, headers: [{ name: 'X-A', value: '1' }], queryParams: [{ name: 'q', value: 'v' }], method: 'GET' }], filters: [{ type: 'URLRewrite', urlRewrite: { path: { type: 'ReplaceFullPath', replaceFullPath: '/y' } } }], backendRefs: [{ name: 's', port: 80, weight: 3 }] }] }),
+      httpRoute('r2', 'app', { rules: [{ filters: [{ type: 'URLRewrite', urlRewrite: { path: { type: 'ReplacePrefixMatch', replacePrefixMatch: '/v2' } } }], backendRefs: [{ name: 's', port: 80 }] }, { filters: [{ type: 'RequestRedirect', requestRedirect: { scheme: 'https' } }], backendRefs: [{ name: 's', port: 80 }] }] }),
       { apiVersion: 'gateway.networking.k8s.io/v1beta1', kind: 'ReferenceGrant', metadata: { name: 'g', namespace: 'b' }, spec: { from: [{ group: 'gateway.networking.k8s.io', kind: 'HTTPRoute', namespace: 'app' }], to: [{ group: '', kind: 'Service' }] } },
     ]);
-    assert.equal(out.length, 4);
+    assert.equal(out.length, 5, 'no matches is PathPrefix "/" (ReplacePrefixMatch allowed); a redirect rule may name backends (unused)');
   });
 
   it('names the field and value of every problem', () => {
@@ -75,8 +76,8 @@ describe('Gateway API: resources', () => {
           hostnames: ['Bad_Host'],
           rules: [
             {
-              matches: [{ path: { type: 'RegularExpression', value: '/.*' }, method: 'FETCH' }],
-              filters: [{ type: 'RequestRedirect', requestRedirect: { statusCode: 200 } }, { type: 'RequestMirror' }],
+              matches: [{ path: { type: 'RegularExpression', value: '/.*' }, method: 'FETCH' }, { path: { type: 'Exact', value: '/e' } }],
+              filters: [{ type: 'RequestRedirect', requestRedirect: { statusCode: 200, path: { type: 'ReplacePrefixMatch', replacePrefixMatch: '/p' } } }, { type: 'RequestMirror' }],
               backendRefs: [{ name: 's', weight: -1 }],
             },
           ],
@@ -96,7 +97,7 @@ describe('Gateway API: resources', () => {
         'HTTPRoute/app/r: spec.rules[0].matches[0].method: "FETCH" is not one of',
         'HTTPRoute/app/r: spec.rules[0].filters[0].requestRedirect.statusCode: 200 is not one of 301, 302, 303, 307, 308',
         'HTTPRoute/app/r: spec.rules[0].filters[1].type: not supported: RequestMirror',
-        'HTTPRoute/app/r: spec.rules[0].backendRefs: a rule with a RequestRedirect filter takes no backendRefs',
+        'HTTPRoute/app/r: spec.rules[0].filters[0].requestRedirect.path.type: ReplacePrefixMatch needs a rule whose every match is a PathPrefix match',
         'HTTPRoute/app/r: spec.rules[0].backendRefs[0].port: is required',
         'HTTPRoute/app/r: spec.rules[0].backendRefs[0].weight: -1 must be an integer 0-1000000',
         'GatewayClass/c: apiVersion: "gateway.networking.k8s.io/v2" must be gateway.networking.k8s.io/v1 or gateway.networking.k8s.io/v1beta1',
