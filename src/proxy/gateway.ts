@@ -55,6 +55,7 @@ function stripHop(raw: string[]): string[] {
 }
 
 const CONNECT_TIMEOUT_MS = 5000;
+const PEER_TTL_MS = 1000;
 /** No response head within this long: 504 (the reference proxy's default route timeout). */
 const RESPONSE_TIMEOUT_MS = 15_000;
 
@@ -70,6 +71,7 @@ export class GatewayUpstreamError extends Error {
 export class HttpGatewayListener {
   private server?: net.Server;
   private readonly open = new Set<net.Socket>();
+  private readonly peerCache = new Map<string, { peer: Peer; at: number }>();
   state: 'starting' | 'listening' | 'error' | 'closed' = 'starting';
   error?: string;
 
@@ -169,6 +171,23 @@ export class HttpGatewayListener {
     );
   }
 
+  /** A backend endpoint's identity for records: from the datapath's maps, looked up at most every PEER_TTL_MS per endpoint (two map lookups per request otherwise). */
+  private backendPeer(ip: string, port: number): Peer {
+    const key = `${ip}:${port}`;
+    const now = Date.now();
+    const c = this.peerCache.get(key);
+    if (c && now - c.at < PEER_TTL_MS) return c.peer;
+    let peer: Peer;
+    try {
+      peer = this.ctx.peer(ip, port);
+    } catch {
+      peer = { ip, port, identity: 0 };
+    }
+    if (this.peerCache.size > 4096) this.peerCache.clear();
+    this.peerCache.set(key, { peer, at: now });
+    return peer;
+  }
+
   /** Route one request: a local answer, or the head to send to the chosen backend endpoint. */
   private decide(h: HeadInfo, hostHeader: string, src: Peer, info: { entry?: RouteEntry; backend?: string; dst: Peer }): GatewayDecision {
     const table = this.ctx.gateway(this.cfg.name);
@@ -203,11 +222,7 @@ export class HttpGatewayListener {
     if (backend.error) return { kind: 'reply', code: 500, body: 'backend not resolved\n' };
     if (!backend.endpoints.length) return { kind: 'reply', code: 503, body: 'no healthy upstream\n' };
     const ep = backend.endpoints[backend.endpoints.length === 1 ? 0 : Math.floor(Math.random() * backend.endpoints.length)];
-    try {
-      info.dst = this.ctx.peer(ep.ip, ep.port);
-    } catch {
-      info.dst = { ip: ep.ip, port: ep.port, identity: 0 };
-    }
+    info.dst = this.backendPeer(ep.ip, ep.port);
 
     // The upstream head: hop-by-hop headers removed, filters applied, X-Forwarded-*.
     let out = stripHop(raw);
