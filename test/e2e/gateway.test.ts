@@ -284,12 +284,15 @@ describe('Gateway API: Gateway and HTTPRoute through the proxy', () => {
     assert.equal(get('httproute', 'cross').status.parents[0].conditions.find((x: any) => x.type === 'ResolvedRefs').status, 'True');
   });
 
-  it('Accepted: NotAllowedByListeners (allowedRoutes Same) and NoMatchingParent', () => {
+  it('Accepted: NotAllowedByListeners (allowedRoutes Same), NoMatchingParent, NoMatchingListenerHostname', () => {
     apply(httpRoute('outsider', { parentRefs: [{ name: 'web', namespace: 'default', sectionName: 'same' }], rules: [{ backendRefs: [to('svc-c')] }] }, 'other'));
     const acc = get('httproute', 'outsider', 'other').status.parents[0].conditions.find((x: any) => x.type === 'Accepted');
     assert.deepEqual([acc.status, acc.reason], ['False', 'NotAllowedByListeners']);
     apply(httpRoute('nowhere', { parentRefs: [{ name: 'web', sectionName: 'nope' }], rules: [{ backendRefs: [to('svc-a')] }] }));
     assert.equal(get('httproute', 'nowhere').status.parents[0].conditions.find((x: any) => x.type === 'Accepted').reason, 'NoMatchingParent');
+    apply(httpRoute('elsewhere', { parentRefs: [{ name: 'web', sectionName: 'same' }], hostnames: ['other.org'], rules: [{ backendRefs: [to('svc-a')] }] }));
+    assert.equal(get('httproute', 'elsewhere').status.parents[0].conditions.find((x: any) => x.type === 'Accepted').reason, 'NoMatchingListenerHostname');
+    assert.match(node.cli(['get', 'httproute']).stdout, /elsewhere\s+other\.org\s+web\/same:NoMatchingListenerHostname/);
   });
 
   it('policy: Gateway traffic carries the reserved ingress identity (fromEntities: [ingress] allows it, a policy without it denies it)', () => {
