@@ -7,6 +7,7 @@ import type { Resource } from '../../src/store/types';
 import type { RouteMatch } from '../../src/gateway/model';
 import { l7Summary } from '../../src/monitor/flow';
 import { ConfigError, parseConfig } from '../../src/proxy/config';
+import { parseAgentArgs } from '../../src/agent/config';
 import { l7Text } from '../../ui/model';
 
 const V1 = 'gateway.networking.k8s.io/v1';
@@ -348,5 +349,14 @@ describe('Gateway API: proxy configuration', () => {
       const all = e.problems.join('\n');
       for (const f of ['listeners[0].sourceAddress: "x" is not an IPv4 address', 'gateways.gw-1.entries[0]: must be', 'listeners[1].port: 10.199.0.2:80 is used twice', 'gateways.gw-2: must be']) assert.ok(all.includes(f), `${f} in:\n${all}`);
     }
+  });
+});
+
+describe('Gateway API: agent flag', () => {
+  it('--gateway-address-pool: 10.199.0.0/24 by default, a bad or IPv6 pool is refused naming the flag', () => {
+    assert.equal((parseAgentArgs([]) as { gatewayAddressPool: string }).gatewayAddressPool, '10.199.0.0/24');
+    assert.equal((parseAgentArgs(["--gateway-address-pool", "172.31.7.0/28"]) as { gatewayAddressPool: string }).gatewayAddressPool, '172.31.7.0/28');
+    assert.throws(() => parseAgentArgs(['--gateway-address-pool', '10.0.0.0/99']), /gateway-address-pool/);
+    assert.throws(() => parseAgentArgs(['--gateway-address-pool', 'fd00::/64']), /gateway-address-pool: "fd00::\/64" must be IPv4/);
   });
 });
