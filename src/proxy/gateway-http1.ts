@@ -21,9 +21,9 @@ export type GatewayDecision =
   | { kind: 'reply'; code: number; headers?: [string, string][]; body: string }
   | {
       kind: 'forward';
-      /** The endpoint ("ip:port") and how to connect to it. */
+      /** The endpoint ("ip:port") and a connection to it: new, or an idle one from the listener's pool (reused). */
       upstream: string;
-      connect(): net.Socket;
+      connect(fresh?: boolean): { socket: net.Socket; reused: boolean };
       /** The request head to send (request line, headers, blank line). */
       head: string;
       /** Rewrites the response head's headers (ResponseHeaderModifier), when one applies. */
@@ -35,6 +35,8 @@ export interface GatewayHooks {
   /** The final outcome of a request: the status sent to the client (0: failed after the head). */
   onDone(h: HeadInfo, code: number, verdict: 'forwarded' | 'error'): void;
   onError(what: string, e?: unknown): void;
+  /** An idle upstream connection this client connection no longer needs (for the listener's pool). */
+  release?(upstream: string, socket: net.Socket): void;
 }
 
 interface Upstream {
@@ -125,13 +127,22 @@ export class GatewayConnection {
     if (this.closed) return;
     this.closed = true;
     if (this.cur?.timer) clearTimeout(this.cur.timer);
-    for (const u of this.ups.values()) {
-      u.socket.destroy();
-      u.parser.close();
-    }
-    this.ups.clear();
+    this.releaseUpstreams();
     this.reqParser.close();
     if (!this.client.destroyed) this.client.destroy();
+  }
+
+  /** Idle upstream connections go back to the listener's pool; the others are closed. */
+  private releaseUpstreams(): void {
+    for (const u of this.ups.values()) {
+      const busy = this.cur !== undefined && this.cur.up === u && !this.cur.responseDone;
+      u.parser.close();
+      if (this.hooks.release && !busy && !u.dead && !u.socket.connecting && !u.socket.destroyed && u.head.length === 0) {
+        for (const ev of ['data', 'end', 'error', 'close', 'drain']) u.socket.removeAllListeners(ev);
+        this.hooks.release(u.key, u.socket);
+      } else u.socket.destroy();
+    }
+    this.ups.clear();
   }
 
   private pump(): void {
@@ -166,7 +177,6 @@ export class GatewayConnection {
   private endClient(): void {
     if (this.closed) return;
     this.client.end();
-    for (const u of this.ups.values()) u.socket.end();
   }
 
   private readHead(): boolean {
@@ -232,7 +242,8 @@ export class GatewayConnection {
   }
 
   private send(x: Exchange, d: Extract<GatewayDecision, { kind: 'forward' }>): void {
-    const up = this.upstream(d);
+    // A retry goes on a new connection, never another pooled one.
+    const up = this.upstream(d, x.retried);
     x.up = up;
     x.reused = up.used;
     up.used = true;
@@ -274,15 +285,16 @@ export class GatewayConnection {
     return true;
   }
 
-  private upstream(d: Extract<GatewayDecision, { kind: 'forward' }>): Upstream {
+  private upstream(d: Extract<GatewayDecision, { kind: 'forward' }>, fresh = false): Upstream {
     const cur = this.ups.get(d.upstream);
     if (cur && !cur.dead) return cur;
-    const socket = d.connect();
+    const { socket, reused } = d.connect(fresh);
     const up: Upstream = {
       key: d.upstream,
       socket,
       dead: false,
-      used: false,
+      // A pooled connection may have been closed by the backend meanwhile: a bodyless request failing on it is retried.
+      used: reused,
       head: [],
       headLen: 0,
       parser: new Http1Parser('response', {
@@ -439,8 +451,7 @@ export class GatewayConnection {
       this.cur = undefined;
       this.client.end();
       this.closed = true;
-      for (const u of this.ups.values()) u.socket.destroy();
-      this.ups.clear();
+      this.releaseUpstreams();
       this.reqParser.close();
     }
   }

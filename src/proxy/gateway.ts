@@ -20,7 +20,8 @@
  *
  * The HTTP/1 work is gateway-http1.ts (Node's own parser, bodies forwarded as
  * received, an upstream connection per client connection and backend
- * endpoint, kept alive). Upstream connections come from the agent's ingress
+ * endpoint, kept alive and handed to a shared pool of idle connections when
+ * the client connection ends). Upstream connections come from the agent's ingress
  * address (`sourceAddress`, IP_TRANSPARENT, MARK_FROM_PROXY): the ipcache
  * gives that address the reserved identity `ingress`, so the backends' policy
  * sees the traffic as `fromEntities: [ingress]`, and the datapath steers the
@@ -56,6 +57,8 @@ function stripHop(raw: string[]): string[] {
 
 const CONNECT_TIMEOUT_MS = 5000;
 const PEER_TTL_MS = 1000;
+const IDLE_PER_ENDPOINT = 256;
+const IDLE_TIMEOUT_MS = 30_000;
 /** No response head within this long: 504 (the reference proxy's default route timeout). */
 const RESPONSE_TIMEOUT_MS = 15_000;
 
@@ -72,6 +75,8 @@ export class HttpGatewayListener {
   private server?: net.Server;
   private readonly open = new Set<net.Socket>();
   private readonly peerCache = new Map<string, { peer: Peer; at: number }>();
+  /** Idle upstream connections by backend endpoint, shared by the client connections. */
+  private readonly idle = new Map<string, net.Socket[]>();
   state: 'starting' | 'listening' | 'error' | 'closed' = 'starting';
   error?: string;
 
@@ -114,6 +119,42 @@ export class HttpGatewayListener {
     s.once('close', () => clearTimeout(t));
     s.connect({ host: ip, port });
     return s;
+  }
+
+  /** An idle pooled connection to a backend endpoint, or a new one. */
+  private acquire(ip: string, port: number): { socket: net.Socket; reused: boolean } {
+    const list = this.idle.get(`${ip}:${port}`);
+    while (list?.length) {
+      const s = list.pop()!;
+      if (s.destroyed || s.readyState !== 'open') continue;
+      for (const ev of ['data', 'close', 'error', 'timeout']) s.removeAllListeners(ev);
+      s.setTimeout(0);
+      return { socket: s, reused: true };
+    }
+    return { socket: this.connect(ip, port), reused: false };
+  }
+
+  /** Keep an idle upstream connection for the next client connection (at most IDLE_PER_ENDPOINT per endpoint, IDLE_TIMEOUT_MS). */
+  private release(key: string, s: net.Socket): void {
+    let list = this.idle.get(key);
+    if (!list) this.idle.set(key, (list = []));
+    if (this.state !== 'listening' || list.length >= IDLE_PER_ENDPOINT) {
+      s.destroy();
+      return;
+    }
+    const l = list;
+    const drop = () => {
+      const i = l.indexOf(s);
+      if (i >= 0) l.splice(i, 1);
+      s.destroy();
+    };
+    s.on('data', drop); // an idle backend has nothing to say
+    s.on('error', drop);
+    s.on('close', drop);
+    s.on('timeout', drop);
+    s.setTimeout(IDLE_TIMEOUT_MS);
+    s.resume();
+    l.push(s);
   }
 
   private onConnection(s: net.Socket): void {
@@ -166,6 +207,7 @@ export class HttpGatewayListener {
           });
         },
         onError: (what, e) => this.ctx.log.debug(what, { listener: this.cfg.name, client: `${src.ip}:${src.port}`, ...(e ? { error: e } : {}) }),
+        release: (key, up) => this.release(key, up),
       },
       RESPONSE_TIMEOUT_MS,
     );
@@ -244,7 +286,7 @@ export class HttpGatewayListener {
     return {
       kind: 'forward',
       upstream: `${ep.ip}:${ep.port}`,
-      connect: () => this.connect(ep.ip, ep.port),
+      connect: (fresh) => (fresh ? { socket: this.connect(ep.ip, ep.port), reused: false } : this.acquire(ep.ip, ep.port)),
       head,
       ...(mods.length
         ? {
@@ -264,6 +306,7 @@ export class HttpGatewayListener {
     if (!srv) return;
     const closed = new Promise<void>((r) => srv.close(() => r()));
     for (const s of this.open) s.destroy();
+    for (const list of this.idle.values()) for (const s of list.splice(0)) s.destroy();
     await closed;
   }
 }

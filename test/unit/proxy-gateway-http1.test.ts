@@ -62,7 +62,7 @@ async function gateway(decide: (h: HeadInfo) => GatewayDecision) {
 function forward(port: number, h: HeadInfo, extra: Partial<Extract<GatewayDecision, { kind: 'forward' }>> = {}): GatewayDecision {
   let head = `${h.method} ${h.url} HTTP/1.1\r\n`;
   for (let i = 0; i + 1 < h.headers.length; i += 2) head += `${h.headers[i]}: ${h.headers[i + 1]}\r\n`;
-  return { kind: 'forward', upstream: `127.0.0.1:${port}`, connect: () => net.connect(port, '127.0.0.1'), head: head + 'X-Forwarded-For: 127.0.0.1\r\n\r\n', ...extra };
+  return { kind: 'forward', upstream: `127.0.0.1:${port}`, connect: () => ({ socket: net.connect(port, '127.0.0.1'), reused: false }), head: head + 'X-Forwarded-For: 127.0.0.1\r\n\r\n', ...extra };
 }
 
 /** Send raw bytes, collect the answer until `until` holds (or the connection closes). */
@@ -163,6 +163,27 @@ describe('Gateway HTTP/1 engine', () => {
     const g3 = await gateway((h) => forward(closedPort, h));
     assert.match(await exchange(g3.port, 'GET /x HTTP/1.1\r\nHost: h\r\n\r\n', (s) => s.includes('unavailable')), /^HTTP\/1\.1 503/);
     for (const x of [g, g2, g3, flaky]) x.close();
+  });
+
+  it('an idle upstream connection is handed back when its client connection ends, and serves the next client', async () => {
+    const b = await backend((req) => ok(req.split(' ')[1]));
+    const pool: net.Socket[] = [];
+    const hooks: GatewayHooks = {
+      decide: (h) => ({ ...(forward(b.port, h) as Extract<GatewayDecision, { kind: 'forward' }>), connect: () => (pool.length ? { socket: pool.pop()!, reused: true } : { socket: net.connect(b.port, '127.0.0.1'), reused: false }) }),
+      onDone: () => {},
+      onError: () => {},
+      release: (_k, s) => pool.push(s),
+    };
+    const g = await listen((s) => new GatewayConnection(s, hooks, 2000));
+    assert.ok((await exchange(g.port, 'GET /one HTTP/1.1\r\nHost: h\r\n\r\n', (s) => s.endsWith('/one'))).endsWith('/one'));
+    for (let i = 0; i < 50 && !pool.length; i++) await new Promise((r) => setTimeout(r, 10));
+    assert.equal(pool.length, 1, 'released when the client connection closed');
+    assert.ok((await exchange(g.port, 'GET /two HTTP/1.1\r\nHost: h\r\n\r\n', (s) => s.endsWith('/two'))).endsWith('/two'));
+    assert.equal(b.conns, 1, 'the second client used the pooled connection');
+    for (let i = 0; i < 50 && !pool.length; i++) await new Promise((r) => setTimeout(r, 10));
+    for (const s of pool.splice(0)) s.destroy();
+    g.close();
+    b.close();
   });
 
   it('upgrades are refused with 400 and the connection closed', async () => {
