@@ -39,6 +39,7 @@ import type { FlowSource } from '../monitor/context';
 import { ServiceManager } from '../service/manager';
 import { ServiceSync } from '../service/sync';
 import { ProxyManager } from '../proxy/manager';
+import { FqdnManager } from '../fqdn/manager';
 import { repoRoot } from './config';
 import { ensurePrivateDir, mkdirp } from '../util/fsutil';
 import type { Logger } from '../util/log';
@@ -57,6 +58,7 @@ export class Agent {
   readonly services: ServiceSync;
   readonly changes: ChangePipeline;
   readonly proxy: ProxyManager;
+  readonly fqdn: FqdnManager;
   private metricsServer?: http.Server;
   private api?: FastifyInstance;
   readonly ctGc: ConntrackGc;
@@ -81,8 +83,8 @@ export class Agent {
     );
     const blocks = new AddressBlocks(dp.ipblock);
     this.policy.repo.onAddressBlock = (prefix, id) => blocks.set(prefix, id);
-    this.proxy = new ProxyManager({ stateDir: cfg.stateDir, bpfRoot: cfg.bpfRoot, nodeName: cfg.nodeName, log: log.child({ component: 'proxy' }), proxyBin: path.join(repoRoot(), 'bin/membrane-proxy'), logLevel: cfg.logLevel });
-    this.policy.proxyPorts = (egress) => this.proxy.portFor(egress);
+    this.proxy = new ProxyManager({ stateDir: cfg.stateDir, bpfRoot: cfg.bpfRoot, nodeName: cfg.nodeName, log: log.child({ component: 'proxy' }), proxyBin: path.join(repoRoot(), 'bin/membrane-proxy'), logLevel: cfg.logLevel, dnsRejectRcode: cfg.fqdn.rejectRcode, dnsMaxDelayMs: cfg.fqdn.maxDelayMs });
+    this.policy.proxyPorts = (egress, kind) => this.proxy.portFor(egress, kind);
     // L7 flow records from the proxy become flows.
     this.proxy.onRecord = (r) => this.monitor.ingestL7(r);
     this.endpoints = new EndpointManager(cfg, log, dp, ipam, this.identities, this.policy, storePodSource(this.store), this.ipcache);
@@ -115,6 +117,20 @@ export class Agent {
       },
       policyRevision: () => this.policy.revision,
       monitor: this.monitor,
+    });
+    this.fqdn = new FqdnManager({
+      stateDir: cfg.stateDir,
+      settings: cfg.fqdn,
+      identities: this.identities,
+      ipcache: this.ipcache,
+      repo: this.policy.repo,
+      proxy: this.proxy,
+      ct: dp.maps.ct,
+      regenerate: () => {
+        this.changes.mark({ regen: true });
+        return this.changes.flush();
+      },
+      log: log.child({ component: 'fqdn' }),
     });
     this.changes = new ChangePipeline(
       {
@@ -225,6 +241,8 @@ export class Agent {
         }
       }
     }
+    // Addresses learned from DNS answers in the previous run: in the maps again before any regeneration.
+    agent.fqdn.restore();
     await agent.endpoints.restore();
     agent.endpoints.syncHostEntries();
     if (cluster) {
@@ -249,6 +267,7 @@ export class Agent {
     if (cfg.metricsAddress) agent.metricsServer = await serveMetricsTcp(cfg.metricsAddress, agent.metrics, log);
     dp.reconciler.start(cfg.resyncInterval * 1000);
     agent.ctGc.start(15_000);
+    agent.fqdn.start();
     log.info('agent ready', { socket: cfg.socket, podCidr: cfg.podCidr, router: agent.routerAddress(), bpfRoot: cfg.bpfRoot, node: cfg.nodeName });
     return agent;
   }
@@ -298,6 +317,7 @@ export class Agent {
       reconciler: { resyncIntervalSeconds: this.cfg.resyncInterval, ...this.dp.reconciler.counters },
       conntrackGc: this.ctGc.last,
       proxy: this.proxy.status(),
+      fqdn: this.fqdn.status(),
       cluster: this.cluster?.status() ?? { mode: 'embedded' },
       services: {
         serviceCidr: this.cfg.serviceCidr,
@@ -315,6 +335,7 @@ export class Agent {
 
   async stop(): Promise<void> {
     this.ctGc.stop();
+    this.fqdn.stop();
     this.proxy.close();
     this.monitor.stop();
     this.metricsServer?.close();

@@ -32,6 +32,8 @@ Commands:
   policy trace --src S --dst D --dport N[/PROTO] [--http-method M --http-path P [--http-host H] [--http-header 'K: V']...]
                              explain the verdict; S, D: endpoint id, pod [ns/]name, or labels k=v,...
   policy selectors           the selector cache
+  fqdn cache list            addresses learned from DNS answers (toFQDNs): name, address, identity,
+                             TTL, expiry and the endpoints that asked
   monitor [-t drop|trace|policy-verdict|l7]... [--related-to ID] [-v] [-o json]
                              the datapath's event stream (and the proxies' L7 records), live
   observe [FILTERS] [--follow] [--last N] [--since T] [--until T] [-o compact|table|json]
@@ -468,6 +470,14 @@ const commands: Record<string, Handler> = {
     const r: any[] = await c.get('/v1/policy/selectors');
     if (o.output === 'json') return json(r);
     return table(['SELECTOR', 'USERS', 'IDENTITIES'], r.map((s) => [s.selector, s.users, s.identities.join(',')]));
+  },
+  async 'fqdn cache list'(c, o) {
+    const r: any[] = await c.get('/v1/fqdn/cache');
+    if (o.output === 'json') return json(r);
+    return table(
+      ['NAME', 'ADDRESS', 'IDENTITY', 'TTL', 'EXPIRES', 'ENDPOINTS', 'SELECTORS'],
+      r.map((e) => [e.name, e.ip, e.identity, e.ttl, `${e.expires}${e.remaining < 0 ? ' (expired, in use)' : ` (${e.remaining}s)`}`, e.endpoints.join(','), e.selectors.join('; ')]),
+    );
   },
   async 'service list'(c, o) {
     const r: any[] = await c.get('/v1/service');

@@ -8,6 +8,7 @@
  */
 import type { ListenerConfig, ListenerKind } from './config';
 import { HttpPolicyListener, ListenerContext } from './http';
+import { DnsListenerContext, DnsPolicyListener } from './dns';
 
 export interface Listener {
   readonly cfg: ListenerConfig;
@@ -18,6 +19,7 @@ export interface Listener {
   close(): Promise<void>;
 }
 
-export const LISTENER_FACTORIES: Record<ListenerKind, (cfg: ListenerConfig, ctx: ListenerContext) => Listener> = {
-  'http-policy': (cfg, ctx) => new HttpPolicyListener(cfg, ctx),
+export const LISTENER_FACTORIES: Record<ListenerKind, (cfg: ListenerConfig, ctx: DnsListenerContext) => Listener> = {
+  'http-policy': (cfg, ctx: ListenerContext) => new HttpPolicyListener(cfg, ctx),
+  'dns-policy': (cfg, ctx) => new DnsPolicyListener(cfg, ctx),
 };

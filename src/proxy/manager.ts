@@ -19,7 +19,8 @@ import type { ComputedPolicy, NamedPort } from '../policy/mapstate';
 import { mkdirp, readJson, writeJsonAtomic } from '../util/fsutil';
 import { socketServing } from '../util/unixsock';
 import type { Logger } from '../util/log';
-import { CONFIG_VERSION, EndpointTables, ListenerConfig, ProxyConfig } from './config';
+import { CONFIG_VERSION, DnsConfig, EndpointTables, ListenerConfig, ProxyConfig } from './config';
+import type { FqdnLearn } from './control';
 import { MARK_MASK, MARK_TO_PROXY, PROXY_PORT_MAX, PROXY_PORT_MIN, PROXY_ROUTE_TABLE, PROXY_RULE_PRIORITY } from './constants';
 import type { L7Record } from './records';
 import { ProxySupervisor } from './supervisor';
@@ -38,6 +39,10 @@ export interface ProxyManagerOptions {
   log: Logger;
   proxyBin: string;
   logLevel?: string;
+  /** The DNS proxy's answer to a denied query (--tofqdns-dns-reject-response-code). */
+  dnsRejectRcode?: 'REFUSED' | 'NXDOMAIN';
+  /** Longest hold of an answer while its addresses are learned (--tofqdns-proxy-response-max-delay, ms). */
+  dnsMaxDelayMs?: number;
 }
 
 /** The listeners the L7 policy needs: one per direction, transparent, on loopback. */
@@ -52,6 +57,7 @@ export class ProxyManager {
   private generation = 0;
   private lastJson = '';
   private needed = false;
+  private dnsNeeded = false;
   private nodeReady = false;
   private nodeError?: string;
   readonly dir: string;
@@ -77,9 +83,17 @@ export class ProxyManager {
   }
   recordsRefused = 0;
 
-  /** The listener port the datapath redirects a direction's L7 flows to (allocated on first use). */
-  portFor(egress: boolean): number {
-    const name = egress ? 'http-egress' : 'http-ingress';
+  /** The toFQDNs selectors in force (set by the agent): the DNS proxy learns answers for the names they match. */
+  fqdnSelectors: () => DnsConfig['selectors'] = () => [];
+
+  /** Where the DNS proxy's learned answers go; the proxy releases the answer when the promise settles. */
+  set onFqdn(fn: (m: FqdnLearn) => Promise<void>) {
+    this.supervisor.onFqdn = fn;
+  }
+
+  /** The listener port the datapath redirects a direction's L7 flows (of a kind) to (allocated on first use). */
+  portFor(egress: boolean, kind: 'http' | 'dns' = 'http'): number {
+    const name = kind === 'dns' ? 'dns-egress' : egress ? 'http-egress' : 'http-ingress';
     let p = this.ports[name];
     if (!p) {
       const used = new Set(Object.values(this.ports));
@@ -148,6 +162,7 @@ export class ProxyManager {
     const refs: { id: number; policy: string }[] = [];
     const keyOf = new Map<ComputedPolicy, string>();
     let any = false;
+    let dns = false;
     for (const ep of endpoints) {
       let computed: ComputedPolicy;
       try {
@@ -162,6 +177,7 @@ export class ProxyManager {
         continue;
       }
       any = true;
+      if (l7.some((e) => e.dns)) dns = true;
       let key = keyOf.get(computed);
       if (!key) {
         const tables: EndpointTables = { ingress: l7.filter((e) => !e.egress), egress: l7.filter((e) => e.egress) };
@@ -172,6 +188,7 @@ export class ProxyManager {
       refs.push({ id: ep.id, policy: key });
     }
     if (any) this.needed = true;
+    if (dns) this.dnsNeeded = true;
     if (!this.needed) return;
     this.trySetupNode();
     const listeners: ListenerConfig[] = HTTP_LISTENERS.map((l) => ({
@@ -183,8 +200,13 @@ export class ProxyManager {
       transparent: true,
       direction: l.direction,
     }));
+    // The DNS listener, once any endpoint has DNS rules (kept after: policy maps may still carry its port).
+    if (this.dnsNeeded || this.ports['dns-egress']) {
+      listeners.push({ name: 'dns-egress', kind: 'dns-policy', address: '127.0.0.1', port: this.portFor(true, 'dns'), protocol: 'udp+tcp', transparent: true, direction: 'egress' });
+    }
     refs.sort((a, b) => a.id - b.id);
-    const body = { listeners, policies, endpoints: refs };
+    const dnsConfig: DnsConfig = { selectors: this.fqdnSelectors(), rejectRcode: this.opts.dnsRejectRcode ?? 'REFUSED', maxDelayMs: this.opts.dnsMaxDelayMs ?? 100 };
+    const body = { listeners, policies, endpoints: refs, dns: dnsConfig };
     const json = JSON.stringify(body);
     if (json !== this.lastJson) {
       this.lastJson = json;

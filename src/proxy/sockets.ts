@@ -10,6 +10,14 @@ export interface SocketNative {
   sockListen(address: string, port: number, backlog: number, transparent: boolean, mark?: number): number;
   /** An unconnected TCP socket bound to address:port (0: chosen at connect), SO_MARK mark (0: none), IP_TRANSPARENT when transparent. */
   sockBound(address: string, port: number, mark: number, transparent: boolean): number;
+  /** A bound, blocking UDP socket (SO_REUSEADDR, SO_MARK mark when non-zero, IP_TRANSPARENT when transparent, IP_RECVORIGDSTADDR). */
+  udpSocket(address: string, port: number, mark: number, transparent: boolean): number;
+  /** Up to max (<= 64) datagrams, waiting on a worker thread for the first; dstIp/dstPort: the original destination. [] once shut down. */
+  udpRecvAsync(fd: number, max: number): Promise<{ data: Buffer; srcIp: string; srcPort: number; dstIp?: string; dstPort?: number }[]>;
+  /** sendto (non-blocking); bytes sent. */
+  udpSendTo(fd: number, data: Buffer, address: string, port: number): number;
+  /** shutdown(SHUT_RDWR): wakes a udpRecvAsync waiting on the socket. */
+  sockShutdown(fd: number): void;
   /** SO_MARK of a socket. */
   sockMark(fd: number): number;
 }
