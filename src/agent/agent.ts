@@ -117,6 +117,7 @@ export class Agent {
       },
       policyRevision: () => this.policy.revision,
       monitor: this.monitor,
+      fqdn: () => ({ ...this.fqdn.status(), responseDelayExceeded: this.proxy.status().dns?.learnLate ?? 0 }),
     });
     this.fqdn = new FqdnManager({
       stateDir: cfg.stateDir,

@@ -88,11 +88,11 @@ export class FqdnCache {
     return [...(this.selections.get(selectorKey(sel)) ?? [])];
   }
 
-  /** Learn an answer's addresses; resolves when the maps reflect them. */
-  async learn(endpoint: number, name: string, addresses: { ip: string; ttl: number }[], now = Date.now()): Promise<void> {
+  /** Learn an answer's addresses; resolves when the maps reflect them (true: the maps changed). */
+  async learn(endpoint: number, name: string, addresses: { ip: string; ttl: number }[], now = Date.now()): Promise<boolean> {
     const n = canonicalName(name);
     const sels = this.deps.selectors();
-    if (!sels.some((s) => selectorMatches(s, n))) return;
+    if (!sels.some((s) => selectorMatches(s, n))) return false;
     let entries = this.names.get(n);
     let added = false;
     let refreshed = false;
@@ -140,10 +140,15 @@ export class FqdnCache {
       this.counters.learned++;
       added = true;
     }
+    let changed = false;
     if (added) {
-      if (this.recomputeSelections()) await this.deps.onChanged();
+      if (this.recomputeSelections()) {
+        await this.deps.onChanged();
+        changed = true;
+      }
       this.schedulePersist();
     } else if (refreshed) this.schedulePersist();
+    return changed;
   }
 
   private endpointCount(endpoint: number): number {
@@ -240,7 +245,7 @@ export class FqdnCache {
           identity: this.ips.get(ip)?.identity,
           ttl: e.ttl,
           expires: new Date(e.expires).toISOString(),
-          remaining: Math.round((e.expires - now) / 1000),
+          remaining: Math.floor((e.expires - now) / 1000),
           endpoints: [...e.endpoints].sort((a, b) => a - b),
           selectors: matching,
         });

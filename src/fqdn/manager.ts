@@ -42,7 +42,7 @@ export class FqdnManager {
   private markReady!: () => void;
   /** Resolves once the agent has loaded its policies (learning before that would see no toFQDNs selector). */
   private readonly ready = new Promise<void>((r) => (this.markReady = r));
-  /** Learned answers whose maps were written after this long (ms), for the bench and status. */
+  /** ms from an answer's arrival at the agent to its addresses in the maps (answers that changed them), for the bench and status. */
   readonly learnMs: number[] = [];
 
   constructor(private readonly d: FqdnManagerDeps) {
@@ -68,7 +68,7 @@ export class FqdnManager {
       // Answers the proxy learned while no agent listened arrive as soon as it connects, before the policies are loaded.
       await this.ready;
       const t0 = process.hrtime.bigint();
-      await this.cache.learn(m.endpoint, m.name, m.addresses, m.time);
+      if (!(await this.cache.learn(m.endpoint, m.name, m.addresses, m.time))) return;
       this.learnMs.push(Number(process.hrtime.bigint() - t0) / 1e6);
       if (this.learnMs.length > 10_000) this.learnMs.splice(0, 5000);
     };
@@ -100,7 +100,9 @@ export class FqdnManager {
   }
 
   status() {
-    return { addresses: this.cache.size, ...this.cache.counters };
+    const ms = [...this.learnMs].sort((a, b) => a - b);
+    const pct = (p: number) => (ms.length ? Math.round(ms[Math.min(ms.length - 1, Math.floor((p / 100) * ms.length))] * 1000) / 1000 : null);
+    return { addresses: this.cache.size, ...this.cache.counters, learnMs: { count: ms.length, p50: pct(50), p99: pct(99) } };
   }
 
   stop(): void {

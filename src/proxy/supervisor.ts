@@ -288,6 +288,7 @@ export class ProxySupervisor {
       requests: this.lastStatus?.requests ?? { forwarded: 0, denied: 0, error: 0 },
       recordsDropped: this.recordsDropped,
       rssBytes: this.lastStatus?.rssBytes ?? null,
+      dns: this.lastStatus?.dns ?? null,
     };
   }
 
