@@ -40,6 +40,9 @@ echo
 echo "=== l7-proxy $(date -Is)"
 node dist/bench/l7-proxy.js "${quick[@]}" || status=1
 echo
+echo "=== dns-proxy $(date -Is)"
+node dist/bench/dns-proxy.js "${quick[@]}" || status=1
+echo
 echo "=== cluster $(date -Is)"
 node dist/bench/cluster.js "${quick[@]}" || status=1
 echo

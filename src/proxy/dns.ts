@@ -11,8 +11,10 @@
  *        address is the original destination; length-prefixed messages.
  *
  * Each query is decided with the client endpoint's egress table (decideDns):
- *   allowed  forwarded unchanged to the original destination, from the node's
- *            address (a socket per query); the answer goes back unchanged,
+ *   allowed  forwarded to the original destination from the node's address
+ *            (pooled UDP sockets: the id is replaced on the way up and
+ *            restored on the way down; a TCP connection per query); the
+ *            answer goes back otherwise unchanged,
  *            but only after the addresses it carries for names a toFQDNs
  *            selector matches are in the node's maps (learn(): the agent
  *            acknowledges once identities, ipcache and policy maps are
@@ -21,6 +23,7 @@
  *            the question echoed, nothing forwarded
  * Each query and answer is an L7 record with `dns`.
  */
+import * as crypto from 'node:crypto';
 import * as dgram from 'node:dgram';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
@@ -324,23 +327,76 @@ export class DnsPolicyListener {
   }
 }
 
-/** One query to a server over UDP, from the node's address; the first answer with the query's id. */
-function upstreamUdp(msg: Buffer, ip: string, port: number): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const s = dgram.createSocket(net.isIPv6(ip) ? 'udp6' : 'udp4');
-    const id = msg.readUInt16BE(0);
-    const t = setTimeout(() => done(new Error(`no answer from ${ip}:${port} within ${UPSTREAM_TIMEOUT_MS} ms`)), UPSTREAM_TIMEOUT_MS);
-    function done(e?: Error, b?: Buffer) {
-      clearTimeout(t);
-      s.close();
-      if (e) reject(e);
-      else resolve(b!);
-    }
-    s.on('error', (e) => done(e));
-    s.on('message', (b, rinfo) => {
-      if (rinfo.address === ip && rinfo.port === port && b.length >= 2 && b.readUInt16BE(0) === id) done(undefined, b);
+/**
+ * Upstream UDP sockets, from the node's address: a few per server, each with
+ * the queries in flight on it by id. A query gets a fresh random id on a
+ * random socket of the server's pool (the answer's id is set back to the
+ * client's), so the proxy does not pay a socket per query and an answer is
+ * taken only from the server the query went to, with the id it was given.
+ */
+const POOL_SOCKETS = 8;
+
+interface PoolSocket {
+  sock: dgram.Socket;
+  pending: Map<number, { id: number; resolve: (b: Buffer) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }>;
+}
+
+const pools = new Map<string, PoolSocket[]>();
+
+function poolFor(ip: string, port: number): PoolSocket[] {
+  const key = `${ip}:${port}`;
+  let pool = pools.get(key);
+  if (pool) return pool;
+  pool = [];
+  for (let i = 0; i < POOL_SOCKETS; i++) {
+    const ps: PoolSocket = { sock: dgram.createSocket(net.isIPv6(ip) ? 'udp6' : 'udp4'), pending: new Map() };
+    ps.sock.on('message', (b, rinfo) => {
+      if (rinfo.address !== ip || rinfo.port !== port || b.length < 12) return;
+      const q = ps.pending.get(b.readUInt16BE(0));
+      if (!q) return;
+      ps.pending.delete(b.readUInt16BE(0));
+      clearTimeout(q.timer);
+      b.writeUInt16BE(q.id, 0);
+      q.resolve(b);
     });
-    s.connect(port, ip, () => s.send(msg));
+    ps.sock.on('error', () => {
+      // A socket that failed is replaced: every query on it fails now (the client retries).
+      for (const q of ps.pending.values()) {
+        clearTimeout(q.timer);
+        q.reject(new Error(`upstream socket to ${key} failed`));
+      }
+      pools.delete(key);
+    });
+    ps.sock.unref();
+    pool.push(ps);
+  }
+  pools.set(key, pool);
+  return pool;
+}
+
+/** One query to a server over UDP, from the node's address; resolves with the answer (the client's id restored). */
+function upstreamUdp(msg: Buffer, ip: string, port: number): Promise<Buffer> {
+  const pool = poolFor(ip, port);
+  const ps = pool[crypto.randomInt(pool.length)];
+  let id = crypto.randomInt(65536);
+  for (let i = 0; i < 16 && ps.pending.has(id); i++) id = crypto.randomInt(65536);
+  if (ps.pending.has(id)) return Promise.reject(new Error(`too many queries in flight to ${ip}:${port}`));
+  const out = Buffer.from(msg);
+  const clientId = out.readUInt16BE(0);
+  out.writeUInt16BE(id, 0);
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      ps.pending.delete(id);
+      reject(new Error(`no answer from ${ip}:${port} within ${UPSTREAM_TIMEOUT_MS} ms`));
+    }, UPSTREAM_TIMEOUT_MS);
+    timer.unref();
+    ps.pending.set(id, { id: clientId, resolve, reject, timer });
+    ps.sock.send(out, port, ip, (e) => {
+      if (!e) return;
+      clearTimeout(timer);
+      ps.pending.delete(id);
+      reject(e);
+    });
   });
 }
 

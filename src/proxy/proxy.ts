@@ -99,20 +99,21 @@ export class Proxy {
 
   /**
    * Hand an answer's addresses to the agent and wait (bounded) until it says
-   * they are in the maps. Addresses the agent already has (and keeps for at
-   * least the new TTL) are only refreshed: no wait. With no agent the answer
+   * they are in the maps. Addresses the agent acknowledged less than half
+   * their TTL ago are not sent again (no wait). With no agent the answer
    * is released at once and the addresses are kept for the next agent.
    */
   private learn(endpoint: number, name: string, addresses: { ip: string; ttl: number }[]): Promise<'acked' | 'late' | 'no-agent' | 'known'> {
     const now = Date.now();
+    // Told the agent recently (within half the TTL): nothing to send, nothing to wait for.
+    if (addresses.every((a) => (this.known.get(`${endpoint}|${name}|${a.ip}`) ?? 0) > now)) return Promise.resolve('known');
     const seq = ++this.learnSeq;
     const msg: FqdnLearn = { type: 'fqdn', seq, endpoint, name, addresses, time: now };
-    const allKnown = addresses.every((a) => (this.known.get(`${endpoint}|${name}|${a.ip}`) ?? 0) > now + 1000);
     this.learnBacklog.set(seq, msg);
     if (this.learnBacklog.size > 10_000) this.learnBacklog.delete(this.learnBacklog.keys().next().value!);
     const ch = this.agent;
-    if (!ch || ch.closed || !ch.send(msg) && ch.closed) return Promise.resolve(allKnown ? 'known' : 'no-agent');
-    if (allKnown) return Promise.resolve('known');
+    if (!ch || ch.closed) return Promise.resolve('no-agent');
+    ch.send(msg);
     const maxDelay = this.config?.dns?.maxDelayMs ?? 100;
     return new Promise((resolve) => {
       const t = setTimeout(() => {
