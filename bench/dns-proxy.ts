@@ -43,6 +43,13 @@ async function client(ns: string, args: string[], seconds: number): Promise<Load
   return JSON.parse(r.stdout.trim().split('\n').pop()!);
 }
 
+/** CPU seconds (user + system) a process used so far. */
+function cpuSeconds(pid: number): number {
+  const f = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const rest = f.slice(f.lastIndexOf(')') + 2).split(' ');
+  return (Number(rest[11]) + Number(rest[12])) / 100; // utime, stime in clock ticks (USER_HZ 100)
+}
+
 async function main(): Promise<void> {
   mustRoot();
   if (!hasCmd('dnsmasq')) throw new Error('dnsmasq is not installed (bash scripts/setup.sh --test)');
@@ -97,9 +104,16 @@ async function main(): Promise<void> {
   await client(pod.ns, ['flood', DIRECT, 'api.example.com', '20', '1'], 1);
   await client(pod.ns, ['flood', PROXIED, 'api.example.com', '20', '1'], 1);
   const res: Record<string, Load[]> = { df: [], pf: [], dl: [], pl: [] };
+  const proxyPid = node.cliJson(['status']).proxy.pid as number;
+  const agentPid = node.agent!.pid!;
+  const cpu: { proxyUs: number[]; agentUs: number[] } = { proxyUs: [], agentUs: [] };
   for (let r = 0; r < rounds; r++) {
     res.df.push(await client(pod.ns, ['flood', DIRECT, 'api.example.com', '50', String(secs)], secs));
+    const p0 = cpuSeconds(proxyPid);
+    const a0 = cpuSeconds(agentPid);
     res.pf.push(await client(pod.ns, ['flood', PROXIED, 'api.example.com', '50', String(secs)], secs));
+    cpu.proxyUs.push(((cpuSeconds(proxyPid) - p0) * 1e6) / res.pf[r].answered);
+    cpu.agentUs.push(((cpuSeconds(agentPid) - a0) * 1e6) / res.pf[r].answered);
     res.dl.push(await client(pod.ns, ['load', DIRECT, 'api.example.com', '1000', String(secs)], secs));
     res.pl.push(await client(pod.ns, ['load', PROXIED, 'api.example.com', '1000', String(secs)], secs));
     const p99 = (l: Load) => percentile(l.latenciesUs ?? [], 99);
@@ -136,8 +150,10 @@ async function main(): Promise<void> {
     ]),
   );
   console.log(`\nfresh names (${fresh}): answer to policy map entry in the agent p50 ${learnMs.p50} ms, p99 ${learnMs.p99} ms (${learnMs.count} learned); dig query time fresh vs known name: median ${median(learned)} vs ${median(known)} ms, p99 ${percentile(learned, 99)} vs ${percentile(known, 99)} ms`);
+  console.log(`CPU per query through the proxy (50 outstanding): proxy ${spread(cpu.proxyUs, 0)} us, agent ${spread(cpu.agentUs, 0)} us (L7 records, FQDN refreshes)`);
   console.log(`checks: queries lost at 1,000 q/s ${lost}; answers released before their addresses were in the maps ${st.proxy.dns?.learnLate ?? '?'}`);
   reportRow({ row: 'DNS queries/s through the proxy vs direct, 50 outstanding', figure: medOf(res.pf, (l) => l.qps), unit: 'q/s', reference: { what: 'direct', value: medOf(res.df, (l) => l.qps) } });
+  reportRow({ row: 'DNS proxy CPU per query', figure: median(cpu.proxyUs), unit: 'us', note: `agent ${fmt(median(cpu.agentUs), 0)} us per query` });
   reportRow({ row: 'DNS p50 added latency at 1,000 q/s', figure: addedP50 / 1000, unit: 'ms' });
   reportRow({ row: 'DNS p99 added latency at 1,000 q/s', figure: addedP99 / 1000, unit: 'ms', target: { on: 'figure', op: '<=', value: 1 } });
   reportRow({ row: 'DNS answer to policy map entry, p99 (agent)', figure: Number(learnMs.p99), unit: 'ms', note: `p50 ${learnMs.p50} ms, ${learnMs.count} fresh names` });

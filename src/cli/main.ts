@@ -454,7 +454,9 @@ const commands: Record<string, Handler> = {
       let out = `${name}: ${s.verdict}${s.dropReason ? ` (drop reason ${s.dropReason})` : ''}, enforcement ${s.enforced ? 'on' : 'off'}\n  ${s.reason}\n`;
       if (s.redirect) {
         const rules = s.redirect.rules.map((h: any) => `${[h.method, h.path, h.host].filter(Boolean).join(' ') || '(any request)'}${h.headers?.length ? ` headers ${h.headers.join(', ')}` : ''} [${h.policy}]`);
-        out += `  redirected to the L7 proxy (listener ${s.redirect.listener}, port ${s.redirect.proxyPort}); HTTP rules: ${rules.join('; ') || 'none'}${s.redirect.allowAll.length ? `; every request allowed by ${s.redirect.allowAll.join(', ')}` : ''}\n`;
+        const kind = s.redirect.dns ? 'DNS' : 'HTTP';
+        const shown = s.redirect.dns ? s.redirect.dns.map((d: any) => `${d.matchName !== undefined ? `matchName ${d.matchName}` : `matchPattern ${d.matchPattern}`} [${d.policy}]`) : rules;
+        out += `  redirected to the ${s.redirect.dns ? 'DNS' : 'L7'} proxy (listener ${s.redirect.listener}, port ${s.redirect.proxyPort}); ${kind} rules: ${shown.join('; ') || 'none'}${s.redirect.allowAll.length ? `; every ${s.redirect.dns ? 'query' : 'request'} allowed by ${s.redirect.allowAll.join(', ')}` : ''}\n`;
       }
       if (s.l7) out += `  HTTP ${httpReq?.method} ${httpReq?.path}: ${s.l7.verdict}${s.l7.verdict === 'DENIED' ? ' (403)' : ''}${s.l7.by.length ? ` by ${s.l7.by.join(', ')}` : ''}\n`;
       return out;
