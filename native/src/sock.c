@@ -250,7 +250,8 @@ struct udp_recv_work {
 	struct iovec iov[UDP_BATCH_MAX];
 	struct sockaddr_in src[UDP_BATCH_MAX];
 	char ctrl[UDP_BATCH_MAX][64];
-	unsigned char *bufs;
+	unsigned char *bufs;  /* the caller's buffer (kept alive by ref) */
+	napi_ref bufref;
 };
 
 static void udp_recv_execute(napi_env env, void *data)
@@ -310,33 +311,39 @@ static void udp_recv_complete(napi_env env, napi_status status, void *data)
 		napi_resolve_deferred(env, w->deferred, arr);
 	}
 	napi_delete_async_work(env, w->work);
-	free(w->bufs);
+	napi_delete_reference(env, w->bufref);
 	free(w);
 }
 
-/* udpRecvAsync(fd, max) -> Promise<{data, srcIp, srcPort, dstIp, dstPort}[]>:
- * waits on a worker thread for at least one datagram and takes up to max
- * (<= 64) that are queued (recvmmsg, MSG_WAITFORONE). dstIp/dstPort: the
- * original destination (IP_ORIGDSTADDR). A shut down socket gives []. */
+/* udpRecvAsync(fd, buf) -> Promise<{data, srcIp, srcPort, dstIp, dstPort}[]>:
+ * waits on a worker thread for at least one datagram and takes up to
+ * buf.length / 8192 (<= 64) that are queued (recvmmsg, MSG_WAITFORONE) into
+ * buf, a buffer the caller keeps for its socket (reused: no allocation per
+ * call; not to be touched until the promise settles); each datagram is copied
+ * out. dstIp/dstPort: the original destination (IP_ORIGDSTADDR). A shut down
+ * socket gives []. */
 static napi_value js_udp_recv_async(napi_env env, napi_callback_info info)
 {
 	MB_ARGS(2);
 	int32_t fd;
-	uint32_t max;
-	if (!mb_arg_i32(env, argv[0], "fd", &fd) || !mb_arg_u32(env, argv[1], "max", &max))
+	void *buf;
+	size_t blen;
+	if (!mb_arg_i32(env, argv[0], "fd", &fd) || !mb_arg_buf(env, argv[1], "buf", &buf, &blen))
 		return NULL;
+	size_t max = blen / UDP_DGRAM_MAX;
 	if (max < 1 || max > UDP_BATCH_MAX) {
-		mb_throw_type(env, "argument 'max' must be 1..%d, got %u", UDP_BATCH_MAX, max);
+		mb_throw_type(env, "argument 'buf' must hold 1..%d datagrams of %d bytes, got %zu bytes", UDP_BATCH_MAX, UDP_DGRAM_MAX, blen);
 		return NULL;
 	}
 	struct udp_recv_work *w = calloc(1, sizeof(*w));
-	if (!w || !(w->bufs = malloc((size_t)max * UDP_DGRAM_MAX))) {
-		free(w);
+	if (!w) {
 		mb_throw_type(env, "udpRecvAsync: out of memory");
 		return NULL;
 	}
+	w->bufs = buf;
+	napi_create_reference(env, argv[1], 1, &w->bufref);
 	w->fd = fd;
-	w->max = max;
+	w->max = (unsigned int)max;
 	napi_value promise, name;
 	napi_create_promise(env, &w->deferred, &promise);
 	napi_create_string_utf8(env, "udpRecvAsync", NAPI_AUTO_LENGTH, &name);

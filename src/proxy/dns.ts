@@ -34,7 +34,7 @@ import type { ListenerConfig } from './config';
 import { MARK_FROM_PROXY } from './constants';
 import type { ListenerContext } from './http';
 import type { Peer } from './identity';
-import { sockets } from './sockets';
+import { sockets, UDP_SLOT_BYTES } from './sockets';
 
 const UDP = 17;
 const TCP = 6;
@@ -138,10 +138,12 @@ export class DnsPolicyListener {
 
   private async udpLoop(fd: number): Promise<void> {
     const native = sockets();
+    // One receive at a time per socket: its buffer is allocated once.
+    const buf = Buffer.alloc(64 * UDP_SLOT_BYTES);
     while (!this.closing) {
       let batch: { data: Buffer; srcIp: string; srcPort: number; dstIp?: string; dstPort?: number }[];
       try {
-        batch = await native.udpRecvAsync(fd, 64);
+        batch = await native.udpRecvAsync(fd, buf);
       } catch (e) {
         if (this.closing) return;
         this.ctx.log.error('DNS UDP receive failed', { listener: this.cfg.name, error: e });

@@ -12,8 +12,12 @@ export interface SocketNative {
   sockBound(address: string, port: number, mark: number, transparent: boolean): number;
   /** A bound, blocking UDP socket (SO_REUSEADDR, SO_MARK mark when non-zero, IP_TRANSPARENT when transparent, IP_RECVORIGDSTADDR). */
   udpSocket(address: string, port: number, mark: number, transparent: boolean): number;
-  /** Up to max (<= 64) datagrams, waiting on a worker thread for the first; dstIp/dstPort: the original destination. [] once shut down. */
-  udpRecvAsync(fd: number, max: number): Promise<{ data: Buffer; srcIp: string; srcPort: number; dstIp?: string; dstPort?: number }[]>;
+  /**
+   * Datagrams (up to buf.length / UDP_SLOT_BYTES, at most 64), waiting on a worker thread for the first; received into buf
+   * (kept by the caller for its socket, untouched until this settles) and copied out. dstIp/dstPort: the original
+   * destination. [] once shut down.
+   */
+  udpRecvAsync(fd: number, buf: Buffer): Promise<{ data: Buffer; srcIp: string; srcPort: number; dstIp?: string; dstPort?: number }[]>;
   /** sendto (non-blocking); bytes sent. */
   udpSendTo(fd: number, data: Buffer, address: string, port: number): number;
   /** shutdown(SHUT_RDWR): wakes a udpRecvAsync waiting on the socket. */
@@ -21,6 +25,9 @@ export interface SocketNative {
   /** SO_MARK of a socket. */
   sockMark(fd: number): number;
 }
+
+/** Bytes per datagram slot of udpRecvAsync's buffer (native/src/sock.c UDP_DGRAM_MAX). */
+export const UDP_SLOT_BYTES = 8192;
 
 let cached: SocketNative | undefined;
 
