@@ -565,6 +565,14 @@ const commands: Record<string, Handler> = {
     if (s.monitor?.memory) lines.push(`Flows:         ${flowsStatus(s.monitor)}`);
     lines.push(`L7 proxy:      ${proxyLine(s.proxy)}`);
     for (const l of s.proxy?.listeners ?? []) lines.push(`  listener ${l.name} port ${l.port} ${l.state}${l.error ? ` (${l.error})` : ''}, ${l.connections} connections`);
+    if (s.proxy?.dns) {
+      const d = s.proxy.dns;
+      lines.push(`DNS proxy:     ${d.queries} queries (${d.forwarded} forwarded, ${d.denied} refused, ${d.errors} errors), ${d.learnLate} answers released before their addresses were in the maps`);
+    }
+    if (s.fqdn) {
+      const f = s.fqdn;
+      lines.push(`FQDN cache:    ${f.addresses} addresses (learned ${f.learned}, expired ${f.expired}, kept in use ${f.keptInUse}, limit hits ${f.limitPerName} per name / ${f.limitPerEndpoint} per endpoint); answer to maps p50 ${f.learnMs?.p50 ?? '-'} ms, p99 ${f.learnMs?.p99 ?? '-'} ms`);
+    }
     for (const nr of s.endpoints.notReady) lines.push(`  endpoint ${nr.id} ${nr.state}: ${(nr.problems ?? []).join('; ')}`);
     return lines.join('\n') + '\n';
   },

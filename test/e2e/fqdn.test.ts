@@ -235,7 +235,8 @@ describe('DNS-aware policy: DNS proxy, toFQDNs, DNS rules', () => {
     assert.equal(during.status, 'NOERROR', during.out);
     await sleep(1000);
     // The restarted agent keeps what it learns for at least 30 s (the zone's TTL is 2 s).
-    node.agentArgs.splice(node.agentArgs.indexOf('--tofqdns-min-ttl'), 2, '--tofqdns-min-ttl', '30');
+    // ... and answers denied queries with NXDOMAIN.
+    node.agentArgs.splice(node.agentArgs.indexOf('--tofqdns-min-ttl'), 2, '--tofqdns-min-ttl', '30', '--tofqdns-dns-reject-response-code', 'nameError');
     await node.startAgent();
     await done;
     const res = JSON.parse(out.trim());
@@ -251,6 +252,13 @@ describe('DNS-aware policy: DNS proxy, toFQDNs, DNS rules', () => {
     }
     assert.ok(learned, 'the answer given while the agent was down was learned by the restarted agent');
     assert.ok(tcp('198.51.100.8'));
+    let status: string | undefined;
+    for (let i = 0; i < 20 && status !== 'NXDOMAIN'; i++) {
+      status = dig(['evil.example.org']).status;
+      if (status !== 'NXDOMAIN') await sleep(200);
+    }
+    assert.equal(status, 'NXDOMAIN', 'a denied query gets NXDOMAIN with --tofqdns-dns-reject-response-code nameError');
+    assert.match(node.cli(['status']).stdout, /DNS proxy: +\d+ queries .*\nFQDN cache: +\d+ addresses/);
     void tryRun;
   });
 });
