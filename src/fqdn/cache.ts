@@ -72,6 +72,8 @@ export class FqdnCache {
   private readonly ips = new Map<string, { identity: number; refs: number }>();
   /** selector key -> identities selected (what toFQDNs peers resolve to) */
   private selections = new Map<string, Set<number>>();
+  /** endpoint -> (name, address) pairs it holds (the per-endpoint limit) */
+  private readonly perEndpoint = new Map<number, number>();
   readonly counters = { learned: 0, expired: 0, limitPerName: 0, limitPerEndpoint: 0, keptInUse: 0 };
   private persistTimer?: NodeJS.Timeout;
   private readonly file: string;
@@ -116,6 +118,7 @@ export class FqdnCache {
             continue;
           }
           cur.endpoints.add(endpoint);
+          this.countEndpoint(endpoint, 1);
         }
         refreshed = true;
         continue;
@@ -136,6 +139,7 @@ export class FqdnCache {
         if (first) this.dropAddress(n, entries, first[0]);
       }
       entries.set(ip, { expires, ttl: a.ttl, endpoints: new Set([endpoint]) });
+      this.countEndpoint(endpoint, 1);
       this.holdIp(ip);
       this.counters.learned++;
       added = true;
@@ -152,9 +156,13 @@ export class FqdnCache {
   }
 
   private endpointCount(endpoint: number): number {
-    let c = 0;
-    for (const entries of this.names.values()) for (const e of entries.values()) if (e.endpoints.has(endpoint)) c++;
-    return c;
+    return this.perEndpoint.get(endpoint) ?? 0;
+  }
+
+  private countEndpoint(endpoint: number, d: number): void {
+    const n = (this.perEndpoint.get(endpoint) ?? 0) + d;
+    if (n > 0) this.perEndpoint.set(endpoint, n);
+    else this.perEndpoint.delete(endpoint);
   }
 
   private holdIp(ip: string): void {
@@ -169,6 +177,7 @@ export class FqdnCache {
   }
 
   private dropAddress(name: string, entries: Map<string, AddrEntry>, ip: string): void {
+    for (const ep of entries.get(ip)?.endpoints ?? []) this.countEndpoint(ep, -1);
     entries.delete(ip);
     if (!entries.size) this.names.delete(name);
     const cur = this.ips.get(ip);
@@ -277,7 +286,9 @@ export class FqdnCache {
         } catch {
           continue;
         }
-        entries.set(ip, { expires: e.expires, ttl: e.ttl ?? 0, endpoints: new Set(Array.isArray(e.endpoints) ? e.endpoints : []) });
+        const eps = new Set<number>(Array.isArray(e.endpoints) ? e.endpoints.filter((x) => Number.isInteger(x)) : []);
+        entries.set(ip, { expires: e.expires, ttl: e.ttl ?? 0, endpoints: eps });
+        for (const ep of eps) this.countEndpoint(ep, 1);
         this.holdIp(ip);
         n++;
       }

@@ -87,6 +87,9 @@ describe('FQDN cache', () => {
     assert.equal(s.cache.counters.limitPerEndpoint, 1);
     await s.cache.learn(8, 'b.example.com', [{ ip: '192.0.2.5', ttl: 50 }], 0);
     assert.equal(s.cache.size, 4, 'another endpoint has its own limit');
+    await s.cache.expire(async () => new Set(), 60_000);
+    await s.cache.learn(7, 'c.example.com', [{ ip: '192.0.2.9', ttl: 50 }], 60_000);
+    assert.deepEqual(s.cache.list(60_000).map((r) => r.ip), ['192.0.2.9'], "expired addresses free the endpoint's budget");
   });
 
   it('persists and restores (identities and claims taken again, expired entries left to expire())', async () => {
