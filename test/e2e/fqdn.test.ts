@@ -172,6 +172,31 @@ describe('DNS-aware policy: DNS proxy, toFQDNs, DNS rules', () => {
     assert.equal(dig(['+tcp', 'evil.example.org']).status, 'REFUSED');
   });
 
+  it('through a ClusterIP Service (as pods reach kube-dns): decided by the backend, answered from the ClusterIP', () => {
+    node.apply([
+      { apiVersion: 'v1', kind: 'Service', metadata: { name: 'dns', namespace: 'default' }, spec: { clusterIP: '10.96.0.53', ports: [{ name: 'dns', port: 53, protocol: 'UDP' }, { name: 'dns-tcp', port: 53, protocol: 'TCP' }] } },
+      {
+        apiVersion: 'discovery.k8s.io/v1',
+        kind: 'EndpointSlice',
+        metadata: { name: 'dns-1', namespace: 'default', labels: { 'kubernetes.io/service-name': 'dns' } },
+        addressType: 'IPv4',
+        ports: [{ name: 'dns', port: 53, protocol: 'UDP' }, { name: 'dns-tcp', port: 53, protocol: 'TCP' }],
+        endpoints: [{ addresses: [DNS], conditions: { ready: true } }],
+      },
+    ]);
+    const viaSvc = (args: string[]) => {
+      const r = inNs(client.ns, 'dig', ['@10.96.0.53', '+tries=1', '+time=3', ...args], 15_000);
+      return { out: r.stdout, status: /status: ([A-Z]+)/.exec(r.stdout)?.[1] };
+    };
+    const ok = viaSvc(['n42.example.com']);
+    assert.equal(ok.status, 'NOERROR', ok.out);
+    assert.match(ok.out, /SERVER: 10\.96\.0\.53#53/);
+    assert.match(ok.out, /198\.51\.100\.43/);
+    assert.ok(tcp('198.51.100.43'));
+    assert.equal(viaSvc(['evil.example.org']).status, 'REFUSED');
+    assert.equal(viaSvc(['+tcp', 'n43.example.com']).status, 'NOERROR');
+  });
+
   it(`the first connection after a resolution is never dropped (${MANY} lookups, 0 drops)`, () => {
     const drops = node.metric(133, 'egress');
     const before: any[] = node.cliJson(['bpf', 'metrics', 'list']);
