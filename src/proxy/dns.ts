@@ -222,7 +222,6 @@ export class DnsPolicyListener {
 
   /** Decide one query, answer it (refused, or the upstream's answer after learning). */
   private async handle(msg: Buffer, srcIp: string, srcPort: number, dstIp: string, dstPort: number, proto: number, reply: (b: Buffer) => void): Promise<void> {
-    const started = process.hrtime.bigint();
     this.ctx.dnsCounters.queries++;
     this.inFlight++;
     try {
@@ -290,7 +289,6 @@ export class DnsPolicyListener {
         time: Date.now(), kind: 'response', direction: 'egress', verdict: 'forwarded', policy, src: dst, dst: src,
         dns: { query: fqname, qtypes, rcode: decoded ? rcodeName(decoded.flags ?? 0) : 'ServFail', ips: addrs.ips, ttls: addrs.ttls, ...(addrs.cnames.length ? { cnames: addrs.cnames } : {}) },
       });
-      void started;
     } finally {
       this.inFlight--;
     }
