@@ -335,6 +335,8 @@ export class DnsPolicyListener {
  * taken only from the server the query went to, with the id it was given.
  */
 const POOL_SOCKETS = 8;
+/** Servers with a pool at most (a pod asking many servers must not exhaust the proxy's descriptors): the oldest pool goes. */
+const POOL_SERVERS = 64;
 
 interface PoolSocket {
   sock: dgram.Socket;
@@ -347,6 +349,10 @@ function poolFor(ip: string, port: number): PoolSocket[] {
   const key = `${ip}:${port}`;
   let pool = pools.get(key);
   if (pool) return pool;
+  if (pools.size >= POOL_SERVERS) {
+    const oldKey = pools.keys().next().value!;
+    closePool(oldKey, `more than ${POOL_SERVERS} servers`);
+  }
   pool = [];
   for (let i = 0; i < POOL_SOCKETS; i++) {
     const ps: PoolSocket = { sock: dgram.createSocket(net.isIPv6(ip) ? 'udp6' : 'udp4'), pending: new Map() };
@@ -359,19 +365,31 @@ function poolFor(ip: string, port: number): PoolSocket[] {
       b.writeUInt16BE(q.id, 0);
       q.resolve(b);
     });
-    ps.sock.on('error', () => {
-      // A socket that failed is replaced: every query on it fails now (the client retries).
-      for (const q of ps.pending.values()) {
-        clearTimeout(q.timer);
-        q.reject(new Error(`upstream socket to ${key} failed`));
-      }
-      pools.delete(key);
-    });
+    // A socket that failed: the server's pool is replaced at the next query; the queries in flight fail (the client retries).
+    ps.sock.on('error', (e) => closePool(key, e.message));
     ps.sock.unref();
     pool.push(ps);
   }
   pools.set(key, pool);
   return pool;
+}
+
+function closePool(key: string, why: string): void {
+  const pool = pools.get(key);
+  if (!pool) return;
+  pools.delete(key);
+  for (const ps of pool) {
+    for (const q of ps.pending.values()) {
+      clearTimeout(q.timer);
+      q.reject(new Error(`upstream sockets to ${key} closed: ${why}`));
+    }
+    ps.pending.clear();
+    try {
+      ps.sock.close();
+    } catch {
+      /* already closed */
+    }
+  }
 }
 
 /** One query to a server over UDP, from the node's address; resolves with the answer (the client's id restored). */
