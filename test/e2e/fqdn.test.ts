@@ -133,12 +133,18 @@ describe('DNS-aware policy: DNS proxy, toFQDNs, DNS rules', () => {
     assert.equal(r.status, 'REFUSED', r.out);
     assert.deepEqual(r.answers, []);
     assert.ok(!tcp('192.0.2.22'));
-    let flows: any[] = [];
-    for (let i = 0; i < 50 && flows.length < 2; i++) {
-      const o = node.cli(['observe', '--type', 'l7', '--dns-query', 'evil.example.org', '--last', '1000', '-o', 'json']);
-      flows = o.stdout.trim() ? o.stdout.trim().split('\n').map((l) => JSON.parse(l)) : [];
-      if (flows.length < 2) await sleep(100);
-    }
+    assert.deepEqual(dig(['api.example.com']).answers, ['192.0.2.20']);
+    /** DNS flows of a query name, waiting (bounded) for at least `want`: records reach the agent in batches. */
+    const dnsFlows = async (name: string, want: number) => {
+      let flows: any[] = [];
+      for (let i = 0; i < 50 && flows.length < want; i++) {
+        const o = node.cli(['observe', '--type', 'l7', '--dns-query', name, '--last', '1000', '-o', 'json']);
+        flows = o.stdout.trim() ? o.stdout.trim().split('\n').map((l) => JSON.parse(l)) : [];
+        if (flows.length < want) await sleep(100);
+      }
+      return flows;
+    };
+    const flows = await dnsFlows('evil.example.org', 2);
     const resp = flows.find((f) => f.l7?.type === 'RESPONSE');
     assert.ok(resp, JSON.stringify(flows));
     assert.equal(resp.verdict, 'DROPPED');
@@ -146,13 +152,16 @@ describe('DNS-aware policy: DNS proxy, toFQDNs, DNS rules', () => {
     assert.equal(resp.destination.pod_name, 'client');
     const req = flows.find((f) => f.l7?.type === 'REQUEST');
     assert.deepEqual(req.l7.dns.qtypes, ['A']);
-    const ok = node.cli(['observe', '--type', 'l7', '--dns-query', 'api.example.com', '--last', '1000', '-o', 'json']).stdout.trim().split('\n').map((l) => JSON.parse(l));
+    const ok = await dnsFlows('api.example.com', 2);
     const answer = ok.find((f) => f.l7?.type === 'RESPONSE' && f.verdict === 'FORWARDED');
     assert.ok(answer, JSON.stringify(ok));
     assert.deepEqual(answer.l7.dns.ips, ['192.0.2.20']);
     const m = node.cli(['metrics']).stdout;
     assert.match(m, /membrane_l7_dns_responses_total\{verdict="denied",rcode="Refused"\} [1-9]/);
     assert.match(m, /membrane_l7_dns_requests_total\{verdict="forwarded"\} [1-9]/);
+    assert.match(m, /^membrane_fqdn_addresses [1-9]/m);
+    assert.match(m, /^membrane_fqdn_addresses_learned_total [1-9]/m);
+    assert.match(m, /^membrane_fqdn_limit_hits_total\{limit="per-name"\} 0/m);
   });
 
   it('patterns: * stays within one label; a name the DNS rule allows but no toFQDNs selects resolves and stays unreachable', () => {
