@@ -80,6 +80,28 @@ export function refusal(query: dnsPacket.Packet, rcode: 'REFUSED' | 'NXDOMAIN'):
 }
 
 /** A and AAAA records of an answer: the addresses and their TTLs, and the CNAMEs. */
+/**
+ * The names an answer's addresses stand for: the query name gets every A/AAAA
+ * address of the answer (a CNAME chain ends at them), and each record's owner
+ * name its own (the CNAME targets), so a toFQDNs selector naming either
+ * matches, as in the reference system.
+ */
+export function addressesByName(qname: string, ans: dnsPacket.Packet): Map<string, { ip: string; ttl: number }[]> {
+  const out = new Map<string, { ip: string; ttl: number }[]>();
+  const add = (name: string, ip: string, ttl: number) => {
+    const n = name.toLowerCase().endsWith('.') ? name.toLowerCase() : `${name.toLowerCase()}.`;
+    const list = out.get(n) ?? [];
+    if (!list.some((x) => x.ip === ip)) list.push({ ip, ttl });
+    out.set(n, list);
+  };
+  for (const a of ans.answers ?? []) {
+    if (a.type !== 'A' && a.type !== 'AAAA') continue;
+    add(qname, String(a.data), a.ttl ?? 0);
+    if (a.name) add(a.name, String(a.data), a.ttl ?? 0);
+  }
+  return out;
+}
+
 export function answerAddresses(ans: dnsPacket.Packet): { ips: string[]; ttls: number[]; cnames: string[] } {
   const ips: string[] = [];
   const ttls: number[] = [];
@@ -277,10 +299,15 @@ export class DnsPolicyListener {
         decoded = undefined;
       }
       const addrs = decoded ? answerAddresses(decoded) : { ips: [], ttls: [], cnames: [] };
-      if (addrs.ips.length && src.endpointId !== undefined && this.ctx.fqdn.selectors().some((s) => selectorMatches(s, fqname))) {
-        const r = await this.ctx.fqdn.learn(src.endpointId, fqname, addrs.ips.map((ip, i) => ({ ip, ttl: addrs.ttls[i] })));
-        if (r === 'late') this.ctx.dnsCounters.learnLate++;
-        else if (r === 'no-agent') this.ctx.dnsCounters.learnNoAgent++;
+      if (addrs.ips.length && src.endpointId !== undefined) {
+        const sels = this.ctx.fqdn.selectors();
+        const learning: Promise<'acked' | 'late' | 'no-agent' | 'known'>[] = [];
+        for (const [name, list] of addressesByName(fqname, decoded!)) {
+          if (sels.some((s) => selectorMatches(s, name))) learning.push(this.ctx.fqdn.learn(src.endpointId, name, list));
+        }
+        const results = await Promise.all(learning);
+        if (results.includes('late')) this.ctx.dnsCounters.learnLate++;
+        else if (results.includes('no-agent')) this.ctx.dnsCounters.learnNoAgent++;
       }
       this.ctx.dnsCounters.forwarded++;
       this.ctx.counters.requests.forwarded++;

@@ -31,7 +31,7 @@ const POLICY = {
   spec: {
     endpointSelector: { matchLabels: { app: 'client' } },
     egress: [
-      { toCIDR: [`${DNS}/32`], toPorts: [{ ports: [{ port: '53', protocol: 'ANY' }], rules: { dns: [{ matchPattern: '*.example.com' }, { matchName: 'a.pattern.test' }] } }] },
+      { toCIDR: [`${DNS}/32`], toPorts: [{ ports: [{ port: '53', protocol: 'ANY' }], rules: { dns: [{ matchPattern: '*.example.com' }, { matchName: 'a.pattern.test' }, { matchName: 'cdn.pattern.test' }] } }] },
       { toFQDNs: [{ matchPattern: '*.example.com' }], toPorts: [{ ports: [{ port: '8080', protocol: 'TCP' }] }] },
     ],
   },
@@ -44,6 +44,7 @@ function hostsFile(overrides: Record<string, string> = {}): string {
     'evil.example.org': '192.0.2.22',
     'a.pattern.test': '192.0.2.23',
     'x.y.example.com': '192.0.2.24',
+    'web2.example.com': '192.0.2.26',
     ...overrides,
   };
   for (let i = 0; i < MANY; i++) names[`n${i}.example.com`] = `198.51.100.${i + 1}`;
@@ -83,7 +84,7 @@ describe('DNS-aware policy: DNS proxy, toFQDNs, DNS rules', () => {
     hosts = path.join(node.dir, 'hosts');
     fs.writeFileSync(hosts, hostsFile());
     dnsmasq = node.own(
-      spawn('ip', ['netns', 'exec', world, 'dnsmasq', '-k', '-u', 'root', '--conf-file=/dev/null', '--no-resolv', '--no-hosts', `--addn-hosts=${hosts}`, '--local-ttl=2', `--listen-address=${DNS}`, '--bind-interfaces', `--pid-file=${path.join(node.dir, 'dnsmasq.pid')}`, '--log-facility=-'], {
+      spawn('ip', ['netns', 'exec', world, 'dnsmasq', '-k', '-u', 'root', '--conf-file=/dev/null', '--no-resolv', '--no-hosts', `--addn-hosts=${hosts}`, '--local-ttl=2', '--cname=cdn.pattern.test,web2.example.com', `--listen-address=${DNS}`, '--bind-interfaces', `--pid-file=${path.join(node.dir, 'dnsmasq.pid')}`, '--log-facility=-'], {
         stdio: ['ignore', 'ignore', 'pipe'],
       }),
     );
@@ -171,6 +172,12 @@ describe('DNS-aware policy: DNS proxy, toFQDNs, DNS rules', () => {
     assert.deepEqual(p.answers, ['192.0.2.23']);
     assert.ok(!tcp('192.0.2.23'), 'not selected by toFQDNs');
     assert.ok(!cache().some((e) => e.name === 'a.pattern.test.'), 'names no toFQDNs selector matches are not learned');
+    // A CNAME chain: the target's name matches toFQDNs, the query name does not.
+    const c = dig(['cdn.pattern.test']);
+    assert.equal(c.status, 'NOERROR', c.out);
+    assert.deepEqual(c.answers, ['192.0.2.26']);
+    assert.ok(tcp('192.0.2.26'), 'reachable: web2.example.com (the CNAME target) is selected');
+    assert.ok(cache().some((e) => e.name === 'web2.example.com.' && e.ip === '192.0.2.26'));
   });
 
   it('DNS over TCP: decided and answered the same way', () => {

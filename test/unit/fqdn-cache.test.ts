@@ -6,7 +6,7 @@ import * as path from 'node:path';
 import * as dnsPacket from 'dns-packet';
 import { FqdnCache } from '../../src/fqdn/cache';
 import type { NameSelector } from '../../src/fqdn/pattern';
-import { answerAddresses, refusal } from '../../src/proxy/dns';
+import { addressesByName, answerAddresses, refusal } from '../../src/proxy/dns';
 import { parseConfig } from '../../src/proxy/config';
 import { buildConfig } from '../../src/agent/config';
 
@@ -134,6 +134,11 @@ describe('DNS proxy messages and configuration', () => {
       }),
     );
     assert.deepEqual(answerAddresses(ans), { ips: ['192.0.2.20', '2001:db8::1'], ttls: [30, 20], cnames: ['api.example.com'] });
+    // The query name and each CNAME target stand for the addresses (a selector naming either learns them).
+    assert.deepEqual(Object.fromEntries(addressesByName('WWW.example.com.', ans)), {
+      'www.example.com.': [{ ip: '192.0.2.20', ttl: 30 }, { ip: '2001:db8::1', ttl: 20 }],
+      'api.example.com.': [{ ip: '192.0.2.20', ttl: 30 }, { ip: '2001:db8::1', ttl: 20 }],
+    });
   });
 
   it('the proxy configuration checks dns-policy listeners and the dns part, naming field and value', () => {
