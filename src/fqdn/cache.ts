@@ -8,7 +8,8 @@
  *               and an ipcache claim of source 'fqdn'; when what a selector
  *               selects changes, onChanged() regenerates the policy maps and
  *               learn() resolves once they are written
- *   expire()    addresses past their expiry (TTL, at least --tofqdns-min-ttl)
+ *   expire()    addresses past their expiry (TTL, at least --tofqdns-min-ttl,
+ *               plus a grace of 2 s for the connection that follows an answer)
  *               that no open connection uses (conntrack) are dropped, and
  *               with them their identity and ipcache claim when no name
  *               keeps them
@@ -24,6 +25,9 @@ import { readJson, writeJsonAtomic } from '../util/fsutil';
 import type { Logger } from '../util/log';
 import { parseIp } from '../util/ip';
 import { canonicalName, NameSelector, selectorKey, selectorMatches } from './pattern';
+
+/** Addresses stay this long past their expiry before they go (conntrack then holds those in use). */
+export const EXPIRY_GRACE_MS = 2000;
 
 export interface FqdnDeps {
   /** A local identity for an address (CIDR labels of its /32); released with release(). */
@@ -217,14 +221,16 @@ export class FqdnCache {
    */
   async expire(inUse: () => Promise<Set<string>>, now = Date.now()): Promise<string[]> {
     const expired: [string, string][] = [];
-    for (const [name, entries] of this.names) for (const [ip, e] of entries) if (e.expires <= now) expired.push([name, ip]);
+    // A short grace after the expiry: the connection a client opens right after an answer with TTL 0 still finds the address.
+    const before = now - EXPIRY_GRACE_MS;
+    for (const [name, entries] of this.names) for (const [ip, e] of entries) if (e.expires <= before) expired.push([name, ip]);
     if (!expired.length) return [];
     const live = await inUse();
     const dropped: string[] = [];
     for (const [name, ip] of expired) {
       const entries = this.names.get(name);
       const e = entries?.get(ip);
-      if (!entries || !e || e.expires > now) continue;
+      if (!entries || !e || e.expires > before) continue;
       if (live.has(ip)) {
         this.counters.keptInUse++;
         continue;

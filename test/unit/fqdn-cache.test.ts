@@ -54,13 +54,14 @@ describe('FQDN cache', () => {
     const s = setup({ minTtl: 5 });
     await s.cache.learn(7, 'a.example.com', [{ ip: '192.0.2.1', ttl: 1 }, { ip: '192.0.2.2', ttl: 10 }], 0);
     assert.deepEqual(await s.cache.expire(async () => new Set(), 4000), [], 'the minimum TTL holds');
-    assert.deepEqual(await s.cache.expire(async () => new Set(['192.0.2.1']), 6000), [], 'in use: kept');
+    assert.deepEqual(await s.cache.expire(async () => new Set(), 6000), [], 'the grace after the expiry holds');
+    assert.deepEqual(await s.cache.expire(async () => new Set(['192.0.2.1']), 8000), [], 'in use: kept');
     assert.equal(s.cache.counters.keptInUse, 1);
-    assert.deepEqual(s.cache.list(6000).find((r) => r.ip === '192.0.2.1')!.remaining, -1);
-    assert.deepEqual(await s.cache.expire(async () => new Set(), 6000), ['192.0.2.1']);
+    assert.deepEqual(s.cache.list(8000).find((r) => r.ip === '192.0.2.1')!.remaining, -3);
+    assert.deepEqual(await s.cache.expire(async () => new Set(), 8000), ['192.0.2.1']);
     assert.ok(!s.claims.has('192.0.2.1') && s.claims.has('192.0.2.2'));
     assert.equal(s.held.size, 1, 'the identity was released');
-    assert.deepEqual(await s.cache.expire(async () => new Set(), 11_000), ['192.0.2.2']);
+    assert.deepEqual(await s.cache.expire(async () => new Set(), 13_000), ['192.0.2.2']);
     assert.equal(s.cache.size, 0);
     assert.equal(s.changes(), 3);
   });
@@ -70,9 +71,9 @@ describe('FQDN cache', () => {
     await s.cache.learn(7, 'a.example.com', [{ ip: '192.0.2.1', ttl: 1 }], 0);
     await s.cache.learn(7, 'b.example.com', [{ ip: '192.0.2.1', ttl: 10 }], 0);
     assert.equal(s.held.size, 1);
-    await s.cache.expire(async () => new Set(), 2000);
+    await s.cache.expire(async () => new Set(), 4000);
     assert.ok(s.claims.has('192.0.2.1'));
-    await s.cache.expire(async () => new Set(), 11_000);
+    await s.cache.expire(async () => new Set(), 13_000);
     assert.ok(!s.claims.has('192.0.2.1'));
   });
 
