@@ -3,6 +3,7 @@
  *   membrane [--socket PATH] [-o json] <command>
  * The socket defaults to $MEMBRANE_SOCKET, then /var/run/membrane/membrane.sock.
  */
+import { nameProblems, patternProblems, selectorMatches } from '../fqdn/pattern';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import YAML from 'yaml';
@@ -32,7 +33,8 @@ Commands:
   policy trace --src S --dst D --dport N[/PROTO] [--http-method M --http-path P [--http-host H] [--http-header 'K: V']...]
                              explain the verdict; S, D: endpoint id, pod [ns/]name, or labels k=v,...
   policy selectors           the selector cache
-  fqdn cache list            addresses learned from DNS answers (toFQDNs): name, address, identity,
+  fqdn cache list [--endpoint ID] [--matchname NAME] [--matchpattern PATTERN]
+                             addresses learned from DNS answers (toFQDNs): name, address, identity,
                              TTL, expiry and the endpoints that asked
   monitor [-t drop|trace|policy-verdict|l7]... [--related-to ID] [-v] [-o json]
                              the datapath's event stream (and the proxies' L7 records), live
@@ -92,7 +94,7 @@ export function parseCli(argv: string[], env: NodeJS.ProcessEnv): Opts | 'help' 
     for (const side of ['', 'from-', 'to-']) valued[`--${side}${f}`] = `${side}${f}`;
   }
   for (const f of ['verdict', 'drop-reason', 'protocol', 'tcp-flags', 'traffic-direction', 'from-namespace', 'to-namespace', 'node-name', 'http-method', 'http-path', 'http-status', 'dns-query']) valued[`--${f}`] = f;
-  for (const f of ['http-host', 'http-header']) valued[`--${f}`] = f;
+  for (const f of ['http-host', 'http-header', 'endpoint', 'matchname', 'matchpattern']) valued[`--${f}`] = f;
   const booleans: Record<string, string> = { '--services': 'services', '--frontends': 'frontends', '--backends': 'backends', '--revnat': 'revnat', '--maglev': 'maglev', '--all': 'all', '-A': 'all-namespaces', '--all-namespaces': 'all-namespaces', '--follow': 'follow', '--not': 'not', '-v': 'verbose', '--verbose': 'verbose' };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -474,7 +476,19 @@ const commands: Record<string, Handler> = {
     return table(['SELECTOR', 'USERS', 'IDENTITIES'], r.map((s) => [s.selector, s.users, s.identities.join(',')]));
   },
   async 'fqdn cache list'(c, o) {
-    const r: any[] = await c.get('/v1/fqdn/cache');
+    let r: any[] = await c.get('/v1/fqdn/cache');
+    const { endpoint, matchname, matchpattern } = o.flags;
+    if (endpoint !== undefined) {
+      if (typeof endpoint !== 'string' || !/^\d+$/.test(endpoint)) throw new UsageError(`--endpoint: expected an endpoint id, got "${endpoint}"`);
+      r = r.filter((e) => e.endpoints.includes(Number(endpoint)));
+    }
+    for (const [flag, v] of [['matchname', matchname], ['matchpattern', matchpattern]] as const) {
+      if (v === undefined) continue;
+      const bad = typeof v !== 'string' ? ['needs a value'] : flag === 'matchname' ? nameProblems(v) : patternProblems(v);
+      if (bad.length) throw new UsageError(`--${flag}: "${v}" ${bad.join('; ')}`);
+      const sel = flag === 'matchname' ? { matchName: v as string } : { matchPattern: v as string };
+      r = r.filter((e) => selectorMatches(sel, e.name));
+    }
     if (o.output === 'json') return json(r);
     return table(
       ['NAME', 'ADDRESS', 'IDENTITY', 'TTL', 'EXPIRES', 'ENDPOINTS', 'SELECTORS'],

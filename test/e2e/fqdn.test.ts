@@ -124,6 +124,14 @@ describe('DNS-aware policy: DNS proxy, toFQDNs, DNS rules', () => {
     assert.ok(api, JSON.stringify(rows));
     assert.ok(api.identity >= 256 && api.endpoints.length === 1, JSON.stringify(api));
     assert.deepEqual(api.selectors, ['matchPattern: *.example.com']);
+    const only = (args: string[]) => (node.cliJson(['fqdn', 'cache', 'list', ...args]) as any[]).map((e) => e.name);
+    assert.deepEqual([...new Set(only(['--matchname', 'WEB.example.com']))], ['web.example.com.']);
+    assert.ok(only(['--matchpattern', '*.example.com']).includes('api.example.com.'));
+    assert.deepEqual(only(['--endpoint', '99999']), []);
+    assert.ok(only(['--endpoint', String(api.endpoints[0])]).includes('api.example.com.'));
+    const bad = node.cli(['fqdn', 'cache', 'list', '--matchpattern', 'a b']);
+    assert.equal(bad.code, 2);
+    assert.match(bad.stderr, /--matchpattern: "a b" is not a DNS name pattern/);
     const text = node.cli(['fqdn', 'cache', 'list']).stdout;
     assert.match(text, /NAME\s+ADDRESS\s+IDENTITY\s+TTL\s+EXPIRES\s+ENDPOINTS\s+SELECTORS/);
   });
