@@ -152,6 +152,8 @@ export class DnsPolicyListener {
     } catch (e) {
       this.state = 'error';
       this.error = (e as Error).message;
+      if (this.udpFd !== undefined) fs.closeSync(this.udpFd);
+      this.udpFd = undefined;
       throw e;
     }
     this.state = 'listening';
