@@ -13,8 +13,8 @@
  *               that no open connection uses (conntrack) are dropped, and
  *               with them their identity and ipcache claim when no name
  *               keeps them
- *   limits      at most maxIpsPerName addresses per name and endpoint (the
- *               one expiring first makes room) and maxIpsPerEndpoint per
+ *   limits      at most maxIpsPerName addresses per name (the one expiring
+ *               first makes room) and maxIpsPerEndpoint per
  *               endpoint (further ones are not learned); each hit is counted
  *   persisted   state-dir/fqdn-cache.json (atomic writes): restored at start,
  *               before the first regeneration, so an agent restart keeps
