@@ -42,6 +42,8 @@ node dist/bench/l7-proxy.js "${quick[@]}" || status=1
 echo
 echo "=== gateway $(date -Is)"
 node dist/bench/gateway.js "${quick[@]}" || status=1
+echo "=== dns-proxy $(date -Is)"
+node dist/bench/dns-proxy.js "${quick[@]}" || status=1
 echo
 echo "=== cluster $(date -Is)"
 node dist/bench/cluster.js "${quick[@]}" || status=1

@@ -258,7 +258,7 @@ static __always_inline int ipv4_ct_policy(struct __sk_buff *ctx, const struct ep
 	 * proxy itself have been through it (every L7 rule on their way) and go
 	 * on; their flow's replies must return to it.
 	 */
-	if (l4.proto != IPPROTO_TCP)
+	if (l4.proto != IPPROTO_TCP && l4.proto != IPPROTO_UDP)
 		proxy_port = 0;
 	if (!egress && mark_from_proxy(ctx)) {
 		proxy_port = 0;
@@ -323,8 +323,11 @@ static __always_inline int to_proxy(struct __sk_buff *ctx, const struct ep_confi
 	if (obs->proxy == OBS_PROXY_REPLY) {
 		proxy_steer_reply_ipv4(ctx, ip->saddr, ip->daddr, obs->sport, obs->dport, 0);
 	} else if (obs->proxy == OBS_PROXY_REDIRECT) {
-		ret = proxy_assign_ipv4(ctx, ip->saddr, ip->daddr, obs->sport, obs->dport,
-					obs->proxy_port);
+		if (ip->protocol == IPPROTO_UDP)
+			ret = proxy_assign_udp4(ctx, ip->saddr, obs->sport, obs->proxy_port);
+		else
+			ret = proxy_assign_ipv4(ctx, ip->saddr, ip->daddr, obs->sport, obs->dport,
+						obs->proxy_port);
 		if (ret)
 			return send_drop(ctx, ret, mdir, src_sec, dst_sec, cfg->ep_id, dst_id);
 		proxy_deliver(ctx);

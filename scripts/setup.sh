@@ -15,7 +15,7 @@ want_lab=0
 
 pkgs=(clang llvm libbpf-dev libelf-dev zlib1g-dev linux-libc-dev libc6-dev iproute2 bpftool make gcc g++ python3 util-linux iputils-ping)
 if [ "$want_test" = 1 ]; then
-  pkgs+=(iperf3 sockperf podman runc containerd busybox-static golang-go golang-github-appc-cni-dev iptables chromium strace curl wrk etcd-server etcd-client containernetworking-plugins)
+  pkgs+=(iperf3 sockperf podman runc containerd busybox-static golang-go golang-github-appc-cni-dev iptables chromium strace curl wrk etcd-server etcd-client containernetworking-plugins dnsmasq-base bind9-dnsutils)
 fi
 if [ "$want_lab" = 1 ]; then
   pkgs+=(etcd-server etcd-client)

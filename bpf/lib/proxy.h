@@ -21,7 +21,10 @@
  *                  server is the world or the host), is steered the same
  *                  way to that socket instead of the pod.
  *
- * Only TCP is redirected (HTTP). Everything here runs at tc ingress
+ * TCP (HTTP, DNS over TCP) and UDP (DNS) are redirected: a UDP datagram is
+ * assigned the proxy's UDP socket on the listener port (one socket serves
+ * every flow; it reads the original destination with IP_ORIGDSTADDR and
+ * answers from that address). Everything here runs at tc ingress
  * (from_container on the lxc, from_host on the host device), the only hook
  * where bpf_sk_assign works.
  */
@@ -105,6 +108,32 @@ static __always_inline int proxy_assign_ipv4(struct __sk_buff *ctx, __be32 saddr
 		return DROP_PROXY_LOOKUP_FAILED;
 	}
 assign:
+	ret = bpf_sk_assign(ctx, sk, 0);
+	bpf_sk_release(sk);
+	return ret ? DROP_PROXY_SET_FAILED : 0;
+}
+
+/*
+ * Assign the proxy's UDP socket (bound to 127.0.0.1:@proxy_port, marked as
+ * the proxy's) to a redirected datagram. Returns 0 or a drop reason.
+ */
+static __always_inline int proxy_assign_udp4(struct __sk_buff *ctx, __be32 saddr, __be16 sport,
+					     __be16 proxy_port)
+{
+	struct bpf_sock_tuple tuple = {};
+	struct bpf_sock *sk;
+	long ret;
+
+	if (!proxy_port)
+		return DROP_PROXY_LOOKUP_FAILED;
+	proxy_tuple4(&tuple, saddr, bpf_htonl(MB_PROXY_LISTEN_ADDR), sport, proxy_port);
+	sk = bpf_sk_lookup_udp(ctx, &tuple, sizeof(tuple.ipv4), BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return DROP_PROXY_LOOKUP_FAILED;
+	if ((sk->mark & MB_MARK_MASK) != MB_MARK_FROM_PROXY) {
+		bpf_sk_release(sk);
+		return DROP_PROXY_LOOKUP_FAILED;
+	}
 	ret = bpf_sk_assign(ctx, sk, 0);
 	bpf_sk_release(sk);
 	return ret ? DROP_PROXY_SET_FAILED : 0;

@@ -41,6 +41,7 @@ import { ServiceSync } from '../service/sync';
 import { ProxyManager } from '../proxy/manager';
 import { GatewayManager } from '../gateway/manager';
 import { ReservedIdentity } from '../identity/identity';
+import { FqdnManager } from '../fqdn/manager';
 import { repoRoot } from './config';
 import { ensurePrivateDir, mkdirp } from '../util/fsutil';
 import type { Logger } from '../util/log';
@@ -60,6 +61,7 @@ export class Agent {
   readonly changes: ChangePipeline;
   readonly proxy: ProxyManager;
   readonly gateways: GatewayManager;
+  readonly fqdn: FqdnManager;
   private metricsServer?: http.Server;
   private api?: FastifyInstance;
   readonly ctGc: ConntrackGc;
@@ -84,8 +86,8 @@ export class Agent {
     );
     const blocks = new AddressBlocks(dp.ipblock);
     this.policy.repo.onAddressBlock = (prefix, id) => blocks.set(prefix, id);
-    this.proxy = new ProxyManager({ stateDir: cfg.stateDir, bpfRoot: cfg.bpfRoot, nodeName: cfg.nodeName, log: log.child({ component: 'proxy' }), proxyBin: path.join(repoRoot(), 'bin/membrane-proxy'), logLevel: cfg.logLevel });
-    this.policy.proxyPorts = (egress) => this.proxy.portFor(egress);
+    this.proxy = new ProxyManager({ stateDir: cfg.stateDir, bpfRoot: cfg.bpfRoot, nodeName: cfg.nodeName, log: log.child({ component: 'proxy' }), proxyBin: path.join(repoRoot(), 'bin/membrane-proxy'), logLevel: cfg.logLevel, dnsRejectRcode: cfg.fqdn.rejectRcode, dnsMaxDelayMs: cfg.fqdn.maxDelayMs });
+    this.policy.proxyPorts = (egress, kind) => this.proxy.portFor(egress, kind);
     // L7 flow records from the proxy become flows.
     this.proxy.onRecord = (r) => this.monitor.ingestL7(r);
     this.endpoints = new EndpointManager(cfg, log, dp, ipam, this.identities, this.policy, storePodSource(this.store), this.ipcache);
@@ -127,6 +129,21 @@ export class Agent {
       },
       policyRevision: () => this.policy.revision,
       monitor: this.monitor,
+      fqdn: () => ({ ...this.fqdn.status(), responseDelayExceeded: this.proxy.status().dns?.learnLate ?? 0 }),
+    });
+    this.fqdn = new FqdnManager({
+      stateDir: cfg.stateDir,
+      settings: cfg.fqdn,
+      identities: this.identities,
+      ipcache: this.ipcache,
+      repo: this.policy.repo,
+      proxy: this.proxy,
+      ct: dp.maps.ct,
+      regenerate: () => {
+        this.changes.mark({ regen: true });
+        return this.changes.flush();
+      },
+      log: log.child({ component: 'fqdn' }),
     });
     this.changes = new ChangePipeline(
       {
@@ -245,6 +262,8 @@ export class Agent {
         }
       }
     }
+    // Addresses learned from DNS answers in the previous run: in the maps again before any regeneration.
+    agent.fqdn.restore();
     await agent.endpoints.restore();
     agent.endpoints.syncHostEntries();
     if (cluster) {
@@ -269,6 +288,7 @@ export class Agent {
     if (cfg.metricsAddress) agent.metricsServer = await serveMetricsTcp(cfg.metricsAddress, agent.metrics, log);
     dp.reconciler.start(cfg.resyncInterval * 1000);
     agent.ctGc.start(15_000);
+    agent.fqdn.start();
     log.info('agent ready', { socket: cfg.socket, podCidr: cfg.podCidr, router: agent.routerAddress(), bpfRoot: cfg.bpfRoot, node: cfg.nodeName });
     return agent;
   }
@@ -319,6 +339,7 @@ export class Agent {
       conntrackGc: this.ctGc.last,
       proxy: this.proxy.status(),
       gateways: this.gateways.status(),
+      fqdn: this.fqdn.status(),
       cluster: this.cluster?.status() ?? { mode: 'embedded' },
       services: {
         serviceCidr: this.cfg.serviceCidr,
@@ -336,6 +357,7 @@ export class Agent {
 
   async stop(): Promise<void> {
     this.ctGc.stop();
+    this.fqdn.stop();
     this.proxy.close();
     this.monitor.stop();
     this.metricsServer?.close();

@@ -399,6 +399,7 @@ export function buildApi(agent: Agent): FastifyInstance {
     }
   });
   app.get('/v1/policy/selectors', { schema: { querystring: noQuery } }, async () => agent.policy.cache.list());
+  app.get('/v1/fqdn/cache', { schema: { querystring: noQuery } }, async () => agent.fqdn.cache.list());
   app.get<{ Params: { id: string } }>('/v1/endpoint/:id/policy', { schema: { params: idParams, querystring: noQuery } }, async (req, reply) => {
     const ep = agent.endpoints.get(Number(req.params.id));
     const entries = ep && dumpPolicyMap(agent.dp, ep.id, agent.identities);

@@ -58,6 +58,21 @@ export interface AgentConfig {
   clusterName: string;
   /** --mtu was given (otherwise cluster mode derives the pod MTU from the underlay). */
   mtuExplicit: boolean;
+  /** DNS-aware policy (src/fqdn, the DNS proxy). */
+  fqdn: FqdnSettings;
+}
+
+export interface FqdnSettings {
+  /** --tofqdns-min-ttl: seconds a learned address is kept at least (0: the answer's TTL). */
+  minTtl: number;
+  /** --tofqdns-proxy-response-max-delay: ms an answer is held at most while its addresses are learned. */
+  maxDelayMs: number;
+  /** --tofqdns-dns-reject-response-code: refused (REFUSED) or nameError (NXDOMAIN). */
+  rejectRcode: 'REFUSED' | 'NXDOMAIN';
+  /** --tofqdns-endpoint-max-ip-per-hostname */
+  maxIpsPerName: number;
+  /** --tofqdns-endpoint-max-ips */
+  maxIpsPerEndpoint: number;
 }
 
 export interface ClusterSettings {
@@ -119,6 +134,16 @@ const USAGE = `Usage: membrane-agent [flags]
                               other node's maps after S seconds (20)
   --cluster-name NAME         cluster name (default)
   --node-ip IP                underlay address other nodes tunnel to (the default route device's address)
+DNS-aware policy (toFQDNs, DNS rules):
+  --tofqdns-min-ttl S         keep learned addresses at least S seconds (0: the answer's TTL)
+  --tofqdns-proxy-response-max-delay D
+                              hold an answer at most D (100ms) while its addresses reach the maps
+  --tofqdns-dns-reject-response-code refused|nameError
+                              answer to a denied query: REFUSED (refused) or NXDOMAIN (nameError)
+  --tofqdns-endpoint-max-ip-per-hostname N
+                              addresses kept per name (50; the one expiring first makes room)
+  --tofqdns-endpoint-max-ips N
+                              addresses kept per endpoint (1000; further ones are not learned)
 `;
 
 export class ConfigError extends Error {}
@@ -169,6 +194,11 @@ export function parseAgentArgs(argv: string[]): AgentConfig | 'help' {
       'kvstore-lease-ttl': { type: 'string' },
       'cluster-name': { type: 'string' },
       'node-ip': { type: 'string' },
+      'tofqdns-min-ttl': { type: 'string' },
+      'tofqdns-proxy-response-max-delay': { type: 'string' },
+      'tofqdns-dns-reject-response-code': { type: 'string' },
+      'tofqdns-endpoint-max-ip-per-hostname': { type: 'string' },
+      'tofqdns-endpoint-max-ips': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
     strict: true,
@@ -187,7 +217,7 @@ export function parseAgentArgs(argv: string[]): AgentConfig | 'help' {
       throw new ConfigError(`--config: ${values.config} must hold a mapping of settings`);
     }
     for (const [k, v] of Object.entries(parsed ?? {})) file[k.replace(/-([a-z])/g, (_, c) => c.toUpperCase())] = v;
-    const known = ['stateDir', 'bpfRoot', 'socket', 'podCidr', 'nodeName', 'mtu', 'logLevel', 'bpfObjDir', 'policyEnforcement', 'monitorAggregation', 'monitorReportInterval', 'flowsBuffer', 'flowsMemory', 'flowsStreamTimeout', 'metricsAddress', 'serviceCidr', 'gatewayAddressPool', 'lbAlgorithm', 'devices', 'socketLbCgroup', 'resyncInterval', 'kvstoreEndpoints', 'kvstorePrefix', 'kvstoreLeaseTtl', 'clusterName', 'nodeIp'];
+    const known = ['stateDir', 'bpfRoot', 'socket', 'podCidr', 'nodeName', 'mtu', 'logLevel', 'bpfObjDir', 'policyEnforcement', 'monitorAggregation', 'monitorReportInterval', 'flowsBuffer', 'flowsMemory', 'flowsStreamTimeout', 'metricsAddress', 'serviceCidr', 'gatewayAddressPool', 'lbAlgorithm', 'devices', 'socketLbCgroup', 'resyncInterval', 'kvstoreEndpoints', 'kvstorePrefix', 'kvstoreLeaseTtl', 'clusterName', 'nodeIp', 'tofqdnsMinTtl', 'tofqdnsProxyResponseMaxDelay', 'tofqdnsDnsRejectResponseCode', 'tofqdnsEndpointMaxIpPerHostname', 'tofqdnsEndpointMaxIps'];
     for (const k of Object.keys(file)) {
       if (!known.includes(k)) throw new ConfigError(`--config: unknown setting "${k}" in ${values.config} (known: ${known.join(', ')})`);
     }
@@ -225,6 +255,11 @@ export function parseAgentArgs(argv: string[]): AgentConfig | 'help' {
     clusterName: values['cluster-name'] ?? (file.clusterName as string | undefined),
     nodeIp: values['node-ip'] ?? (file.nodeIp as string | undefined),
     mtuExplicit: values.mtu !== undefined || file.mtu !== undefined,
+    tofqdnsMinTtl: pick(values['tofqdns-min-ttl'], 'tofqdnsMinTtl', '0'),
+    tofqdnsProxyResponseMaxDelay: pick(values['tofqdns-proxy-response-max-delay'], 'tofqdnsProxyResponseMaxDelay', '100ms'),
+    tofqdnsDnsRejectResponseCode: pick(values['tofqdns-dns-reject-response-code'], 'tofqdnsDnsRejectResponseCode', 'refused'),
+    tofqdnsEndpointMaxIpPerHostname: pick(values['tofqdns-endpoint-max-ip-per-hostname'], 'tofqdnsEndpointMaxIpPerHostname', '50'),
+    tofqdnsEndpointMaxIps: pick(values['tofqdns-endpoint-max-ips'], 'tofqdnsEndpointMaxIps', '1000'),
   });
   return values.cleanup ? { ...cfg, cleanup: true } : cfg;
 }
@@ -257,6 +292,11 @@ export function buildConfig(o: {
   clusterName?: string;
   nodeIp?: string;
   mtuExplicit?: boolean;
+  tofqdnsMinTtl?: string | number;
+  tofqdnsProxyResponseMaxDelay?: string | number;
+  tofqdnsDnsRejectResponseCode?: string;
+  tofqdnsEndpointMaxIpPerHostname?: string | number;
+  tofqdnsEndpointMaxIps?: string | number;
 }): AgentConfig {
   const stateDir = path.resolve(o.stateDir);
   // The agent owns its state directory (it is made 0700 and removed by --cleanup): never a shared system directory.
@@ -365,6 +405,37 @@ export function buildConfig(o: {
     nodeIp,
     clusterName,
     mtuExplicit: o.mtuExplicit ?? o.mtu !== undefined,
+    fqdn: fqdnSettings(o),
+  };
+}
+
+function fqdnSettings(o: {
+  tofqdnsMinTtl?: string | number;
+  tofqdnsProxyResponseMaxDelay?: string | number;
+  tofqdnsDnsRejectResponseCode?: string;
+  tofqdnsEndpointMaxIpPerHostname?: string | number;
+  tofqdnsEndpointMaxIps?: string | number;
+}): FqdnSettings {
+  const int = (v: string | number | undefined, def: number, flag: string, min: number, max: number, what: string): number => {
+    const n = v === undefined ? def : Number(v);
+    if (!Number.isInteger(n) || n < min || n > max) throw new ConfigError(`${flag}: "${v}" must be ${min}..${max} ${what}`);
+    return n;
+  };
+  const delayText = String(o.tofqdnsProxyResponseMaxDelay ?? '100ms');
+  const m = /^(\d+(?:\.\d+)?)(ms|s)?$/.exec(delayText);
+  const maxDelayMs = m ? Number(m[1]) * (m[2] === 's' ? 1000 : 1) : NaN;
+  if (!Number.isFinite(maxDelayMs) || maxDelayMs < 0 || maxDelayMs > 60_000) {
+    throw new ConfigError(`tofqdns-proxy-response-max-delay: "${delayText}" must be a duration of 0..60s (e.g. 100ms, 1s; a number is milliseconds)`);
+  }
+  const rc = String(o.tofqdnsDnsRejectResponseCode ?? 'refused');
+  const rejectRcode = ({ refused: 'REFUSED', nameerror: 'NXDOMAIN', nxdomain: 'NXDOMAIN' } as const)[rc.toLowerCase() as 'refused'];
+  if (!rejectRcode) throw new ConfigError(`tofqdns-dns-reject-response-code: "${rc}" must be refused or nameError`);
+  return {
+    minTtl: int(o.tofqdnsMinTtl, 0, 'tofqdns-min-ttl', 0, 7 * 86400, 'seconds'),
+    maxDelayMs,
+    rejectRcode,
+    maxIpsPerName: int(o.tofqdnsEndpointMaxIpPerHostname, 50, 'tofqdns-endpoint-max-ip-per-hostname', 1, 100_000, 'addresses'),
+    maxIpsPerEndpoint: int(o.tofqdnsEndpointMaxIps, 1000, 'tofqdns-endpoint-max-ips', 1, 1_000_000, 'addresses'),
   };
 }
 

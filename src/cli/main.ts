@@ -3,6 +3,7 @@
  *   membrane [--socket PATH] [-o json] <command>
  * The socket defaults to $MEMBRANE_SOCKET, then /var/run/membrane/membrane.sock.
  */
+import { nameProblems, patternProblems, selectorMatches } from '../fqdn/pattern';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import YAML from 'yaml';
@@ -50,6 +51,9 @@ Commands:
   policy trace --src S --dst D --dport N[/PROTO] [--http-method M --http-path P [--http-host H] [--http-header 'K: V']...]
                              explain the verdict; S, D: endpoint id, pod [ns/]name, or labels k=v,...
   policy selectors           the selector cache
+  fqdn cache list [--endpoint ID] [--matchname NAME] [--matchpattern PATTERN]
+                             addresses learned from DNS answers (toFQDNs): name, address, identity,
+                             TTL, expiry and the endpoints that asked
   monitor [-t drop|trace|policy-verdict|l7]... [--related-to ID] [-v] [-o json]
                              the datapath's event stream (and the proxies' L7 records), live
   observe [FILTERS] [--follow] [--last N] [--since T] [--until T] [-o compact|table|json]
@@ -108,7 +112,7 @@ export function parseCli(argv: string[], env: NodeJS.ProcessEnv): Opts | 'help' 
     for (const side of ['', 'from-', 'to-']) valued[`--${side}${f}`] = `${side}${f}`;
   }
   for (const f of ['verdict', 'drop-reason', 'protocol', 'tcp-flags', 'traffic-direction', 'from-namespace', 'to-namespace', 'node-name', 'http-method', 'http-path', 'http-status', 'dns-query']) valued[`--${f}`] = f;
-  for (const f of ['http-host', 'http-header']) valued[`--${f}`] = f;
+  for (const f of ['http-host', 'http-header', 'endpoint', 'matchname', 'matchpattern']) valued[`--${f}`] = f;
   const booleans: Record<string, string> = { '--services': 'services', '--frontends': 'frontends', '--backends': 'backends', '--revnat': 'revnat', '--maglev': 'maglev', '--all': 'all', '-A': 'all-namespaces', '--all-namespaces': 'all-namespaces', '--follow': 'follow', '--not': 'not', '-v': 'verbose', '--verbose': 'verbose' };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -472,7 +476,9 @@ const commands: Record<string, Handler> = {
       let out = `${name}: ${s.verdict}${s.dropReason ? ` (drop reason ${s.dropReason})` : ''}, enforcement ${s.enforced ? 'on' : 'off'}\n  ${s.reason}\n`;
       if (s.redirect) {
         const rules = s.redirect.rules.map((h: any) => `${[h.method, h.path, h.host].filter(Boolean).join(' ') || '(any request)'}${h.headers?.length ? ` headers ${h.headers.join(', ')}` : ''} [${h.policy}]`);
-        out += `  redirected to the L7 proxy (listener ${s.redirect.listener}, port ${s.redirect.proxyPort}); HTTP rules: ${rules.join('; ') || 'none'}${s.redirect.allowAll.length ? `; every request allowed by ${s.redirect.allowAll.join(', ')}` : ''}\n`;
+        const kind = s.redirect.dns ? 'DNS' : 'HTTP';
+        const shown = s.redirect.dns ? s.redirect.dns.map((d: any) => `${d.matchName !== undefined ? `matchName ${d.matchName}` : `matchPattern ${d.matchPattern}`} [${d.policy}]`) : rules;
+        out += `  redirected to the ${s.redirect.dns ? 'DNS' : 'L7'} proxy (listener ${s.redirect.listener}, port ${s.redirect.proxyPort}); ${kind} rules: ${shown.join('; ') || 'none'}${s.redirect.allowAll.length ? `; every ${s.redirect.dns ? 'query' : 'request'} allowed by ${s.redirect.allowAll.join(', ')}` : ''}\n`;
       }
       if (s.l7) out += `  HTTP ${httpReq?.method} ${httpReq?.path}: ${s.l7.verdict}${s.l7.verdict === 'DENIED' ? ' (403)' : ''}${s.l7.by.length ? ` by ${s.l7.by.join(', ')}` : ''}\n`;
       return out;
@@ -488,6 +494,26 @@ const commands: Record<string, Handler> = {
     const r: any[] = await c.get('/v1/policy/selectors');
     if (o.output === 'json') return json(r);
     return table(['SELECTOR', 'USERS', 'IDENTITIES'], r.map((s) => [s.selector, s.users, s.identities.join(',')]));
+  },
+  async 'fqdn cache list'(c, o) {
+    let r: any[] = await c.get('/v1/fqdn/cache');
+    const { endpoint, matchname, matchpattern } = o.flags;
+    if (endpoint !== undefined) {
+      if (typeof endpoint !== 'string' || !/^\d+$/.test(endpoint)) throw new UsageError(`--endpoint: expected an endpoint id, got "${endpoint}"`);
+      r = r.filter((e) => e.endpoints.includes(Number(endpoint)));
+    }
+    for (const [flag, v] of [['matchname', matchname], ['matchpattern', matchpattern]] as const) {
+      if (v === undefined) continue;
+      const bad = typeof v !== 'string' ? ['needs a value'] : flag === 'matchname' ? nameProblems(v) : patternProblems(v);
+      if (bad.length) throw new UsageError(`--${flag}: "${v}" ${bad.join('; ')}`);
+      const sel = flag === 'matchname' ? { matchName: v as string } : { matchPattern: v as string };
+      r = r.filter((e) => selectorMatches(sel, e.name));
+    }
+    if (o.output === 'json') return json(r);
+    return table(
+      ['NAME', 'ADDRESS', 'IDENTITY', 'TTL', 'EXPIRES', 'ENDPOINTS', 'SELECTORS'],
+      r.map((e) => [e.name, e.ip, e.identity, e.ttl, `${e.expires}${e.remaining < 0 ? ' (expired, in use)' : ` (${e.remaining}s)`}`, e.endpoints.join(','), e.selectors.join('; ')]),
+    );
   },
   async 'service list'(c, o) {
     const r: any[] = await c.get('/v1/service');
@@ -576,6 +602,14 @@ const commands: Record<string, Handler> = {
     if (s.gateways) {
       lines.push(`Gateways:      ${s.gateways.gateways.length} (pool ${s.gateways.pool}, upstreams from ${s.gateways.ingressAddress})${s.gateways.errors?.length ? `; ${s.gateways.errors.join('; ')}` : ''}`);
       for (const g of s.gateways.gateways) lines.push(`  ${g.gateway} ${g.address} ports ${g.ports.join(',') || '-'}, routes ${g.routes.join(',') || '-'}`);
+    }
+    if (s.proxy?.dns) {
+      const d = s.proxy.dns;
+      lines.push(`DNS proxy:     ${d.queries} queries (${d.forwarded} forwarded, ${d.denied} refused, ${d.errors} errors), ${d.learnLate} answers released before their addresses were in the maps`);
+    }
+    if (s.fqdn) {
+      const f = s.fqdn;
+      lines.push(`FQDN cache:    ${f.addresses} addresses (learned ${f.learned}, expired ${f.expired}, kept in use ${f.keptInUse}, limit hits ${f.limitPerName} per name / ${f.limitPerEndpoint} per endpoint); answer to maps p50 ${f.learnMs?.p50 ?? '-'} ms, p99 ${f.learnMs?.p99 ?? '-'} ms`);
     }
     for (const nr of s.endpoints.notReady) lines.push(`  endpoint ${nr.id} ${nr.state}: ${(nr.problems ?? []).join('; ')}`);
     return lines.join('\n') + '\n';

@@ -79,3 +79,24 @@ export class ConntrackGc {
     }
   }
 }
+
+const CT_KEY_FAMILY_OFF = FIELD_OFFSETS.ct_key.family;
+
+/**
+ * The IPv4 addresses that live conntrack entries name (either end): an
+ * address still in use by an open connection. Read on a worker thread.
+ */
+export async function liveConntrackAddresses(ct: BpfMap<gen.CtKey, gen.CtValue>, now = monotonicSeconds()): Promise<Set<string>> {
+  const { keys, values, count } = await ct.rawEntriesAsync();
+  const ks = ct.keySize;
+  const vs = ct.valueSize;
+  const out = new Set<string>();
+  for (let i = 0; i < count; i++) {
+    if (values.readUInt32LE(i * vs + LIFETIME_OFF) < now) continue;
+    const k = i * ks;
+    if (keys[k + CT_KEY_FAMILY_OFF] !== 4) continue;
+    out.add(`${keys[k]}.${keys[k + 1]}.${keys[k + 2]}.${keys[k + 3]}`);
+    out.add(`${keys[k + 16]}.${keys[k + 17]}.${keys[k + 18]}.${keys[k + 19]}`);
+  }
+  return out;
+}

@@ -18,6 +18,8 @@ export interface MetricSources {
   identities(): { reserved: number; cluster: number; local: number };
   policyRevision(): number;
   monitor: Monitor;
+  /** DNS-aware policy: the FQDN cache's counters and the DNS proxy's (absent: no such metrics). */
+  fqdn?: () => { addresses: number; learned: number; expired: number; limitPerName: number; limitPerEndpoint: number; keptInUse: number; responseDelayExceeded: number };
 }
 
 /** A counter whose value is read from elsewhere at scrape time (kernel counters). */
@@ -99,6 +101,26 @@ export class AgentMetrics {
     );
     externalCounter(reg, 'membrane_l7_dns_requests_total', 'DNS queries seen by the DNS proxy, by verdict', ['verdict'], () => split(mon.counters.l7.dnsRequests, ['verdict']));
     externalCounter(reg, 'membrane_l7_dns_responses_total', 'DNS responses seen by the DNS proxy, by verdict and rcode', ['verdict', 'rcode'], () => split(mon.counters.l7.dnsResponses, ['verdict', 'rcode']));
+    if (src.fqdn) {
+      const fq = src.fqdn;
+      new client.Gauge({
+        name: 'membrane_fqdn_addresses',
+        help: 'Addresses learned from DNS answers for toFQDNs selectors, held now',
+        registers: [reg],
+        collect() {
+          this.set(fq().addresses);
+        },
+      });
+      externalCounter(reg, 'membrane_fqdn_addresses_learned_total', 'Addresses learned from DNS answers', [], () => [{ labels: {}, value: fq().learned }]);
+      externalCounter(reg, 'membrane_fqdn_addresses_expired_total', 'Learned addresses removed after their TTL', [], () => [{ labels: {}, value: fq().expired }]);
+      externalCounter(reg, 'membrane_fqdn_limit_hits_total', 'Learned addresses refused or evicted by a limit (per-name: --tofqdns-endpoint-max-ip-per-hostname, per-endpoint: --tofqdns-endpoint-max-ips)', ['limit'], () => [
+        { labels: { limit: 'per-name' }, value: fq().limitPerName },
+        { labels: { limit: 'per-endpoint' }, value: fq().limitPerEndpoint },
+      ]);
+      externalCounter(reg, 'membrane_fqdn_response_delay_exceeded_total', 'DNS answers released before their addresses were in the maps (--tofqdns-proxy-response-max-delay exceeded)', [], () => [
+        { labels: {}, value: fq().responseDelayExceeded },
+      ]);
+    }
     new client.Gauge({
       name: 'membrane_flows_stored',
       help: 'Flows held in the agent flow buffer',

@@ -22,7 +22,7 @@ export interface PolicySubject {
 export class PolicyEngine {
   readonly cache = new SelectorCache();
   /** The proxy's listener port per direction (set by the agent; L7 rules cannot be installed without it). */
-  proxyPorts?: (egress: boolean) => number;
+  proxyPorts?: (egress: boolean, kind: 'http' | 'dns') => number;
   readonly repo: PolicyRepository;
   private memo = new Map<string, ComputedPolicy>();
   private memoRevision = -1;

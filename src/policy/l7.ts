@@ -19,6 +19,7 @@
 import { RE2JS } from 're2js';
 import { L7Entry, portsOverlap } from './mapstate';
 import type { HeaderMatch, HttpRule } from './types';
+import { selectorMatches } from '../fqdn/pattern';
 
 export interface HttpRequestView {
   method: string;
@@ -190,4 +191,27 @@ export function applyHeaderActions(raw: string[], actions: HeaderAction[]): stri
     }
   }
   return out;
+}
+
+export interface DnsDecision {
+  allowed: boolean;
+  /** No entry covers the flow: not subject to DNS rules. */
+  unrestricted?: boolean;
+  /** The policy whose rule allowed the query, or the policies whose rules did not match. */
+  policies: string[];
+}
+
+/**
+ * A DNS query of a redirected flow (src/fqdn/pattern.ts for the name rules):
+ * allowed when no entry covers (identity, port, protocol), when a covering
+ * entry allows everything (a rule without L7 rules), or when one of the
+ * covering entries' DNS rules matches the query name.
+ */
+export function decideDns(table: L7Table, identity: number, port: number, protocol: number, qname: string): DnsDecision {
+  const cov = table.covering(identity, port, protocol);
+  if (cov.length === 0) return { allowed: true, unrestricted: true, policies: [] };
+  const allowAll = cov.flatMap((x) => x.entry.allowAllFrom);
+  if (allowAll.length) return { allowed: true, policies: [...new Set(allowAll)] };
+  for (const x of cov) for (const d of x.entry.dns ?? []) if (selectorMatches(d.rule, qname)) return { allowed: true, policies: [d.from] };
+  return { allowed: false, policies: [...new Set(cov.flatMap((x) => [...(x.entry.dns ?? []), ...x.entry.http].map((r) => r.from)))] };
 }

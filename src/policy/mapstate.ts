@@ -11,7 +11,7 @@
  * Deny precedence is resolved here: LPM returns only the longest match, so an
  * allow that a shorter deny of the same identity covers must not be installed.
  */
-import { ALL_PROTOCOLS, Direction, HttpRule, IcmpSpec, L7Rules, PeerRule, PortSpec, PROTO_NUMBER, Rule } from './types';
+import { ALL_PROTOCOLS, Direction, DnsRule, HttpRule, IcmpSpec, L7Rules, PeerRule, PortSpec, PROTO_NUMBER, Rule } from './types';
 
 export const ANY_IDENTITY = 0;
 
@@ -30,6 +30,8 @@ export interface PolicyEntry {
   redirect?: boolean;
   /** The L7 rules that allow requests on this key, with the rule that carries each. */
   http?: { rule: HttpRule; from: string }[];
+  /** DNS rules: the names whose queries are allowed on this key (the DNS proxy decides). */
+  dns?: { rule: DnsRule; from: string }[];
   /** Rules that allow this key without L7 rules: every request passes (the rules are alternatives). */
   allowAllFrom?: string[];
 }
@@ -51,6 +53,8 @@ export interface L7Entry {
   port: number;
   prefixLen: number;
   http: { rule: HttpRule; from: string }[];
+  /** DNS rules (a DNS redirect entry; absent otherwise). */
+  dns?: { rule: DnsRule; from: string }[];
   /** Rules allowing every request on the covered keys (empty: only the HTTP rules). */
   allowAllFrom: string[];
 }
@@ -135,7 +139,7 @@ export interface EndpointPolicyInput {
    * would let flows bypass the rules): computeMapState throws, and the
    * endpoint fails closed.
    */
-  proxyPort?: (egress: boolean) => number;
+  proxyPort?: (egress: boolean, kind: 'http' | 'dns') => number;
 }
 
 export class L7PolicyError extends Error {}
@@ -187,6 +191,7 @@ function newEntry(e: Omit<PolicyEntry, 'derivedFrom'>, from: string): PolicyEntr
     derivedFrom: [from],
     redirect: undefined,
     http: undefined,
+    dns: undefined,
     allowAllFrom: undefined,
   };
 }
@@ -214,8 +219,13 @@ export function computeMapState(input: EndpointPolicyInput): ComputedPolicy {
     if (cur.deny) return;
     if (l7) {
       cur.redirect = true;
-      cur.http ??= [];
-      for (const rule of l7.http) if (!cur.http.some((h) => h.rule === rule)) cur.http.push({ rule, from });
+      if (l7.dns) {
+        cur.dns ??= [];
+        for (const rule of l7.dns) if (!cur.dns.some((h) => h.rule === rule)) cur.dns.push({ rule, from });
+      } else {
+        cur.http ??= [];
+        for (const rule of l7.http) if (!cur.http.some((h) => h.rule === rule)) cur.http.push({ rule, from });
+      }
     } else {
       cur.allowAllFrom ??= [];
       if (!cur.allowAllFrom.includes(from)) cur.allowAllFrom.push(from);
@@ -269,8 +279,9 @@ export function computeMapState(input: EndpointPolicyInput): ComputedPolicy {
   result.l7 = l7Table(entries);
   for (const e of entries.values()) {
     if (!e.redirect || e.deny) continue;
-    const port = input.proxyPort?.(e.egress) ?? 0;
-    if (!port) throw new L7PolicyError(`L7 rules (${(e.http ?? []).map((h) => h.from).join(', ')}) need the proxy, and no proxy port is configured`);
+    if (e.dns && e.http) throw new L7PolicyError(`${e.egress ? 'egress' : 'ingress'} port ${e.port}/${e.protocol} has both HTTP rules (${e.http.map((h) => h.from).join(', ')}) and DNS rules (${e.dns.map((h) => h.from).join(', ')})`);
+    const port = input.proxyPort?.(e.egress, e.dns ? 'dns' : 'http') ?? 0;
+    if (!port) throw new L7PolicyError(`L7 rules (${[...(e.http ?? []), ...(e.dns ?? [])].map((h) => h.from).join(', ')}) need the proxy, and no proxy port is configured`);
     e.proxyPort = port;
   }
   // Computations are kept per identity: the lists that grew while rules were added are
@@ -301,7 +312,7 @@ function l7Table(entries: MapState): L7Entry[] {
     if (e.deny) continue;
     const base = { identity: e.identity, egress: e.egress, protocol: e.protocol, port: e.port, prefixLen: e.prefixLen };
     if (e.redirect) {
-      out.push({ ...base, http: e.http ?? [], allowAllFrom: e.allowAllFrom ?? [] });
+      out.push({ ...base, http: e.http ?? [], ...(e.dns ? { dns: e.dns } : {}), allowAllFrom: e.allowAllFrom ?? [] });
       continue;
     }
     const overlaps = redirects.some(

@@ -13,7 +13,8 @@ import { NAMESPACE_LABEL } from '../identity/labels';
 import { LabelSet, isWildcard, matches } from './selector';
 import { SelectorCache } from './selectorcache';
 import { translatePolicy } from './translate';
-import type { CidrPeer, Entity, PeerRule, Requirement, Rule, Selector, ServicePeer } from './types';
+import type { CidrPeer, Entity, FqdnSelector, PeerRule, Requirement, Rule, Selector, ServicePeer } from './types';
+import { selectorKey as fqdnSelectorKey } from '../fqdn/pattern';
 
 /** What a toServices peer stands for now: selectors over the backends' pods and/or backend addresses. */
 export type ServiceResolver = (peer: ServicePeer) => { selectors: Selector[]; cidrs: string[] };
@@ -48,6 +49,8 @@ export const ENTITY_SELECTORS: Record<Exclude<Entity, 'all'>, Selector[]> = {
 interface PeerSelection {
   any: boolean;
   selectors: Selector[];
+  /** toFQDNs selectors (their identities come from the FQDN cache) */
+  fqdns: FqdnSelector[];
 }
 
 interface StoredPolicy {
@@ -96,6 +99,13 @@ export class PolicyRepository {
   private readonly blockIdSet = new Set<number>();
   /** Called when an address-block identity appears (id) or goes (undefined): the mb_ipblock entries. */
   onAddressBlock: (prefix: string, identity: number | undefined) => void = () => {};
+
+  /** toFQDNs selectors in use, by key, with the number of rules naming each. */
+  private readonly fqdnSels = new Map<string, { sel: FqdnSelector; refs: number }>();
+  /** The identities of the addresses learned for a toFQDNs selector (set by the agent's FQDN cache; none by default). */
+  fqdnIdentities: (sel: FqdnSelector) => number[] = () => [];
+  /** Called when the set of toFQDNs selectors in use changes. */
+  onFqdnSelectors: () => void = () => {};
 
   /** Resolves toServices peers; set by the agent (no services known: nothing). */
   serviceResolver: ServiceResolver = () => ({ selectors: [], cidrs: [] });
@@ -159,12 +169,37 @@ export class PolicyRepository {
         for (const s of this.peerSel.get(pr)?.selectors ?? []) this.cache.release(s);
       }
     }
+    let fqdnChanged = false;
+    for (const r of p.rules) {
+      for (const pr of r.egress) {
+        for (const f of pr.peers.fqdns ?? []) {
+          const k = fqdnSelectorKey(f);
+          const cur = this.fqdnSels.get(k);
+          if (cur && --cur.refs <= 0) {
+            this.fqdnSels.delete(k);
+            fqdnChanged = true;
+          }
+        }
+      }
+    }
+    if (fqdnChanged) this.onFqdnSelectors();
     for (const c of p.cidrs) this.releasePrefix(this.cidrIds, c, this.onCidr);
     for (const c of p.blocks) this.releasePrefix(this.blockIds, c, this.onAddressBlock, this.blockIdSet);
   }
 
   private registerPeers(pr: PeerRule): void {
-    const sel: PeerSelection = { any: !!pr.peers.any, selectors: [] };
+    const sel: PeerSelection = { any: !!pr.peers.any, selectors: [], fqdns: pr.peers.fqdns ?? [] };
+    let fqdnAdded = false;
+    for (const f of sel.fqdns) {
+      const k = fqdnSelectorKey(f);
+      const cur = this.fqdnSels.get(k);
+      if (cur) cur.refs++;
+      else {
+        this.fqdnSels.set(k, { sel: f, refs: 1 });
+        fqdnAdded = true;
+      }
+    }
+    if (fqdnAdded) this.onFqdnSelectors();
     for (const s of pr.peers.selectors) {
       if (isWildcard(s)) sel.any = true;
       else sel.selectors.push(s);
@@ -236,7 +271,13 @@ export class PolicyRepository {
     if (sel.any) return [0];
     const ids = new Set<number>();
     for (const s of sel.selectors) for (const id of this.cache.get(s)?.ids ?? []) ids.add(id);
+    for (const f of sel.fqdns) for (const id of this.fqdnIdentities(f)) ids.add(id);
     return [...ids];
+  }
+
+  /** The toFQDNs selectors some rule names now. */
+  fqdnSelectors(): FqdnSelector[] {
+    return [...this.fqdnSels.values()].map((v) => v.sel);
   }
 
   /** Rules whose subject selects an identity with these labels. */

@@ -89,8 +89,9 @@ export class PolicyTracer {
           v.allowed && e?.redirect
             ? {
                 proxyPort: e.proxyPort,
-                listener: egress ? 'http-egress' : 'http-ingress',
+                listener: e.dns ? 'dns-egress' : egress ? 'http-egress' : 'http-ingress',
                 rules: (e.http ?? []).map((h) => ({ ...h.rule, policy: h.from })),
+                ...(e.dns ? { dns: e.dns.map((h) => ({ ...h.rule, policy: h.from })) } : {}),
                 allowAll: e.allowAllFrom ?? [],
               }
             : undefined;

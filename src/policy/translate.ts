@@ -19,8 +19,9 @@ import { parseCidr, cidrContains } from '../util/ip';
 import { labelValueProblems, qualifiedNameProblems } from '../util/k8snames';
 import { NAMESPACE_LABEL, NAMESPACE_LABELS_PREFIX } from '../identity/labels';
 import { RE2JS } from 're2js';
+import { nameProblems, patternProblems } from '../fqdn/pattern';
 import {
-  CidrPeer, Entity, ENTITIES, HeaderMatch, HeaderMismatchAction, HttpRule, IcmpSpec, L7Rules, PeerRule, Peers, PolicySource, PortSpec, Protocol,
+  CidrPeer, DnsRule, Entity, ENTITIES, HeaderMatch, HeaderMismatchAction, HttpRule, IcmpSpec, L7Rules, PeerRule, Peers, PolicySource, PortSpec, Protocol,
   Requirement, Rule, Selector, ServicePeer,
 } from './types';
 
@@ -319,7 +320,6 @@ const UNSUPPORTED_PEERS: Record<string, string> = {
   toNodes: 'node selectors are not supported yet (use toEntities: [host, remote-node])',
   fromGroups: 'cloud groups are not supported',
   toGroups: 'cloud groups are not supported',
-  toFQDNs: 'toFQDNs is not supported yet (needs the DNS proxy)',
   authentication: 'mutual authentication is not supported',
 };
 
@@ -384,28 +384,61 @@ function parseHttpRule(p: Problems, path: string, v: unknown): HttpRule | undefi
   return rule;
 }
 
-/** toPorts[].rules: HTTP rules; every other L7 protocol is rejected by name. Returns undefined for no (or empty) rules. */
-function parseL7Rules(p: Problems, path: string, v: unknown): L7Rules | undefined {
-  if (v === undefined || v === null) return undefined;
+/**
+ * A DNS rule or toFQDNs selector: exactly one of matchName / matchPattern,
+ * valid as the reference system defines them (src/fqdn/pattern.ts).
+ */
+function parseNameSelector(p: Problems, path: string, v: unknown): DnsRule | undefined {
   if (!isObj(v)) {
-    p.add(path, `must be an object with http rules, got ${show(v)}`);
+    p.add(path, `must be an object with matchName or matchPattern, got ${show(v)}`);
     return undefined;
   }
-  checkKeys(p, path, v, ['http'], {
-    dns: 'DNS rules are not supported yet (needs the DNS proxy)',
-    kafka: 'Kafka rules are not supported (only HTTP L7 rules are)',
-    l7proto: 'generic L7 protocols are not supported (only HTTP L7 rules are)',
-    l7: 'generic L7 protocols are not supported (only HTTP L7 rules are)',
+  checkKeys(p, path, v, ['matchName', 'matchPattern']);
+  const hasName = v.matchName !== undefined && v.matchName !== '';
+  const hasPattern = v.matchPattern !== undefined && v.matchPattern !== '';
+  if (hasName === hasPattern) {
+    p.add(path, hasName ? 'takes only one of matchName and matchPattern' : 'needs matchName or matchPattern');
+    return undefined;
+  }
+  if (hasName) {
+    const bad = nameProblems(v.matchName);
+    if (bad.length) return void p.add(`${path}.matchName`, `${show(v.matchName)} ${bad.join('; ')}`);
+    return { matchName: v.matchName as string };
+  }
+  const bad = patternProblems(v.matchPattern);
+  if (bad.length) return void p.add(`${path}.matchPattern`, `${show(v.matchPattern)} ${bad.join('; ')}`);
+  return { matchPattern: v.matchPattern as string };
+}
+
+/** toPorts[].rules: HTTP or DNS rules; every other L7 protocol is rejected by name. Returns undefined for no (or empty) rules. */
+function parseL7Rules(p: Problems, path: string, v: unknown, dir: 'ingress' | 'egress'): L7Rules | undefined {
+  if (v === undefined || v === null) return undefined;
+  if (!isObj(v)) {
+    p.add(path, `must be an object with http or dns rules, got ${show(v)}`);
+    return undefined;
+  }
+  checkKeys(p, path, v, ['http', 'dns'], {
+    kafka: 'Kafka rules are not supported (only HTTP and DNS L7 rules are)',
+    l7proto: 'generic L7 protocols are not supported (only HTTP and DNS L7 rules are)',
+    l7: 'generic L7 protocols are not supported (only HTTP and DNS L7 rules are)',
   });
   const http: HttpRule[] = [];
   arrayAt(p, `${path}.http`, v.http).forEach((r, i) => {
     const rule = parseHttpRule(p, `${path}.http[${i}]`, r);
     if (rule) http.push(rule);
   });
+  const dns: DnsRule[] = [];
+  arrayAt(p, `${path}.dns`, v.dns).forEach((r, i) => {
+    const rule = parseNameSelector(p, `${path}.dns[${i}]`, r);
+    if (rule) dns.push(rule);
+  });
+  if (http.length && dns.length) p.add(path, 'a toPorts entry takes HTTP or DNS rules, not both');
+  if (dns.length && dir === 'ingress') p.add(`${path}.dns`, 'DNS rules apply to egress only (the DNS proxy sees the queries pods send)');
+  if (dns.length) return { http: [], dns };
   return http.length ? { http } : undefined;
 }
 
-function parseCiliumPorts(p: Problems, path: string, v: unknown, deny: boolean): PortSpec[] | undefined {
+function parseCiliumPorts(p: Problems, path: string, v: unknown, deny: boolean, dir: 'ingress' | 'egress'): PortSpec[] | undefined {
   const ports: PortSpec[] = [];
   const list = arrayAt(p, path, v);
   list.forEach((pr, i) => {
@@ -418,7 +451,7 @@ function parseCiliumPorts(p: Problems, path: string, v: unknown, deny: boolean):
       terminatingTLS: 'TLS interception is not supported',
       originatingTLS: 'TLS interception is not supported',
     });
-    const l7 = deny ? undefined : parseL7Rules(p, `${pp}.rules`, pr.rules);
+    const l7 = deny ? undefined : parseL7Rules(p, `${pp}.rules`, pr.rules, dir);
     const entries = arrayAt(p, `${pp}.ports`, pr.ports);
     if (entries.length === 0) {
       if (l7) p.add(`${pp}.rules`, 'L7 rules need a port: add ports to this toPorts entry');
@@ -431,7 +464,16 @@ function parseCiliumPorts(p: Problems, path: string, v: unknown, deny: boolean):
       const port = parsePort(p, `${ep}.port`, e.port);
       const endPort = parseEndPort(p, `${ep}.endPort`, e.endPort, port);
       let protocol = parseCiliumProtocol(p, `${ep}`, e.protocol, port, endPort);
-      if (l7 && protocol) {
+      if (l7?.dns && protocol) {
+        // DNS runs over UDP and TCP: protocol ANY means both (never SCTP).
+        if (protocol !== 'TCP' && protocol !== 'UDP' && protocol !== 'ANY') p.add(`${ep}.protocol`, `${show(e.protocol)}: DNS rules apply to UDP and TCP ports only`);
+        if (port === 0) p.add(`${ep}.port`, 'DNS rules need a port (usually 53; 0 means every port)');
+        if (endPort !== undefined) p.add(`${ep}.endPort`, 'DNS rules take one port, not a range');
+        if (protocol === 'ANY') {
+          if (port !== undefined) ports.push({ port, protocol: 'UDP', l7 }, { port, protocol: 'TCP', l7 });
+          return;
+        }
+      } else if (l7 && protocol) {
         // HTTP runs over TCP: an L7 rule on protocol ANY applies to TCP only.
         if (protocol !== 'TCP' && protocol !== 'ANY') p.add(`${ep}.protocol`, `${show(e.protocol)}: HTTP rules apply to TCP ports only`);
         protocol = 'TCP';
@@ -480,8 +522,12 @@ function parseCiliumRule(p: Problems, path: string, v: unknown, dir: 'ingress' |
     return undefined;
   }
   const f = dir === 'ingress' ? 'from' : 'to';
-  const allowed = [`${f}Endpoints`, `${f}CIDR`, `${f}CIDRSet`, `${f}Entities`, 'toPorts', 'icmps', ...(dir === 'egress' ? ['toServices'] : [])];
-  checkKeys(p, path, v, allowed, { ...UNSUPPORTED_PEERS, ...NOT_SUPPORTED_RULE_FIELDS });
+  const allowed = [`${f}Endpoints`, `${f}CIDR`, `${f}CIDRSet`, `${f}Entities`, 'toPorts', 'icmps', ...(dir === 'egress' ? ['toServices', 'toFQDNs'] : [])];
+  checkKeys(p, path, v, allowed, {
+    ...UNSUPPORTED_PEERS,
+    ...NOT_SUPPORTED_RULE_FIELDS,
+    ...(dir === 'ingress' ? { toFQDNs: 'toFQDNs is an egress peer' } : {}),
+  });
   const peers: Peers = { selectors: [], entities: [], cidrs: [] };
   const eps = v[`${f}Endpoints`];
   arrayAt(p, `${path}.${f}Endpoints`, eps).forEach((s, i) => {
@@ -521,8 +567,18 @@ function parseCiliumRule(p: Problems, path: string, v: unknown, dir: 'ingress' |
       }
     });
   }
-  const hasPeerFields = [`${f}Endpoints`, `${f}CIDR`, `${f}CIDRSet`, `${f}Entities`, ...(dir === 'egress' ? ['toServices'] : [])].some((k) => v[k] !== undefined);
-  const ports = parseCiliumPorts(p, `${path}.toPorts`, v.toPorts, deny);
+  if (dir === 'egress' && v.toFQDNs !== undefined) {
+    if (deny) p.add(`${path}.toFQDNs`, 'toFQDNs cannot be used in deny rules');
+    const others = [`${f}Endpoints`, `${f}CIDR`, `${f}CIDRSet`, `${f}Entities`, 'toServices'].filter((k) => v[k] !== undefined);
+    if (others.length) p.add(`${path}.toFQDNs`, `cannot be combined with ${others.join(', ')} in the same rule`);
+    peers.fqdns = [];
+    arrayAt(p, `${path}.toFQDNs`, v.toFQDNs).forEach((s, i) => {
+      const sel = parseNameSelector(p, `${path}.toFQDNs[${i}]`, s);
+      if (sel) peers.fqdns!.push(sel);
+    });
+  }
+  const hasPeerFields = [`${f}Endpoints`, `${f}CIDR`, `${f}CIDRSet`, `${f}Entities`, ...(dir === 'egress' ? ['toServices', 'toFQDNs'] : [])].some((k) => v[k] !== undefined);
+  const ports = parseCiliumPorts(p, `${path}.toPorts`, v.toPorts, deny, dir);
   const icmps = v.icmps !== undefined ? parseIcmps(p, `${path}.icmps`, v.icmps) : undefined;
   if (ports && icmps) p.add(path, 'toPorts and icmps cannot be used in the same rule');
   // Only ports/ICMP and no peer field: the rule applies to every peer. Nothing at all: no peer.

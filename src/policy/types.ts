@@ -60,9 +60,23 @@ export interface HttpRule {
   headerMatches?: HeaderMatch[];
 }
 
-/** L7 rules of one toPorts entry; the rules of a list are alternatives. */
+/**
+ * One DNS rule (toPorts[].rules.dns[]): exactly one of matchName (the whole
+ * name) or matchPattern ('*' within one label, a bare '*' for every name);
+ * see src/fqdn/pattern.ts.
+ */
+export interface DnsRule {
+  matchName?: string;
+  matchPattern?: string;
+}
+
+/** A toFQDNs selector: the addresses learned from allowed answers for the names it matches. */
+export type FqdnSelector = DnsRule;
+
+/** L7 rules of one toPorts entry; the rules of a list are alternatives. A port has HTTP or DNS rules, not both. */
 export interface L7Rules {
   http: HttpRule[];
+  dns?: DnsRule[];
 }
 
 export interface IcmpSpec {
@@ -114,6 +128,8 @@ export interface Peers {
   cidrs: CidrPeer[];
   /** toServices: resolved to the services' backends by the repository. */
   services?: ServicePeer[];
+  /** toFQDNs: the identities of addresses learned from DNS answers for matching names. */
+  fqdns?: FqdnSelector[];
 }
 
 /**

@@ -19,13 +19,14 @@
  * one touches no other.
  */
 import type { L7Entry } from '../policy/mapstate';
-import type { HttpRule } from '../policy/types';
+import type { DnsRule, HttpRule } from '../policy/types';
 import type { GatewayTable } from '../gateway/model';
+import { nameProblems, patternProblems } from '../fqdn/pattern';
 
 export const CONFIG_VERSION = 1;
 
-export type ListenerKind = 'http-policy' | 'http-gateway';
-export const LISTENER_KINDS: ListenerKind[] = ['http-policy', 'http-gateway'];
+export type ListenerKind = 'http-policy' | 'http-gateway' | 'dns-policy';
+export const LISTENER_KINDS: ListenerKind[] = ['http-policy', 'http-gateway', 'dns-policy'];
 
 export interface ListenerConfig {
   /** Unique; also the name in flow records and status (e.g. "http-egress"). */
@@ -34,7 +35,8 @@ export interface ListenerConfig {
   /** Bind address. Transparent listeners bind loopback: the datapath assigns them redirected flows. */
   address: string;
   port: number;
-  protocol: 'tcp';
+  /** dns-policy listens on UDP and TCP on the same port. */
+  protocol: 'tcp' | 'udp+tcp';
   /** IP_TRANSPARENT: accepts flows addressed to other hosts (the original destination stays the local address). */
   transparent: boolean;
   /** http-policy: the direction whose redirect leads here (its endpoint's rules decide). */
@@ -64,6 +66,17 @@ export interface ProxyConfig {
   endpoints: EndpointRef[];
   /** http-gateway listeners' routes, by listener name (src/gateway/model.ts); replaced without touching the listener. */
   gateways?: Record<string, GatewayTable>;
+  /** The DNS proxy's part (dns-policy listeners). */
+  dns?: DnsConfig;
+}
+
+export interface DnsConfig {
+  /** toFQDNs selectors in force: addresses answered for names they match are learned before the answer is released. */
+  selectors: DnsRule[];
+  /** The rcode of a refused query. */
+  rejectRcode: 'REFUSED' | 'NXDOMAIN';
+  /** Longest wait for the agent to have learned an answer's addresses before the answer is released anyway. */
+  maxDelayMs: number;
 }
 
 export class ConfigError extends Error {
@@ -84,10 +97,23 @@ function checkEntry(p: string[], path: string, e: unknown): void {
   if (typeof e.egress !== 'boolean') p.push(`${path}.egress: must be true or false, got ${show(e.egress)}`);
   if (!Array.isArray(e.allowAllFrom) || !e.allowAllFrom.every((x) => typeof x === 'string')) p.push(`${path}.allowAllFrom: must be a list of names`);
   if (!Array.isArray(e.http)) return void p.push(`${path}.http: must be a list, got ${show(e.http)}`);
+  if (e.dns !== undefined) {
+    if (!Array.isArray(e.dns)) p.push(`${path}.dns: must be a list, got ${show(e.dns)}`);
+    else
+      e.dns.forEach((d, i) => {
+        if (!isObj(d) || !isObj(d.rule) || typeof d.from !== 'string') return void p.push(`${path}.dns[${i}]: must be {rule, from}, got ${show(d)}`);
+        checkNameSelector(p, `${path}.dns[${i}].rule`, d.rule);
+      });
+  }
   e.http.forEach((h, i) => {
     if (!isObj(h) || !isObj(h.rule) || typeof h.from !== 'string') p.push(`${path}.http[${i}]: must be {rule, from}, got ${show(h)}`);
     else checkRule(p, `${path}.http[${i}].rule`, h.rule as HttpRule);
   });
+}
+
+function checkNameSelector(p: string[], path: string, r: Obj): void {
+  const bad = r.matchName !== undefined ? nameProblems(r.matchName) : r.matchPattern !== undefined ? patternProblems(r.matchPattern) : ['needs matchName or matchPattern'];
+  if (bad.length) p.push(`${path}: ${show(r)} ${bad.join('; ')}`);
 }
 
 function checkRule(p: string[], path: string, r: HttpRule): void {
@@ -120,7 +146,8 @@ export function parseConfig(v: unknown): ProxyConfig {
       if (!isPort(l.port)) p.push(`${lp}.port: ${show(l.port)} is not a port 1-65535`);
       else if (ports.has(`${String(l.address)}:${l.port}`)) p.push(`${lp}.port: ${String(l.address)}:${l.port} is used twice`);
       else ports.add(`${String(l.address)}:${l.port}`);
-      if (l.protocol !== 'tcp') p.push(`${lp}.protocol: ${show(l.protocol)} is not tcp`);
+      const wantProto = l.kind === 'dns-policy' ? 'udp+tcp' : 'tcp';
+      if (l.protocol !== wantProto) p.push(`${lp}.protocol: ${show(l.protocol)} is not ${wantProto}`);
       if (typeof l.transparent !== 'boolean') p.push(`${lp}.transparent: must be true or false, got ${show(l.transparent)}`);
       if (l.kind === 'http-policy' && l.direction !== 'ingress' && l.direction !== 'egress') p.push(`${lp}.direction: ${show(l.direction)} is not ingress or egress`);
       if (l.kind === 'http-gateway') {
@@ -151,6 +178,16 @@ export function parseConfig(v: unknown): ProxyConfig {
       if (!isObj(e) || !isU32(e.id) || typeof e.policy !== 'string') return void p.push(`endpoints[${i}]: must be {id, policy}, got ${show(e)}`);
       if (isObj(v.policies) && !(e.policy in v.policies)) p.push(`endpoints[${i}].policy: ${show(e.policy)} is not in policies`);
     });
+  if (v.dns !== undefined) {
+    const d = v.dns;
+    if (!isObj(d)) p.push(`dns: must be an object, got ${show(d)}`);
+    else {
+      if (!Array.isArray(d.selectors)) p.push(`dns.selectors: must be a list, got ${show(d.selectors)}`);
+      else d.selectors.forEach((s, i) => (isObj(s) ? checkNameSelector(p, `dns.selectors[${i}]`, s) : p.push(`dns.selectors[${i}]: must be an object`)));
+      if (d.rejectRcode !== 'REFUSED' && d.rejectRcode !== 'NXDOMAIN') p.push(`dns.rejectRcode: ${show(d.rejectRcode)} is not REFUSED or NXDOMAIN`);
+      if (typeof d.maxDelayMs !== 'number' || !(d.maxDelayMs >= 0 && d.maxDelayMs <= 60_000)) p.push(`dns.maxDelayMs: ${show(d.maxDelayMs)} is not 0..60000`);
+    }
+  }
   if (p.length) throw new ConfigError(p);
   return v as unknown as ProxyConfig;
 }

@@ -33,16 +33,31 @@ export interface ProxyStatus {
   connections: number;
   requests: { forwarded: number; denied: number; error: number };
   records: { queued: number; dropped: number; delivered: number };
+  /** The DNS proxy: queries handled, and answers released before the agent had learned their addresses. */
+  dns?: { queries: number; denied: number; forwarded: number; errors: number; learnLate: number; learnNoAgent: number };
   rssBytes: number;
 }
 
-export type AgentMessage = { type: 'config'; config: ProxyConfig } | { type: 'status' };
+export type AgentMessage = { type: 'config'; config: ProxyConfig } | { type: 'status' } | { type: 'fqdn-ack'; seq: number };
+
+/** Addresses an allowed DNS answer carried for a name a toFQDNs selector matches (the agent acks once they are in the maps). */
+export interface FqdnLearn {
+  type: 'fqdn';
+  seq: number;
+  /** The endpoint that asked. */
+  endpoint: number;
+  name: string;
+  addresses: { ip: string; ttl: number }[];
+  /** ms since epoch when the answer arrived (TTLs count from there). */
+  time: number;
+}
 
 export type ProxyMessage =
   | { type: 'hello'; status: ProxyStatus }
   | { type: 'applied'; generation: number; status: ProxyStatus; error?: string }
   | { type: 'records'; records: L7Record[]; dropped: number }
-  | { type: 'status'; status: ProxyStatus };
+  | { type: 'status'; status: ProxyStatus }
+  | FqdnLearn;
 
 /** Largest message accepted (a configuration for many identities is big, but not unbounded). */
 export const MAX_MESSAGE_BYTES = 256 * 1024 * 1024;

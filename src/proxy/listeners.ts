@@ -9,6 +9,7 @@
 import type { ListenerConfig, ListenerKind } from './config';
 import { HttpPolicyListener, ListenerContext } from './http';
 import { HttpGatewayListener } from './gateway';
+import { DnsListenerContext, DnsPolicyListener } from './dns';
 
 export interface Listener {
   readonly cfg: ListenerConfig;
@@ -19,7 +20,8 @@ export interface Listener {
   close(): Promise<void>;
 }
 
-export const LISTENER_FACTORIES: Record<ListenerKind, (cfg: ListenerConfig, ctx: ListenerContext) => Listener> = {
-  'http-policy': (cfg, ctx) => new HttpPolicyListener(cfg, ctx),
-  'http-gateway': (cfg, ctx) => new HttpGatewayListener(cfg, ctx),
+export const LISTENER_FACTORIES: Record<ListenerKind, (cfg: ListenerConfig, ctx: DnsListenerContext) => Listener> = {
+  'http-policy': (cfg, ctx: ListenerContext) => new HttpPolicyListener(cfg, ctx),
+  'http-gateway': (cfg, ctx: ListenerContext) => new HttpGatewayListener(cfg, ctx),
+  'dns-policy': (cfg, ctx) => new DnsPolicyListener(cfg, ctx),
 };

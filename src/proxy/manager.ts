@@ -19,7 +19,8 @@ import type { ComputedPolicy, NamedPort } from '../policy/mapstate';
 import { mkdirp, readJson, writeJsonAtomic } from '../util/fsutil';
 import { socketServing } from '../util/unixsock';
 import type { Logger } from '../util/log';
-import { CONFIG_VERSION, EndpointTables, ListenerConfig, ProxyConfig } from './config';
+import { CONFIG_VERSION, DnsConfig, EndpointTables, ListenerConfig, ProxyConfig } from './config';
+import type { FqdnLearn } from './control';
 import type { GatewayTable } from '../gateway/model';
 import { MARK_MASK, MARK_TO_PROXY, PROXY_PORT_MAX, PROXY_PORT_MIN, PROXY_ROUTE_TABLE, PROXY_RULE_PRIORITY } from './constants';
 import type { L7Record } from './records';
@@ -39,6 +40,10 @@ export interface ProxyManagerOptions {
   log: Logger;
   proxyBin: string;
   logLevel?: string;
+  /** The DNS proxy's answer to a denied query (--tofqdns-dns-reject-response-code). */
+  dnsRejectRcode?: 'REFUSED' | 'NXDOMAIN';
+  /** Longest hold of an answer while its addresses are learned (--tofqdns-proxy-response-max-delay, ms). */
+  dnsMaxDelayMs?: number;
 }
 
 /** The listeners the L7 policy needs: one per direction, transparent, on loopback. */
@@ -53,6 +58,7 @@ export class ProxyManager {
   private generation = 0;
   private lastJson = '';
   private needed = false;
+  private dnsNeeded = false;
   private nodeReady = false;
   private nodeError?: string;
   private policyPart?: { listeners: ListenerConfig[]; policies: Record<string, EndpointTables>; endpoints: { id: number; policy: string }[] };
@@ -80,9 +86,17 @@ export class ProxyManager {
   }
   recordsRefused = 0;
 
-  /** The listener port the datapath redirects a direction's L7 flows to (allocated on first use). */
-  portFor(egress: boolean): number {
-    const name = egress ? 'http-egress' : 'http-ingress';
+  /** The toFQDNs selectors in force (set by the agent): the DNS proxy learns answers for the names they match. */
+  fqdnSelectors: () => DnsConfig['selectors'] = () => [];
+
+  /** Where the DNS proxy's learned answers go; the proxy releases the answer when the promise settles. */
+  set onFqdn(fn: (m: FqdnLearn) => Promise<void>) {
+    this.supervisor.onFqdn = fn;
+  }
+
+  /** The listener port the datapath redirects a direction's L7 flows (of a kind) to (allocated on first use). */
+  portFor(egress: boolean, kind: 'http' | 'dns' = 'http'): number {
+    const name = kind === 'dns' ? 'dns-egress' : egress ? 'http-egress' : 'http-ingress';
     let p = this.ports[name];
     if (!p) {
       const used = new Set(Object.values(this.ports));
@@ -151,6 +165,7 @@ export class ProxyManager {
     const refs: { id: number; policy: string }[] = [];
     const keyOf = new Map<ComputedPolicy, string>();
     let any = false;
+    let dns = false;
     for (const ep of endpoints) {
       let computed: ComputedPolicy;
       try {
@@ -165,6 +180,7 @@ export class ProxyManager {
         continue;
       }
       any = true;
+      if (l7.some((e) => e.dns)) dns = true;
       let key = keyOf.get(computed);
       if (!key) {
         const tables: EndpointTables = { ingress: l7.filter((e) => !e.egress), egress: l7.filter((e) => e.egress) };
@@ -175,6 +191,7 @@ export class ProxyManager {
       refs.push({ id: ep.id, policy: key });
     }
     if (any) this.needed = true;
+    if (dns) this.dnsNeeded = true;
     refs.sort((a, b) => a.id - b.id);
     this.policyPart = { listeners: [], policies, endpoints: refs };
     this.send();
@@ -199,8 +216,13 @@ export class ProxyManager {
       transparent: true,
       direction: l.direction,
     }));
+    // The DNS listener, once any endpoint has DNS rules (kept after: policy maps may still carry its port).
+    if (this.dnsNeeded || this.ports['dns-egress']) {
+      listeners.push({ name: 'dns-egress', kind: 'dns-policy', address: '127.0.0.1', port: this.portFor(true, 'dns'), protocol: 'udp+tcp', transparent: true, direction: 'egress' });
+    }
     const policy = this.policyPart ?? { policies: { none: { ingress: [], egress: [] } }, endpoints: [] };
-    const body = { listeners: [...listeners, ...this.gatewayPart.listeners], policies: policy.policies, endpoints: policy.endpoints, gateways: this.gatewayPart.gateways };
+    const dnsConfig: DnsConfig = { selectors: this.fqdnSelectors(), rejectRcode: this.opts.dnsRejectRcode ?? 'REFUSED', maxDelayMs: this.opts.dnsMaxDelayMs ?? 100 };
+    const body = { listeners: [...listeners, ...this.gatewayPart.listeners], policies: policy.policies, endpoints: policy.endpoints, gateways: this.gatewayPart.gateways, dns: dnsConfig };
     const json = JSON.stringify(body);
     if (json !== this.lastJson) {
       this.lastJson = json;

@@ -15,8 +15,8 @@ import { L7Table } from '../policy/l7';
 import { mkdirp, readJson, writeJsonAtomic } from '../util/fsutil';
 import type { Logger } from '../util/log';
 import { parseConfig, ProxyConfig, ListenerConfig } from './config';
-import { AgentMessage, LineChannel, ProxyMessage, ProxyStatus } from './control';
-import type { ListenerContext } from './http';
+import { AgentMessage, FqdnLearn, LineChannel, ProxyMessage, ProxyStatus } from './control';
+import type { DnsListenerContext } from './dns';
 import { Listener, LISTENER_FACTORIES } from './listeners';
 import { DatapathView } from './identity';
 import { selfCheck } from './llhttp';
@@ -54,6 +54,13 @@ export class Proxy {
   private applying: Promise<void> = Promise.resolve();
   private readonly startedAt = new Date().toISOString();
   readonly counters = { connections: 0, requests: { forwarded: 0, denied: 0, error: 0 } };
+  readonly dnsCounters = { queries: 0, denied: 0, forwarded: 0, errors: 0, learnLate: 0, learnNoAgent: 0 };
+  private learnSeq = 0;
+  private readonly learnWaiters = new Map<number, () => void>();
+  /** Learned answers not yet acknowledged by an agent (sent again to the next agent that connects). */
+  private learnBacklog = new Map<number, FqdnLearn>();
+  /** name|ip -> when the agent's copy expires (ms): answers whose addresses the agent has are released at once. */
+  private readonly known = new Map<string, number>();
 
   private constructor(
     private readonly opts: ProxyOptions,
@@ -89,8 +96,62 @@ export class Proxy {
     return proxy;
   }
 
-  private listenerContext(): ListenerContext {
+  /**
+   * Hand an answer's addresses to the agent and wait (bounded) until it says
+   * they are in the maps. Addresses the agent acknowledged less than half
+   * their TTL ago are not sent again (no wait). With no agent the answer
+   * is released at once and the addresses are kept for the next agent.
+   */
+  private learn(endpoint: number, name: string, addresses: { ip: string; ttl: number }[]): Promise<'acked' | 'late' | 'no-agent' | 'known'> {
+    const now = Date.now();
+    // Told the agent recently (within half the TTL): nothing to send, nothing to wait for.
+    if (addresses.every((a) => (this.known.get(`${endpoint}|${name}|${a.ip}`) ?? 0) > now)) return Promise.resolve('known');
+    const seq = ++this.learnSeq;
+    const msg: FqdnLearn = { type: 'fqdn', seq, endpoint, name, addresses, time: now };
+    this.learnBacklog.set(seq, msg);
+    if (this.learnBacklog.size > 10_000) this.learnBacklog.delete(this.learnBacklog.keys().next().value!);
+    const ch = this.agent;
+    if (!ch || ch.closed) return Promise.resolve('no-agent');
+    ch.send(msg);
+    const maxDelay = this.config?.dns?.maxDelayMs ?? 100;
+    return new Promise((resolve) => {
+      const t = setTimeout(() => {
+        this.learnWaiters.delete(seq);
+        resolve('late');
+      }, maxDelay);
+      this.learnWaiters.set(seq, () => {
+        clearTimeout(t);
+        resolve('acked');
+      });
+    });
+  }
+
+  private onLearnAck(seq: number): void {
+    const m = this.learnBacklog.get(seq);
+    if (m) {
+      this.learnBacklog.delete(seq);
+      for (const a of m.addresses) {
+        const k = `${m.endpoint}|${m.name}|${a.ip}`;
+        // The agent keeps an address at least for its TTL (plus its minimum TTL): half of it is a safe local estimate.
+        this.known.set(k, Math.max(this.known.get(k) ?? 0, m.time + (a.ttl * 1000) / 2));
+      }
+      if (this.known.size > 100_000) this.known.clear();
+    }
+    const w = this.learnWaiters.get(seq);
+    if (w) {
+      this.learnWaiters.delete(seq);
+      w();
+    }
+  }
+
+  private listenerContext(): DnsListenerContext {
     return {
+      fqdn: {
+        selectors: () => this.config?.dns?.selectors ?? [],
+        learn: (ep, name, addrs) => this.learn(ep, name, addrs),
+        rejectRcode: () => this.config?.dns?.rejectRcode ?? 'REFUSED',
+      },
+      dnsCounters: this.dnsCounters,
       log: this.log,
       peer: (ip, port) => this.view.peer(ip, port),
       table: (id, egress) => {
@@ -200,10 +261,16 @@ export class Proxy {
     });
     this.agent = ch;
     ch.send({ type: 'hello', status: this.status() });
+    // Answers learned while no agent listened (or not acknowledged): the new agent learns them now.
+    for (const m of this.learnBacklog.values()) ch.send(m);
     this.log.info('agent connected');
   }
 
   private onAgentMessage(ch: LineChannel<AgentMessage, ProxyMessage>, m: AgentMessage): void {
+    if (m.type === 'fqdn-ack') {
+      this.onLearnAck(m.seq);
+      return;
+    }
     if (m.type === 'status') {
       ch.send({ type: 'status', status: this.status() });
       return;
@@ -255,6 +322,7 @@ export class Proxy {
       connections: this.counters.connections,
       requests: { ...this.counters.requests },
       records: { queued: this.queue.length, dropped: this.queue.dropped, delivered: this.queue.delivered },
+      dns: { ...this.dnsCounters },
       rssBytes: process.memoryUsage.rss(),
     };
   }

@@ -17,7 +17,7 @@ import * as path from 'node:path';
 import { mkdirp } from '../util/fsutil';
 import type { Logger } from '../util/log';
 import type { ProxyConfig } from './config';
-import { AgentMessage, LineChannel, ProxyMessage, ProxyStatus } from './control';
+import { AgentMessage, FqdnLearn, LineChannel, ProxyMessage, ProxyStatus } from './control';
 import { controlSocketPath } from './proxy';
 import type { L7Record } from './records';
 
@@ -49,6 +49,8 @@ export class ProxySupervisor {
   appliedGeneration?: number;
   recordsDropped = 0;
   onRecords?: (records: L7Record[]) => void;
+  /** Addresses of an allowed DNS answer: acknowledged to the proxy when the returned promise settles (the maps have them). */
+  onFqdn?: (m: FqdnLearn) => Promise<void>;
 
   private ch?: LineChannel<ProxyMessage, AgentMessage>;
   private child?: ChildProcess;
@@ -172,6 +174,19 @@ export class ProxySupervisor {
         for (const w of ws) w();
         break;
       }
+      case 'fqdn': {
+        const ch = this.ch;
+        const ack = () => ch?.send({ type: 'fqdn-ack', seq: m.seq });
+        if (!this.onFqdn) {
+          ack();
+          break;
+        }
+        this.onFqdn(m).then(ack, (e) => {
+          this.opts.log.error('addresses of a DNS answer could not be learned', { name: m.name, error: e });
+          ack();
+        });
+        break;
+      }
       case 'records':
         this.recordsDropped = m.dropped;
         try {
@@ -273,6 +288,7 @@ export class ProxySupervisor {
       requests: this.lastStatus?.requests ?? { forwarded: 0, denied: 0, error: 0 },
       recordsDropped: this.recordsDropped,
       rssBytes: this.lastStatus?.rssBytes ?? null,
+      dns: this.lastStatus?.dns ?? null,
     };
   }
 

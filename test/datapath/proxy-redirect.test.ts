@@ -8,7 +8,8 @@
  *     its conntrack entry is marked CT_F_PROXY_REDIRECT (egress and ingress);
  *     with the proxy's listener present, the lookup finds it (the assignment
  *     is what the test run refuses: 179);
- *   - an entry without a proxy port, or a UDP flow, is not redirected;
+ *   - an entry without a proxy port is not redirected; a UDP flow with one
+ *     (DNS) goes to the proxy's marked UDP socket on the port (178 without);
  *   - packets from the proxy (MB_MARK_FROM_PROXY) are not redirected again,
  *     and their flow's entry gets CT_F_FROM_PROXY;
  *   - the server's reply of such a flow is steered to the stack, marked
@@ -141,14 +142,35 @@ describe('L7 redirect decisions (bpf_lxc.o)', () => {
     }
   });
 
-  it('no proxy port, or UDP: not redirected', () => {
+  it('no proxy port: not redirected', () => {
     allow(B, { id: A.secId, egress: false, proto: IPPROTO_TCP, port: 8081 });
-    allow(B, { id: A.secId, egress: false, proto: IPPROTO_UDP, port: 53, proxyPort: PROXY_PORT });
     const sp = sport++;
     assert.equal(fx.policyIngress(B, tcpFrame(A.ip, B.ip, sp, 8081, TCP_SYN), { identity: A.secId }).retval, TC_ACT_REDIRECT);
     assert.equal((ctFlags(A.ip, B.ip, sp, 8081, CT_INGRESS) ?? 0) & C.CT_F_PROXY_REDIRECT, 0);
-    const u = ipv4L4Frame({ srcMac: NODE.host_mac, dstMac: NODE.host_mac, src: A.ip, dst: B.ip, proto: IPPROTO_UDP, seg: udp({ src: A.ip, dst: B.ip, sport: sport++, dport: 53 }) });
-    assert.equal(fx.policyIngress(B, u, { identity: A.secId }).retval, TC_ACT_REDIRECT, 'delivered into the pod');
+  });
+
+  it("UDP with a proxy port (DNS): to the proxy's UDP socket on the port, never another process's; none: dropped with 178", async () => {
+    allow(A, { id: B.secId, egress: true, proto: IPPROTO_UDP, port: 53, proxyPort: PROXY_PORT });
+    const frame = () => ipv4L4Frame({ srcMac: A.mac, dstMac: A.nodeMac, src: A.ip, dst: B.ip, proto: IPPROTO_UDP, seg: udp({ src: A.ip, dst: B.ip, sport: sport++, dport: 53 }) });
+    const before = metric(DROP_PROXY_LOOKUP_FAILED, DIR_EGRESS);
+    assert.equal(fx.fromContainer(A, frame()).retval, TC_ACT_SHOT);
+    assert.equal(metric(DROP_PROXY_LOOKUP_FAILED, DIR_EGRESS), before + 1, 'no proxy socket: fail closed');
+    // Another process's (unmarked) socket on the port is not the proxy.
+    const other = sockets().udpSocket('127.0.0.1', PROXY_PORT, 0, false);
+    try {
+      assert.equal(fx.fromContainer(A, frame()).retval, TC_ACT_SHOT);
+      assert.equal(metric(DROP_PROXY_LOOKUP_FAILED, DIR_EGRESS), before + 2);
+    } finally {
+      fs.closeSync(other);
+    }
+    const fd = sockets().udpSocket('127.0.0.1', PROXY_PORT, C.MB_MARK_FROM_PROXY, true);
+    try {
+      const set = metric(DROP_PROXY_SET_FAILED, DIR_EGRESS);
+      assert.equal(fx.fromContainer(A, frame()).retval, TC_ACT_SHOT);
+      assert.equal(metric(DROP_PROXY_SET_FAILED, DIR_EGRESS), set + 1, "found the proxy's socket; only bpf_sk_assign outside tc ingress failed");
+    } finally {
+      fs.closeSync(fd);
+    }
   });
 
   it("the proxy's own packets (MB_MARK_FROM_PROXY) are not redirected again; their flow's replies are steered back to the stack", () => {

@@ -87,7 +87,7 @@ describe('L7 policy translation', () => {
       }, 'l7'),
     );
     assert.match(all, /ingress\[0\]\.toPorts\[0\]\.rules\.kafka: Kafka rules are not supported/);
-    assert.match(all, /ingress\[1\]\.toPorts\[0\]\.rules\.dns: DNS rules are not supported yet/);
+    assert.match(all, /ingress\[1\]\.toPorts\[0\]\.rules\.dns: DNS rules apply to egress only/);
     assert.match(all, /ingress\[2\]\.toPorts\[0\]\.rules\.http\[0\]\.path: "\/a\(" is not a valid regular expression/);
     assert.match(all, /ingress\[2\]\.toPorts\[0\]\.rules\.http\[1\]\.method: must be a regular expression string, got 7/);
     assert.match(all, /ingress\[2\]\.toPorts\[0\]\.rules\.http\[2\]\.headers\[0\]: "bad\(name\): x"/);
