@@ -15,7 +15,7 @@ import * as path from 'node:path';
 import type * as http from 'node:http';
 import type { FastifyInstance } from 'fastify';
 import type { AgentConfig } from './config';
-import { buildApi, listenUnix } from './api';
+import { buildApi, buildWaitingApi, listenUnix } from './api';
 import { ChangePipeline } from './changes';
 import { Datapath, pruneSharedPrograms } from '../datapath/datapath';
 import { ConntrackGc } from '../datapath/ctgc';
@@ -27,6 +27,7 @@ import { AddressBlocks } from '../ipcache/ipblock';
 import { Ipam } from '../ipam/ipam';
 import { PolicyEngine } from '../policy/engine';
 import { PolicyTracer } from '../policy/trace';
+import { POLICY_KINDS, policyReports } from '../policy/status';
 import { EmbeddedStore } from '../store/embedded';
 import { validateResources } from '../store/kinds';
 import type { ResourceRef, Store } from '../store/types';
@@ -141,6 +142,7 @@ export class Agent {
             if (ev.type === 'DELETED') this.policy.repo.delete(o);
             else this.policy.repo.upsert(o);
           } catch (e) {
+            this.policy.repo.loadFailed(o, e);
             this.log.error('policy could not be loaded into the repository', { policy: `${o.kind}/${o.metadata.namespace ?? ''}/${o.metadata.name}`, error: e });
           }
           return true;
@@ -154,7 +156,10 @@ export class Agent {
         syncProxy: () => this.proxy.sync(this.endpoints.list(), this.policy),
         regenerateAll: () => this.endpoints.regenerateAll(),
         syncServices: () => this.syncServices(),
-        done: () => this.identities.flush(),
+        done: () => {
+          this.identities.flush();
+          cluster?.publishPolicyReports(this.policyReports());
+        },
         enforcedRevision: () => this.endpoints.enforcedRevision(),
       },
       log,
@@ -176,6 +181,17 @@ export class Agent {
     this.endpoints.onRegenerated = (ms) => this.metrics.regeneration.observe(ms / 1000);
     dp.reconciler.beforeResync = () => this.endpoints.syncHostEntries();
     dp.reconciler.onDrift = (table, r) => this.metrics.driftRepaired.inc({ map: table }, r.updated + r.removed);
+  }
+
+  /** What this node enforces of each policy (cluster mode: reported to the operator). */
+  policyReports() {
+    return policyReports({
+      objects: POLICY_KINDS.flatMap((k) => this.store.list(k)),
+      loaded: this.policy.repo.loaded(),
+      loadErrors: this.policy.repo.loadErrors,
+      endpoints: this.endpoints.list(),
+      revision: this.policy.revision,
+    });
   }
 
   private syncServices(): void {
@@ -222,6 +238,7 @@ export class Agent {
     mkdirp(path.dirname(cfg.socket));
     await assertSocketFree(cfg.socket);
     const cluster = cfg.cluster ? await connectCluster(cfg, VERSION, log) : undefined;
+    if (cluster && cfg.podCidrFromPool) cfg = { ...cfg, podCidr: await waitForPodCidr(cfg, cluster) };
     if (cluster) cfg = { ...cfg, mtu: podMtu(cfg, cluster.underlay!, log) };
     const dp = Datapath.open(cfg, log);
     const agent = new Agent(cfg, log, dp, cluster);
@@ -238,6 +255,7 @@ export class Agent {
         try {
           agent.policy.repo.upsert(o);
         } catch (e) {
+          agent.policy.repo.loadFailed(o, e);
           log.error('stored policy could not be loaded', { policy: `${kind}/${o.metadata.namespace ?? ''}/${o.metadata.name}`, error: e });
         }
       }
@@ -295,6 +313,7 @@ export class Agent {
       node: this.cfg.nodeName,
       uptimeSeconds: Math.round((Date.now() - this.startedAt) / 1000),
       podCidr: this.cfg.podCidr,
+      podCidrSource: this.cfg.podCidrFromPool ? 'cluster-pool' : 'pod-cidr',
       router: this.routerAddress(),
       devices: { host: this.cfg.hostDevice, net: this.cfg.netDevice },
       bpfRoot: this.cfg.bpfRoot,
@@ -350,6 +369,25 @@ export class Agent {
     }
     this.dp.close();
     this.log.info('agent stopped; endpoints keep their datapath');
+  }
+}
+
+/** Cluster pool: serve `membrane status` (waiting, and why) until the operator allocated this node's pod CIDR. */
+async function waitForPodCidr(cfg: AgentConfig, cluster: ClusterNode): Promise<string> {
+  const started = Date.now();
+  const api = buildWaitingApi(() => ({
+    version: VERSION,
+    node: cfg.nodeName,
+    state: 'waiting-for-pod-cidr',
+    uptimeSeconds: Math.round((Date.now() - started) / 1000),
+    podCidr: null,
+    cluster: cluster.status(),
+  }));
+  await listenUnix(api, cfg.socket);
+  try {
+    return await cluster.waitForPodCidr();
+  } finally {
+    await api.close();
   }
 }
 

@@ -22,6 +22,8 @@ import { CniRequest, endpointBackend, serveCni } from '../cni/backend';
 /** Linux interface names (dev_valid_name): not "." or "..", no '/', ':' or whitespace; bytes are checked by ifnameProblem. */
 const IFNAME_PATTERN = '^(?!\\.\\.?$)[^/:\\s]+$';
 import { StoreError } from '../store/types';
+import type { Resource } from '../store/types';
+import { POLICY_KINDS } from '../policy/status';
 import { KvstoreUnavailableError } from '../kvstore/errors';
 
 const attachment = {
@@ -358,10 +360,20 @@ export function buildApi(agent: Agent): FastifyInstance {
     if (req.query.name) {
       const o = agent.store.get({ kind: info.kind, namespace: info.namespaced ? ns || 'default' : undefined, name: req.query.name });
       if (!o) return reply.status(404).send({ error: `${info.kind} ${ns ? ns + '/' : ''}${req.query.name} not found`, kind: 'not-found' });
-      return [o];
+      return withStatus(info.kind, [o]);
     }
-    return agent.store.list(info.kind, ns);
+    return withStatus(info.kind, agent.store.list(info.kind, ns));
   });
+
+  // Policy kinds in cluster mode carry the status the operator aggregated (etcd unreachable: without it).
+  const withStatus = async <T extends Resource>(kind: string, objs: T[]): Promise<T[]> => {
+    if (!agent.cluster || !(POLICY_KINDS as readonly string[]).includes(kind)) return objs;
+    try {
+      return await agent.cluster.withPolicyStatus(kind, objs);
+    } catch {
+      return objs;
+    }
+  };
 
   // Policy.
   app.get('/v1/policy', { schema: { querystring: noQuery } }, async () => ({ revision: agent.policy.revision, policies: agent.policy.repo.objects() }));
@@ -411,6 +423,20 @@ export function buildApi(agent: Agent): FastifyInstance {
 }
 
 /** Serve the API on a Unix socket created owner-only (no window with wider access). */
+/**
+ * The API while the agent waits for its pod CIDR (cluster pool): `status`
+ * says what it waits for (and the operator's error, if any); every other
+ * route answers 503.
+ */
+export function buildWaitingApi(status: () => unknown): FastifyInstance {
+  const app = Fastify({ logger: false });
+  const waiting = { error: 'the agent is waiting for its pod CIDR from the operator (cluster pool); see membrane status', kind: 'unavailable' };
+  app.get('/v1/status', async () => status());
+  app.get('/v1/healthz', async (_req, reply) => reply.status(503).send({ status: 'waiting-for-pod-cidr' }));
+  app.setNotFoundHandler(async (_req, reply) => reply.status(503).send(waiting));
+  return app;
+}
+
 export async function listenUnix(app: FastifyInstance, socket: string): Promise<void> {
   try {
     fs.unlinkSync(socket);

@@ -11,6 +11,7 @@ import { parseArgs } from 'node:util';
 import YAML from 'yaml';
 import { parseCidr, formatCidr, formatIp, parseIp } from '../util/ip';
 import { parseEndpoints } from '../kvstore/kvstore';
+import { MB_POLICY_MAX_ENTRIES } from '../datapath/constants';
 
 export interface AgentConfig {
   stateDir: string;
@@ -58,6 +59,13 @@ export interface AgentConfig {
   mtuExplicit: boolean;
   /** DNS-aware policy (src/fqdn, the DNS proxy). */
   fqdn: FqdnSettings;
+  /**
+   * Cluster mode without --pod-cidr: the operator's cluster pool allocates the
+   * pod CIDR; `podCidr` is empty until the agent has received it.
+   */
+  podCidrFromPool: boolean;
+  /** Entries one endpoint's policy may take (--policy-map-max-entries, at most the map's size). */
+  policyMapMaxEntries: number;
 }
 
 export interface FqdnSettings {
@@ -101,7 +109,8 @@ const USAGE = `Usage: membrane-agent [flags]
   --state-dir DIR     state directory (${DEFAULTS.stateDir})
   --bpf-root DIR      bpffs directory for pinned maps and links (${DEFAULTS.bpfRoot})
   --socket PATH       API Unix socket (${DEFAULTS.socket})
-  --pod-cidr CIDR     this node's pod CIDR (${DEFAULTS.podCidr})
+  --pod-cidr CIDR     this node's pod CIDR (${DEFAULTS.podCidr}; in cluster mode without it, the
+                      operator's cluster pool allocates one and the agent waits for it)
   --node-name NAME    node name (hostname)
   --mtu N             pod interface MTU (${DEFAULTS.mtu})
   --config FILE       YAML or JSON file with any of the above (camelCase or kebab-case keys)
@@ -140,6 +149,8 @@ DNS-aware policy (toFQDNs, DNS rules):
                               addresses kept per name (50; the one expiring first makes room)
   --tofqdns-endpoint-max-ips N
                               addresses kept per endpoint (1000; further ones are not learned)
+  --policy-map-max-entries N  entries one endpoint's policy may take (${MB_POLICY_MAX_ENTRIES}, the map's size); a policy
+                              needing more fails on that endpoint (fails closed) and is reported
 `;
 
 export class ConfigError extends Error {}
@@ -194,6 +205,7 @@ export function parseAgentArgs(argv: string[]): AgentConfig | 'help' {
       'tofqdns-dns-reject-response-code': { type: 'string' },
       'tofqdns-endpoint-max-ip-per-hostname': { type: 'string' },
       'tofqdns-endpoint-max-ips': { type: 'string' },
+      'policy-map-max-entries': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
     strict: true,
@@ -212,7 +224,7 @@ export function parseAgentArgs(argv: string[]): AgentConfig | 'help' {
       throw new ConfigError(`--config: ${values.config} must hold a mapping of settings`);
     }
     for (const [k, v] of Object.entries(parsed ?? {})) file[k.replace(/-([a-z])/g, (_, c) => c.toUpperCase())] = v;
-    const known = ['stateDir', 'bpfRoot', 'socket', 'podCidr', 'nodeName', 'mtu', 'logLevel', 'bpfObjDir', 'policyEnforcement', 'monitorAggregation', 'monitorReportInterval', 'flowsBuffer', 'flowsMemory', 'flowsStreamTimeout', 'metricsAddress', 'serviceCidr', 'lbAlgorithm', 'devices', 'socketLbCgroup', 'resyncInterval', 'kvstoreEndpoints', 'kvstorePrefix', 'kvstoreLeaseTtl', 'clusterName', 'nodeIp', 'tofqdnsMinTtl', 'tofqdnsProxyResponseMaxDelay', 'tofqdnsDnsRejectResponseCode', 'tofqdnsEndpointMaxIpPerHostname', 'tofqdnsEndpointMaxIps'];
+    const known = ['stateDir', 'bpfRoot', 'socket', 'podCidr', 'nodeName', 'mtu', 'logLevel', 'bpfObjDir', 'policyEnforcement', 'monitorAggregation', 'monitorReportInterval', 'flowsBuffer', 'flowsMemory', 'flowsStreamTimeout', 'metricsAddress', 'serviceCidr', 'lbAlgorithm', 'devices', 'socketLbCgroup', 'resyncInterval', 'kvstoreEndpoints', 'kvstorePrefix', 'kvstoreLeaseTtl', 'clusterName', 'nodeIp', 'tofqdnsMinTtl', 'tofqdnsProxyResponseMaxDelay', 'tofqdnsDnsRejectResponseCode', 'tofqdnsEndpointMaxIpPerHostname', 'tofqdnsEndpointMaxIps', 'policyMapMaxEntries'];
     for (const k of Object.keys(file)) {
       if (!known.includes(k)) throw new ConfigError(`--config: unknown setting "${k}" in ${values.config} (known: ${known.join(', ')})`);
     }
@@ -226,7 +238,7 @@ export function parseAgentArgs(argv: string[]): AgentConfig | 'help' {
     stateDir: pick(values['state-dir'], 'stateDir', DEFAULTS.stateDir),
     bpfRoot: pick(values['bpf-root'], 'bpfRoot', DEFAULTS.bpfRoot),
     socket: values.socket ?? (file.socket as string | undefined),
-    podCidr: pick(values['pod-cidr'], 'podCidr', DEFAULTS.podCidr),
+    podCidr: values['pod-cidr'] ?? (file.podCidr as string | undefined),
     nodeName: pick(values['node-name'], 'nodeName', os.hostname()),
     mtu: pick(values.mtu, 'mtu', String(DEFAULTS.mtu)),
     logLevel: pick(values['log-level'], 'logLevel', 'info'),
@@ -254,6 +266,7 @@ export function parseAgentArgs(argv: string[]): AgentConfig | 'help' {
     tofqdnsDnsRejectResponseCode: pick(values['tofqdns-dns-reject-response-code'], 'tofqdnsDnsRejectResponseCode', 'refused'),
     tofqdnsEndpointMaxIpPerHostname: pick(values['tofqdns-endpoint-max-ip-per-hostname'], 'tofqdnsEndpointMaxIpPerHostname', '50'),
     tofqdnsEndpointMaxIps: pick(values['tofqdns-endpoint-max-ips'], 'tofqdnsEndpointMaxIps', '1000'),
+    policyMapMaxEntries: values['policy-map-max-entries'] ?? (file.policyMapMaxEntries as string | number | undefined),
   });
   return values.cleanup ? { ...cfg, cleanup: true } : cfg;
 }
@@ -262,7 +275,8 @@ export function buildConfig(o: {
   stateDir: string;
   bpfRoot: string;
   socket?: string;
-  podCidr: string;
+  /** Absent: the default, or in cluster mode the operator's cluster pool. */
+  podCidr?: string;
   nodeName: string;
   mtu: string | number;
   logLevel: string;
@@ -290,16 +304,24 @@ export function buildConfig(o: {
   tofqdnsDnsRejectResponseCode?: string;
   tofqdnsEndpointMaxIpPerHostname?: string | number;
   tofqdnsEndpointMaxIps?: string | number;
+  policyMapMaxEntries?: string | number;
 }): AgentConfig {
   const stateDir = path.resolve(o.stateDir);
   // The agent owns its state directory (it is made 0700 and removed by --cleanup): never a shared system directory.
   if (SYSTEM_DIRS.includes(stateDir)) throw new ConfigError(`state-dir: "${o.stateDir}" is a system directory; give Membrane a directory of its own (e.g. ${DEFAULTS.stateDir})`);
   const bpfRoot = path.resolve(o.bpfRoot);
-  let podCidr: string;
-  try {
-    podCidr = formatCidr(parseCidr(o.podCidr, 'pod-cidr'));
-  } catch (e) {
-    throw new ConfigError((e as Error).message);
+  const podCidrFromPool = o.podCidr === undefined && o.kvstoreEndpoints !== undefined;
+  let podCidr = '';
+  if (!podCidrFromPool) {
+    try {
+      podCidr = formatCidr(parseCidr(o.podCidr ?? DEFAULTS.podCidr, 'pod-cidr'));
+    } catch (e) {
+      throw new ConfigError((e as Error).message);
+    }
+  }
+  const policyMapMaxEntries = Number(o.policyMapMaxEntries ?? MB_POLICY_MAX_ENTRIES);
+  if (!Number.isInteger(policyMapMaxEntries) || policyMapMaxEntries < 1 || policyMapMaxEntries > MB_POLICY_MAX_ENTRIES) {
+    throw new ConfigError(`policy-map-max-entries: "${o.policyMapMaxEntries}" must be 1..${MB_POLICY_MAX_ENTRIES} (the policy map's size)`);
   }
   const mtu = Number(o.mtu);
   if (!Number.isInteger(mtu) || mtu < 576 || mtu > 65535) throw new ConfigError(`mtu: "${o.mtu}" must be an integer between 576 and 65535`);
@@ -391,6 +413,8 @@ export function buildConfig(o: {
     clusterName,
     mtuExplicit: o.mtuExplicit ?? o.mtu !== undefined,
     fqdn: fqdnSettings(o),
+    podCidrFromPool,
+    policyMapMaxEntries,
   };
 }
 

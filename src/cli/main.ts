@@ -563,11 +563,23 @@ const commands: Record<string, Handler> = {
   async status(c, o) {
     const s: any = await c.get('/v1/status');
     if (o.output === 'json') return json(s);
+    if (s.state === 'waiting-for-pod-cidr') {
+      const ipam = s.cluster?.ipam ?? {};
+      return (
+        [
+          `Node:          ${s.node}`,
+          `Version:       ${s.version}`,
+          `State:         waiting for its pod CIDR from the operator (cluster pool) since ${ipam.since ?? '?'}`,
+          ...(ipam.error ? [`IPAM error:    ${ipam.error}`] : []),
+          `Cluster:       ${s.cluster?.endpoints?.join(',') ?? '?'} (${s.cluster?.connected ? 'connected' : 'not connected'})`,
+        ].join('\n') + '\n'
+      );
+    }
     const lines = [
       `Node:          ${s.node}`,
       `Version:       ${s.version}`,
       `Uptime:        ${s.uptimeSeconds}s`,
-      `Pod CIDR:      ${s.podCidr} (router ${s.router})`,
+      `Pod CIDR:      ${s.podCidr} (router ${s.router})${s.podCidrSource === 'cluster-pool' ? ', allocated by the operator (cluster pool)' : ''}`,
       `Devices:       ${s.devices.host} / ${s.devices.net}`,
       `BPF root:      ${s.bpfRoot}`,
       `Endpoints:     ${s.endpoints.ready}/${s.endpoints.total} ready`,

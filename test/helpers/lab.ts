@@ -34,6 +34,14 @@ export interface LabOptions {
   detached?: boolean;
   /** Underlay MTU (default 1500). */
   mtu?: number;
+  /**
+   * Start the operator (bin/membrane-operator) before the agents, with these
+   * extra flags. With `pool`, the agents get no --pod-cidr: the operator's
+   * cluster pool allocates them.
+   */
+  operator?: { args?: string[]; pool?: { cidr: string; maskSize: number } };
+  /** Extra agent flags for node i (0-based). */
+  nodeArgs?: Record<number, string[]>;
 }
 
 export interface LabPod {
@@ -108,8 +116,43 @@ export class Lab {
     tryRun('ip', ['netns', 'exec', this.underlayNs, 'sysctl', '-qw', 'net.bridge.bridge-nf-call-iptables=0']);
     await this.etcd.start({ detached: this.opts.detached });
     this.attachHost(this.extNs, 'ext', EXT_IP, mtu);
+    if (this.opts.operator) await this.startOperator();
     for (let i = 0; i < this.opts.nodes; i++) this.nodes.push(this.makeNode(i, mtu));
     await Promise.all(this.nodes.map((n) => n.startAgent()));
+  }
+
+  readonly operators: ChildProcess[] = [];
+  private operatorSeq = 0;
+
+  /** The operator's flags for this lab (--kvstore-* and, with a pool, the --cluster-pool-* flags). */
+  operatorFlags(id: string): string[] {
+    const o = this.opts.operator ?? {};
+    return [
+      '--kvstore-endpoints', this.endpoint,
+      '--kvstore-prefix', `${this.prefix}/`,
+      '--id', id,
+      ...(o.pool ? ['--cluster-pool-ipv4-cidr', o.pool.cidr, '--cluster-pool-ipv4-mask-size', String(o.pool.maskSize)] : []),
+      ...(o.args ?? []),
+    ];
+  }
+
+  /**
+   * Start an operator (in the underlay namespace, where etcd is); resolves
+   * once it logged that it started. Its log: test-artifacts/<prefix>-<id>.log.
+   */
+  async startOperator(id = `op${++this.operatorSeq}`): Promise<{ proc: ChildProcess; id: string; log: string }> {
+    const log = path.join(REPO, 'test-artifacts', `${this.prefix}-${id}.log`);
+    const fd = fs.openSync(log, 'a');
+    const proc = spawn('nsenter', [`--net=/run/netns/${this.underlayNs}`, '--', process.execPath, path.join(REPO, 'bin/membrane-operator'), ...this.operatorFlags(id)], { stdio: ['ignore', fd, fd], detached: !!this.opts.detached });
+    fs.closeSync(fd);
+    this.operators.push(proc);
+    if (this.opts.detached) proc.unref();
+    if (proc.pid) this.extraPids.push(proc.pid);
+    await this.until(`operator ${id} to start`, () => {
+      if (proc.exitCode !== null) throw new Error(`operator ${id} exited with ${proc.exitCode}: ${fs.readFileSync(log, 'utf8').slice(-2000)}`);
+      return fs.readFileSync(log, 'utf8').includes('"operator started"');
+    }, 20_000);
+    return { proc, id, log };
   }
 
   /** A namespace with one uplink on the underlay bridge. */
@@ -132,7 +175,7 @@ export class Lab {
 
   private makeNode(i: number, mtu: number, podCidr?: string): TestNode {
     const name = `n${i + 1}`;
-    const n = new TestNode('lab', podCidr ?? this.podCidr(i), { prefix: `${this.prefix}${name}`, nodeName: name });
+    const n = new TestNode('lab', podCidr ?? (this.opts.operator?.pool ? '' : this.podCidr(i)), { prefix: `${this.prefix}${name}`, nodeName: name });
     n.detached = !!this.opts.detached;
     this.attachHost(n.nodeNs, name, this.nodeIp(i), mtu);
     n.agentArgs.push(
@@ -140,6 +183,7 @@ export class Lab {
       '--kvstore-prefix', `${this.prefix}/`,
       '--kvstore-lease-ttl', String(this.opts.leaseTtl ?? 20),
       ...(this.opts.agentArgs ?? []),
+      ...(this.opts.nodeArgs?.[i] ?? []),
     );
     return n;
   }
@@ -295,7 +339,7 @@ export class Lab {
   }
 
   async cleanup(): Promise<void> {
-    for (const p of this.procs) p.kill('SIGKILL');
+    for (const p of [...this.procs, ...this.operators]) p.kill('SIGKILL');
     await Promise.all([...this.nodes, ...this.extras].map((n) => n.cleanup().catch(() => undefined)));
     await this.etcd.cleanup().catch(() => undefined);
     removeByPrefix(this.prefix);
