@@ -235,12 +235,21 @@ export class ClusterPoolIpam {
       release.push({ name, cur });
     }
     await this.releaseAll(release);
-    // CIDR keys whose node has no allocation naming them (an interrupted release).
+    // CIDR keys whose node has no allocation naming them (an interrupted release), as the watch has it now.
+    const current = new Map<string, IpamAllocation>();
     for (const [k, v] of this.ipam.entries()) {
+      if (!k.startsWith('nodes/')) continue;
+      try {
+        current.set(unescapeSegment(k.slice('nodes/'.length)), JSON.parse(v.value) as IpamAllocation);
+      } catch {
+        /* ignored */
+      }
+    }
+    for (const [k, v] of [...this.ipam.entries()]) {
       if (!k.startsWith('cidrs/')) continue;
       const cidr = unescapeSegment(k.slice('cidrs/'.length));
-      const a = allocs.get(v.value);
-      if (!a || !a.alloc.podCIDRs.includes(cidr)) {
+      const a = current.get(v.value);
+      if (!a || !a.podCIDRs.includes(cidr)) {
         await this.kv.txn([{ key: ipamCidrKey(cidr), target: 'mod', op: '==', value: v.modRevision }], [{ type: 'delete', key: ipamCidrKey(cidr) }]);
       }
     }

@@ -155,6 +155,18 @@ export class Lab {
     return { proc, id, log };
   }
 
+  /** The lab cluster's keys under `rel` (relative to its prefix), read with etcdctl in the underlay namespace. */
+  etcdKeys(rel: string): { key: string; value: string; modRevision: number }[] {
+    const r = tryRun('ip', ['netns', 'exec', this.underlayNs, 'etcdctl', '--endpoints', 'http://127.0.0.1:2379', 'get', '--prefix', `${this.prefix}/${rel}`, '-w', 'json'], { timeoutMs: 10_000 });
+    if (r.code !== 0) throw new Error(`etcdctl get ${rel}: ${r.stderr}`);
+    const out = JSON.parse(r.stdout) as { kvs?: { key: string; value: string; mod_revision: number }[] };
+    return (out.kvs ?? []).map((k) => ({
+      key: Buffer.from(k.key, 'base64').toString().slice(this.prefix.length + 1),
+      value: Buffer.from(k.value, 'base64').toString(),
+      modRevision: Number(k.mod_revision),
+    }));
+  }
+
   /** A namespace with one uplink on the underlay bridge. */
   private attachHost(ns: string, tag: string, ip: string, mtu: number): void {
     if (!fs.existsSync(`/run/netns/${ns}`)) netnsAdd(ns);

@@ -1,0 +1,189 @@
+/**
+ * The operator in the lab (real etcd, real agents, real traffic), one fault
+ * after another:
+ *  - cluster pool: agents without --pod-cidr get distinct CIDRs from the pool;
+ *  - two operators: one acts, the other waits; kill -9 of the leader and the
+ *    other takes over (and acts: it allocates the next node's CIDR);
+ *  - the operator killed: traffic and pod creation unaffected; restarted, it
+ *    reallocates nothing;
+ *  - policy status: enforced on every node; a policy too large for one node's
+ *    map (--policy-map-max-entries) names that node and the error; fixing it
+ *    turns the condition back;
+ *  - pool exhausted: an error in the waiting node's status and the operator's log;
+ *  - a node removed: its CIDR returns to the pool only after the grace period
+ *    (the waiting node then gets it); its identities are collected only when
+ *    no other node references them.
+ */
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import { Lab, LabPod } from '../helpers/lab';
+import { sleep } from '../helpers/sys';
+import type { TestNode } from '../helpers/node';
+import type { ChildProcess } from 'node:child_process';
+
+const POOL = { cidr: '10.220.0.0/22', maskSize: 24 }; // 4 node CIDRs
+const NODE_GC_GRACE = 8;
+
+const cnp = (name: string, ports: number[]) => ({
+  apiVersion: 'cilium.io/v2',
+  kind: 'CiliumNetworkPolicy',
+  metadata: { name, namespace: 'default' },
+  spec: { endpointSelector: { matchLabels: { app: 'server' } }, ingress: [{ fromEndpoints: [{ matchLabels: { app: 'client' } }], toPorts: [{ ports: ports.map((p) => ({ port: String(p), protocol: 'TCP' })) }] }] },
+});
+
+describe('operator', { timeout: 300_000 }, () => {
+  const lab = new Lab({
+    nodes: 3,
+    leaseTtl: 4,
+    operator: { pool: POOL, args: ['--leader-lease-ttl', '3', '--node-gc-grace', String(NODE_GC_GRACE), '--identity-gc-grace', '2', '--identity-gc-interval', '0.5'] },
+    nodeArgs: { 2: ['--policy-map-max-entries', '24'] },
+  });
+  let n1: TestNode;
+  let n2: TestNode;
+  let n3: TestNode;
+  let client: LabPod;
+  let server: LabPod;
+  let solo: LabPod;
+  const extra: TestNode[] = [];
+  let leaderProc: ChildProcess;
+  let leaderLog: string;
+
+  const leader = () => {
+    const kv = lab.etcdKeys('operator/v1/leader')[0];
+    return kv ? (JSON.parse(kv.value) as { id: string }).id : undefined;
+  };
+  const status = (n: TestNode, name: string) => n.cliJson(['get', 'cnp', name])?.status;
+  /** `membrane status -o json`, undefined while the agent is (re)starting. */
+  const agentStatus = (n: TestNode) => {
+    const r = n.cli(['status', '-o', 'json']);
+    return r.code === 0 ? JSON.parse(r.stdout) : undefined;
+  };
+  const enforced = (n: TestNode, name: string) => status(n, name)?.conditions?.find((c: any) => c.type === 'Enforced');
+  const ipam = () => new Map(lab.etcdKeys('ipam/v1/').map((k) => [k.key, k]));
+
+  before(async () => {
+    await lab.up();
+    [n1, n2, n3] = lab.nodes;
+    leaderProc = lab.operators[0];
+    leaderLog = `test-artifacts/${lab.prefix}-op1.log`;
+    client = lab.addPod(0, 'client', { app: 'client' });
+    solo = lab.addPod(1, 'solo', { app: 'solo' });
+    lab.addPod(1, 'client2', { app: 'client' });
+    server = lab.addPod(2, 'server', { app: 'server' });
+    await lab.serve(server.ns, 'tcp:8080', 'server');
+  });
+  after(async () => {
+    await lab.cleanup();
+  });
+
+  it('cluster pool: every agent without --pod-cidr gets its own CIDR from the pool, and pods talk across nodes', async () => {
+    const cidrs = lab.nodes.map((n) => {
+      const st = n.cliJson(['status']);
+      assert.equal(st.podCidrSource, 'cluster-pool');
+      assert.match(n.cli(['status']).stdout, /allocated by the operator \(cluster pool\)/);
+      return st.podCidr as string;
+    });
+    assert.equal(new Set(cidrs).size, 3, `distinct CIDRs: ${cidrs}`);
+    for (const c of cidrs) assert.match(c, /^10\.220\.[0-3]\.0\/24$/);
+    assert.ok(server.ip.startsWith(cidrs[2].split('.').slice(0, 3).join('.')), `server ${server.ip} in n3's ${cidrs[2]}`);
+    await lab.until('pods known across nodes', () => lab.tcp(client.ns, server.ip, 8080), 20_000, 500);
+    assert.equal(lab.tcp(solo.ns, server.ip, 8080), true);
+  });
+
+  it('two operators: one acts, the other waits; kill -9 of the leader and the other takes over', async () => {
+    assert.equal(leader(), 'op1');
+    const op2 = await lab.startOperator('op2');
+    await lab.until('op2 to see that op1 leads', () => fs.readFileSync(op2.log, 'utf8').includes('another operator leads'));
+    assert.equal(leader(), 'op1', 'the first operator still leads');
+    assert.ok(!fs.readFileSync(op2.log, 'utf8').includes('elected leader'));
+    leaderProc.kill('SIGKILL');
+    await lab.until('op2 to take over', () => leader() === 'op2', 20_000, 200);
+    await lab.until('op2 to say it acts', () => fs.readFileSync(op2.log, 'utf8').includes('elected leader'));
+    leaderProc = op2.proc;
+    leaderLog = op2.log;
+    // The new leader acts: a new node gets the next CIDR from it.
+    const n4 = lab.extraNode(3);
+    extra.push(n4);
+    await n4.startAgent();
+    const c4 = n4.cliJson(['status']).podCidr;
+    assert.match(c4, /^10\.220\.[0-3]\.0\/24$/);
+    assert.match(fs.readFileSync(op2.log, 'utf8'), new RegExp(`pod CIDR allocated.*"node":"n4"`));
+  });
+
+  it('the operator killed with -9: traffic and pod creation unaffected; restarted, it reallocates nothing', async () => {
+    const before = ipam();
+    leaderProc.kill('SIGKILL');
+    await sleep(500);
+    assert.equal(lab.tcp(client.ns, server.ip, 8080), true, 'traffic across nodes without an operator');
+    const late = lab.addPod(0, 'late', { app: 'client' });
+    await lab.until('a pod created without an operator reaches the server across nodes', () => lab.tcp(late.ns, server.ip, 8080), 20_000, 500);
+    const op3 = await lab.startOperator('op3');
+    await lab.until('op3 to lead', () => leader() === 'op3', 20_000, 200);
+    leaderProc = op3.proc;
+    leaderLog = op3.log;
+    await sleep(1000);
+    const afterRestart = ipam();
+    assert.deepEqual([...afterRestart.keys()].sort(), [...before.keys()].sort());
+    for (const [k, v] of before) assert.equal(afterRestart.get(k)!.modRevision, v.modRevision, `${k} was not rewritten`);
+    assert.ok(!fs.readFileSync(op3.log, 'utf8').includes('pod CIDR allocated'), 'the restarted operator allocated nothing');
+  });
+
+  it('policy status: enforced everywhere; too large for one node\'s map names that node; fixing it turns the condition back', async () => {
+    n1.apply([cnp('server-ingress', [8080])], { wait: false });
+    await lab.until('server-ingress enforced on every node', () => enforced(n1, 'server-ingress')?.status === 'True', 20_000, 100);
+    const st = status(n2, 'server-ingress');
+    assert.deepEqual(st.nodes, { total: 4, enforcing: 4, failed: 0, pending: 0 });
+    assert.equal(st.conditions.find((c: any) => c.type === 'Valid').status, 'True');
+    const yaml = n3.cli(['get', 'cnp', 'server-ingress', '-o', 'yaml']).stdout;
+    assert.match(yaml, /status:/);
+    assert.match(yaml, /type: Enforced/);
+    assert.equal(lab.tcp(client.ns, server.ip, 8080), true);
+    assert.equal(lab.tcp(solo.ns, server.ip, 8080), false, 'the policy is in force');
+
+    const ports = Array.from({ length: 40 }, (_, i) => 9000 + i);
+    n1.apply([cnp('server-big', ports)], { wait: false });
+    await lab.until('server-big failed on n3', () => enforced(n1, 'server-big')?.status === 'False', 20_000, 100);
+    const big = status(n1, 'server-big');
+    assert.equal(big.nodes.failed, 1);
+    assert.equal(big.failedNodes[0].node, 'n3');
+    assert.match(big.failedNodes[0].error, /default\/server.*policy-map-max-entries/);
+    assert.match(enforced(n1, 'server-big').message, /n3: /);
+
+    n1.apply([cnp('server-big', [9000])], { wait: false });
+    await lab.until('server-big enforced after the fix', () => enforced(n1, 'server-big')?.status === 'True', 20_000, 100);
+    await lab.until('traffic allowed again', () => lab.tcp(client.ns, server.ip, 8080), 10_000, 200);
+  });
+
+  it('pool exhausted: the waiting node and the operator say so; a removed node\'s CIDR returns only after the grace period; identities go only when unreferenced', async () => {
+    // Four CIDRs, four nodes: a fifth waits, and says why.
+    const n5 = lab.extraNode(4);
+    extra.push(n5);
+    await n5.startAgent({ waitForCidr: false });
+    await lab.until('n5 to report the exhausted pool', () => /exhausted/.test(agentStatus(n5)?.cluster?.ipam?.error ?? ''), 20_000, 200);
+    const text = n5.cli(['status']).stdout;
+    assert.match(text, /waiting for its pod CIDR from the operator/);
+    assert.match(text, /IPAM error: .*10\.220\.0\.0\/22 .*exhausted/);
+    assert.match(fs.readFileSync(leaderLog, 'utf8'), /"level":"error".*the cluster pool is exhausted.*"node":"n5"/);
+    assert.equal(n5.cli(['endpoint', 'list']).code !== 0, true, 'a waiting agent serves nothing but its status');
+
+    const soloId = n2.cliJson(['endpoint', 'list']).find((e: any) => e.podName === 'solo').identity;
+    const clientId = n1.cliJson(['endpoint', 'list']).find((e: any) => e.podName === 'client').identity;
+    const x = n2.cliJson(['status']).podCidr;
+    await n2.stopAgent('SIGKILL');
+    await lab.until('n2 gone from etcd (lease expired)', () => lab.etcdKeys('nodes/v1/n2').length === 0, 20_000, 200);
+    await lab.until('n2 marked orphaned', () => !!JSON.parse(ipam().get('ipam/v1/nodes/n2')?.value ?? '{}').orphanedSince, 10_000, 100);
+    const held = ipam();
+    assert.equal(held.get(`ipam/v1/cidrs/${x.replace('/', '%2F')}`)?.value, 'n2', 'the CIDR is still held during the grace period');
+    assert.equal(n5.cliJson(['status']).state, 'waiting-for-pod-cidr');
+
+    await lab.until('n2\'s own identity collected', () => lab.etcdKeys(`identities/v1/id/${soloId}`).length === 0, 20_000, 200);
+    assert.equal(lab.etcdKeys(`identities/v1/id/${clientId}`).length, 1, 'an identity another node references stays');
+
+    await lab.until('n5 to get n2\'s CIDR after the grace period', () => agentStatus(n5)?.podCidr === x, 30_000, 200);
+    assert.equal(ipam().get('ipam/v1/nodes/n2'), undefined);
+    assert.equal(ipam().get(`ipam/v1/cidrs/${x.replace('/', '%2F')}`)?.value, 'n5');
+    assert.match(fs.readFileSync(leaderLog, 'utf8'), /node garbage-collected: its pod CIDR returned to the pool.*"node":"n2"/);
+    assert.equal(lab.tcp(client.ns, server.ip, 8080), true, 'traffic unaffected throughout');
+  });
+});
