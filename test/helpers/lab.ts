@@ -6,7 +6,9 @@
  *
  *   <prefix>-ul        the underlay: bridge br0 198.18.0.254/24, etcd on :2379
  *   <prefix>n<i>-node  node i: eth0 198.18.0.<i>/24 (default route via .254),
- *                      agent --node-name n<i> --pod-cidr 10.210.<i>.0/24
+ *                      agent --node-name n<i> --pod-cidr 10.210.<i>.0/24 (or, with
+ *                      `operator.pool`, no --pod-cidr: the operator allocates one)
+ *   operators          bin/membrane-operator in the underlay namespace (startOperator)
  *   <prefix>-ext       a host outside the cluster on the underlay (198.18.0.200)
  *
  * 198.18.0.0/15 is the benchmarking range: nothing outside these namespaces
@@ -341,7 +343,7 @@ export class Lab {
         stateDir: n.stateDir,
         bpfRoot: n.bpfRoot,
         dir: n.dir,
-        podCidr: n.podCidr,
+        podCidr: n.podCidr || allocatedCidr(n),
         ip: this.nodeIp(i),
         pid: n.agent?.pid,
       })),
@@ -356,6 +358,17 @@ export class Lab {
     await this.etcd.cleanup().catch(() => undefined);
     removeByPrefix(this.prefix);
     fs.rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+/** The pod CIDR the operator allocated to a node (cluster pool), as its agent reports it. */
+function allocatedCidr(n: TestNode): string {
+  if (!n.agent) return '';
+  const r = n.cli(['status', '-o', 'json']);
+  try {
+    return r.code === 0 ? (JSON.parse(r.stdout).podCidr ?? '') : '';
+  } catch {
+    return '';
   }
 }
 
