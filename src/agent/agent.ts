@@ -35,6 +35,7 @@ import { ClusterNode, connectCluster } from '../node/cluster';
 import { overlayDevice, podMtu, startOverlay } from '../overlay/overlay';
 import { cidrContains, formatIp, parseCidr, parseIp } from '../util/ip';
 import { Monitor } from '../monitor/monitor';
+import { RelayServer, readRelayToken } from '../monitor/relay';
 import { AgentMetrics, serveMetricsTcp } from '../monitor/metrics';
 import type { FlowSource } from '../monitor/context';
 import { ServiceManager } from '../service/manager';
@@ -61,6 +62,9 @@ export class Agent {
   readonly proxy: ProxyManager;
   readonly fqdn: FqdnManager;
   private metricsServer?: http.Server;
+  /** The cluster's relay token (--relay-token-file): to serve flows to other nodes and ask them. */
+  relayToken?: string;
+  private relay?: RelayServer;
   private api?: FastifyInstance;
   readonly ctGc: ConntrackGc;
   private readonly startedAt = Date.now();
@@ -95,6 +99,7 @@ export class Agent {
     const flowSource: FlowSource = {
       nodeName: cfg.nodeName,
       endpoints: () => this.endpoints.list(),
+      remoteEndpoints: cluster ? () => cluster.remotePods().map((p) => ({ ip: p.ip, identity: p.identity, namespace: p.namespace, podName: p.pod, node: p.node })) : undefined,
       identityLabels: (id) => this.identities.get(id)?.labels ?? (id === 0 ? [] : [`reserved:unknown-${id}`]),
       linkNames: () => dp.linkNames(),
     };
@@ -237,6 +242,7 @@ export class Agent {
     if (wider !== undefined) log.warn('state directory was accessible to others: mode tightened to 0700', { stateDir: cfg.stateDir, was: wider.toString(8) });
     mkdirp(path.dirname(cfg.socket));
     await assertSocketFree(cfg.socket);
+    const relayToken = cfg.relayTokenFile ? readRelayToken(cfg.relayTokenFile) : undefined;
     const cluster = cfg.cluster ? await connectCluster(cfg, VERSION, log) : undefined;
     if (cluster && cfg.podCidrFromPool) cfg = { ...cfg, podCidr: await waitForPodCidr(cfg, cluster) };
     if (cluster) cfg = { ...cfg, mtu: podMtu(cfg, cluster.underlay!, log) };
@@ -283,6 +289,11 @@ export class Agent {
     agent.monitor.start();
     agent.api = buildApi(agent);
     await listenUnix(agent.api, cfg.socket);
+    agent.relayToken = relayToken;
+    if (cfg.relayAddress && relayToken) {
+      agent.relay = new RelayServer(agent.monitor, relayToken, log.child({ component: 'relay' }), cfg.flowsStreamTimeout * 1000);
+      await agent.relay.listen(cfg.relayAddress);
+    }
     if (cfg.metricsAddress) agent.metricsServer = await serveMetricsTcp(cfg.metricsAddress, agent.metrics, log);
     dp.reconciler.start(cfg.resyncInterval * 1000);
     agent.ctGc.start(15_000);
@@ -359,6 +370,7 @@ export class Agent {
     this.proxy.close();
     this.monitor.stop();
     this.metricsServer?.close();
+    this.relay?.close();
     this.identities.flush();
     await this.api?.close();
     this.cluster?.close();

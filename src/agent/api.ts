@@ -14,6 +14,7 @@ import { EndpointError } from '../endpoint/manager';
 import { ResourceValidationError, kindInfo, KINDS } from '../store/kinds';
 import { FILTER_FIELDS, FilterError, parseFlowQuery } from '../monitor/filter';
 import { MONITOR_TYPES, serveFlows, serveMonitor } from '../monitor/stream';
+import { UnknownNodeError, relayFlows, relayTargets } from '../monitor/relay';
 import { ifnameProblem } from '../netlink/ifname';
 import { MAX_DEPTH, showValue, tooDeep } from '../util/depth';
 import { CNI_ENV } from '../cni/plugin';
@@ -91,6 +92,8 @@ const flowsQuery = {
   properties: {
     ...Object.fromEntries(FILTER_FIELDS.flatMap((f) => [[f, oneOrMany], [`not.${f}`, oneOrMany]])),
     last: { type: 'string', pattern: '^[0-9]{1,9}$' },
+    node: oneOrMany,
+    all_nodes: { type: 'string', enum: ['1', 'true'] },
     follow: { type: 'string', enum: ['0', '1', 'true', 'false'] },
     since: { type: 'string', maxLength: 64 },
     until: { type: 'string', maxLength: 64 },
@@ -328,11 +331,31 @@ export function buildApi(agent: Agent): FastifyInstance {
   /** NDJSON: stored flows matching the filters, then (follow=1) every new one until the client goes away (src/monitor/stream.ts). */
   app.get('/v1/flows', { schema: { querystring: flowsQuery } }, async (req, reply) => {
     let q;
+    const params = new URLSearchParams(req.url.split('?')[1] ?? '');
+    const nodes = params.getAll('node').flatMap((n) => n.split(',').filter(Boolean));
+    const all = params.has('all_nodes');
+    params.delete('node');
+    params.delete('all_nodes');
     try {
-      q = parseFlowQuery(new URLSearchParams(req.url.split('?')[1] ?? ''));
+      q = parseFlowQuery(params);
     } catch (e) {
       if (e instanceof FilterError) return reply.status(400).send({ error: e.message, kind: 'invalid' });
       throw e;
+    }
+    if (nodes.length || all) {
+      // The cluster-wide view: every node asked node asks, merged by time.
+      if (!agent.cluster) return reply.status(400).send({ error: 'node/all_nodes: only in cluster mode (--kvstore-endpoints)', kind: 'invalid', field: all ? 'all_nodes' : 'node' });
+      if (q.follow) return reply.status(400).send({ error: 'follow: not supported with node/all_nodes (ask one node\'s agent to follow)', kind: 'invalid', field: 'follow' });
+      let targets;
+      try {
+        targets = relayTargets(agent.cluster.nodes.all(), agent.cfg.nodeName, agent.cfg.socket, all ? 'all' : nodes);
+      } catch (e) {
+        if (e instanceof UnknownNodeError) return reply.status(404).send({ error: e.message, kind: 'not-found', field: 'node' });
+        throw e;
+      }
+      const r = await relayFlows(targets, params, { token: agent.relayToken });
+      reply.header('content-type', 'application/x-ndjson');
+      return r.errors.map((e) => JSON.stringify({ node_error: e }) + '\n').join('') + r.flows.map((f) => JSON.stringify(f) + '\n').join('');
     }
     reply.hijack();
     await serveFlows(agent.monitor, reply.raw, q, { stallMs: agent.cfg.flowsStreamTimeout * 1000, log: agent.log });

@@ -66,6 +66,10 @@ export interface AgentConfig {
   podCidrFromPool: boolean;
   /** Entries one endpoint's policy may take (--policy-map-max-entries, at most the map's size). */
   policyMapMaxEntries: number;
+  /** Serve this node's flows to the cluster's agents on HOST:PORT (cluster mode; none unless given). */
+  relayAddress?: string;
+  /** The cluster's relay token (a file only its owner can read). */
+  relayTokenFile?: string;
 }
 
 export interface FqdnSettings {
@@ -139,6 +143,10 @@ const USAGE = `Usage: membrane-agent [flags]
                               other node's maps after S seconds (20)
   --cluster-name NAME         cluster name (default)
   --node-ip IP                underlay address other nodes tunnel to (the default route device's address)
+  --relay-address HOST:PORT   cluster mode: serve this node's flows to the other nodes' agents (for
+                              observe --node/--all-nodes) on TCP; no listener unless given
+  --relay-token-file FILE     the cluster's relay token (>= 16 characters, file mode 0600): required to
+                              serve and to ask other nodes
 DNS-aware policy (toFQDNs, DNS rules):
   --tofqdns-min-ttl S         keep learned addresses at least S seconds (0: the answer's TTL)
   --tofqdns-proxy-response-max-delay D
@@ -206,6 +214,8 @@ export function parseAgentArgs(argv: string[]): AgentConfig | 'help' {
       'tofqdns-endpoint-max-ip-per-hostname': { type: 'string' },
       'tofqdns-endpoint-max-ips': { type: 'string' },
       'policy-map-max-entries': { type: 'string' },
+      'relay-address': { type: 'string' },
+      'relay-token-file': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
     strict: true,
@@ -224,7 +234,7 @@ export function parseAgentArgs(argv: string[]): AgentConfig | 'help' {
       throw new ConfigError(`--config: ${values.config} must hold a mapping of settings`);
     }
     for (const [k, v] of Object.entries(parsed ?? {})) file[k.replace(/-([a-z])/g, (_, c) => c.toUpperCase())] = v;
-    const known = ['stateDir', 'bpfRoot', 'socket', 'podCidr', 'nodeName', 'mtu', 'logLevel', 'bpfObjDir', 'policyEnforcement', 'monitorAggregation', 'monitorReportInterval', 'flowsBuffer', 'flowsMemory', 'flowsStreamTimeout', 'metricsAddress', 'serviceCidr', 'lbAlgorithm', 'devices', 'socketLbCgroup', 'resyncInterval', 'kvstoreEndpoints', 'kvstorePrefix', 'kvstoreLeaseTtl', 'clusterName', 'nodeIp', 'tofqdnsMinTtl', 'tofqdnsProxyResponseMaxDelay', 'tofqdnsDnsRejectResponseCode', 'tofqdnsEndpointMaxIpPerHostname', 'tofqdnsEndpointMaxIps', 'policyMapMaxEntries'];
+    const known = ['stateDir', 'bpfRoot', 'socket', 'podCidr', 'nodeName', 'mtu', 'logLevel', 'bpfObjDir', 'policyEnforcement', 'monitorAggregation', 'monitorReportInterval', 'flowsBuffer', 'flowsMemory', 'flowsStreamTimeout', 'metricsAddress', 'serviceCidr', 'lbAlgorithm', 'devices', 'socketLbCgroup', 'resyncInterval', 'kvstoreEndpoints', 'kvstorePrefix', 'kvstoreLeaseTtl', 'clusterName', 'nodeIp', 'tofqdnsMinTtl', 'tofqdnsProxyResponseMaxDelay', 'tofqdnsDnsRejectResponseCode', 'tofqdnsEndpointMaxIpPerHostname', 'tofqdnsEndpointMaxIps', 'policyMapMaxEntries', 'relayAddress', 'relayTokenFile'];
     for (const k of Object.keys(file)) {
       if (!known.includes(k)) throw new ConfigError(`--config: unknown setting "${k}" in ${values.config} (known: ${known.join(', ')})`);
     }
@@ -267,6 +277,8 @@ export function parseAgentArgs(argv: string[]): AgentConfig | 'help' {
     tofqdnsEndpointMaxIpPerHostname: pick(values['tofqdns-endpoint-max-ip-per-hostname'], 'tofqdnsEndpointMaxIpPerHostname', '50'),
     tofqdnsEndpointMaxIps: pick(values['tofqdns-endpoint-max-ips'], 'tofqdnsEndpointMaxIps', '1000'),
     policyMapMaxEntries: values['policy-map-max-entries'] ?? (file.policyMapMaxEntries as string | number | undefined),
+    relayAddress: values['relay-address'] ?? (file.relayAddress as string | undefined),
+    relayTokenFile: values['relay-token-file'] ?? (file.relayTokenFile as string | undefined),
   });
   return values.cleanup ? { ...cfg, cleanup: true } : cfg;
 }
@@ -305,6 +317,8 @@ export function buildConfig(o: {
   tofqdnsEndpointMaxIpPerHostname?: string | number;
   tofqdnsEndpointMaxIps?: string | number;
   policyMapMaxEntries?: string | number;
+  relayAddress?: string;
+  relayTokenFile?: string;
 }): AgentConfig {
   const stateDir = path.resolve(o.stateDir);
   // The agent owns its state directory (it is made 0700 and removed by --cleanup): never a shared system directory.
@@ -373,6 +387,12 @@ export function buildConfig(o: {
       if (v !== undefined) throw new ConfigError(`${flag}: only meaningful with --kvstore-endpoints (cluster mode)`);
     }
   }
+  if (o.relayAddress !== undefined) {
+    if (!cluster) throw new ConfigError('relay-address: only meaningful with --kvstore-endpoints (cluster mode)');
+    if (!/^(\[[0-9a-fA-F:.]+\]|[^\s:\[\]]+):\d{1,5}$/.test(o.relayAddress)) throw new ConfigError(`relay-address: "${o.relayAddress}" must be HOST:PORT`);
+    if (o.relayTokenFile === undefined) throw new ConfigError('relay-token-file: required with --relay-address (the cluster\'s agents authenticate each other with it)');
+  }
+  if (o.relayTokenFile !== undefined && !cluster) throw new ConfigError('relay-token-file: only meaningful with --kvstore-endpoints (cluster mode)');
   let nodeIp: string | undefined;
   if (o.nodeIp !== undefined) {
     try {
@@ -415,6 +435,8 @@ export function buildConfig(o: {
     fqdn: fqdnSettings(o),
     podCidrFromPool,
     policyMapMaxEntries,
+    relayAddress: o.relayAddress,
+    relayTokenFile: o.relayTokenFile ? path.resolve(o.relayTokenFile) : undefined,
   };
 }
 

@@ -39,6 +39,7 @@ Commands:
   monitor [-t drop|trace|policy-verdict|l7]... [--related-to ID] [-v] [-o json]
                              the datapath's event stream (and the proxies' L7 records), live
   observe [FILTERS] [--follow] [--last N] [--since T] [--until T] [-o compact|table|json]
+          [--node NAME]... [--all-nodes]   (cluster mode: ask those nodes' agents, merged by time)
                              flows with pod names and labels; FILTERS: --pod, --from-pod, --to-pod,
                              --namespace, --label, --ip, --identity (each also --from-/--to-),
                              --verdict, --drop-reason, --type, --protocol, --port, --tcp-flags,
@@ -89,13 +90,13 @@ export function parseCli(argv: string[], env: NodeJS.ProcessEnv): Opts | 'help' 
   const flags: Record<string, string | true> = {};
   const flagList: [string, string | true][] = [];
   let outputGiven = false;
-  const valued: Record<string, string> = { '-n': 'namespace', '--namespace': 'namespace', '-f': 'filename', '--filename': 'filename', '--src': 'src', '--dst': 'dst', '--dport': 'dport', '--timeout': 'timeout', '--kind': 'kind', '--name': 'name', '-t': 'type', '--type': 'type', '--related-to': 'related-to', '--last': 'last', '--since': 'since', '--until': 'until', '--port': 'port', '--ui-port': 'port' };
+  const valued: Record<string, string> = { '-n': 'namespace', '--namespace': 'namespace', '-f': 'filename', '--filename': 'filename', '--src': 'src', '--dst': 'dst', '--dport': 'dport', '--timeout': 'timeout', '--kind': 'kind', '--name': 'name', '-t': 'type', '--type': 'type', '--related-to': 'related-to', '--last': 'last', '--since': 'since', '--until': 'until', '--port': 'port', '--ui-port': 'port', '--node': 'node' };
   for (const f of ['pod', 'label', 'ip', 'identity', 'port']) {
     for (const side of ['', 'from-', 'to-']) valued[`--${side}${f}`] = `${side}${f}`;
   }
   for (const f of ['verdict', 'drop-reason', 'protocol', 'tcp-flags', 'traffic-direction', 'from-namespace', 'to-namespace', 'node-name', 'http-method', 'http-path', 'http-status', 'dns-query']) valued[`--${f}`] = f;
   for (const f of ['http-host', 'http-header', 'endpoint', 'matchname', 'matchpattern']) valued[`--${f}`] = f;
-  const booleans: Record<string, string> = { '--services': 'services', '--frontends': 'frontends', '--backends': 'backends', '--revnat': 'revnat', '--maglev': 'maglev', '--all': 'all', '-A': 'all-namespaces', '--all-namespaces': 'all-namespaces', '--follow': 'follow', '--not': 'not', '-v': 'verbose', '--verbose': 'verbose' };
+  const booleans: Record<string, string> = { '--services': 'services', '--frontends': 'frontends', '--backends': 'backends', '--revnat': 'revnat', '--maglev': 'maglev', '--all': 'all', '-A': 'all-namespaces', '--all-namespaces': 'all-namespaces', '--follow': 'follow', '--not': 'not', '-v': 'verbose', '--verbose': 'verbose', '--all-nodes': 'all-nodes' };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const value = (name: string) => {
@@ -283,6 +284,8 @@ export function flowQuery(o: Opts): URLSearchParams {
   if (negate) throw new UsageError('--not must be followed by a filter');
   for (const k of ['since', 'until']) if (typeof o.flags[k] === 'string') q.set(k, o.flags[k] as string);
   if (o.flags.follow) q.set('follow', '1');
+  for (const [name, v] of o.flagList) if (name === 'node' && typeof v === 'string') q.append('node', v);
+  if (o.flags['all-nodes']) q.set('all_nodes', '1');
   const last = typeof o.flags.last === 'string' ? o.flags.last : o.flags.follow || o.flags.since ? undefined : '20';
   if (last !== undefined) q.set('last', last);
   return q;
@@ -331,12 +334,14 @@ const commands: Record<string, Handler> = {
   async observe(c, o) {
     const q = flowQuery(o);
     const fmt = o.outputGiven ? o.output : 'compact';
+    const manyNodes = q.has('node') || q.has('all_nodes');
     if (fmt === 'table' && !o.flags.follow) {
       const text = await new Promise<string>((resolve, reject) => {
         const rows: string[][] = [];
         const s = c.stream(`/v1/flows?${q}`, (l) => {
           const f = JSON.parse(l);
-          if (f.lost_events) process.stdout.write(lostLine(f, 'flows') + '\n');
+          if (f.node_error) process.stderr.write(`membrane: node ${f.node_error.node}: ${f.node_error.error}\n`);
+          else if (f.lost_events) process.stdout.write(lostLine(f, 'flows') + '\n');
           else rows.push(flowRow(f));
         });
         s.done.then(() => resolve(table(['TIME', 'SOURCE', 'DESTINATION', 'TYPE', 'VERDICT', 'SUMMARY'], rows)), reject);
@@ -345,8 +350,9 @@ const commands: Record<string, Handler> = {
     }
     await streamUntilDone(c, `/v1/flows?${q}`, (line) => {
       const f = JSON.parse(line);
-      if (f.lost_events && fmt !== 'json') process.stdout.write(lostLine(f, 'flows') + '\n');
-      else process.stdout.write((fmt === 'json' ? line : fmt === 'table' ? flowRow(f).join('\t') : flowCompact(f)) + '\n');
+      if (f.node_error) process.stderr.write(`membrane: node ${f.node_error.node}: ${f.node_error.error}\n`);
+      else if (f.lost_events && fmt !== 'json') process.stdout.write(lostLine(f, 'flows') + '\n');
+      else process.stdout.write((fmt === 'json' ? line : fmt === 'table' ? flowRow(f).join('\t') : `${manyNodes ? `${f.node_name}: ` : ''}${flowCompact(f)}`) + '\n');
     });
     return '';
   },

@@ -71,6 +71,8 @@ export interface ClusterNodeOptions {
   stateDir: string;
   version: string;
   tunnelPort: number;
+  /** The relay address to advertise (host 0.0.0.0 / :: becomes the node's underlay address). */
+  relayAddress?: string;
 }
 
 interface LeaseFile {
@@ -153,6 +155,7 @@ export class ClusterNode {
         health: { status: 'ok', problems: [], since: new Date().toISOString() },
         version: opts.version,
         startedAt: new Date().toISOString(),
+        ...(opts.relayAddress ? { relay: { address: advertised(opts.relayAddress, opts.nodeIp) } } : {}),
       });
     } catch (e) {
       c.close();
@@ -422,7 +425,7 @@ export class ClusterNode {
 
 /** Connect this agent to its cluster: underlay address, lease, watches, registration. */
 export async function connectCluster(
-  cfg: { cluster?: { endpoints: string[]; prefix: string; leaseTtl: number }; nodeName: string; nodeIp?: string; podCidr: string; serviceCidr: string; stateDir: string },
+  cfg: { cluster?: { endpoints: string[]; prefix: string; leaseTtl: number }; nodeName: string; nodeIp?: string; podCidr: string; serviceCidr: string; stateDir: string; relayAddress?: string },
   version: string,
   log: Logger,
 ): Promise<ClusterNode> {
@@ -446,6 +449,7 @@ export async function connectCluster(
       stateDir: cfg.stateDir,
       version,
       tunnelPort: VXLAN_PORT,
+      relayAddress: cfg.relayAddress,
     },
     log,
   );
@@ -453,3 +457,11 @@ export async function connectCluster(
   return node;
 }
 
+
+/** The address other nodes reach a listener on: a wildcard host becomes the node's underlay address. */
+function advertised(address: string, nodeIp: string): string {
+  const cut = address.lastIndexOf(':');
+  const host = address.slice(0, cut);
+  if (host === '0.0.0.0' || host === '::' || host === '[::]') return `${nodeIp.includes(':') ? `[${nodeIp}]` : nodeIp}${address.slice(cut)}`;
+  return address;
+}

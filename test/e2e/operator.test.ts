@@ -18,7 +18,7 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import { Lab, LabPod } from '../helpers/lab';
-import { sleep } from '../helpers/sys';
+import { sleep, tryRun } from '../helpers/sys';
 import type { TestNode } from '../helpers/node';
 import type { ChildProcess } from 'node:child_process';
 
@@ -38,6 +38,7 @@ describe('operator', { timeout: 300_000 }, () => {
     leaseTtl: 4,
     operator: { pool: POOL, args: ['--leader-lease-ttl', '3', '--node-gc-grace', String(NODE_GC_GRACE), '--identity-gc-grace', '2', '--identity-gc-interval', '0.5'] },
     nodeArgs: { 2: ['--policy-map-max-entries', '24'] },
+    relay: true,
   });
   let n1: TestNode;
   let n2: TestNode;
@@ -153,6 +154,38 @@ describe('operator', { timeout: 300_000 }, () => {
     n1.apply([cnp('server-big', [9000])], { wait: false });
     await lab.until('server-big enforced after the fix', () => enforced(n1, 'server-big')?.status === 'True', 20_000, 100);
     await lab.until('traffic allowed again', () => lab.tcp(client.ns, server.ip, 8080), 10_000, 200);
+  });
+
+  it('the cluster-wide view: flows name remote pods; observe --node and --all-nodes ask other nodes (with the relay token only)', async () => {
+    // solo (n2) -> server (n3) is denied by server-ingress: n3 sees the drop of a remote pod.
+    assert.equal(lab.tcp(solo.ns, server.ip, 8080), false);
+    const drops = n1.cli(['observe', '--node', 'n3', '--verdict', 'DROPPED', '--from-pod', 'default/solo', '--last', '5', '-o', 'json']);
+    assert.equal(drops.code, 0, drops.stderr);
+    const flows = drops.stdout.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l));
+    assert.ok(flows.length > 0, 'n1 shows n3\'s drops');
+    const f = flows[flows.length - 1];
+    assert.equal(f.node_name, 'n3');
+    assert.equal(f.source.pod_name, 'solo');
+    assert.equal(f.source.namespace, 'default');
+    assert.equal(f.source.node_name, 'n2', 'the remote pod is named with its node');
+    assert.ok(f.source.labels.includes('k8s:app=solo'));
+    assert.ok(f.source.identity > 255);
+    // Every node, merged by time.
+    assert.equal(lab.tcp(client.ns, server.ip, 8080), true);
+    const all = n1.cli(['observe', '--all-nodes', '--to-pod', 'default/server', '--last', '200', '-o', 'json']);
+    assert.equal(all.code, 0, all.stderr);
+    const merged = all.stdout.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l));
+    const nodesSeen = new Set(merged.map((x) => x.node_name));
+    assert.ok(nodesSeen.has('n1') && nodesSeen.has('n3'), `flows of n1 (egress) and n3 (ingress): ${[...nodesSeen]}`);
+    for (let i = 1; i < merged.length; i++) assert.ok(merged[i - 1].time <= merged[i].time, 'merged by time');
+    const compact = n1.cli(['observe', '--all-nodes', '--to-pod', 'default/server', '--last', '3']).stdout;
+    assert.match(compact, /^n[13]: /m);
+    // Unknown node: a clear error; no token: refused.
+    const bad = n1.cli(['observe', '--node', 'nope']);
+    assert.notEqual(bad.code, 0);
+    assert.match(bad.stderr, /node: "nope" is not a node of the cluster/);
+    const anon = tryRun('ip', ['netns', 'exec', lab.extNs, 'curl', '-s', '-o', '/dev/null', '-w', '%{http_code}', '--max-time', '5', `http://${lab.nodeIp(2)}:4244/v1/flows`]);
+    assert.equal(anon.stdout, '401', 'the relay refuses callers without the token');
   });
 
   it('pool exhausted: the waiting node and the operator say so; a removed node\'s CIDR returns only after the grace period; identities go only when unreferenced', async () => {

@@ -16,6 +16,7 @@
  * cleanup() (or `down` from a saved state) even after failures.
  */
 import { ChildProcess, spawn } from 'node:child_process';
+import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { EtcdServer } from './etcd';
@@ -44,6 +45,8 @@ export interface LabOptions {
   operator?: { args?: string[]; pool?: { cidr: string; maskSize: number } };
   /** Extra agent flags for node i (0-based). */
   nodeArgs?: Record<number, string[]>;
+  /** Every agent serves its flows to the others (--relay-address <node ip>:4244, a shared token file). */
+  relay?: boolean;
 }
 
 export interface LabPod {
@@ -157,6 +160,13 @@ export class Lab {
     return { proc, id, log };
   }
 
+  /** The cluster's relay token (created once, mode 0600). */
+  relayTokenFile(): string {
+    const f = path.join(this.dir, 'relay-token');
+    if (!fs.existsSync(f)) fs.writeFileSync(f, crypto.randomBytes(24).toString('hex') + '\n', { mode: 0o600 });
+    return f;
+  }
+
   /** The lab cluster's keys under `rel` (relative to its prefix), read with etcdctl in the underlay namespace. */
   etcdKeys(rel: string): { key: string; value: string; modRevision: number }[] {
     const r = tryRun('ip', ['netns', 'exec', this.underlayNs, 'etcdctl', '--endpoints', 'http://127.0.0.1:2379', 'get', '--prefix', `${this.prefix}/${rel}`, '-w', 'json'], { timeoutMs: 10_000 });
@@ -198,6 +208,7 @@ export class Lab {
       '--kvstore-lease-ttl', String(this.opts.leaseTtl ?? 20),
       ...(this.opts.agentArgs ?? []),
       ...(this.opts.nodeArgs?.[i] ?? []),
+      ...(this.opts.relay ? ['--relay-address', `${this.nodeIp(i)}:4244`, '--relay-token-file', this.relayTokenFile()] : []),
     );
     return n;
   }
