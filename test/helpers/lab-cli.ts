@@ -74,6 +74,8 @@ async function demo(lab: Lab): Promise<void> {
   say(`  other  -> server: ${after2[0] ? 'connected (NOT dropped!)' : 'dropped (policy denied)'}`);
   say(`\n== The drop, seen on n${server.node + 1} (membrane observe --verdict DROPPED --last 2)`);
   say(cli(serverNode.socket, ['observe', '--verdict', 'DROPPED', '--last', '2']));
+  say(`\n== The cluster-wide view from n1 (membrane observe --all-nodes --to-pod default/server --last 6)`);
+  say(cli(n1.socket, ['observe', '--all-nodes', '--to-pod', 'default/server', '--last', '6']));
   void n2;
 }
 
@@ -87,7 +89,7 @@ async function up(argv: string[]): Promise<void> {
   if (existing) throw new Error(`a lab is already up (prefix ${existing.prefix}); run scripts/lab.sh down first`);
   fs.mkdirSync(STATE_DIR, { recursive: true, mode: 0o700 });
   // The operator hands out the nodes' pod CIDRs from 10.210.0.0/16 (one /24 each).
-  const lab = new Lab({ nodes, detached: true, operator: { pool: { cidr: '10.210.0.0/16', maskSize: 24 } } });
+  const lab = new Lab({ nodes, detached: true, relay: true, operator: { pool: { cidr: '10.210.0.0/16', maskSize: 24 } } });
   const save = () => fs.writeFileSync(STATE, JSON.stringify(lab.state(), null, 2) + '\n', { mode: 0o600 });
   save();
   try {
