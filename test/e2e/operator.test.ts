@@ -128,6 +128,13 @@ describe('operator', { timeout: 300_000 }, () => {
     assert.deepEqual([...afterRestart.keys()].sort(), [...before.keys()].sort());
     for (const [k, v] of before) assert.equal(afterRestart.get(k)!.modRevision, v.modRevision, `${k} was not rewritten`);
     assert.ok(!fs.readFileSync(op3.log, 'utf8').includes('pod CIDR allocated'), 'the restarted operator allocated nothing');
+    // An agent restarted takes its allocation again at once (its pods keep their addresses and traffic).
+    const cidr1 = n1.cliJson(['status']).podCidr;
+    await n1.stopAgent();
+    await n1.startAgent();
+    assert.equal(n1.cliJson(['status']).podCidr, cidr1);
+    assert.equal(ipam().get('ipam/v1/nodes/n1')!.modRevision, before.get('ipam/v1/nodes/n1')!.modRevision);
+    await lab.until('traffic after the agent restart', () => lab.tcp(client.ns, server.ip, 8080), 10_000, 200);
   });
 
   it('policy status: enforced everywhere; too large for one node\'s map names that node; fixing it turns the condition back', async () => {
