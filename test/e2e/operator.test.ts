@@ -4,8 +4,8 @@
  *  - cluster pool: agents without --pod-cidr get distinct CIDRs from the pool;
  *  - two operators: one acts, the other waits; kill -9 of the leader and the
  *    other takes over (and acts: it allocates the next node's CIDR);
- *  - the operator killed: traffic and pod creation unaffected; restarted, it
- *    reallocates nothing;
+ *  - the operator killed (-9) or stopped: traffic and pod creation unaffected;
+ *    restarted, it reallocates nothing; an agent restarted keeps its CIDR;
  *  - policy status: enforced on every node; a policy too large for one node's
  *    map (--policy-map-max-entries) names that node and the error; fixing it
  *    turns the condition back;
@@ -128,6 +128,16 @@ describe('operator', { timeout: 300_000 }, () => {
     assert.deepEqual([...afterRestart.keys()].sort(), [...before.keys()].sort());
     for (const [k, v] of before) assert.equal(afterRestart.get(k)!.modRevision, v.modRevision, `${k} was not rewritten`);
     assert.ok(!fs.readFileSync(op3.log, 'utf8').includes('pod CIDR allocated'), 'the restarted operator allocated nothing');
+    // Stopped (SIGTERM): it gives the lead up at once (lease revoked); the next one takes over and reallocates nothing.
+    op3.proc.kill('SIGTERM');
+    await lab.until('op3 to give the lead up', () => leader() === undefined, 10_000, 100);
+    assert.equal(lab.tcp(client.ns, server.ip, 8080), true, 'traffic with the operator stopped');
+    const op4 = await lab.startOperator('op4');
+    await lab.until('op4 to lead', () => leader() === 'op4', 20_000, 200);
+    leaderProc = op4.proc;
+    leaderLog = op4.log;
+    await sleep(500);
+    for (const [k, v] of before) assert.equal(ipam().get(k)!.modRevision, v.modRevision, `${k} was not rewritten by op4`);
     // An agent restarted takes its allocation again at once (its pods keep their addresses and traffic).
     const cidr1 = n1.cliJson(['status']).podCidr;
     await n1.stopAgent();
