@@ -407,11 +407,13 @@ function renderGraph(visible: ViewFlow[]): void {
         added = true;
       }
     }
+    // Cluster mode: when the map spans several cluster nodes, each workload says where it runs.
+    const spansNodes = new Set(g.nodes.flatMap((n) => n.clusterNodes)).size > 1;
     for (const n of g.nodes) {
       want.add(n.id);
       const base = n.pods.length > 1 ? `${n.label}\n${n.pods.length} pods` : n.label;
       // Cluster mode: the nodes the workload runs on.
-      const label = n.clusterNodes.length ? `${base}\non ${n.clusterNodes.join(', ')}` : base;
+      const label = spansNodes && n.clusterNodes.length ? `${base}\non ${n.clusterNodes.join(', ')}` : base;
       const classes = `kind-${n.kind}${n.flows ? '' : ' idle'}`;
       const el = cy.getElementById(n.id);
       const parent = n.namespace ? `ns:${n.namespace}` : undefined;

@@ -456,6 +456,11 @@ export function buildWaitingApi(status: () => unknown): FastifyInstance {
   const waiting = { error: 'the agent is waiting for its pod CIDR from the operator (cluster pool); see membrane status', kind: 'unavailable' };
   app.get('/v1/status', async () => status());
   app.get('/v1/healthz', async (_req, reply) => reply.status(503).send({ status: 'waiting-for-pod-cidr' }));
+  // CNI: "try again later" (11), as while the agent is unreachable.
+  app.post('/v1/cni', { bodyLimit: 32 * 1024 * 1024 }, async (_req, reply) => {
+    reply.header(CNI_EXIT_HEADER, '11').type('application/json; charset=utf-8');
+    return reply.send(JSON.stringify({ cniVersion: '1.1.0', code: 11, msg: 'the agent is waiting for this node\'s pod CIDR from the operator', details: 'cluster pool: see membrane status' }) + '\n');
+  });
   app.setNotFoundHandler(async (_req, reply) => reply.status(503).send(waiting));
   return app;
 }

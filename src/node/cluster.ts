@@ -199,6 +199,7 @@ export class ClusterNode {
       }
       if (a.error && a.error !== state.error) {
         state.error = a.error;
+        this.nodes.setHealth('degraded', [`no pod CIDR: ${a.error}`]);
         this.log.error('the operator could not allocate this node a pod CIDR; still waiting', { node: this.opts.nodeName, error: a.error });
       }
     };
@@ -368,7 +369,7 @@ export class ClusterNode {
 
   /** `membrane node list`: every node, alive or recently gone, with the identities it references. */
   async nodeList(): Promise<
-    { name: string; addresses: { type: string; ip: string }[]; podCIDRs: string[]; identities: number | null; alive: boolean; self: boolean; health: string; lastSeen?: string }[]
+    { name: string; addresses: { type: string; ip: string }[]; podCIDRs: string[]; identities: number | null; alive: boolean; self: boolean; health: string; problems: string[]; lastSeen?: string }[]
   > {
     let refs: Map<string, number> | undefined;
     try {
@@ -384,6 +385,7 @@ export class ClusterNode {
       alive: n.alive,
       self: n.self,
       health: n.alive ? n.health.status : 'gone',
+      problems: n.alive ? n.health.problems : [],
       lastSeen: n.lastSeen,
     }));
   }

@@ -216,6 +216,12 @@ describe('operator', { timeout: 300_000 }, () => {
     assert.match(text, /IPAM error: .*10\.220\.0\.0\/22 .*exhausted/);
     assert.match(fs.readFileSync(leaderLog, 'utf8'), /"level":"error".*the cluster pool is exhausted.*"node":"n5"/);
     assert.equal(n5.cli(['endpoint', 'list']).code !== 0, true, 'a waiting agent serves nothing but its status');
+    await lab.until('n5 degraded in the node list, with the error', () => {
+      const n = n1.cliJson(['node', 'list']).find((x: any) => x.name === 'n5');
+      return n?.health === 'degraded' && /exhausted/.test(n.problems.join(' '));
+    }, 10_000, 200);
+    const add = n5.cni({ command: 'ADD', containerId: `${n5.prefix}-early`, netns: '/proc/self/ns/net', ifname: 'eth0' });
+    assert.equal(add.code, 11, `CNI ADD while waiting: try again later (${add.stdout})`);
 
     const soloId = n2.cliJson(['endpoint', 'list']).find((e: any) => e.podName === 'solo').identity;
     const clientId = n1.cliJson(['endpoint', 'list']).find((e: any) => e.podName === 'client').identity;
