@@ -241,5 +241,16 @@ describe('operator', { timeout: 300_000 }, () => {
     assert.equal(ipam().get(`ipam/v1/cidrs/${x.replace('/', '%2F')}`)?.value, 'n5');
     assert.match(fs.readFileSync(leaderLog, 'utf8'), /node garbage-collected: its pod CIDR returned to the pool.*"node":"n2"/);
     assert.equal(lab.tcp(client.ns, server.ip, 8080), true, 'traffic unaffected throughout');
+
+    // A node back within the grace period keeps its CIDR.
+    const n4 = extra[0];
+    const c4 = n4.cliJson(['status']).podCidr;
+    await n4.stopAgent('SIGKILL');
+    await lab.until('n4 gone and its CIDR held', () => !!JSON.parse(ipam().get('ipam/v1/nodes/n4')?.value ?? '{}').orphanedSince, 20_000, 200);
+    await n4.startAgent();
+    assert.equal(n4.cliJson(['status']).podCidr, c4);
+    await lab.until('n4\'s allocation no longer orphaned', () => !JSON.parse(ipam().get('ipam/v1/nodes/n4')?.value ?? '{}').orphanedSince, 10_000, 100);
+    await sleep(NODE_GC_GRACE * 1000);
+    assert.equal(ipam().get(`ipam/v1/cidrs/${c4.replace('/', '%2F')}`)?.value, 'n4', 'still n4\'s after the grace period');
   });
 });
