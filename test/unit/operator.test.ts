@@ -8,6 +8,10 @@ import { policyReports, PolicyReport } from '../../src/policy/status';
 import { translatePolicy } from '../../src/policy/translate';
 import { prefixEnd } from '../../src/kvstore/kvstore';
 import type { Resource } from '../../src/store/types';
+import { RelayConfigError, UnknownNodeError, readRelayToken, relayTargets } from '../../src/monitor/relay';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
 
 const cnp = (gen: number, spec: unknown = { endpointSelector: { matchLabels: { app: 'web' } }, ingress: [{ fromEndpoints: [{ matchLabels: { app: 'client' } }] }] }): Resource => ({
   apiVersion: 'cilium.io/v2',
@@ -125,5 +129,44 @@ describe('operator: policy status', () => {
     assert.equal(p.endpoints, 1);
     assert.match(p.error!, /endpoint 1 \(default\/web\): policy needs 30 map entries/);
     assert.deepEqual(reports.get('CiliumNetworkPolicy/default/q'), { generation: 5, enforcing: false, error: 'not loaded: bad port', revision: 9, endpoints: 0 });
+  });
+});
+
+describe('cluster-wide view: relay', () => {
+  it('asks this node on its socket and the others at their relay address; an unknown node is a clear error', () => {
+    const nodes = [{ name: 'n1' }, { name: 'n2', relay: { address: '198.18.0.2:4244' } }, { name: 'n3' }];
+    assert.deepEqual(relayTargets(nodes, 'n1', '/run/m.sock', 'all'), [
+      { node: 'n1', socket: '/run/m.sock' },
+      { node: 'n2', address: '198.18.0.2:4244' },
+      { node: 'n3', address: undefined },
+    ]);
+    assert.deepEqual(relayTargets(nodes, 'n1', '/run/m.sock', ['n2', 'n2']), [{ node: 'n2', address: '198.18.0.2:4244' }]);
+    assert.throws(() => relayTargets(nodes, 'n1', '/s', ['n9']), (e: unknown) => e instanceof UnknownNodeError && /node: "n9" is not a node of the cluster \(known: n1, n2, n3\)/.test(e.message));
+  });
+
+  it('the token file must be private and long enough', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mbt-relay-'));
+    try {
+      const f = path.join(dir, 'token');
+      fs.writeFileSync(f, 'x'.repeat(32) + '\n', { mode: 0o644 });
+      fs.chmodSync(f, 0o644);
+      assert.throws(() => readRelayToken(f), (e: unknown) => e instanceof RelayConfigError && /accessible to others \(mode 644\)/.test(e.message));
+      fs.chmodSync(f, 0o600);
+      assert.equal(readRelayToken(f), 'x'.repeat(32));
+      fs.writeFileSync(f, 'short');
+      assert.throws(() => readRelayToken(f), /at least 16 are needed/);
+      assert.throws(() => readRelayToken(path.join(dir, 'none')), /relay-token-file: cannot read/);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('relay flags: only in cluster mode, HOST:PORT, with a token file', () => {
+    assert.throws(() => parseAgentArgs(['--relay-address', '0.0.0.0:4244', '--relay-token-file', '/t']), /relay-address: only meaningful with --kvstore-endpoints/);
+    assert.throws(() => parseAgentArgs(['--kvstore-endpoints', 'http://h:1', '--relay-address', '4244', '--relay-token-file', '/t']), /relay-address: "4244" must be HOST:PORT/);
+    assert.throws(() => parseAgentArgs(['--kvstore-endpoints', 'http://h:1', '--relay-address', '0.0.0.0:4244']), /relay-token-file: required with --relay-address/);
+    const ok = parseAgentArgs(['--kvstore-endpoints', 'http://h:1', '--relay-address', '[::]:4244', '--relay-token-file', '/t']);
+    assert.ok(ok !== 'help');
+    assert.equal(ok.relayAddress, '[::]:4244');
   });
 });
