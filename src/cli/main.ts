@@ -47,7 +47,7 @@ Commands:
                              --http-status CODE|MIN-MAX|4+, --dns-query NAME (* any characters);
                              --type drop|trace|policy-verdict|l7; --not negates the next filter
   metrics                    Prometheus metrics of the agent and the datapath
-  ui [--port N]              the service map in a browser: http://127.0.0.1:N/ (default 12000), live
+  ui [--port N] [--all-nodes]              the service map in a browser: http://127.0.0.1:N/ (default 12000), live
   bpf policy get ENDPOINT    the endpoint's policy map in the kernel
   service list | get ID      service frontends and their backends
   bpf lb list [--frontends|--backends|--revnat|--maglev]
@@ -357,7 +357,7 @@ const commands: Record<string, Handler> = {
     return '';
   },
   async ui(c, o) {
-    return (await import('../ui/server')).runUi(o.socket, o.flags.port);
+    return (await import('../ui/server')).runUi(o.socket, o.flags.port, process.stdout, !!o.flags['all-nodes']);
   },
   async metrics(c) {
     return await new Promise<string>((resolve, reject) => {

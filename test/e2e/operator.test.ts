@@ -21,6 +21,8 @@ import { Lab, LabPod } from '../helpers/lab';
 import { sleep, tryRun } from '../helpers/sys';
 import type { TestNode } from '../helpers/node';
 import type { ChildProcess } from 'node:child_process';
+import * as http from 'node:http';
+import { startUiServer } from '../../src/ui/server';
 
 const POOL = { cidr: '10.220.0.0/22', maskSize: 24 }; // 4 node CIDRs
 const NODE_GC_GRACE = 8;
@@ -197,6 +199,26 @@ describe('operator', { timeout: 300_000 }, () => {
     for (let i = 1; i < merged.length; i++) assert.ok(merged[i - 1].time <= merged[i].time, 'merged by time');
     const compact = n1.cli(['observe', '--all-nodes', '--to-pod', 'default/server', '--last', '3']).stdout;
     assert.match(compact, /^n[13]: /m);
+    // The UI with --all-nodes streams every node's flows (n3's included) from n1's agent.
+    const ui = await startUiServer({ socket: n1.socket, port: 0, allNodes: true });
+    try {
+      const events = await new Promise<string>((resolve, reject) => {
+        let text = '';
+        const r = http.get({ host: '127.0.0.1', port: ui.port, path: '/api/flows/stream?to_pod=default%2Fserver&last=50' }, (res) => {
+          res.setEncoding('utf8');
+          res.on('data', (c: string) => (text += c));
+        });
+        r.on('error', reject);
+        setTimeout(() => {
+          r.destroy();
+          resolve(text);
+        }, 2500);
+      });
+      const uiFlows = events.split('\n').filter((l) => l.startsWith('data: {"time"')).map((l) => JSON.parse(l.slice(6)));
+      assert.ok(uiFlows.some((x) => x.node_name === 'n3') && uiFlows.some((x) => x.node_name === 'n1'), 'the UI stream carries the flows of n1 and n3');
+    } finally {
+      await ui.close();
+    }
     // Unknown node: a clear error; no token: refused.
     const bad = n1.cli(['observe', '--node', 'nope']);
     assert.notEqual(bad.code, 0);
