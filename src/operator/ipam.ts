@@ -169,6 +169,25 @@ export class ClusterPoolIpam {
         }
         continue;
       }
+      if (rec.podCIDRs.length && this.pool) {
+        // A node running with a CIDR of the pool that no allocation names (it took its CIDR back
+        // while the operator released it, or it was given --pod-cidr inside the pool): adopt it.
+        const own = canonical(rec.podCIDRs[0]);
+        if (!cur && this.pool.owns(own) && !used.has(own)) {
+          const r = await this.kv.txn(
+            [{ key: ipamNodeKey(name), target: 'create', op: '==', value: 0 }, { key: ipamCidrKey(own), target: 'create', op: '==', value: 0 }],
+            [
+              { type: 'put', key: ipamCidrKey(own), value: name },
+              { type: 'put', key: ipamNodeKey(name), value: JSON.stringify({ podCIDRs: [own], pool: this.pool.text, allocatedAt: new Date().toISOString() } satisfies IpamAllocation) },
+            ],
+          );
+          if (r.succeeded) {
+            used.add(own);
+            this.log.info('ipam: adopted the pod CIDR a node runs with', { node: name, podCIDR: own });
+          }
+        }
+        continue;
+      }
       if (rec.podCIDRs.length || !this.pool) continue; // the node has its own --pod-cidr
       const reserved = [...live.values()].flatMap((n) => n.podCIDRs);
       const guard = cur ? { key: ipamNodeKey(name), target: 'mod' as const, op: '==' as const, value: cur.modRevision } : { key: ipamNodeKey(name), target: 'create' as const, op: '==' as const, value: 0 };
