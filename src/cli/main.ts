@@ -594,6 +594,11 @@ const commands: Record<string, Handler> = {
       `Maps:          ${s.maps.map((m: any) => `${m.map} ${m.desired} desired${m.pending ? `, ${m.pending} pending` : ''}${m.lastError ? ` (error: ${m.lastError})` : ''}`).join('; ')}`,
       `Endpoint ADD:  p50 ${s.endpointCreateMs.p50 ?? '-'} ms, p99 ${s.endpointCreateMs.p99 ?? '-'} ms (${s.endpointCreateMs.count} created)`,
     ];
+    if (s.cluster?.mode === 'kvstore') {
+      const c = s.cluster;
+      lines.push(`Cluster:       ${c.nodes} nodes, ${c.connected ? 'connected' : `NOT connected${c.lastError ? ` (${c.lastError})` : ''}`} (${c.endpoints.join(',')}, prefix ${c.prefix})`);
+      lines.push(`Operator:      ${c.operator ? `${c.operator.id} acts (since ${c.operator.since})` : 'none running (pod CIDRs from the pool, garbage collection and policy status wait for one)'}`);
+    }
     if (s.monitor?.memory) lines.push(`Flows:         ${flowsStatus(s.monitor)}`);
     lines.push(`L7 proxy:      ${proxyLine(s.proxy)}`);
     for (const l of s.proxy?.listeners ?? []) lines.push(`  listener ${l.name} port ${l.port} ${l.state}${l.error ? ` (${l.error})` : ''}, ${l.connections} connections`);

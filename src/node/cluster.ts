@@ -87,6 +87,8 @@ export class ClusterNode {
   readonly nodes: NodeRegistry;
   readonly services: ClusterServiceAllocations;
   private readonly pods: Reflector;
+  /** The acting operator (operator/v1/leader), for `membrane status`. */
+  private readonly operator: Reflector;
   private readonly remote = new Map<string, PodRecord>();
   private sink?: IpcacheSink;
   /**
@@ -110,6 +112,7 @@ export class ClusterNode {
     this.identities = new ClusterIdentities(this.kv, this.keys, opts.nodeName, log);
     this.nodes = new NodeRegistry(this.kv, this.keys, opts.nodeName, log);
     this.pods = new Reflector(this.kv, IPCACHE, log.child({ component: 'pods' }));
+    this.operator = new Reflector(this.kv, 'operator/v1/', log.child({ component: 'operator-watch' }));
     this.pods.subscribe((evs) => this.onPodEvents(evs));
     this.nodes.onChange((name, now, before) => this.onNodeChange(name, now, before));
     // The lease of the previous run goes once everything lives on the new one.
@@ -131,7 +134,7 @@ export class ClusterNode {
     const c = new ClusterNode(opts, log.child({ component: 'cluster' }));
     const waiting = setInterval(() => log.warn('waiting for the cluster store', { endpoints: opts.endpoints, error: c.store.watchStats.lastError }), 5000);
     try {
-      await Promise.all([c.store.start(), c.identities.start(), c.nodes.start(), c.services.start(), c.pods.start()]);
+      await Promise.all([c.store.start(), c.identities.start(), c.nodes.start(), c.services.start(), c.pods.start(), c.operator.start()]);
       if (!opts.podCidr) {
         // Cluster pool: a CIDR the operator allocated to this node before (a restart) is taken again at once.
         const a = await c.kv.get(ipamNodeKey(opts.nodeName));
@@ -396,6 +399,7 @@ export class ClusterNode {
     return {
       mode: 'kvstore',
       ipam: this.ipamState ?? { mode: 'pod-cidr' },
+      operator: this.operatorLeader(),
       endpoints: this.opts.endpoints,
       prefix: this.opts.prefix,
       node: this.opts.nodeName,
@@ -413,8 +417,20 @@ export class ClusterNode {
     };
   }
 
+  private operatorLeader(): { id: string; since: string } | null {
+    const v = this.operator.get('leader');
+    if (!v) return null;
+    try {
+      const r = JSON.parse(v.value) as { id: string; since: string };
+      return { id: r.id, since: r.since };
+    } catch {
+      return null;
+    }
+  }
+
   close(): void {
     if (this.healthTimer) clearInterval(this.healthTimer);
+    this.operator.stop();
     this.store.stop();
     this.identities.stop();
     this.nodes.stop();

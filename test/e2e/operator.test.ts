@@ -96,6 +96,7 @@ describe('operator', { timeout: 300_000 }, () => {
 
   it('two operators: one acts, the other waits; kill -9 of the leader and the other takes over', async () => {
     assert.equal(leader(), 'op1');
+    assert.match(n2.cli(['status']).stdout, /Operator: +op1 acts/);
     const op2 = await lab.startOperator('op2');
     await lab.until('op2 to see that op1 leads', () => fs.readFileSync(op2.log, 'utf8').includes('another operator leads'));
     assert.equal(leader(), 'op1', 'the first operator still leads');
