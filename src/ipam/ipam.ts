@@ -26,6 +26,11 @@ export class IpamError extends Error {
   }
 }
 
+/** The pod CIDR recorded in a state directory (the one this node's pods hold addresses from), if any. */
+export function recordedPodCidr(stateDir: string): string | undefined {
+  return readJson<IpamFile>(path.join(stateDir, 'ipam.json'))?.cidr;
+}
+
 export class Ipam {
   readonly cidr: Cidr;
   readonly router: IpAddr;

@@ -24,6 +24,7 @@ import type { IpamAllocation } from '../operator/ipam';
 import type { PolicyReport } from '../policy/status';
 import { ClusterServiceAllocations } from '../service/allocations';
 import { readJson, writeJsonAtomic } from '../util/fsutil';
+import { recordedPodCidr } from '../ipam/ipam';
 import { formatIp, ipAtOffset, parseCidr, parseIp } from '../util/ip';
 import { RtNetlink } from '../netlink';
 import { Underlay, findUnderlay } from './address';
@@ -159,6 +160,7 @@ export class ClusterNode {
         version: opts.version,
         startedAt: new Date().toISOString(),
         ...(opts.relayAddress ? { relay: { address: advertised(opts.relayAddress, opts.nodeIp) } } : {}),
+        ...(!opts.podCidr && recordedPodCidr(opts.stateDir) ? { podCidrHint: recordedPodCidr(opts.stateDir) } : {}),
       });
     } catch (e) {
       c.close();

@@ -36,6 +36,8 @@ export interface NodeRecord {
   health: { status: 'ok' | 'degraded'; problems: string[]; since: string };
   version: string;
   startedAt: string;
+  /** Cluster pool: the CIDR this node's pods held addresses from before (its state), asked for again if free. */
+  podCidrHint?: string;
   /** Where the node's agent serves its flows to the cluster's agents (--relay-address), if it does. */
   relay?: { address: string };
 }

@@ -23,7 +23,7 @@
  */
 import { Kvstore, Reflector } from '../kvstore';
 import { ipamCidrKey, ipamNodeKey, nodeKey, unescapeSegment } from '../kvstore/keys';
-import type { NodeRecord } from '../node/registry';
+import { NodeRecord, cidrsOverlap } from '../node/registry';
 import { formatCidr, parseCidr } from '../util/ip';
 import type { Logger } from '../util/log';
 import { CidrPool, PoolExhaustedError } from './pool';
@@ -193,7 +193,10 @@ export class ClusterPoolIpam {
       const guard = cur ? { key: ipamNodeKey(name), target: 'mod' as const, op: '==' as const, value: cur.modRevision } : { key: ipamNodeKey(name), target: 'create' as const, op: '==' as const, value: 0 };
       let cidr: string;
       try {
-        cidr = this.pool.next(used, reserved);
+        // The CIDR the node's pods held addresses from before (its state directory), if still free.
+        const hint = rec.podCidrHint ? canonical(rec.podCidrHint) : undefined;
+        const hintFree = hint && this.pool.owns(hint) && !used.has(hint) && !reserved.some((r) => cidrsOverlap(parseCidr(r), parseCidr(hint)));
+        cidr = hintFree ? hint : this.pool.next(used, reserved);
       } catch (e) {
         if (!(e instanceof PoolExhaustedError)) throw e;
         const error = `${e.message}; node "${name}" has no pod CIDR`;

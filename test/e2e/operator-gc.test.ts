@@ -116,4 +116,19 @@ describe('operator parts (real etcd)', () => {
     ipam.stop();
     nodes.stop();
   });
+
+  it('cluster pool: a node asks for the CIDR its state recorded, and gets it if free', async () => {
+    const pool = new CidrPool('10.231.0.0/22', 24);
+    const nodes = new Reflector(kv, NODES, log);
+    await nodes.start();
+    const ipam = new ClusterPoolIpam(kv, nodes, pool, 1000, log);
+    await ipam.start();
+    ipam.setActive(true);
+    await kv.put(nodeKey('h'), JSON.stringify({ ...JSON.parse(nodeRec('h')), podCidrHint: '10.231.2.0/24' }));
+    await until('h gets its recorded CIDR', async () => JSON.parse((await kv.get(ipamNodeKey('h')))?.value ?? '{"podCIDRs":[]}').podCIDRs[0] === '10.231.2.0/24');
+    await kv.put(nodeKey('i'), JSON.stringify({ ...JSON.parse(nodeRec('i')), podCidrHint: '10.231.2.0/24' }));
+    await until('i gets the first free one instead', async () => JSON.parse((await kv.get(ipamNodeKey('i')))?.value ?? '{"podCIDRs":[]}').podCIDRs[0] === '10.231.0.0/24');
+    ipam.stop();
+    nodes.stop();
+  });
 });
