@@ -27,16 +27,9 @@ import { NodeRecord, cidrsOverlap } from '../node/registry';
 import { formatCidr, parseCidr } from '../util/ip';
 import type { Logger } from '../util/log';
 import { CidrPool, PoolExhaustedError } from './pool';
+import type { IpamAllocation } from '../ipam/ipam';
 
-export interface IpamAllocation {
-  podCIDRs: string[];
-  pool?: string;
-  allocatedAt?: string;
-  /** Why the node has no CIDR (pool exhausted). */
-  error?: string;
-  /** The node's record is gone since: its CIDR returns to the pool after the grace period. */
-  orphanedSince?: string;
-}
+export type { IpamAllocation };
 
 export interface NodeGcStats {
   allocated: number;
