@@ -384,12 +384,20 @@ const commands: Record<string, Handler> = {
     if (o.output === 'json') return json(name ? items[0] : { apiVersion: 'v1', kind: 'List', items });
     if (o.output === 'yaml') return YAML.stringify(name ? items[0] : { apiVersion: 'v1', kind: 'List', items });
     const namespaced = items.some((i) => i.metadata.namespace);
+    // Policies in cluster mode carry the operator's status: its conditions as columns.
+    const withStatus = items.some((i) => Array.isArray(i.status?.conditions));
+    const cond = (i: any, type: string) => {
+      const c = (i.status?.conditions ?? []).find((x: any) => x.type === type);
+      if (!c) return '-';
+      return type === 'Enforced' && i.status.nodes ? `${c.status} (${i.status.nodes.enforcing}/${i.status.nodes.total})` : c.status;
+    };
     return table(
-      [...(namespaced ? ['NAMESPACE'] : []), 'NAME', 'LABELS', 'CREATED'],
+      [...(namespaced ? ['NAMESPACE'] : []), 'NAME', 'LABELS', ...(withStatus ? ['VALID', 'ENFORCED'] : []), 'CREATED'],
       items.map((i) => [
         ...(namespaced ? [i.metadata.namespace] : []),
         i.metadata.name,
         Object.entries(i.metadata.labels ?? {}).map(([k, v]) => `${k}=${v}`).join(',') || '<none>',
+        ...(withStatus ? [cond(i, 'Valid'), cond(i, 'Enforced')] : []),
         i.metadata.creationTimestamp,
       ]),
     );

@@ -170,6 +170,7 @@ describe('operator', { timeout: 300_000 }, () => {
     assert.equal(big.failedNodes[0].node, 'n3');
     assert.match(big.failedNodes[0].error, /default\/server.*policy-map-max-entries/);
     assert.match(enforced(n1, 'server-big').message, /n3: /);
+    assert.match(n2.cli(['get', 'cnp']).stdout, /server-big .*True +False \(3\/4\)/);
 
     n1.apply([cnp('server-big', [9000])], { wait: false });
     await lab.until('server-big enforced after the fix', () => enforced(n1, 'server-big')?.status === 'True', 20_000, 100);
