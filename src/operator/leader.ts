@@ -5,9 +5,9 @@
  * operator/v1/leader on it (a transaction: only if absent). The winner leads
  * for as long as its lease lives; the others watch the key and try again when
  * it goes — at once when the leader stops (it revokes its lease), within the
- * TTL when it is killed (the lease expires). A leader whose lease is lost
- * (etcd unreachable longer than the TTL) steps down before anyone else can
- * win, since the key vanished with the lease, and campaigns again.
+ * TTL when it is killed (the lease expires). A leader that cannot renew its
+ * lease for 3/4 of the TTL (etcd unreachable) steps down before etcd can
+ * expire it — so before anyone else can win — and campaigns again.
  */
 import type { Lease } from 'etcd3';
 import { Kvstore, Reflector, isUnavailable } from '../kvstore';
@@ -84,15 +84,27 @@ export class LeaderElection {
       if (this.leading) this.depose(`lease lost: ${err.message}`);
       this.kick(500);
     });
+    lease.on('keepaliveSucceeded', () => {
+      if (this.lease === lease) this.renewedAt = Date.now();
+    });
     this.lease = lease;
     try {
       this.leaseId = String(await lease.grant());
+      this.renewedAt = Date.now();
       return this.leaseId;
     } catch (e) {
       if (this.lease === lease) this.lease = undefined;
       lease.release();
       throw e;
     }
+  }
+
+  private becomeLeader(lease: string): void {
+    this.leading = true;
+    this.stats.elections++;
+    this.log.info('elected leader: this operator acts', { id: this.id, lease });
+    this.watchRenewals();
+    this.onElected?.();
   }
 
   private async campaign(): Promise<void> {
@@ -108,19 +120,13 @@ export class LeaderElection {
       );
       if (this.stopped) return;
       if (r.succeeded) {
-        this.leading = true;
-        this.stats.elections++;
-        this.log.info('elected leader: this operator acts', { id: this.id, lease });
-        this.onElected?.();
+        this.becomeLeader(lease);
         return;
       }
       const cur = r.reads[0];
       if (cur && cur.lease === lease) {
         // Our own key from an attempt whose answer was lost: we lead.
-        this.leading = true;
-        this.stats.elections++;
-        this.log.info('elected leader: this operator acts', { id: this.id, lease });
-        this.onElected?.();
+        this.becomeLeader(lease);
         return;
       }
       let who = '?';
@@ -140,6 +146,32 @@ export class LeaderElection {
     }
   }
 
+  /**
+   * A leader that could not renew its lease for most of the TTL steps down
+   * before etcd can expire it (the client itself would only notice after
+   * twice the TTL): another operator can win only once the lease expired, so
+   * two never act at once.
+   */
+  private renewedAt = 0;
+  private guard?: NodeJS.Timeout;
+
+  private watchRenewals(): void {
+    if (this.guard) clearInterval(this.guard);
+    this.guard = setInterval(() => {
+      if (!this.leading) return;
+      const since = Date.now() - this.renewedAt;
+      if (since > this.ttlSeconds * 1000 * 0.75) {
+        const lease = this.lease;
+        this.lease = undefined;
+        this.leaseId = undefined;
+        this.depose(`lease not renewed for ${Math.round(since / 100) / 10} s (TTL ${this.ttlSeconds} s)`);
+        lease?.release();
+        this.kick(1000);
+      }
+    }, 250);
+    this.guard.unref();
+  }
+
   private depose(why: string): void {
     if (!this.leading) return;
     this.leading = false;
@@ -152,6 +184,7 @@ export class LeaderElection {
   async stop(): Promise<void> {
     this.stopped = true;
     if (this.timer) clearTimeout(this.timer);
+    if (this.guard) clearInterval(this.guard);
     this.watch.stop();
     const lease = this.lease;
     this.lease = undefined;
