@@ -3,16 +3,18 @@
  * keeps what a node references (also one referenced at the last moment),
  * cluster-pool IPAM allocates once per node, reports an exhausted pool,
  * adopts a node running with a pool CIDR nobody allocated, holds a gone
- * node's CIDR for the grace period and gives it back to a node that returns.
+ * node's CIDR for the grace period and gives it back to a node that returns;
+ * a leader cut off from etcd steps down before another can be elected.
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
-import { EtcdServer } from '../helpers/etcd';
+import { EtcdServer, TcpProxy } from '../helpers/etcd';
 import { runPrefix, sleep } from '../helpers/sys';
 import { Kvstore, Reflector } from '../../src/kvstore';
 import { IDENTITY_IDS, NODES, identityIdKey, identityLabelsKey, identityRefKey, ipamCidrKey, ipamNodeKey, nodeKey } from '../../src/kvstore/keys';
 import { IdentityGc } from '../../src/operator/identitygc';
+import { LeaderElection } from '../../src/operator/leader';
 import { ClusterPoolIpam, IpamAllocation } from '../../src/operator/ipam';
 import { CidrPool } from '../../src/operator/pool';
 import { makeLogger } from '../../src/util/log';
@@ -46,6 +48,37 @@ describe('operator parts (real etcd)', () => {
     kv?.close();
     await etcd?.cleanup();
     fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('leader election: a leader cut off from etcd stops acting before the other is elected', async () => {
+    const port = Number(etcd.opts.clientAddrs[0].split(':')[1]);
+    const proxy = new TcpProxy({ host: '127.0.0.1', port });
+    await proxy.start();
+    const kvA = new Kvstore({ endpoints: [proxy.endpoint], prefix: `${prefix}/le/`, log, callTimeoutMs: 1000 });
+    const kvB = new Kvstore({ endpoints: [etcd.endpoint], prefix: `${prefix}/le/`, log });
+    const a = new LeaderElection(kvA, 'a', 2, log);
+    const b = new LeaderElection(kvB, 'b', 2, log);
+    const events: string[] = [];
+    a.onElected = () => events.push('a elected');
+    a.onDeposed = () => events.push('a deposed');
+    b.onElected = () => events.push('b elected');
+    try {
+      await a.start();
+      await until('a leads', () => a.isLeader);
+      await b.start();
+      await sleep(500);
+      assert.equal(b.isLeader, false, 'one acts, the other waits');
+      proxy.partition();
+      await until('b elected', () => b.isLeader, 15_000);
+      assert.deepEqual(events, ['a elected', 'a deposed', 'b elected'], 'a stopped acting before b started');
+      assert.equal(a.isLeader, false);
+    } finally {
+      await b.stop();
+      await a.stop().catch(() => undefined);
+      kvA.close();
+      kvB.close();
+      await proxy.close();
+    }
   });
 
   it('identity GC: unreferenced identities go after the grace period; referenced ones stay', async () => {
