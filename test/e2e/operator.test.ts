@@ -162,6 +162,10 @@ describe('operator', { timeout: 300_000 }, () => {
     assert.equal(lab.tcp(client.ns, server.ip, 8080), true);
     assert.equal(lab.tcp(solo.ns, server.ip, 8080), false, 'the policy is in force');
 
+    // Cluster-scoped policies get their status too.
+    n2.apply([{ apiVersion: 'cilium.io/v2', kind: 'CiliumClusterwideNetworkPolicy', metadata: { name: 'server-ccnp' }, spec: cnp('x', [8080]).spec }], { wait: false });
+    await lab.until('the CCNP enforced on every node', () => n3.cliJson(['get', 'ccnp', 'server-ccnp'])?.status?.conditions?.some((c: any) => c.type === 'Enforced' && c.status === 'True'), 20_000, 100);
+
     const ports = Array.from({ length: 40 }, (_, i) => 9000 + i);
     n1.apply([cnp('server-big', ports)], { wait: false });
     await lab.until('server-big failed on n3', () => enforced(n1, 'server-big')?.status === 'False', 20_000, 100);
