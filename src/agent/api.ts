@@ -14,7 +14,7 @@ import { EndpointError } from '../endpoint/manager';
 import { ResourceValidationError, kindInfo, KINDS } from '../store/kinds';
 import { FILTER_FIELDS, FilterError, parseFlowQuery } from '../monitor/filter';
 import { MONITOR_TYPES, serveFlows, serveMonitor } from '../monitor/stream';
-import { UnknownNodeError, relayFlows, relayTargets } from '../monitor/relay';
+import { UnknownNodeError, relayFlows, relayFollow, relayTargets } from '../monitor/relay';
 import { ifnameProblem } from '../netlink/ifname';
 import { MAX_DEPTH, showValue, tooDeep } from '../util/depth';
 import { CNI_ENV } from '../cni/plugin';
@@ -345,13 +345,17 @@ export function buildApi(agent: Agent): FastifyInstance {
     if (nodes.length || all) {
       // The cluster-wide view: every node asked node asks, merged by time.
       if (!agent.cluster) return reply.status(400).send({ error: 'node/all_nodes: only in cluster mode (--kvstore-endpoints)', kind: 'invalid', field: all ? 'all_nodes' : 'node' });
-      if (q.follow) return reply.status(400).send({ error: 'follow: not supported with node/all_nodes (ask one node\'s agent to follow)', kind: 'invalid', field: 'follow' });
       let targets;
       try {
         targets = relayTargets(agent.cluster.nodes.all(), agent.cfg.nodeName, agent.cfg.socket, all ? 'all' : nodes);
       } catch (e) {
         if (e instanceof UnknownNodeError) return reply.status(404).send({ error: e.message, kind: 'not-found', field: 'node' });
         throw e;
+      }
+      if (q.follow) {
+        reply.hijack();
+        relayFollow(targets, params, reply.raw, { token: agent.relayToken });
+        return;
       }
       const r = await relayFlows(targets, params, { token: agent.relayToken });
       reply.header('content-type', 'application/x-ndjson');

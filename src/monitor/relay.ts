@@ -8,7 +8,8 @@
  * started with --relay-address HOST:PORT, and only to callers presenting the
  * cluster's relay token (--relay-token-file, a file only its owner may read;
  * compared in constant time). The peer listener serves one read-only route,
- * GET /v1/flows (no --follow), with the same filters as the local API. Each
+ * GET /v1/flows, with the same filters as the local API (and follow: the
+ * streams of every node are passed on as their lines arrive). Each
  * node advertises its relay address in its node record; a node without one
  * is reported as unreachable, never silently skipped.
  */
@@ -43,7 +44,7 @@ export function readRelayToken(file: string): string {
   return token;
 }
 
-const ALLOWED = new Set(['last', 'since', 'until', ...FILTER_FIELDS.flatMap((f) => [f, `not.${f}`])]);
+const ALLOWED = new Set(['last', 'since', 'until', 'follow', ...FILTER_FIELDS.flatMap((f) => [f, `not.${f}`])]);
 
 function tokenOk(header: string | undefined, token: string): boolean {
   const m = /^Bearer (.+)$/.exec(header ?? '');
@@ -199,5 +200,78 @@ export function relayTargets(nodes: { name: string; relay?: { address: string } 
     const n = byName.get(name);
     if (!n) throw new UnknownNodeError(name, [...byName.keys()].sort());
     return name === self ? { node: name, socket } : { node: name, address: n.relay?.address };
+  });
+}
+
+/**
+ * Follow the flows of every target: each node's stream is passed on line by
+ * line as it arrives (so lines of different nodes interleave in arrival
+ * order); nodes that cannot be asked are `node_error` lines. Ends when every
+ * stream ended; the client going away ends every stream.
+ */
+export function relayFollow(targets: RelayTarget[], query: URLSearchParams, res: http.ServerResponse, opts: { token?: string }): void {
+  res.writeHead(200, { 'content-type': 'application/x-ndjson', 'cache-control': 'no-store' });
+  const path = `/v1/flows?${query}`;
+  const reqs: http.ClientRequest[] = [];
+  let open = targets.length;
+  const done = () => {
+    if (--open === 0 && !res.writableEnded) res.end();
+  };
+  const nodeError = (node: string, error: string) => {
+    if (!res.writableEnded) res.write(JSON.stringify({ node_error: { node, error } }) + '\n');
+  };
+  for (const t of targets) {
+    if (!t.socket && (!t.address || !opts.token)) {
+      nodeError(t.node, !t.address ? 'the node serves no relay (its agent has no --relay-address)' : 'this agent has no relay token (--relay-token-file) to ask other nodes with');
+      done();
+      continue;
+    }
+    let o: http.RequestOptions;
+    if (t.socket) o = { socketPath: t.socket, path, method: 'GET' };
+    else {
+      const cut = t.address!.lastIndexOf(':');
+      o = { host: t.address!.slice(0, cut).replace(/^\[|\]$/g, ''), port: Number(t.address!.slice(cut + 1)), path, method: 'GET', headers: { authorization: `Bearer ${opts.token}` } };
+    }
+    let ended = false;
+    const end = () => {
+      if (ended) return;
+      ended = true;
+      done();
+    };
+    const r = http.request(o, (up) => {
+      if (up.statusCode !== 200) {
+        let body = '';
+        up.on('data', (d) => (body += d));
+        up.on('end', () => {
+          nodeError(t.node, `HTTP ${up.statusCode}: ${body.slice(0, 300)}`);
+          end();
+        });
+        return;
+      }
+      let buf = '';
+      up.setEncoding('utf8');
+      up.on('data', (chunk: string) => {
+        buf += chunk;
+        const cut = buf.lastIndexOf('\n');
+        if (cut < 0) return;
+        const lines = buf.slice(0, cut + 1);
+        buf = buf.slice(cut + 1);
+        if (!res.writableEnded && !res.write(lines)) {
+          up.pause();
+          res.once('drain', () => up.resume());
+        }
+      });
+      up.on('end', end);
+      up.on('error', end);
+    });
+    r.on('error', (e) => {
+      nodeError(t.node, e.message);
+      end();
+    });
+    r.end();
+    reqs.push(r);
+  }
+  res.on('close', () => {
+    for (const r of reqs) r.destroy();
   });
 }

@@ -20,7 +20,8 @@ import * as fs from 'node:fs';
 import { Lab, LabPod } from '../helpers/lab';
 import { sleep, tryRun } from '../helpers/sys';
 import type { TestNode } from '../helpers/node';
-import type { ChildProcess } from 'node:child_process';
+import { ChildProcess, spawn } from 'node:child_process';
+import { CLI_BIN } from '../helpers/node';
 import * as http from 'node:http';
 import { startUiServer } from '../../src/ui/server';
 
@@ -205,6 +206,20 @@ describe('operator', { timeout: 300_000 }, () => {
     for (let i = 1; i < merged.length; i++) assert.ok(merged[i - 1].time <= merged[i].time, 'merged by time');
     const compact = n1.cli(['observe', '--all-nodes', '--to-pod', 'default/server', '--last', '3']).stdout;
     assert.match(compact, /^n[13]: /m);
+    // --follow across nodes: every node's stream, lines as they arrive.
+    const follow = spawn(process.execPath, [CLI_BIN, '--socket', n1.socket, 'observe', '--all-nodes', '--follow', '--to-pod', 'default/server', '-o', 'json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    try {
+      let followed = '';
+      follow.stdout!.on('data', (d) => (followed += d));
+      await sleep(700);
+      await lab.until('followed flows of n1 and n3', () => {
+        lab.tcp(client.ns, server.ip, 8080);
+        const ns = new Set(followed.split('\n').filter(Boolean).map((l) => JSON.parse(l).node_name));
+        return ns.has('n1') && ns.has('n3');
+      }, 15_000, 300);
+    } finally {
+      follow.kill('SIGINT');
+    }
     // The UI with --all-nodes streams every node's flows (n3's included) from n1's agent.
     const ui = await startUiServer({ socket: n1.socket, port: 0, allNodes: true });
     try {
