@@ -147,6 +147,8 @@ const USAGE = `Usage: membrane-agent [flags]
                               observe --node/--all-nodes) on TCP; no listener unless given
   --relay-token-file FILE     the cluster's relay token (>= 16 characters, file mode 0600): required to
                               serve and to ask other nodes
+  --policy-map-max-entries N  entries one endpoint's policy may take (${MB_POLICY_MAX_ENTRIES}, the map's size); a policy
+                              needing more fails on that endpoint (fails closed) and is reported
 DNS-aware policy (toFQDNs, DNS rules):
   --tofqdns-min-ttl S         keep learned addresses at least S seconds (0: the answer's TTL)
   --tofqdns-proxy-response-max-delay D
@@ -157,8 +159,6 @@ DNS-aware policy (toFQDNs, DNS rules):
                               addresses kept per name (50; the one expiring first makes room)
   --tofqdns-endpoint-max-ips N
                               addresses kept per endpoint (1000; further ones are not learned)
-  --policy-map-max-entries N  entries one endpoint's policy may take (${MB_POLICY_MAX_ENTRIES}, the map's size); a policy
-                              needing more fails on that endpoint (fails closed) and is reported
 `;
 
 export class ConfigError extends Error {}
