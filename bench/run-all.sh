@@ -48,6 +48,9 @@ echo
 echo "=== cluster $(date -Is)"
 node dist/bench/cluster.js "${quick[@]}" || status=1
 echo
+echo "=== operator $(date -Is)"
+node dist/bench/operator.js "${quick[@]}" || status=1
+echo
 node dist/bench/summary.js "$MEMBRANE_BENCH_ROWS" || status=1
 echo "(rows: ${MEMBRANE_BENCH_ROWS#$PWD/})"
 exit "$status"

@@ -27,4 +27,4 @@ if [ ! -f "$cni" ] || [ native/cni/membrane-cni.c -nt "$cni" ] || ! head -c 4 "$
   mv -f "$cni.tmp" "$cni"
 fi
 node scripts/bundle-ui.js
-chmod +x bin/membrane-cni bin/membrane bin/membrane-agent bin/membrane-proxy
+chmod +x bin/membrane-cni bin/membrane bin/membrane-agent bin/membrane-proxy bin/membrane-operator

@@ -284,6 +284,8 @@ const cy = cytoscape({
     // L7 (HTTP/DNS through the proxy): a double line; requests the proxy denied (403): purple, dotted, barred.
     { selector: 'edge.l7', style: { 'line-style': 'double', width: 5 } },
     { selector: 'edge.l7-denied', style: { 'line-color': COLORS.l7Denied, 'target-arrow-color': COLORS.l7Denied, 'line-style': 'dotted', 'target-arrow-shape': 'tee', width: 4 } },
+    // Across cluster nodes (over the overlay): a wider line with a halo, arrow at both the source and the target side.
+    { selector: 'edge.cross-node', style: { width: 5, 'underlay-color': '#4a6fa5', 'underlay-opacity': 0.25, 'underlay-padding': 4, 'source-arrow-shape': 'circle', 'source-arrow-color': '#4a6fa5' } },
     { selector: 'edge:selected', style: { width: 5 } },
   ],
 });
@@ -376,7 +378,7 @@ function edgeLabel(ports: string[], l7Kinds: string[] = [], l7Denied = 0): strin
 
 /** An edge's classes: its L4 verdict, and whether it carries L7 requests (some denied). */
 function edgeClasses(e: Graph['edges'][number]): string {
-  return [e.verdict, e.l7 ? 'l7' : '', e.l7Denied ? 'l7-denied' : ''].filter(Boolean).join(' ');
+  return [e.verdict, e.l7 ? 'l7' : '', e.l7Denied ? 'l7-denied' : '', e.crossNode ? 'cross-node' : ''].filter(Boolean).join(' ');
 }
 
 let lastGraph: Graph = { nodes: [], edges: [] };
@@ -405,9 +407,13 @@ function renderGraph(visible: ViewFlow[]): void {
         added = true;
       }
     }
+    // Cluster mode: when the map spans several cluster nodes, each workload says where it runs.
+    const spansNodes = new Set(g.nodes.flatMap((n) => n.clusterNodes)).size > 1;
     for (const n of g.nodes) {
       want.add(n.id);
-      const label = n.pods.length > 1 ? `${n.label}\n${n.pods.length} pods` : n.label;
+      const base = n.pods.length > 1 ? `${n.label}\n${n.pods.length} pods` : n.label;
+      // Cluster mode: the nodes the workload runs on.
+      const label = spansNodes && n.clusterNodes.length ? `${base}\non ${n.clusterNodes.join(', ')}` : base;
       const classes = `kind-${n.kind}${n.flows ? '' : ' idle'}`;
       const el = cy.getElementById(n.id);
       const parent = n.namespace ? `ns:${n.namespace}` : undefined;

@@ -12,6 +12,8 @@ export interface FlowEndpoint {
   namespace?: string;
   pod_name?: string;
   labels?: string[];
+  /** The node of a pod on another node (cluster mode). */
+  node_name?: string;
 }
 
 export interface TcpFlags {
@@ -347,11 +349,21 @@ export interface GraphEdge {
   l7Denied: number;
   /** Methods (or DNS) seen on the edge. */
   l7Kinds: string[];
+  /** Its two ends run on different cluster nodes (the traffic crosses the overlay). */
+  crossNode: boolean;
 }
 
 export interface GraphNode extends Peer {
   pods: string[];
   flows: number;
+  /** The cluster nodes its pods were seen on (cluster mode). */
+  clusterNodes: string[];
+}
+
+/** The cluster node a flow's end runs on: the observing node for a local endpoint, the remote pod's node otherwise. */
+export function clusterNodeOf(f: Flow, e: FlowEndpoint): string | undefined {
+  if (e.node_name) return e.node_name;
+  return e.ID !== undefined ? f.node_name : undefined;
 }
 
 export interface Graph {
@@ -366,10 +378,10 @@ export interface Graph {
  * paints a dropped connection green).
  */
 export function buildGraph(flows: ViewFlow[], extraNodes: { peer: Peer; pod?: string }[], outcomes: Map<string, boolean> = connectionOutcomes(flows)): Graph {
-  const nodes = new Map<string, GraphNode & { podSet: Set<string> }>();
+  const nodes = new Map<string, GraphNode & { podSet: Set<string>; nodeSet: Set<string> }>();
   const node = (p: Peer) => {
     let n = nodes.get(p.id);
-    if (!n) nodes.set(p.id, (n = { ...p, pods: [], flows: 0, podSet: new Set() }));
+    if (!n) nodes.set(p.id, (n = { ...p, pods: [], flows: 0, clusterNodes: [], podSet: new Set(), nodeSet: new Set() }));
     return n;
   };
   for (const x of extraNodes) {
@@ -385,11 +397,16 @@ export function buildGraph(flows: ViewFlow[], extraNodes: { peer: Peer; pod?: st
       const n = node(p);
       n.flows++;
       if (e.pod_name) n.podSet.add(e.pod_name);
+      const cn = clusterNodeOf(v.flow, e);
+      if (cn) n.nodeSet.add(cn);
     }
+    const srcNode = clusterNodeOf(v.flow, v.flow.source);
+    const dstNode = clusterNodeOf(v.flow, v.flow.destination);
     const id = edgeId(v.edgeSrc.id, v.edgeDst.id);
     let e = edges.get(id);
-    if (!e) edges.set(id, (e = { id, source: v.edgeSrc.id, target: v.edgeDst.id, forwarded: 0, dropped: 0, flows: 0, ports: [], verdict: 'forwarded', lastSeen: '', l7: 0, l7Denied: 0, l7Kinds: [], portSet: new Set(), fwd: new Set(), drop: new Set(), kindSet: new Set() }));
+    if (!e) edges.set(id, (e = { id, source: v.edgeSrc.id, target: v.edgeDst.id, forwarded: 0, dropped: 0, flows: 0, ports: [], verdict: 'forwarded', lastSeen: '', l7: 0, l7Denied: 0, l7Kinds: [], crossNode: false, portSet: new Set(), fwd: new Set(), drop: new Set(), kindSet: new Set() }));
     e.flows++;
+    if (srcNode && dstNode && srcNode !== dstNode) e.crossNode = true;
     if (v.flow.l7) {
       e.l7++;
       if (isL7Denied(v.flow)) e.l7Denied++;
@@ -401,7 +418,7 @@ export function buildGraph(flows: ViewFlow[], extraNodes: { peer: Peer; pod?: st
     if (v.flow.time > e.lastSeen) e.lastSeen = v.flow.time;
   }
   return {
-    nodes: [...nodes.values()].map(({ podSet, ...n }) => ({ ...n, pods: [...podSet].sort() })),
+    nodes: [...nodes.values()].map(({ podSet, nodeSet, ...n }) => ({ ...n, pods: [...podSet].sort(), clusterNodes: [...nodeSet].sort() })),
     edges: [...edges.values()].map(({ portSet, fwd, drop, kindSet, ...e }) => ({
       ...e,
       l7Kinds: [...kindSet].sort(),

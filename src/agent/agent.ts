@@ -15,7 +15,7 @@ import * as path from 'node:path';
 import type * as http from 'node:http';
 import type { FastifyInstance } from 'fastify';
 import type { AgentConfig } from './config';
-import { buildApi, listenUnix } from './api';
+import { buildApi, buildWaitingApi, listenUnix } from './api';
 import { ChangePipeline } from './changes';
 import { Datapath, pruneSharedPrograms } from '../datapath/datapath';
 import { ConntrackGc } from '../datapath/ctgc';
@@ -27,6 +27,7 @@ import { AddressBlocks } from '../ipcache/ipblock';
 import { Ipam } from '../ipam/ipam';
 import { PolicyEngine } from '../policy/engine';
 import { PolicyTracer } from '../policy/trace';
+import { POLICY_KINDS, policyReports } from '../policy/status';
 import { EmbeddedStore } from '../store/embedded';
 import { validateResources } from '../store/kinds';
 import type { ResourceRef, Store } from '../store/types';
@@ -34,6 +35,7 @@ import { ClusterNode, connectCluster } from '../node/cluster';
 import { overlayDevice, podMtu, startOverlay } from '../overlay/overlay';
 import { cidrContains, formatIp, parseCidr, parseIp } from '../util/ip';
 import { Monitor } from '../monitor/monitor';
+import { RelayServer, readRelayToken } from '../monitor/relay';
 import { AgentMetrics, serveMetricsTcp } from '../monitor/metrics';
 import type { FlowSource } from '../monitor/context';
 import { ServiceManager } from '../service/manager';
@@ -63,6 +65,9 @@ export class Agent {
   readonly gateways: GatewayManager;
   readonly fqdn: FqdnManager;
   private metricsServer?: http.Server;
+  /** The cluster's relay token (--relay-token-file): to serve flows to other nodes and ask them. */
+  relayToken?: string;
+  private relay?: RelayServer;
   private api?: FastifyInstance;
   readonly ctGc: ConntrackGc;
   private readonly startedAt = Date.now();
@@ -106,6 +111,7 @@ export class Agent {
     const flowSource: FlowSource = {
       nodeName: cfg.nodeName,
       endpoints: () => this.endpoints.list(),
+      remoteEndpoints: cluster ? () => cluster.remotePods().map((p) => ({ ip: p.ip, identity: p.identity, namespace: p.namespace, podName: p.pod, node: p.node })) : undefined,
       identityLabels: (id) => this.identities.get(id)?.labels ?? (id === 0 ? [] : [`reserved:unknown-${id}`]),
       linkNames: () => dp.linkNames(),
     };
@@ -153,6 +159,7 @@ export class Agent {
             if (ev.type === 'DELETED') this.policy.repo.delete(o);
             else this.policy.repo.upsert(o);
           } catch (e) {
+            this.policy.repo.loadFailed(o, e);
             this.log.error('policy could not be loaded into the repository', { policy: `${o.kind}/${o.metadata.namespace ?? ''}/${o.metadata.name}`, error: e });
           }
           return true;
@@ -170,7 +177,10 @@ export class Agent {
           const g = this.gateways.sync(this.services.frontends);
           this.proxy.setGateways(g.listeners, g.gateways);
         },
-        done: () => this.identities.flush(),
+        done: () => {
+          this.identities.flush();
+          cluster?.publishPolicyReports(this.policyReports());
+        },
         enforcedRevision: () => this.endpoints.enforcedRevision(),
       },
       log,
@@ -196,6 +206,17 @@ export class Agent {
       this.changes.mark({ gateways: true });
     };
     dp.reconciler.onDrift = (table, r) => this.metrics.driftRepaired.inc({ map: table }, r.updated + r.removed);
+  }
+
+  /** What this node enforces of each policy (cluster mode: reported to the operator). */
+  policyReports() {
+    return policyReports({
+      objects: POLICY_KINDS.flatMap((k) => this.store.list(k)),
+      loaded: this.policy.repo.loaded(),
+      loadErrors: this.policy.repo.loadErrors,
+      endpoints: this.endpoints.list(),
+      revision: this.policy.revision,
+    });
   }
 
   private syncServices(): void {
@@ -241,7 +262,9 @@ export class Agent {
     if (wider !== undefined) log.warn('state directory was accessible to others: mode tightened to 0700', { stateDir: cfg.stateDir, was: wider.toString(8) });
     mkdirp(path.dirname(cfg.socket));
     await assertSocketFree(cfg.socket);
+    const relayToken = cfg.relayTokenFile ? readRelayToken(cfg.relayTokenFile) : undefined;
     const cluster = cfg.cluster ? await connectCluster(cfg, VERSION, log) : undefined;
+    if (cluster && cfg.podCidrFromPool) cfg = { ...cfg, podCidr: await waitForPodCidr(cfg, cluster) };
     if (cluster) cfg = { ...cfg, mtu: podMtu(cfg, cluster.underlay!, log) };
     const dp = Datapath.open(cfg, log);
     const agent = new Agent(cfg, log, dp, cluster);
@@ -258,6 +281,7 @@ export class Agent {
         try {
           agent.policy.repo.upsert(o);
         } catch (e) {
+          agent.policy.repo.loadFailed(o, e);
           log.error('stored policy could not be loaded', { policy: `${kind}/${o.metadata.namespace ?? ''}/${o.metadata.name}`, error: e });
         }
       }
@@ -285,6 +309,11 @@ export class Agent {
     agent.monitor.start();
     agent.api = buildApi(agent);
     await listenUnix(agent.api, cfg.socket);
+    agent.relayToken = relayToken;
+    if (cfg.relayAddress && relayToken) {
+      agent.relay = new RelayServer(agent.monitor, relayToken, log.child({ component: 'relay' }), cfg.flowsStreamTimeout * 1000);
+      await agent.relay.listen(cfg.relayAddress);
+    }
     if (cfg.metricsAddress) agent.metricsServer = await serveMetricsTcp(cfg.metricsAddress, agent.metrics, log);
     dp.reconciler.start(cfg.resyncInterval * 1000);
     agent.ctGc.start(15_000);
@@ -315,6 +344,7 @@ export class Agent {
       node: this.cfg.nodeName,
       uptimeSeconds: Math.round((Date.now() - this.startedAt) / 1000),
       podCidr: this.cfg.podCidr,
+      podCidrSource: this.cfg.podCidrFromPool ? 'cluster-pool' : 'pod-cidr',
       router: this.routerAddress(),
       devices: { host: this.cfg.hostDevice, net: this.cfg.netDevice },
       bpfRoot: this.cfg.bpfRoot,
@@ -361,6 +391,7 @@ export class Agent {
     this.proxy.close();
     this.monitor.stop();
     this.metricsServer?.close();
+    this.relay?.close();
     this.identities.flush();
     await this.api?.close();
     this.cluster?.close();
@@ -371,6 +402,25 @@ export class Agent {
     }
     this.dp.close();
     this.log.info('agent stopped; endpoints keep their datapath');
+  }
+}
+
+/** Cluster pool: serve `membrane status` (waiting, and why) until the operator allocated this node's pod CIDR. */
+async function waitForPodCidr(cfg: AgentConfig, cluster: ClusterNode): Promise<string> {
+  const started = Date.now();
+  const api = buildWaitingApi(() => ({
+    version: VERSION,
+    node: cfg.nodeName,
+    state: 'waiting-for-pod-cidr',
+    uptimeSeconds: Math.round((Date.now() - started) / 1000),
+    podCidr: null,
+    cluster: cluster.status(),
+  }));
+  await listenUnix(api, cfg.socket);
+  try {
+    return await cluster.waitForPodCidr();
+  } finally {
+    await api.close();
   }
 }
 

@@ -14,6 +14,7 @@ import { EndpointError } from '../endpoint/manager';
 import { ResourceValidationError, kindInfo, KINDS } from '../store/kinds';
 import { FILTER_FIELDS, FilterError, parseFlowQuery } from '../monitor/filter';
 import { MONITOR_TYPES, serveFlows, serveMonitor } from '../monitor/stream';
+import { UnknownNodeError, relayFlows, relayFollow, relayTargets } from '../monitor/relay';
 import { ifnameProblem } from '../netlink/ifname';
 import { MAX_DEPTH, showValue, tooDeep } from '../util/depth';
 import { CNI_ENV } from '../cni/plugin';
@@ -22,6 +23,8 @@ import { CniRequest, endpointBackend, serveCni } from '../cni/backend';
 /** Linux interface names (dev_valid_name): not "." or "..", no '/', ':' or whitespace; bytes are checked by ifnameProblem. */
 const IFNAME_PATTERN = '^(?!\\.\\.?$)[^/:\\s]+$';
 import { StoreError } from '../store/types';
+import type { Resource } from '../store/types';
+import { POLICY_KINDS } from '../policy/status';
 import { KvstoreUnavailableError } from '../kvstore/errors';
 
 const attachment = {
@@ -89,6 +92,8 @@ const flowsQuery = {
   properties: {
     ...Object.fromEntries(FILTER_FIELDS.flatMap((f) => [[f, oneOrMany], [`not.${f}`, oneOrMany]])),
     last: { type: 'string', pattern: '^[0-9]{1,9}$' },
+    node: oneOrMany,
+    all_nodes: { type: 'string', enum: ['1', 'true'] },
     follow: { type: 'string', enum: ['0', '1', 'true', 'false'] },
     since: { type: 'string', maxLength: 64 },
     until: { type: 'string', maxLength: 64 },
@@ -326,11 +331,35 @@ export function buildApi(agent: Agent): FastifyInstance {
   /** NDJSON: stored flows matching the filters, then (follow=1) every new one until the client goes away (src/monitor/stream.ts). */
   app.get('/v1/flows', { schema: { querystring: flowsQuery } }, async (req, reply) => {
     let q;
+    const params = new URLSearchParams(req.url.split('?')[1] ?? '');
+    const nodes = params.getAll('node').flatMap((n) => n.split(',').filter(Boolean));
+    const all = params.has('all_nodes');
+    params.delete('node');
+    params.delete('all_nodes');
     try {
-      q = parseFlowQuery(new URLSearchParams(req.url.split('?')[1] ?? ''));
+      q = parseFlowQuery(params);
     } catch (e) {
       if (e instanceof FilterError) return reply.status(400).send({ error: e.message, kind: 'invalid' });
       throw e;
+    }
+    if (nodes.length || all) {
+      // The cluster-wide view: every node asked node asks, merged by time.
+      if (!agent.cluster) return reply.status(400).send({ error: 'node/all_nodes: only in cluster mode (--kvstore-endpoints)', kind: 'invalid', field: all ? 'all_nodes' : 'node' });
+      let targets;
+      try {
+        targets = relayTargets(agent.cluster.nodes.all(), agent.cfg.nodeName, agent.cfg.socket, all ? 'all' : nodes);
+      } catch (e) {
+        if (e instanceof UnknownNodeError) return reply.status(404).send({ error: e.message, kind: 'not-found', field: 'node' });
+        throw e;
+      }
+      if (q.follow) {
+        reply.hijack();
+        relayFollow(targets, params, reply.raw, { token: agent.relayToken });
+        return;
+      }
+      const r = await relayFlows(targets, params, { token: agent.relayToken });
+      reply.header('content-type', 'application/x-ndjson');
+      return r.errors.map((e) => JSON.stringify({ node_error: e }) + '\n').join('') + r.flows.map((f) => JSON.stringify(f) + '\n').join('');
     }
     reply.hijack();
     await serveFlows(agent.monitor, reply.raw, q, { stallMs: agent.cfg.flowsStreamTimeout * 1000, log: agent.log });
@@ -358,10 +387,20 @@ export function buildApi(agent: Agent): FastifyInstance {
     if (req.query.name) {
       const o = agent.store.get({ kind: info.kind, namespace: info.namespaced ? ns || 'default' : undefined, name: req.query.name });
       if (!o) return reply.status(404).send({ error: `${info.kind} ${ns ? ns + '/' : ''}${req.query.name} not found`, kind: 'not-found' });
-      return [o];
+      return withStatus(info.kind, [o]);
     }
-    return agent.store.list(info.kind, ns);
+    return withStatus(info.kind, agent.store.list(info.kind, ns));
   });
+
+  // Policy kinds in cluster mode carry the status the operator aggregated (etcd unreachable: without it).
+  const withStatus = async <T extends Resource>(kind: string, objs: T[]): Promise<T[]> => {
+    if (!agent.cluster || !(POLICY_KINDS as readonly string[]).includes(kind)) return objs;
+    try {
+      return await agent.cluster.withPolicyStatus(kind, objs);
+    } catch {
+      return objs;
+    }
+  };
 
   // Policy.
   app.get('/v1/policy', { schema: { querystring: noQuery } }, async () => ({ revision: agent.policy.revision, policies: agent.policy.repo.objects() }));
@@ -411,6 +450,25 @@ export function buildApi(agent: Agent): FastifyInstance {
 }
 
 /** Serve the API on a Unix socket created owner-only (no window with wider access). */
+/**
+ * The API while the agent waits for its pod CIDR (cluster pool): `status`
+ * says what it waits for (and the operator's error, if any); every other
+ * route answers 503.
+ */
+export function buildWaitingApi(status: () => unknown): FastifyInstance {
+  const app = Fastify({ logger: false });
+  const waiting = { error: 'the agent is waiting for its pod CIDR from the operator (cluster pool); see membrane status', kind: 'unavailable' };
+  app.get('/v1/status', async () => status());
+  app.get('/v1/healthz', async (_req, reply) => reply.status(503).send({ status: 'waiting-for-pod-cidr' }));
+  // CNI: "try again later" (11), as while the agent is unreachable.
+  app.post('/v1/cni', { bodyLimit: 32 * 1024 * 1024 }, async (_req, reply) => {
+    reply.header(CNI_EXIT_HEADER, '11').type('application/json; charset=utf-8');
+    return reply.send(JSON.stringify({ cniVersion: '1.1.0', code: 11, msg: 'the agent is waiting for this node\'s pod CIDR from the operator', details: 'cluster pool: see membrane status' }) + '\n');
+  });
+  app.setNotFoundHandler(async (_req, reply) => reply.status(503).send(waiting));
+  return app;
+}
+
 export async function listenUnix(app: FastifyInstance, socket: string): Promise<void> {
   try {
     fs.unlinkSync(socket);

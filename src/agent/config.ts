@@ -11,6 +11,7 @@ import { parseArgs } from 'node:util';
 import YAML from 'yaml';
 import { parseCidr, formatCidr, formatIp, parseIp } from '../util/ip';
 import { parseEndpoints } from '../kvstore/kvstore';
+import { MB_POLICY_MAX_ENTRIES } from '../datapath/constants';
 
 export interface AgentConfig {
   stateDir: string;
@@ -60,6 +61,17 @@ export interface AgentConfig {
   mtuExplicit: boolean;
   /** DNS-aware policy (src/fqdn, the DNS proxy). */
   fqdn: FqdnSettings;
+  /**
+   * Cluster mode without --pod-cidr: the operator's cluster pool allocates the
+   * pod CIDR; `podCidr` is empty until the agent has received it.
+   */
+  podCidrFromPool: boolean;
+  /** Entries one endpoint's policy may take (--policy-map-max-entries, at most the map's size). */
+  policyMapMaxEntries: number;
+  /** Serve this node's flows to the cluster's agents on HOST:PORT (cluster mode; none unless given). */
+  relayAddress?: string;
+  /** The cluster's relay token (a file only its owner can read). */
+  relayTokenFile?: string;
 }
 
 export interface FqdnSettings {
@@ -103,7 +115,8 @@ const USAGE = `Usage: membrane-agent [flags]
   --state-dir DIR     state directory (${DEFAULTS.stateDir})
   --bpf-root DIR      bpffs directory for pinned maps and links (${DEFAULTS.bpfRoot})
   --socket PATH       API Unix socket (${DEFAULTS.socket})
-  --pod-cidr CIDR     this node's pod CIDR (${DEFAULTS.podCidr})
+  --pod-cidr CIDR     this node's pod CIDR (${DEFAULTS.podCidr}; in cluster mode without it, the
+                      operator's cluster pool allocates one and the agent waits for it)
   --node-name NAME    node name (hostname)
   --mtu N             pod interface MTU (${DEFAULTS.mtu})
   --config FILE       YAML or JSON file with any of the above (camelCase or kebab-case keys)
@@ -134,6 +147,12 @@ const USAGE = `Usage: membrane-agent [flags]
                               other node's maps after S seconds (20)
   --cluster-name NAME         cluster name (default)
   --node-ip IP                underlay address other nodes tunnel to (the default route device's address)
+  --relay-address HOST:PORT   cluster mode: serve this node's flows to the other nodes' agents (for
+                              observe --node/--all-nodes) on TCP; no listener unless given
+  --relay-token-file FILE     the cluster's relay token (>= 16 characters, file mode 0600): required to
+                              serve and to ask other nodes
+  --policy-map-max-entries N  entries one endpoint's policy may take (${MB_POLICY_MAX_ENTRIES}, the map's size); a policy
+                              needing more fails on that endpoint (fails closed) and is reported
 DNS-aware policy (toFQDNs, DNS rules):
   --tofqdns-min-ttl S         keep learned addresses at least S seconds (0: the answer's TTL)
   --tofqdns-proxy-response-max-delay D
@@ -199,6 +218,9 @@ export function parseAgentArgs(argv: string[]): AgentConfig | 'help' {
       'tofqdns-dns-reject-response-code': { type: 'string' },
       'tofqdns-endpoint-max-ip-per-hostname': { type: 'string' },
       'tofqdns-endpoint-max-ips': { type: 'string' },
+      'policy-map-max-entries': { type: 'string' },
+      'relay-address': { type: 'string' },
+      'relay-token-file': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
     strict: true,
@@ -217,7 +239,7 @@ export function parseAgentArgs(argv: string[]): AgentConfig | 'help' {
       throw new ConfigError(`--config: ${values.config} must hold a mapping of settings`);
     }
     for (const [k, v] of Object.entries(parsed ?? {})) file[k.replace(/-([a-z])/g, (_, c) => c.toUpperCase())] = v;
-    const known = ['stateDir', 'bpfRoot', 'socket', 'podCidr', 'nodeName', 'mtu', 'logLevel', 'bpfObjDir', 'policyEnforcement', 'monitorAggregation', 'monitorReportInterval', 'flowsBuffer', 'flowsMemory', 'flowsStreamTimeout', 'metricsAddress', 'serviceCidr', 'gatewayAddressPool', 'lbAlgorithm', 'devices', 'socketLbCgroup', 'resyncInterval', 'kvstoreEndpoints', 'kvstorePrefix', 'kvstoreLeaseTtl', 'clusterName', 'nodeIp', 'tofqdnsMinTtl', 'tofqdnsProxyResponseMaxDelay', 'tofqdnsDnsRejectResponseCode', 'tofqdnsEndpointMaxIpPerHostname', 'tofqdnsEndpointMaxIps'];
+    const known = ['stateDir', 'bpfRoot', 'socket', 'podCidr', 'nodeName', 'mtu', 'logLevel', 'bpfObjDir', 'policyEnforcement', 'monitorAggregation', 'monitorReportInterval', 'flowsBuffer', 'flowsMemory', 'flowsStreamTimeout', 'metricsAddress', 'serviceCidr', 'gatewayAddressPool', 'lbAlgorithm', 'devices', 'socketLbCgroup', 'resyncInterval', 'kvstoreEndpoints', 'kvstorePrefix', 'kvstoreLeaseTtl', 'clusterName', 'nodeIp', 'tofqdnsMinTtl', 'tofqdnsProxyResponseMaxDelay', 'tofqdnsDnsRejectResponseCode', 'tofqdnsEndpointMaxIpPerHostname', 'tofqdnsEndpointMaxIps', 'policyMapMaxEntries', 'relayAddress', 'relayTokenFile'];
     for (const k of Object.keys(file)) {
       if (!known.includes(k)) throw new ConfigError(`--config: unknown setting "${k}" in ${values.config} (known: ${known.join(', ')})`);
     }
@@ -231,7 +253,7 @@ export function parseAgentArgs(argv: string[]): AgentConfig | 'help' {
     stateDir: pick(values['state-dir'], 'stateDir', DEFAULTS.stateDir),
     bpfRoot: pick(values['bpf-root'], 'bpfRoot', DEFAULTS.bpfRoot),
     socket: values.socket ?? (file.socket as string | undefined),
-    podCidr: pick(values['pod-cidr'], 'podCidr', DEFAULTS.podCidr),
+    podCidr: values['pod-cidr'] ?? (file.podCidr as string | undefined),
     nodeName: pick(values['node-name'], 'nodeName', os.hostname()),
     mtu: pick(values.mtu, 'mtu', String(DEFAULTS.mtu)),
     logLevel: pick(values['log-level'], 'logLevel', 'info'),
@@ -260,6 +282,9 @@ export function parseAgentArgs(argv: string[]): AgentConfig | 'help' {
     tofqdnsDnsRejectResponseCode: pick(values['tofqdns-dns-reject-response-code'], 'tofqdnsDnsRejectResponseCode', 'refused'),
     tofqdnsEndpointMaxIpPerHostname: pick(values['tofqdns-endpoint-max-ip-per-hostname'], 'tofqdnsEndpointMaxIpPerHostname', '50'),
     tofqdnsEndpointMaxIps: pick(values['tofqdns-endpoint-max-ips'], 'tofqdnsEndpointMaxIps', '1000'),
+    policyMapMaxEntries: values['policy-map-max-entries'] ?? (file.policyMapMaxEntries as string | number | undefined),
+    relayAddress: values['relay-address'] ?? (file.relayAddress as string | undefined),
+    relayTokenFile: values['relay-token-file'] ?? (file.relayTokenFile as string | undefined),
   });
   return values.cleanup ? { ...cfg, cleanup: true } : cfg;
 }
@@ -268,7 +293,8 @@ export function buildConfig(o: {
   stateDir: string;
   bpfRoot: string;
   socket?: string;
-  podCidr: string;
+  /** Absent: the default, or in cluster mode the operator's cluster pool. */
+  podCidr?: string;
   nodeName: string;
   mtu: string | number;
   logLevel: string;
@@ -297,16 +323,26 @@ export function buildConfig(o: {
   tofqdnsDnsRejectResponseCode?: string;
   tofqdnsEndpointMaxIpPerHostname?: string | number;
   tofqdnsEndpointMaxIps?: string | number;
+  policyMapMaxEntries?: string | number;
+  relayAddress?: string;
+  relayTokenFile?: string;
 }): AgentConfig {
   const stateDir = path.resolve(o.stateDir);
   // The agent owns its state directory (it is made 0700 and removed by --cleanup): never a shared system directory.
   if (SYSTEM_DIRS.includes(stateDir)) throw new ConfigError(`state-dir: "${o.stateDir}" is a system directory; give Membrane a directory of its own (e.g. ${DEFAULTS.stateDir})`);
   const bpfRoot = path.resolve(o.bpfRoot);
-  let podCidr: string;
-  try {
-    podCidr = formatCidr(parseCidr(o.podCidr, 'pod-cidr'));
-  } catch (e) {
-    throw new ConfigError((e as Error).message);
+  const podCidrFromPool = o.podCidr === undefined && o.kvstoreEndpoints !== undefined;
+  let podCidr = '';
+  if (!podCidrFromPool) {
+    try {
+      podCidr = formatCidr(parseCidr(o.podCidr ?? DEFAULTS.podCidr, 'pod-cidr'));
+    } catch (e) {
+      throw new ConfigError((e as Error).message);
+    }
+  }
+  const policyMapMaxEntries = Number(o.policyMapMaxEntries ?? MB_POLICY_MAX_ENTRIES);
+  if (!Number.isInteger(policyMapMaxEntries) || policyMapMaxEntries < 1 || policyMapMaxEntries > MB_POLICY_MAX_ENTRIES) {
+    throw new ConfigError(`policy-map-max-entries: "${o.policyMapMaxEntries}" must be 1..${MB_POLICY_MAX_ENTRIES} (the policy map's size)`);
   }
   const mtu = Number(o.mtu);
   if (!Number.isInteger(mtu) || mtu < 576 || mtu > 65535) throw new ConfigError(`mtu: "${o.mtu}" must be an integer between 576 and 65535`);
@@ -365,6 +401,12 @@ export function buildConfig(o: {
       if (v !== undefined) throw new ConfigError(`${flag}: only meaningful with --kvstore-endpoints (cluster mode)`);
     }
   }
+  if (o.relayAddress !== undefined) {
+    if (!cluster) throw new ConfigError('relay-address: only meaningful with --kvstore-endpoints (cluster mode)');
+    if (!/^(\[[0-9a-fA-F:.]+\]|[^\s:\[\]]+):\d{1,5}$/.test(o.relayAddress)) throw new ConfigError(`relay-address: "${o.relayAddress}" must be HOST:PORT`);
+    if (o.relayTokenFile === undefined) throw new ConfigError('relay-token-file: required with --relay-address (the cluster\'s agents authenticate each other with it)');
+  }
+  if (o.relayTokenFile !== undefined && !cluster) throw new ConfigError('relay-token-file: only meaningful with --kvstore-endpoints (cluster mode)');
   let nodeIp: string | undefined;
   if (o.nodeIp !== undefined) {
     try {
@@ -406,6 +448,10 @@ export function buildConfig(o: {
     clusterName,
     mtuExplicit: o.mtuExplicit ?? o.mtu !== undefined,
     fqdn: fqdnSettings(o),
+    podCidrFromPool,
+    policyMapMaxEntries,
+    relayAddress: o.relayAddress,
+    relayTokenFile: o.relayTokenFile ? path.resolve(o.relayTokenFile) : undefined,
   };
 }
 

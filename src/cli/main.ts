@@ -57,6 +57,7 @@ Commands:
   monitor [-t drop|trace|policy-verdict|l7]... [--related-to ID] [-v] [-o json]
                              the datapath's event stream (and the proxies' L7 records), live
   observe [FILTERS] [--follow] [--last N] [--since T] [--until T] [-o compact|table|json]
+          [--node NAME]... [--all-nodes]   (cluster mode: ask those nodes' agents, merged by time)
                              flows with pod names and labels; FILTERS: --pod, --from-pod, --to-pod,
                              --namespace, --label, --ip, --identity (each also --from-/--to-),
                              --verdict, --drop-reason, --type, --protocol, --port, --tcp-flags,
@@ -64,7 +65,7 @@ Commands:
                              --http-status CODE|MIN-MAX|4+, --dns-query NAME (* any characters);
                              --type drop|trace|policy-verdict|l7; --not negates the next filter
   metrics                    Prometheus metrics of the agent and the datapath
-  ui [--port N]              the service map in a browser: http://127.0.0.1:N/ (default 12000), live
+  ui [--port N] [--all-nodes]              the service map in a browser: http://127.0.0.1:N/ (default 12000), live
   bpf policy get ENDPOINT    the endpoint's policy map in the kernel
   service list | get ID      service frontends and their backends
   bpf lb list [--frontends|--backends|--revnat|--maglev]
@@ -107,13 +108,13 @@ export function parseCli(argv: string[], env: NodeJS.ProcessEnv): Opts | 'help' 
   const flags: Record<string, string | true> = {};
   const flagList: [string, string | true][] = [];
   let outputGiven = false;
-  const valued: Record<string, string> = { '-n': 'namespace', '--namespace': 'namespace', '-f': 'filename', '--filename': 'filename', '--src': 'src', '--dst': 'dst', '--dport': 'dport', '--timeout': 'timeout', '--kind': 'kind', '--name': 'name', '-t': 'type', '--type': 'type', '--related-to': 'related-to', '--last': 'last', '--since': 'since', '--until': 'until', '--port': 'port', '--ui-port': 'port' };
+  const valued: Record<string, string> = { '-n': 'namespace', '--namespace': 'namespace', '-f': 'filename', '--filename': 'filename', '--src': 'src', '--dst': 'dst', '--dport': 'dport', '--timeout': 'timeout', '--kind': 'kind', '--name': 'name', '-t': 'type', '--type': 'type', '--related-to': 'related-to', '--last': 'last', '--since': 'since', '--until': 'until', '--port': 'port', '--ui-port': 'port', '--node': 'node' };
   for (const f of ['pod', 'label', 'ip', 'identity', 'port']) {
     for (const side of ['', 'from-', 'to-']) valued[`--${side}${f}`] = `${side}${f}`;
   }
   for (const f of ['verdict', 'drop-reason', 'protocol', 'tcp-flags', 'traffic-direction', 'from-namespace', 'to-namespace', 'node-name', 'http-method', 'http-path', 'http-status', 'dns-query']) valued[`--${f}`] = f;
   for (const f of ['http-host', 'http-header', 'endpoint', 'matchname', 'matchpattern']) valued[`--${f}`] = f;
-  const booleans: Record<string, string> = { '--services': 'services', '--frontends': 'frontends', '--backends': 'backends', '--revnat': 'revnat', '--maglev': 'maglev', '--all': 'all', '-A': 'all-namespaces', '--all-namespaces': 'all-namespaces', '--follow': 'follow', '--not': 'not', '-v': 'verbose', '--verbose': 'verbose' };
+  const booleans: Record<string, string> = { '--services': 'services', '--frontends': 'frontends', '--backends': 'backends', '--revnat': 'revnat', '--maglev': 'maglev', '--all': 'all', '-A': 'all-namespaces', '--all-namespaces': 'all-namespaces', '--follow': 'follow', '--not': 'not', '-v': 'verbose', '--verbose': 'verbose', '--all-nodes': 'all-nodes' };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const value = (name: string) => {
@@ -301,6 +302,8 @@ export function flowQuery(o: Opts): URLSearchParams {
   if (negate) throw new UsageError('--not must be followed by a filter');
   for (const k of ['since', 'until']) if (typeof o.flags[k] === 'string') q.set(k, o.flags[k] as string);
   if (o.flags.follow) q.set('follow', '1');
+  for (const [name, v] of o.flagList) if (name === 'node' && typeof v === 'string') q.append('node', v);
+  if (o.flags['all-nodes']) q.set('all_nodes', '1');
   const last = typeof o.flags.last === 'string' ? o.flags.last : o.flags.follow || o.flags.since ? undefined : '20';
   if (last !== undefined) q.set('last', last);
   return q;
@@ -349,12 +352,14 @@ const commands: Record<string, Handler> = {
   async observe(c, o) {
     const q = flowQuery(o);
     const fmt = o.outputGiven ? o.output : 'compact';
+    const manyNodes = q.has('node') || q.has('all_nodes');
     if (fmt === 'table' && !o.flags.follow) {
       const text = await new Promise<string>((resolve, reject) => {
         const rows: string[][] = [];
         const s = c.stream(`/v1/flows?${q}`, (l) => {
           const f = JSON.parse(l);
-          if (f.lost_events) process.stdout.write(lostLine(f, 'flows') + '\n');
+          if (f.node_error) process.stderr.write(`membrane: node ${f.node_error.node}: ${f.node_error.error}\n`);
+          else if (f.lost_events) process.stdout.write(lostLine(f, 'flows') + '\n');
           else rows.push(flowRow(f));
         });
         s.done.then(() => resolve(table(['TIME', 'SOURCE', 'DESTINATION', 'TYPE', 'VERDICT', 'SUMMARY'], rows)), reject);
@@ -363,13 +368,14 @@ const commands: Record<string, Handler> = {
     }
     await streamUntilDone(c, `/v1/flows?${q}`, (line) => {
       const f = JSON.parse(line);
-      if (f.lost_events && fmt !== 'json') process.stdout.write(lostLine(f, 'flows') + '\n');
-      else process.stdout.write((fmt === 'json' ? line : fmt === 'table' ? flowRow(f).join('\t') : flowCompact(f)) + '\n');
+      if (f.node_error) process.stderr.write(`membrane: node ${f.node_error.node}: ${f.node_error.error}\n`);
+      else if (f.lost_events && fmt !== 'json') process.stdout.write(lostLine(f, 'flows') + '\n');
+      else process.stdout.write((fmt === 'json' ? line : fmt === 'table' ? flowRow(f).join('\t') : `${manyNodes ? `${f.node_name}: ` : ''}${flowCompact(f)}`) + '\n');
     });
     return '';
   },
   async ui(c, o) {
-    return (await import('../ui/server')).runUi(o.socket, o.flags.port);
+    return (await import('../ui/server')).runUi(o.socket, o.flags.port, process.stdout, !!o.flags['all-nodes']);
   },
   async metrics(c) {
     return await new Promise<string>((resolve, reject) => {
@@ -398,12 +404,20 @@ const commands: Record<string, Handler> = {
     const namespaced = items.some((i) => i.metadata.namespace);
     const gw = gatewayColumns(items[0]?.kind);
     if (gw) return table([...(namespaced ? ['NAMESPACE'] : []), 'NAME', ...gw.head], items.map((i) => [...(namespaced ? [i.metadata.namespace] : []), i.metadata.name, ...gw.row(i)]));
+    // Policies in cluster mode carry the operator's status: its conditions as columns.
+    const withStatus = items.some((i) => Array.isArray(i.status?.conditions));
+    const cond = (i: any, type: string) => {
+      const c = (i.status?.conditions ?? []).find((x: any) => x.type === type);
+      if (!c) return '-';
+      return type === 'Enforced' && i.status.nodes ? `${c.status} (${i.status.nodes.enforcing}/${i.status.nodes.total})` : c.status;
+    };
     return table(
-      [...(namespaced ? ['NAMESPACE'] : []), 'NAME', 'LABELS', 'CREATED'],
+      [...(namespaced ? ['NAMESPACE'] : []), 'NAME', 'LABELS', ...(withStatus ? ['VALID', 'ENFORCED'] : []), 'CREATED'],
       items.map((i) => [
         ...(namespaced ? [i.metadata.namespace] : []),
         i.metadata.name,
         Object.entries(i.metadata.labels ?? {}).map(([k, v]) => `${k}=${v}`).join(',') || '<none>',
+        ...(withStatus ? [cond(i, 'Valid'), cond(i, 'Enforced')] : []),
         i.metadata.creationTimestamp,
       ]),
     );
@@ -583,11 +597,23 @@ const commands: Record<string, Handler> = {
   async status(c, o) {
     const s: any = await c.get('/v1/status');
     if (o.output === 'json') return json(s);
+    if (s.state === 'waiting-for-pod-cidr') {
+      const ipam = s.cluster?.ipam ?? {};
+      return (
+        [
+          `Node:          ${s.node}`,
+          `Version:       ${s.version}`,
+          `State:         waiting for its pod CIDR from the operator (cluster pool) since ${ipam.since ?? '?'}`,
+          ...(ipam.error ? [`IPAM error:    ${ipam.error}`] : []),
+          `Cluster:       ${s.cluster?.endpoints?.join(',') ?? '?'} (${s.cluster?.connected ? 'connected' : 'not connected'})`,
+        ].join('\n') + '\n'
+      );
+    }
     const lines = [
       `Node:          ${s.node}`,
       `Version:       ${s.version}`,
       `Uptime:        ${s.uptimeSeconds}s`,
-      `Pod CIDR:      ${s.podCidr} (router ${s.router})`,
+      `Pod CIDR:      ${s.podCidr} (router ${s.router})${s.podCidrSource === 'cluster-pool' ? ', allocated by the operator (cluster pool)' : ''}`,
       `Devices:       ${s.devices.host} / ${s.devices.net}`,
       `BPF root:      ${s.bpfRoot}`,
       `Endpoints:     ${s.endpoints.ready}/${s.endpoints.total} ready`,
@@ -596,6 +622,11 @@ const commands: Record<string, Handler> = {
       `Maps:          ${s.maps.map((m: any) => `${m.map} ${m.desired} desired${m.pending ? `, ${m.pending} pending` : ''}${m.lastError ? ` (error: ${m.lastError})` : ''}`).join('; ')}`,
       `Endpoint ADD:  p50 ${s.endpointCreateMs.p50 ?? '-'} ms, p99 ${s.endpointCreateMs.p99 ?? '-'} ms (${s.endpointCreateMs.count} created)`,
     ];
+    if (s.cluster?.mode === 'kvstore') {
+      const c = s.cluster;
+      lines.push(`Cluster:       ${c.nodes} nodes, ${c.connected ? 'connected' : `NOT connected${c.lastError ? ` (${c.lastError})` : ''}`} (${c.endpoints.join(',')}, prefix ${c.prefix})`);
+      lines.push(`Operator:      ${c.operator ? `${c.operator.id} acts (since ${c.operator.since})` : 'none running (pod CIDRs from the pool, garbage collection and policy status wait for one)'}`);
+    }
     if (s.monitor?.memory) lines.push(`Flows:         ${flowsStatus(s.monitor)}`);
     lines.push(`L7 proxy:      ${proxyLine(s.proxy)}`);
     for (const l of s.proxy?.listeners ?? []) lines.push(`  listener ${l.name} port ${l.port} ${l.state}${l.error ? ` (${l.error})` : ''}, ${l.connections} connections`);

@@ -318,6 +318,9 @@ export class EndpointManager {
       const revision = this.policy.revision;
       const computed = this.policy.compute({ identity: ident.id, labels: ident.labels, namedPorts: pod.namedPorts });
       const state = this.policyStateOf(computed);
+      if (state.size > this.cfg.policyMapMaxEntries) {
+        throw new PolicyMapFullError(`policy needs ${state.size} map entries; this node allows ${this.cfg.policyMapMaxEntries} per endpoint (--policy-map-max-entries)`, state.size, this.cfg.policyMapMaxEntries);
+      }
       const res = this.dp.createEndpoint(
         { id, identity: ident.id, ipv4: ip, hostIfname, podIfname: req.ifname, netnsPath: req.netns, mtu, addressRules: computed.addressRules },
         this.ipam.router,
@@ -431,6 +434,9 @@ export class EndpointManager {
     const computed = this.policy.compute({ identity: ep.identity, labels: ep.labels, namedPorts: ep.namedPorts ?? {} });
     const state = this.policyStateOf(computed);
     try {
+      if (state.size > this.cfg.policyMapMaxEntries) {
+        throw new PolicyMapFullError(`policy needs ${state.size} map entries; this node allows ${this.cfg.policyMapMaxEntries} per endpoint (--policy-map-max-entries)`, state.size, this.cfg.policyMapMaxEntries);
+      }
       const diff = table.adoptState(state);
       table.flush();
       // The entries first, then the configuration: address-block rules appear before the switch that
@@ -617,4 +623,15 @@ export class EndpointManager {
 /** The fields of an endpoint record that a restart depends on (policy results are recomputed on start). */
 function durable(ep: Endpoint): string {
   return JSON.stringify([ep.state, ep.problems, ep.identity, ep.labels, ep.namedPorts]);
+}
+
+/** An endpoint's policy needs more entries than its policy map may hold on this node. */
+export class PolicyMapFullError extends Error {
+  constructor(
+    message: string,
+    readonly entries: number,
+    readonly limit: number,
+  ) {
+    super(message);
+  }
 }

@@ -16,7 +16,9 @@
  *
  * References are leased keys: a node that dies drops its references with its
  * lease. Identities no node references are the operator's to collect (it
- * deletes the master key and the index together).
+ * deletes the master key and the index together, only while no reference
+ * exists); an identity this node references that vanishes anyway is recreated
+ * with the same id.
  *
  * Local identities (CIDR, FQDN; scope bit 1<<24) never come here and never go
  * on the wire.
@@ -86,6 +88,12 @@ export class ClusterIdentities {
       if (prev) this.byLabels.delete(prev.join(','));
       if (ev.type === 'delete') {
         this.byId.delete(id);
+        if (prev && this.keys.get(identityRefKey(id, this.node)) !== undefined) {
+          // Collected while this node took a reference (a race with the operator's GC): recreate it.
+          this.log.warn('an identity this node uses was deleted; recreating it', { id, labels: prev });
+          void this.ensure(id, prev).catch((e) => this.log.error('recreating a deleted identity failed', { id, error: e }));
+          continue;
+        }
         for (const l of this.listeners) l(id, undefined);
         continue;
       }

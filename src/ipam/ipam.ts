@@ -26,6 +26,22 @@ export class IpamError extends Error {
   }
 }
 
+/** A node's cluster-pool allocation (ipam/v1/nodes/<node>), written by the operator (src/operator/ipam.ts). */
+export interface IpamAllocation {
+  podCIDRs: string[];
+  pool?: string;
+  allocatedAt?: string;
+  /** Why the node has no CIDR (pool exhausted). */
+  error?: string;
+  /** The node's record is gone since: its CIDR returns to the pool after the grace period. */
+  orphanedSince?: string;
+}
+
+/** The pod CIDR recorded in a state directory (the one this node's pods hold addresses from), if any. */
+export function recordedPodCidr(stateDir: string): string | undefined {
+  return readJson<IpamFile>(path.join(stateDir, 'ipam.json'))?.cidr;
+}
+
 export class Ipam {
   readonly cidr: Cidr;
   readonly router: IpAddr;

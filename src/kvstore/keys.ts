@@ -12,6 +12,11 @@
  *   ipcache/v1/<ip>                            a pod: identity, host node, namespace/name, named ports  node lease
  *   services/v1/clusterip/<ip>                 "<ns>/<name>": a ClusterIP allocation                   no lease
  *   services/v1/nodeport/<port>-<proto>        "<ns>/<name>/<port-name>": a node port allocation      no lease
+ *   operator/v1/leader                         the acting operator: {id, since} (leader election)     operator's lease
+ *   ipam/v1/nodes/<node>                       the node's cluster-pool allocation {podCIDRs, error}   no lease (operator)
+ *   ipam/v1/cidrs/<cidr>                       "<node>": one CIDR, one node                            no lease (operator)
+ *   policies/v1/reports/<Kind>/<ns|_>/<name>/<node>  what node enforces of one policy              node lease
+ *   policies/v1/status/<Kind>/<ns|_>/<name>    the policy's status, aggregated by the operator        no lease (operator)
  */
 export const RESOURCES = 'resources/v1/';
 export const IDENTITY_IDS = 'identities/v1/id/';
@@ -22,6 +27,11 @@ export const NODE_REGISTRY = 'nodes/registry';
 export const IPCACHE = 'ipcache/v1/';
 export const SERVICE_CLUSTERIPS = 'services/v1/clusterip/';
 export const SERVICE_NODEPORTS = 'services/v1/nodeport/';
+export const OPERATOR_LEADER = 'operator/v1/leader';
+export const IPAM_NODES = 'ipam/v1/nodes/';
+export const IPAM_CIDRS = 'ipam/v1/cidrs/';
+export const POLICY_REPORTS = 'policies/v1/reports/';
+export const POLICY_STATUS = 'policies/v1/status/';
 
 /** Key segments may contain anything but "/" (and "%", the escape). */
 export function escapeSegment(s: string): string {
@@ -73,4 +83,25 @@ export function clusterIpKey(ip: string): string {
 
 export function nodePortKey(port: number, protocol: string): string {
   return `${SERVICE_NODEPORTS}${port}-${protocol}`;
+}
+
+export function ipamNodeKey(node: string): string {
+  return `${IPAM_NODES}${escapeSegment(node)}`;
+}
+
+export function ipamCidrKey(cidr: string): string {
+  return `${IPAM_CIDRS}${escapeSegment(cidr)}`;
+}
+
+/** "<Kind>/<ns|_>/<name>": a policy object, as one relative key path. */
+export function policyPath(kind: string, namespace: string | undefined, name: string): string {
+  return `${kind}/${namespace ? escapeSegment(namespace) : '_'}/${escapeSegment(name)}`;
+}
+
+export function policyReportKey(kind: string, namespace: string | undefined, name: string, node: string): string {
+  return `${POLICY_REPORTS}${policyPath(kind, namespace, name)}/${escapeSegment(node)}`;
+}
+
+export function policyStatusKey(kind: string, namespace: string | undefined, name: string): string {
+  return `${POLICY_STATUS}${policyPath(kind, namespace, name)}`;
 }

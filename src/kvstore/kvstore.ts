@@ -81,6 +81,18 @@ export function parseEndpoints(text: string, field = 'kvstore-endpoints'): strin
   return out;
 }
 
+/** The first key after every key starting with `p` (etcd's range end of a prefix). */
+export function prefixEnd(p: Buffer): Buffer {
+  const end = Buffer.from(p);
+  for (let i = end.length - 1; i >= 0; i--) {
+    if (end[i] < 0xff) {
+      end[i]++;
+      return end.subarray(0, i + 1);
+    }
+  }
+  return Buffer.from([0]);
+}
+
 export class Kvstore {
   readonly prefix: string;
   private readonly etcd: Etcd3;
@@ -185,6 +197,27 @@ export class Kvstore {
       return { succeeded: r.succeeded, revision: Number(r.header.revision), reads };
     } catch (e) {
       throw wrapEtcdError(e, 'txn', what);
+    }
+  }
+
+  /**
+   * Delete groups of keys in one transaction, each group only if its guard key
+   * is unchanged (same mod revision) and no key exists under its `emptyPrefix`
+   * (a range comparison: "create revision == 0" holds for an empty range only).
+   * All groups or none: on a failed comparison the caller retries one by one.
+   */
+  async deleteGuarded(groups: { keys: string[]; guard: { key: string; modRevision: number }; emptyPrefix: string }[]): Promise<{ succeeded: boolean; revision: number }> {
+    const full = (k: string) => Buffer.from(this.prefix + k);
+    const compare = groups.flatMap((g) => [
+      { key: full(g.guard.key), target: 'Mod' as const, result: 'Equal' as const, mod_revision: g.guard.modRevision },
+      { key: full(g.emptyPrefix), range_end: prefixEnd(full(g.emptyPrefix)), target: 'Create' as const, result: 'Equal' as const, create_revision: 0 },
+    ]);
+    const success = groups.flatMap((g) => g.keys.map((k) => ({ request_delete_range: { key: full(k) } })));
+    try {
+      const r = await this.etcd.kv.txn({ compare, success }, { deadline: Date.now() + this.timeoutMs });
+      return { succeeded: !!r.succeeded, revision: Number(r.header.revision) };
+    } catch (e) {
+      throw wrapEtcdError(e, 'txn', groups.map((g) => g.guard.key).join(','));
     }
   }
 

@@ -25,10 +25,21 @@ export interface SourceEndpoint extends EndpointInfoLite {
   ipv6?: string;
 }
 
-/** Where the names come from (the agent's endpoints, identities and links). */
+/** A pod on another node (cluster mode), as the cluster store publishes it. */
+export interface RemoteEndpoint {
+  ip: string;
+  identity: number;
+  namespace: string;
+  podName?: string;
+  node: string;
+}
+
+/** Where the names come from (the agent's endpoints, remote pods, identities and links). */
 export interface FlowSource {
   nodeName: string;
   endpoints(): Iterable<SourceEndpoint>;
+  /** Pods of other nodes (cluster mode): a flow to or from one names it, its labels and node. */
+  remoteEndpoints?(): Iterable<RemoteEndpoint>;
   identityLabels(id: number): string[] | undefined;
   linkNames(): Map<number, string>;
 }
@@ -41,6 +52,8 @@ export interface Ctx {
   podName?: string;
   labels: string[];
   ifName?: string;
+  /** The node of a remote pod (cluster mode). */
+  node?: string;
   /** Estimated bytes held by this snapshot (object, strings, array). */
   bytes: number;
 }
@@ -83,11 +96,14 @@ export class ContextTable {
   private readonly epCtx = new Map<number, EpCache>();
   private readonly identityCtx = new Map<number, { labels: string[]; ctx: number }>();
   private readonly ifCtx = new Map<number, { name: string; ctx: number }>();
+  private readonly remoteCtx = new Map<string, { info: RemoteEndpoint; labels: string[]; ctx: number }>();
 
   // Indexes of the source's endpoints, refreshed at most every REFRESH_MS (and on an unknown id).
   private byId = new Map<number, SourceEndpoint>();
   private byIpv4 = new Map<number, SourceEndpoint>();
   private byIp = new Map<string, SourceEndpoint>();
+  private remoteByIpv4 = new Map<number, RemoteEndpoint>();
+  private remoteByIp = new Map<string, RemoteEndpoint>();
   private links = new Map<number, string>();
   private epAt = -Infinity;
   private missAt = -Infinity;
@@ -157,6 +173,23 @@ export class ContextTable {
     this.byId = byId;
     this.byIpv4 = byIpv4;
     this.byIp = byIp;
+    if (this.source.remoteEndpoints) {
+      const rv4 = new Map<number, RemoteEndpoint>();
+      const rip = new Map<string, RemoteEndpoint>();
+      for (const r of this.source.remoteEndpoints()) {
+        const n = ipv4ToU32(r.ip);
+        if (n !== undefined) rv4.set(n, r);
+        rip.set(r.ip, r);
+      }
+      this.remoteByIpv4 = rv4;
+      this.remoteByIp = rip;
+      for (const [ip, c] of this.remoteCtx) {
+        if (!rip.has(ip)) {
+          this.remoteCtx.delete(ip);
+          this.unref(c.ctx);
+        }
+      }
+    }
     // Snapshots of endpoints that are gone stay alive while flows refer to them.
     for (const [id, c] of this.epCtx) {
       if (!byId.has(id)) {
@@ -189,6 +222,21 @@ export class ContextTable {
     return ctx;
   }
 
+  /** The snapshot of a remote pod (its labels from its identity), unreferenced. */
+  private remoteContext(r: RemoteEndpoint): number {
+    const labels = this.source.identityLabels(r.identity) ?? EMPTY;
+    const c = this.remoteCtx.get(r.ip);
+    if (c) {
+      const i = c.info;
+      if (i.identity === r.identity && i.namespace === r.namespace && i.podName === r.podName && i.node === r.node && sameLabels(c.labels, labels)) return c.ctx;
+      this.unref(c.ctx);
+    }
+    const bytes = 112 + strBytes(r.namespace) + strBytes(r.podName) + strBytes(r.node) + 16 + labels.reduce((t, l) => t + 8 + strBytes(l), 0);
+    const ctx = this.alloc({ identity: r.identity, namespace: r.namespace, podName: r.podName, node: r.node, labels, bytes });
+    this.remoteCtx.set(r.ip, { info: { ...r }, labels, ctx });
+    return ctx;
+  }
+
   /** The snapshot of an identity's labels (namespace from its labels), unreferenced. */
   identityContext(identity: number): number {
     const labels = this.source.identityLabels(identity) ?? EMPTY;
@@ -214,7 +262,9 @@ export class ContextTable {
     let e: SourceEndpoint | undefined;
     if (knownId) e = this.endpointById(knownId, now);
     if (!e && ipv4) e = this.byIpv4.get(ipv4);
-    return this.ref(e ? this.endpointCtx(e) : this.identityContext(identity));
+    if (e) return this.ref(this.endpointCtx(e));
+    const r = ipv4 ? this.remoteByIpv4.get(ipv4) : undefined;
+    return this.ref(r && (!identity || r.identity === identity) ? this.remoteContext(r) : this.identityContext(identity));
   }
 
   /** As endContext, with the address as a string (IPv6 and records from proxies). */
@@ -222,7 +272,9 @@ export class ContextTable {
     let e: SourceEndpoint | undefined;
     if (knownId) e = this.endpointById(knownId, now);
     if (!e && ip) e = this.byIp.get(ip);
-    return this.ref(e ? this.endpointCtx(e) : this.identityContext(identity));
+    if (e) return this.ref(this.endpointCtx(e));
+    const r = ip ? this.remoteByIp.get(ip) : undefined;
+    return this.ref(r && (!identity || r.identity === identity) ? this.remoteContext(r) : this.identityContext(identity));
   }
 
   /** An interface's name, referenced for the caller (0 if unknown). */

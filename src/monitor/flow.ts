@@ -18,6 +18,8 @@ export interface FlowEndpoint {
   namespace?: string;
   pod_name?: string;
   labels: string[];
+  /** The node of a pod on another node (cluster mode). */
+  node_name?: string;
 }
 
 export interface PolicyRef {
@@ -103,6 +105,7 @@ export interface FlowMeta {
 /** One end of a flow from its context (an endpoint, or an identity's labels). */
 function endOf(c: Ctx | undefined, identity: number): FlowEndpoint {
   if (c?.ep !== undefined) return { ID: c.ep, identity: identity || c.identity, namespace: c.namespace, pod_name: c.podName, labels: c.labels };
+  if (c?.node !== undefined) return { identity: identity || c.identity, namespace: c.namespace, pod_name: c.podName, labels: c.labels, node_name: c.node };
   return { identity, namespace: c?.namespace, labels: c?.labels ?? [] };
 }
 

@@ -14,6 +14,7 @@
  * Membrane's (lxc + 12 hex) are deleted.
  * Refuses while an agent serves on the socket; idempotent.
  */
+import { recordedPodCidr } from '../ipam/ipam';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { AgentConfig } from '../agent/config';
@@ -171,7 +172,7 @@ export async function cleanupNode(cfg: AgentConfig): Promise<CleanupReport> {
     // 3. The host device pair: its address and the routes via it (other nodes' pod CIDRs too) go with it.
     for (const dev of [cfg.hostDevice, cfg.netDevice]) {
       const l = nl.linkGet(dev);
-      if (l) step(`device ${dev} (and the routes to ${cfg.podCidr} and ${cfg.serviceCidr} via it)`, () => nl.linkDel(l.index));
+      if (l) step(`device ${dev} (and the routes to ${cfg.podCidr || recordedPodCidr(cfg.stateDir) || 'the pod CIDR'} and ${cfg.serviceCidr} via it)`, () => nl.linkDel(l.index));
     }
     // The overlay's VXLAN device (cluster mode).
     const vx = nl.linkGet(overlayDevice(cfg));

@@ -19,9 +19,11 @@ import type { NamedPort } from '../policy/mapstate';
 import { ClusterIdentities } from '../identity/cluster';
 import { ReservedIdentity } from '../identity/identity';
 import { Kvstore, LeasedKeys, Reflector, ReflectorEvent } from '../kvstore';
-import { IPCACHE, ipcacheKey } from '../kvstore/keys';
+import { IPAM_NODES, IPCACHE, POLICY_REPORTS, POLICY_STATUS, escapeSegment, ipamNodeKey, ipcacheKey, policyReportKey, policyStatusKey } from '../kvstore/keys';
+import type { PolicyReport } from '../policy/status';
 import { ClusterServiceAllocations } from '../service/allocations';
 import { readJson, writeJsonAtomic } from '../util/fsutil';
+import { IpamAllocation, recordedPodCidr } from '../ipam/ipam';
 import { formatIp, ipAtOffset, parseCidr, parseIp } from '../util/ip';
 import { RtNetlink } from '../netlink';
 import { Underlay, findUnderlay } from './address';
@@ -69,6 +71,8 @@ export interface ClusterNodeOptions {
   stateDir: string;
   version: string;
   tunnelPort: number;
+  /** The relay address to advertise (host 0.0.0.0 / :: becomes the node's underlay address). */
+  relayAddress?: string;
 }
 
 interface LeaseFile {
@@ -83,6 +87,8 @@ export class ClusterNode {
   readonly nodes: NodeRegistry;
   readonly services: ClusterServiceAllocations;
   private readonly pods: Reflector;
+  /** The acting operator (operator/v1/leader), for `membrane status`. */
+  private readonly operator: Reflector;
   private readonly remote = new Map<string, PodRecord>();
   private sink?: IpcacheSink;
   /**
@@ -106,6 +112,7 @@ export class ClusterNode {
     this.identities = new ClusterIdentities(this.kv, this.keys, opts.nodeName, log);
     this.nodes = new NodeRegistry(this.kv, this.keys, opts.nodeName, log);
     this.pods = new Reflector(this.kv, IPCACHE, log.child({ component: 'pods' }));
+    this.operator = new Reflector(this.kv, 'operator/v1/', log.child({ component: 'operator-watch' }));
     this.pods.subscribe((evs) => this.onPodEvents(evs));
     this.nodes.onChange((name, now, before) => this.onNodeChange(name, now, before));
     // The lease of the previous run goes once everything lives on the new one.
@@ -127,19 +134,32 @@ export class ClusterNode {
     const c = new ClusterNode(opts, log.child({ component: 'cluster' }));
     const waiting = setInterval(() => log.warn('waiting for the cluster store', { endpoints: opts.endpoints, error: c.store.watchStats.lastError }), 5000);
     try {
-      await Promise.all([c.store.start(), c.identities.start(), c.nodes.start(), c.services.start(), c.pods.start()]);
+      await Promise.all([c.store.start(), c.identities.start(), c.nodes.start(), c.services.start(), c.pods.start(), c.operator.start()]);
+      if (!opts.podCidr) {
+        // Cluster pool: a CIDR the operator allocated to this node before (a restart) is taken again at once.
+        const a = await c.kv.get(ipamNodeKey(opts.nodeName));
+        let alloc: IpamAllocation | undefined;
+        try {
+          alloc = a ? (JSON.parse(a.value) as IpamAllocation) : undefined;
+        } catch {
+          alloc = undefined;
+        }
+        if (alloc?.podCIDRs?.length) {
+          opts = { ...opts, podCidr: alloc.podCIDRs[0], routerIp: formatIp(ipAtOffset(parseCidr(alloc.podCIDRs[0]), 1)) };
+          c.ipamState = { mode: 'cluster-pool', waiting: false, since: new Date().toISOString(), podCIDRs: alloc.podCIDRs };
+        }
+      }
       await c.nodes.register({
         name: opts.nodeName,
         bootId: loadBootId(opts.stateDir),
-        addresses: [
-          { type: 'InternalIP', ip: opts.nodeIp },
-          { type: 'RouterIP', ip: opts.routerIp },
-        ],
-        podCIDRs: [opts.podCidr],
+        addresses: [{ type: 'InternalIP', ip: opts.nodeIp }, ...(opts.routerIp ? [{ type: 'RouterIP' as const, ip: opts.routerIp }] : [])],
+        podCIDRs: opts.podCidr ? [opts.podCidr] : [],
         tunnel: { type: 'vxlan', port: opts.tunnelPort },
         health: { status: 'ok', problems: [], since: new Date().toISOString() },
         version: opts.version,
         startedAt: new Date().toISOString(),
+        ...(opts.relayAddress ? { relay: { address: advertised(opts.relayAddress, opts.nodeIp) } } : {}),
+        ...(!opts.podCidr && recordedPodCidr(opts.stateDir) ? { podCidrHint: recordedPodCidr(opts.stateDir) } : {}),
       });
     } catch (e) {
       c.close();
@@ -148,6 +168,60 @@ export class ClusterNode {
       clearInterval(waiting);
     }
     return c;
+  }
+
+  /** Cluster-pool IPAM: what this node waits for (membrane status shows it). */
+  ipamState?: { mode: 'cluster-pool'; waiting: boolean; since: string; podCIDRs: string[]; error?: string };
+
+  /**
+   * Cluster pool (no --pod-cidr): wait for the operator to allocate this
+   * node's pod CIDR (ipam/v1/nodes/<node>), logging while it waits and
+   * whenever the operator reports an error (pool exhausted); then write it
+   * into the node record. Resolves with the CIDR.
+   */
+  async waitForPodCidr(): Promise<string> {
+    const own = this.nodes.ownRecord?.podCIDRs ?? [];
+    if (own.length) return own[0];
+    const key = escapeSegment(this.opts.nodeName);
+    const watch = new Reflector(this.kv, IPAM_NODES, this.log.child({ component: 'ipam' }));
+    this.ipamState = { mode: 'cluster-pool', waiting: true, since: new Date().toISOString(), podCIDRs: [] };
+    const state = this.ipamState;
+    let resolve!: (c: string) => void;
+    const got = new Promise<string>((r) => (resolve = r));
+    const check = () => {
+      const v = watch.get(key);
+      if (!v) return;
+      let a: IpamAllocation;
+      try {
+        a = JSON.parse(v.value) as IpamAllocation;
+      } catch {
+        return;
+      }
+      if (a.podCIDRs?.length) {
+        resolve(a.podCIDRs[0]);
+        return;
+      }
+      if (a.error && a.error !== state.error) {
+        state.error = a.error;
+        this.nodes.setHealth('degraded', [`no pod CIDR: ${a.error}`]);
+        this.log.error('the operator could not allocate this node a pod CIDR; still waiting', { node: this.opts.nodeName, error: a.error });
+      }
+    };
+    watch.subscribe(check);
+    const tick = setInterval(() => this.log.warn('waiting for the operator to allocate this node\'s pod CIDR (cluster pool; no --pod-cidr given)', { node: this.opts.nodeName, error: state.error }), 5000);
+    try {
+      await watch.start();
+      check();
+      const cidr = await got;
+      const router = formatIp(ipAtOffset(parseCidr(cidr), 1));
+      this.nodes.setPodCidrs([cidr], router);
+      this.ipamState = { ...state, waiting: false, podCIDRs: [cidr], error: undefined };
+      this.log.info('pod CIDR allocated by the operator', { node: this.opts.nodeName, podCIDR: cidr });
+      return cidr;
+    } finally {
+      clearInterval(tick);
+      watch.stop();
+    }
   }
 
   /** Program cluster-learned addresses into the ipcache (now and on every change). */
@@ -174,6 +248,37 @@ export class ClusterNode {
     }
     for (const k of this.keys.keys(IPCACHE)) if (!want.has(k)) this.keys.delete(k);
     for (const [k, v] of want) this.keys.set(k, v);
+  }
+
+  /** Publish what this node enforces of each policy (by "Kind/ns/name") under the lease. */
+  publishPolicyReports(reports: Map<string, PolicyReport>): void {
+    const want = new Map<string, string>();
+    for (const [k, r] of reports) {
+      const [kind, ns, ...rest] = k.split('/');
+      want.set(policyReportKey(kind, ns || undefined, rest.join('/'), this.opts.nodeName), JSON.stringify(r));
+    }
+    for (const k of this.keys.keys(POLICY_REPORTS)) if (!want.has(k)) this.keys.delete(k);
+    for (const [k, v] of want) this.keys.set(k, v);
+  }
+
+  /**
+   * Objects of `kind` with the status the operator aggregated for them
+   * (policies/v1/status/...): `membrane get cnp NAME -o yaml` shows it.
+   * Objects without one are returned as they are.
+   */
+  async withPolicyStatus<T extends { kind: string; metadata: { namespace?: string; name: string }; status?: unknown }>(kind: string, objects: T[]): Promise<T[]> {
+    if (!objects.length) return objects;
+    const listing = await this.kv.list(`${POLICY_STATUS}${kind}/`);
+    const byKey = new Map(listing.kvs.map((k) => [k.key, k.value]));
+    return objects.map((o) => {
+      const v = byKey.get(policyStatusKey(o.kind, o.metadata.namespace, o.metadata.name));
+      if (!v) return o;
+      try {
+        return { ...o, status: JSON.parse(v) };
+      } catch {
+        return o;
+      }
+    });
   }
 
   remotePods(): PodRecord[] {
@@ -268,7 +373,7 @@ export class ClusterNode {
 
   /** `membrane node list`: every node, alive or recently gone, with the identities it references. */
   async nodeList(): Promise<
-    { name: string; addresses: { type: string; ip: string }[]; podCIDRs: string[]; identities: number | null; alive: boolean; self: boolean; health: string; lastSeen?: string }[]
+    { name: string; addresses: { type: string; ip: string }[]; podCIDRs: string[]; identities: number | null; alive: boolean; self: boolean; health: string; problems: string[]; lastSeen?: string }[]
   > {
     let refs: Map<string, number> | undefined;
     try {
@@ -284,6 +389,7 @@ export class ClusterNode {
       alive: n.alive,
       self: n.self,
       health: n.alive ? n.health.status : 'gone',
+      problems: n.alive ? n.health.problems : [],
       lastSeen: n.lastSeen,
     }));
   }
@@ -293,6 +399,8 @@ export class ClusterNode {
     const w = this.store.watchStats;
     return {
       mode: 'kvstore',
+      ipam: this.ipamState ?? { mode: 'pod-cidr' },
+      operator: this.operatorLeader(),
       endpoints: this.opts.endpoints,
       prefix: this.opts.prefix,
       node: this.opts.nodeName,
@@ -310,8 +418,20 @@ export class ClusterNode {
     };
   }
 
+  private operatorLeader(): { id: string; since: string } | null {
+    const v = this.operator.get('leader');
+    if (!v) return null;
+    try {
+      const r = JSON.parse(v.value) as { id: string; since: string };
+      return { id: r.id, since: r.since };
+    } catch {
+      return null;
+    }
+  }
+
   close(): void {
     if (this.healthTimer) clearInterval(this.healthTimer);
+    this.operator.stop();
     this.store.stop();
     this.identities.stop();
     this.nodes.stop();
@@ -324,7 +444,7 @@ export class ClusterNode {
 
 /** Connect this agent to its cluster: underlay address, lease, watches, registration. */
 export async function connectCluster(
-  cfg: { cluster?: { endpoints: string[]; prefix: string; leaseTtl: number }; nodeName: string; nodeIp?: string; podCidr: string; serviceCidr: string; stateDir: string },
+  cfg: { cluster?: { endpoints: string[]; prefix: string; leaseTtl: number }; nodeName: string; nodeIp?: string; podCidr: string; serviceCidr: string; stateDir: string; relayAddress?: string },
   version: string,
   log: Logger,
 ): Promise<ClusterNode> {
@@ -336,18 +456,19 @@ export async function connectCluster(
   } finally {
     nl.close();
   }
-  const pod = parseCidr(cfg.podCidr, 'pod-cidr');
+  const pod = cfg.podCidr ? parseCidr(cfg.podCidr, 'pod-cidr') : undefined;
   const node = await ClusterNode.connect(
     {
       ...cfg.cluster,
       nodeName: cfg.nodeName,
       nodeIp: underlay.ip,
-      routerIp: formatIp(ipAtOffset(pod, 1)),
+      routerIp: pod ? formatIp(ipAtOffset(pod, 1)) : '',
       podCidr: cfg.podCidr,
       serviceCidr: cfg.serviceCidr,
       stateDir: cfg.stateDir,
       version,
       tunnelPort: VXLAN_PORT,
+      relayAddress: cfg.relayAddress,
     },
     log,
   );
@@ -355,3 +476,11 @@ export async function connectCluster(
   return node;
 }
 
+
+/** The address other nodes reach a listener on: a wildcard host becomes the node's underlay address. */
+function advertised(address: string, nodeIp: string): string {
+  const cut = address.lastIndexOf(':');
+  const host = address.slice(0, cut);
+  if (host === '0.0.0.0' || host === '::' || host === '[::]') return `${nodeIp.includes(':') ? `[${nodeIp}]` : nodeIp}${address.slice(cut)}`;
+  return address;
+}

@@ -8,8 +8,9 @@
  * Registration is serialised through nodes/registry (a transaction guarded by
  * its revision), so two nodes starting at once with overlapping pod CIDRs
  * cannot both get in: the second is refused with an error naming both.
- * Pod CIDRs come from --pod-cidr today; the operator's cluster-pool IPAM will
- * write them into the record instead (the `podCIDRs` field is the seam).
+ * Pod CIDRs come from --pod-cidr, or (without it) from the operator's cluster
+ * pool: the node registers without pod CIDRs, waits for its allocation
+ * (ipam/v1/nodes/<node>) and then writes them into its record.
  */
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
@@ -35,6 +36,10 @@ export interface NodeRecord {
   health: { status: 'ok' | 'degraded'; problems: string[]; since: string };
   version: string;
   startedAt: string;
+  /** Cluster pool: the CIDR this node's pods held addresses from before (its state), asked for again if free. */
+  podCidrHint?: string;
+  /** Where the node's agent serves its flows to the cluster's agents (--relay-address), if it does. */
+  relay?: { address: string };
 }
 
 export interface NodeView extends NodeRecord {
@@ -234,6 +239,14 @@ export class NodeRegistry {
     if (!this.record) return;
     if (this.record.health.status === status && JSON.stringify(this.record.health.problems) === JSON.stringify(problems)) return;
     this.record = { ...this.record, health: { status, problems, since: new Date().toISOString() } };
+    this.keys.set(nodeKey(this.self), JSON.stringify(this.record));
+  }
+
+  /** The pod CIDRs the operator allocated (cluster pool), and the router address in them. */
+  setPodCidrs(podCIDRs: string[], routerIp: string): void {
+    if (!this.record) return;
+    const addresses = [...this.record.addresses.filter((a) => a.type !== 'RouterIP'), { type: 'RouterIP' as const, ip: routerIp }];
+    this.record = { ...this.record, podCIDRs, addresses };
     this.keys.set(nodeKey(this.self), JSON.stringify(this.record));
   }
 

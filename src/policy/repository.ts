@@ -149,12 +149,14 @@ export class PolicyRepository {
     for (const c of blocks) this.acquirePrefix(this.blockIds, c, ipblockLabels, this.onAddressBlock, this.blockIdSet);
     for (const r of rules) for (const pr of [...r.ingress, ...r.ingressDeny, ...r.egress, ...r.egressDeny]) this.registerPeers(pr);
     this.policies.set(key, { key, object: o, rules, cidrs: [...cidrs], blocks: [...blocks], usesServices });
+    this.loadErrors.delete(key);
     if (old) this.release(old);
     return ++this.revision;
   }
 
   delete(o: { kind: string; metadata: { namespace?: string; name: string } }): number | undefined {
     const key = PolicyRepository.keyOf(o as Resource);
+    this.loadErrors.delete(key);
     const old = this.policies.get(key);
     if (!old) return undefined;
     this.policies.delete(key);
@@ -285,6 +287,19 @@ export class PolicyRepository {
     const out: Rule[] = [];
     for (const p of this.policies.values()) for (const r of p.rules) if (matches(r.subject, labels)) out.push(r);
     return out;
+  }
+
+  /** Objects whose latest version failed to load (translation error), by keyOf: the generation and the error. */
+  readonly loadErrors = new Map<string, { generation: number; error: string }>();
+
+  /** Record that `o` could not be loaded (the previous version, if any, stays in force). */
+  loadFailed(o: Resource, e: unknown): void {
+    this.loadErrors.set(PolicyRepository.keyOf(o), { generation: o.metadata.generation ?? 1, error: e instanceof Error ? e.message : String(e) });
+  }
+
+  /** What the repository holds, by keyOf. */
+  loaded(): Map<string, { object: Resource; rules: Rule[] }> {
+    return this.policies;
   }
 
   objects(): Resource[] {

@@ -6,7 +6,9 @@
  *   GET /api/<path>?<query>          -> agent GET /v1/<path>?<query>, streamed through
  *   GET /api/flows/stream?<filters>  -> agent GET /v1/flows?follow=1&last=N&<filters>,
  *                                       ndjson turned into server-sent events (one flow per event;
- *                                       the agent's lost_events records as `event: lost`)
+ *                                       the agent's lost_events records as `event: lost`);
+ *                                       with --all-nodes (cluster mode), GET /v1/flows?all_nodes=1
+ *                                       every second (new flows of every node, merged by time)
  *
  * The stream keeps the browser's backpressure: when the page does not keep up,
  * this server stops reading from the agent (which then drops flows for this
@@ -45,6 +47,81 @@ export interface UiServerOptions {
   socket: string;
   port?: number;
   staticDir?: string;
+  /** Cluster mode: show the flows of every node (the agent asks them through the relay). */
+  allNodes?: boolean;
+}
+
+const CLUSTER_POLL_MS = 1000;
+
+/**
+ * The cluster-wide flow stream: the agent's merged view of every node, asked
+ * every second for what is new (since the last flow's time), de-duplicated by
+ * flow id, as server-sent events like the local stream. Nodes that cannot be
+ * asked come as `event: nodeerror`.
+ */
+function clusterFlowStream(socket: string, url: URL, req: http.IncomingMessage, res: http.ServerResponse): void {
+  res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-store', connection: 'keep-alive', 'x-accel-buffering': 'no' });
+  res.write('retry: 2000\n\nevent: ready\ndata: {}\n\n');
+  let closed = false;
+  let since: string | undefined;
+  let seen = new Set<string>();
+  let timer: NodeJS.Timeout | undefined;
+  let current: http.ClientRequest | undefined;
+  const poll = () => {
+    const q = new URLSearchParams(url.searchParams);
+    q.delete('follow');
+    q.set('all_nodes', '1');
+    if (since) {
+      q.set('since', since);
+      q.delete('last');
+    } else if (!q.has('last')) q.set('last', String(STREAM_BACKLOG));
+    current = http.request({ socketPath: socket, method: 'GET', path: `/v1/flows?${q}`, headers: { accept: 'application/x-ndjson' } }, (up) => {
+      let text = '';
+      up.setEncoding('utf8');
+      up.on('data', (c: string) => (text += c));
+      up.on('end', () => {
+        if (closed) return;
+        if ((up.statusCode ?? 500) >= 400) {
+          res.write(`event: apierror\ndata: ${JSON.stringify({ status: up.statusCode, error: text.slice(0, 500) })}\n\n`);
+          finish();
+          return;
+        }
+        let out = '';
+        const next = new Set<string>();
+        for (const line of text.split('\n')) {
+          if (!line.trim()) continue;
+          if (line.startsWith('{"node_error"')) {
+            out += `event: nodeerror\ndata: ${line}\n\n`;
+            continue;
+          }
+          const f = JSON.parse(line) as { uuid?: string; time: string };
+          const key = f.uuid ?? line;
+          next.add(key);
+          if (seen.has(key)) continue;
+          out += `data: ${line}\n\n`;
+          if (!since || f.time > since) since = f.time;
+        }
+        seen = next; // flows at or after `since` come again next time: only those need remembering
+        if (out) res.write(out);
+        timer = setTimeout(poll, CLUSTER_POLL_MS);
+      });
+    });
+    current.on('error', (e: NodeJS.ErrnoException) => {
+      const { body } = agentError(e, socket);
+      res.write(`event: apierror\ndata: ${JSON.stringify({ status: 502, error: (body as { error: string }).error })}\n\n`);
+      finish();
+    });
+    current.end();
+  };
+  const finish = () => {
+    if (closed) return;
+    closed = true;
+    if (timer) clearTimeout(timer);
+    current?.destroy();
+    res.end();
+  };
+  req.on('close', finish);
+  poll();
 }
 
 export interface UiServer {
@@ -206,7 +283,7 @@ export function createUiServer(opts: UiServerOptions): http.Server {
     if (host !== `127.0.0.1:${port}` && host !== `localhost:${port}`) return sendJson(res, 421, { error: `unexpected Host header "${host}"` });
     if (req.method !== 'GET' && req.method !== 'HEAD') return sendJson(res, 405, { error: 'the UI is read-only: only GET' });
     const url = new URL(req.url ?? '/', `http://${host}`);
-    if (url.pathname === '/api/flows/stream') return flowStream(opts.socket, url, req, res);
+    if (url.pathname === '/api/flows/stream') return opts.allNodes ? clusterFlowStream(opts.socket, url, req, res) : flowStream(opts.socket, url, req, res);
     if (url.pathname.startsWith('/api/')) {
       const rest = url.pathname.slice('/api/'.length);
       if (!rest || rest.split('/').some((s) => s === '..' || s === '.')) return sendJson(res, 400, { error: 'bad API path' });
@@ -253,7 +330,7 @@ export function parsePort(v: string | true | undefined): number {
  * The CLI command: check the agent answers, serve until SIGINT/SIGTERM. Prints
  * the URL at once; resolves with nothing more to print.
  */
-export async function runUi(socket: string, port: string | true | undefined, out: NodeJS.WritableStream = process.stdout): Promise<string> {
+export async function runUi(socket: string, port: string | true | undefined, out: NodeJS.WritableStream = process.stdout, allNodes = false): Promise<string> {
   let p: number;
   try {
     p = parsePort(port);
@@ -265,8 +342,8 @@ export async function runUi(socket: string, port: string | true | undefined, out
   const { AgentClient } = await import('../agent/client');
   await new AgentClient(socket, 5_000).get('/v1/status');
   if (!fs.existsSync(path.join(defaultStaticDir(), 'index.html'))) throw new Error(`the UI is not built (${defaultStaticDir()}/index.html missing): run scripts/build.sh`);
-  const ui = await startUiServer({ socket, port: p });
-  out.write(`Membrane UI: ${ui.url}\n(agent ${socket}; serving on ${HOST} only; Ctrl-C to stop)\n`);
+  const ui = await startUiServer({ socket, port: p, allNodes });
+  out.write(`Membrane UI: ${ui.url}\n(agent ${socket}${allNodes ? ', flows of every node' : ''}; serving on ${HOST} only; Ctrl-C to stop)\n`);
   await new Promise<void>((resolve) => {
     const stop = () => {
       process.off('SIGINT', stop);

@@ -59,12 +59,23 @@ async function demo(lab: Lab): Promise<void> {
   );
   const serverNode = lab.nodes[server.node];
   await lab.until('the policy on the server node', () => serverNode.cli(['policy', 'wait', String(rev), '--timeout', '1']).code === 0, 20_000).catch(() => undefined);
+  await lab
+    .until('the policy enforced on every node', () => {
+      const r = n1.cli(['get', 'cnp', 'server-from-client', '-o', 'json']);
+      return r.code === 0 && JSON.parse(r.stdout).status?.conditions?.some((c: any) => c.type === 'Enforced' && c.status === 'True');
+    }, 20_000)
+    .catch(() => undefined);
+  say('  its status, aggregated by the operator (membrane get cnp server-from-client -o yaml):');
+  const yaml = cli(n1.socket, ['get', 'cnp', 'server-from-client', '-o', 'yaml']);
+  say(yaml.slice(yaml.indexOf('status:')).split('\n').map((l) => `    ${l}`).join('\n'));
   const after = lab.probe(client.ns, [{ ip: server.ip, port: 8080, proto: 'tcp' }]);
   const after2 = lab.probe(other.ns, [{ ip: server.ip, port: 8080, proto: 'tcp' }]);
   say(`  client -> server: ${after[0] ? 'connected (allowed)' : 'FAILED'}`);
   say(`  other  -> server: ${after2[0] ? 'connected (NOT dropped!)' : 'dropped (policy denied)'}`);
   say(`\n== The drop, seen on n${server.node + 1} (membrane observe --verdict DROPPED --last 2)`);
   say(cli(serverNode.socket, ['observe', '--verdict', 'DROPPED', '--last', '2']));
+  say(`\n== The cluster-wide view from n1 (membrane observe --all-nodes --to-pod default/server --last 6)`);
+  say(cli(n1.socket, ['observe', '--all-nodes', '--to-pod', 'default/server', '--last', '6']));
   void n2;
 }
 
@@ -77,11 +88,12 @@ async function up(argv: string[]): Promise<void> {
   const existing = readState();
   if (existing) throw new Error(`a lab is already up (prefix ${existing.prefix}); run scripts/lab.sh down first`);
   fs.mkdirSync(STATE_DIR, { recursive: true, mode: 0o700 });
-  const lab = new Lab({ nodes, detached: true });
+  // The operator hands out the nodes' pod CIDRs from 10.210.0.0/16 (one /24 each).
+  const lab = new Lab({ nodes, detached: true, relay: true, operator: { pool: { cidr: '10.210.0.0/16', maskSize: 24 } } });
   const save = () => fs.writeFileSync(STATE, JSON.stringify(lab.state(), null, 2) + '\n', { mode: 0o600 });
   save();
   try {
-    say(`lab ${lab.prefix}: underlay 198.18.0.0/24, etcd on ${lab.endpoint}, ${nodes} node(s)`);
+    say(`lab ${lab.prefix}: underlay 198.18.0.0/24, etcd on ${lab.endpoint}, the operator (cluster pool 10.210.0.0/16), ${nodes} node(s)`);
     await lab.up();
     save();
     // The demo's pods: a server on the last node, a client and another pod on the first.
@@ -115,7 +127,7 @@ function status(): void {
     say('no lab is up (scripts/lab.sh up)');
     return;
   }
-  say(`prefix ${st.prefix}; etcd ${st.etcd.endpoint} in netns ${st.underlayNs}`);
+  say(`prefix ${st.prefix}; etcd ${st.etcd.endpoint} in netns ${st.underlayNs}; operator log test-artifacts/${st.prefix}-op1.log`);
   for (const n of st.nodes) {
     say(`  ${n.name}: ${n.ip}, pods ${n.podCidr}, netns ${n.nodeNs}`);
     say(`      bin/membrane --socket ${n.socket} status`);

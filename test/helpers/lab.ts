@@ -6,7 +6,9 @@
  *
  *   <prefix>-ul        the underlay: bridge br0 198.18.0.254/24, etcd on :2379
  *   <prefix>n<i>-node  node i: eth0 198.18.0.<i>/24 (default route via .254),
- *                      agent --node-name n<i> --pod-cidr 10.210.<i>.0/24
+ *                      agent --node-name n<i> --pod-cidr 10.210.<i>.0/24 (or, with
+ *                      `operator.pool`, no --pod-cidr: the operator allocates one)
+ *   operators          bin/membrane-operator in the underlay namespace (startOperator)
  *   <prefix>-ext       a host outside the cluster on the underlay (198.18.0.200)
  *
  * 198.18.0.0/15 is the benchmarking range: nothing outside these namespaces
@@ -14,6 +16,7 @@
  * cleanup() (or `down` from a saved state) even after failures.
  */
 import { ChildProcess, spawn } from 'node:child_process';
+import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { EtcdServer } from './etcd';
@@ -34,6 +37,16 @@ export interface LabOptions {
   detached?: boolean;
   /** Underlay MTU (default 1500). */
   mtu?: number;
+  /**
+   * Start the operator (bin/membrane-operator) before the agents, with these
+   * extra flags. With `pool`, the agents get no --pod-cidr: the operator's
+   * cluster pool allocates them.
+   */
+  operator?: { args?: string[]; pool?: { cidr: string; maskSize: number } };
+  /** Extra agent flags for node i (0-based). */
+  nodeArgs?: Record<number, string[]>;
+  /** Every agent serves its flows to the others (--relay-address <node ip>:4244, a shared token file). */
+  relay?: boolean;
 }
 
 export interface LabPod {
@@ -108,8 +121,62 @@ export class Lab {
     tryRun('ip', ['netns', 'exec', this.underlayNs, 'sysctl', '-qw', 'net.bridge.bridge-nf-call-iptables=0']);
     await this.etcd.start({ detached: this.opts.detached });
     this.attachHost(this.extNs, 'ext', EXT_IP, mtu);
+    if (this.opts.operator) await this.startOperator();
     for (let i = 0; i < this.opts.nodes; i++) this.nodes.push(this.makeNode(i, mtu));
     await Promise.all(this.nodes.map((n) => n.startAgent()));
+  }
+
+  readonly operators: ChildProcess[] = [];
+  private operatorSeq = 0;
+
+  /** The operator's flags for this lab (--kvstore-* and, with a pool, the --cluster-pool-* flags). */
+  operatorFlags(id: string): string[] {
+    const o = this.opts.operator ?? {};
+    return [
+      '--kvstore-endpoints', this.endpoint,
+      '--kvstore-prefix', `${this.prefix}/`,
+      '--id', id,
+      ...(o.pool ? ['--cluster-pool-ipv4-cidr', o.pool.cidr, '--cluster-pool-ipv4-mask-size', String(o.pool.maskSize)] : []),
+      ...(o.args ?? []),
+    ];
+  }
+
+  /**
+   * Start an operator (in the underlay namespace, where etcd is); resolves
+   * once it logged that it started. Its log: test-artifacts/<prefix>-<id>.log.
+   */
+  async startOperator(id = `op${++this.operatorSeq}`): Promise<{ proc: ChildProcess; id: string; log: string }> {
+    const log = path.join(REPO, 'test-artifacts', `${this.prefix}-${id}.log`);
+    const fd = fs.openSync(log, 'a');
+    const proc = spawn('nsenter', [`--net=/run/netns/${this.underlayNs}`, '--', process.execPath, path.join(REPO, 'bin/membrane-operator'), ...this.operatorFlags(id)], { stdio: ['ignore', fd, fd], detached: !!this.opts.detached });
+    fs.closeSync(fd);
+    this.operators.push(proc);
+    if (this.opts.detached) proc.unref();
+    if (proc.pid) this.extraPids.push(proc.pid);
+    await this.until(`operator ${id} to start`, () => {
+      if (proc.exitCode !== null) throw new Error(`operator ${id} exited with ${proc.exitCode}: ${fs.readFileSync(log, 'utf8').slice(-2000)}`);
+      return fs.readFileSync(log, 'utf8').includes('"operator started"');
+    }, 20_000);
+    return { proc, id, log };
+  }
+
+  /** The cluster's relay token (created once, mode 0600). */
+  relayTokenFile(): string {
+    const f = path.join(this.dir, 'relay-token');
+    if (!fs.existsSync(f)) fs.writeFileSync(f, crypto.randomBytes(24).toString('hex') + '\n', { mode: 0o600 });
+    return f;
+  }
+
+  /** The lab cluster's keys under `rel` (relative to its prefix), read with etcdctl in the underlay namespace. */
+  etcdKeys(rel: string): { key: string; value: string; modRevision: number }[] {
+    const r = tryRun('ip', ['netns', 'exec', this.underlayNs, 'etcdctl', '--endpoints', 'http://127.0.0.1:2379', 'get', '--prefix', `${this.prefix}/${rel}`, '-w', 'json'], { timeoutMs: 10_000 });
+    if (r.code !== 0) throw new Error(`etcdctl get ${rel}: ${r.stderr}`);
+    const out = JSON.parse(r.stdout) as { kvs?: { key: string; value: string; mod_revision: number }[] };
+    return (out.kvs ?? []).map((k) => ({
+      key: Buffer.from(k.key, 'base64').toString().slice(this.prefix.length + 1),
+      value: Buffer.from(k.value, 'base64').toString(),
+      modRevision: Number(k.mod_revision),
+    }));
   }
 
   /** A namespace with one uplink on the underlay bridge. */
@@ -132,7 +199,7 @@ export class Lab {
 
   private makeNode(i: number, mtu: number, podCidr?: string): TestNode {
     const name = `n${i + 1}`;
-    const n = new TestNode('lab', podCidr ?? this.podCidr(i), { prefix: `${this.prefix}${name}`, nodeName: name });
+    const n = new TestNode('lab', podCidr ?? (this.opts.operator?.pool ? '' : this.podCidr(i)), { prefix: `${this.prefix}${name}`, nodeName: name });
     n.detached = !!this.opts.detached;
     this.attachHost(n.nodeNs, name, this.nodeIp(i), mtu);
     n.agentArgs.push(
@@ -140,6 +207,8 @@ export class Lab {
       '--kvstore-prefix', `${this.prefix}/`,
       '--kvstore-lease-ttl', String(this.opts.leaseTtl ?? 20),
       ...(this.opts.agentArgs ?? []),
+      ...(this.opts.nodeArgs?.[i] ?? []),
+      ...(this.opts.relay ? ['--relay-address', `${this.nodeIp(i)}:4244`, '--relay-token-file', this.relayTokenFile()] : []),
     );
     return n;
   }
@@ -285,7 +354,7 @@ export class Lab {
         stateDir: n.stateDir,
         bpfRoot: n.bpfRoot,
         dir: n.dir,
-        podCidr: n.podCidr,
+        podCidr: n.podCidr || allocatedCidr(n),
         ip: this.nodeIp(i),
         pid: n.agent?.pid,
       })),
@@ -295,11 +364,22 @@ export class Lab {
   }
 
   async cleanup(): Promise<void> {
-    for (const p of this.procs) p.kill('SIGKILL');
+    for (const p of [...this.procs, ...this.operators]) p.kill('SIGKILL');
     await Promise.all([...this.nodes, ...this.extras].map((n) => n.cleanup().catch(() => undefined)));
     await this.etcd.cleanup().catch(() => undefined);
     removeByPrefix(this.prefix);
     fs.rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+/** The pod CIDR the operator allocated to a node (cluster pool), as its agent reports it. */
+function allocatedCidr(n: TestNode): string {
+  if (!n.agent) return '';
+  const r = n.cli(['status', '-o', 'json']);
+  try {
+    return r.code === 0 ? (JSON.parse(r.stdout).podCidr ?? '') : '';
+  } catch {
+    return '';
   }
 }
 

@@ -152,7 +152,11 @@ export class TestNode {
     if (w.code !== 0) throw new Error(`policy wait ${rev}: ${w.stderr}`);
   }
 
-  async startAgent(): Promise<void> {
+  /**
+   * Start the agent and wait for its API. Without a pod CIDR (cluster pool),
+   * also wait until the operator's allocation arrived, unless `waitForCidr` is false.
+   */
+  async startAgent(opts: { waitForCidr?: boolean } = {}): Promise<void> {
     fs.mkdirSync(path.join(REPO, 'test-artifacts'), { recursive: true });
     this.logFd = fs.openSync(path.join(REPO, 'test-artifacts', `${this.prefix}-agent.log`), 'a');
     this.agent = spawn(
@@ -171,7 +175,10 @@ export class TestNode {
     const deadline = Date.now() + 20_000;
     while (Date.now() < deadline) {
       if (this.agent.exitCode !== null) throw new Error(`agent exited with ${this.agent.exitCode}; see test-artifacts/${this.prefix}-agent.log:\n${this.agentLog()}`);
-      if (fs.existsSync(this.socket) && this.cli(['status']).code === 0) return;
+      if (fs.existsSync(this.socket)) {
+        const st = this.cli(['status', '-o', 'json']);
+        if (st.code === 0 && (this.podCidr || opts.waitForCidr === false || JSON.parse(st.stdout).state !== 'waiting-for-pod-cidr')) return;
+      }
       await sleep(100);
     }
     throw new Error(`agent did not become ready in 20 s:\n${this.agentLog()}`);
@@ -179,7 +186,7 @@ export class TestNode {
 
   /** The agent's flags (the same for `membrane-agent --cleanup`). */
   agentFlags(): string[] {
-    return ['--state-dir', this.stateDir, '--bpf-root', this.bpfRoot, '--socket', this.socket, '--pod-cidr', this.podCidr, '--node-name', this.nodeName, ...this.agentArgs];
+    return ['--state-dir', this.stateDir, '--bpf-root', this.bpfRoot, '--socket', this.socket, ...(this.podCidr ? ['--pod-cidr', this.podCidr] : []), '--node-name', this.nodeName, ...this.agentArgs];
   }
 
   /** `membrane-agent --cleanup` with the node's flags, in the node's namespace. */

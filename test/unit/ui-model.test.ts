@@ -45,3 +45,24 @@ describe('ui model: L7 flows', () => {
     assert.deepEqual(e.l7Kinds, ['GET', 'POST']);
   });
 });
+
+describe('ui model: cluster nodes', () => {
+  it('workloads carry the nodes they run on; an edge between pods of different nodes is cross-node', () => {
+    const local = (pod: string, app: string) => ({ ID: 7, identity: 301, namespace: 'shop', pod_name: pod, labels: [`k8s:app=${app}`] });
+    const remote = (pod: string, app: string, node: string) => ({ identity: 302, namespace: 'shop', pod_name: pod, labels: [`k8s:app=${app}`], node_name: node });
+    const g = buildGraph(
+      [
+        base({ node_name: 'n1', source: local('client-1', 'client'), destination: remote('web-1', 'web', 'n3') }),
+        base({ node_name: 'n1', IP: { source: '10.0.0.9', destination: '10.0.0.3' }, source: local('client-1', 'client'), destination: { ...local('db-1', 'db'), ID: 8 } }),
+      ].map((f) => viewFlow(f)),
+      [],
+    );
+    const byId = new Map(g.nodes.map((n) => [n.id, n]));
+    assert.deepEqual(byId.get('shop/web')!.clusterNodes, ['n3']);
+    assert.deepEqual(byId.get('shop/client')!.clusterNodes, ['n1']);
+    const cross = g.edges.find((e) => e.target === 'shop/web')!;
+    const same = g.edges.find((e) => e.target === 'shop/db')!;
+    assert.equal(cross.crossNode, true);
+    assert.equal(same.crossNode, false);
+  });
+});
