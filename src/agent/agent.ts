@@ -10,12 +10,12 @@
  * service, monitor); this file only connects them.
  */
 import * as fs from 'node:fs';
-import * as net from 'node:net';
 import * as path from 'node:path';
 import type * as http from 'node:http';
 import type { FastifyInstance } from 'fastify';
 import type { AgentConfig } from './config';
-import { buildApi, buildWaitingApi, listenUnix } from './api';
+import { assertSocketFree, buildApi, listenUnix, waitForPodCidr } from './api';
+import { ApiRequests, VERSION, agentStatus } from './status';
 import { ChangePipeline } from './changes';
 import { Datapath, pruneSharedPrograms } from '../datapath/datapath';
 import { ConntrackGc } from '../datapath/ctgc';
@@ -48,7 +48,6 @@ import { repoRoot } from './config';
 import { ensurePrivateDir, mkdirp } from '../util/fsutil';
 import type { Logger } from '../util/log';
 
-const VERSION = '0.1.0';
 
 export class Agent {
   readonly endpoints: EndpointManager;
@@ -70,8 +69,8 @@ export class Agent {
   private relay?: RelayServer;
   private api?: FastifyInstance;
   readonly ctGc: ConntrackGc;
-  private readonly startedAt = Date.now();
-  private readonly apiLatency = new Map<string, { count: number; sumMs: number }>();
+  readonly startedAt = Date.now();
+  readonly apiRequests = new ApiRequests();
 
   private constructor(
     readonly cfg: AgentConfig,
@@ -327,62 +326,12 @@ export class Agent {
   }
 
   recordApiLatency(method: string, route: string, status: number, ms: number): void {
-    const key = `${method} ${route} ${status}`;
     this.metrics.apiLatency.observe({ method, route, status: String(status) }, ms / 1000);
-    const cur = this.apiLatency.get(key) ?? { count: 0, sumMs: 0 };
-    cur.count++;
-    cur.sumMs += ms;
-    this.apiLatency.set(key, cur);
+    this.apiRequests.record(method, route, status, ms);
   }
 
   status() {
-    const eps = this.endpoints.list();
-    const d = [...this.endpoints.createDurationsMs].sort((a, b) => a - b);
-    const pct = (p: number) => (d.length ? Math.round(d[Math.min(d.length - 1, Math.floor((p / 100) * d.length))] * 100) / 100 : null);
-    return {
-      version: VERSION,
-      node: this.cfg.nodeName,
-      uptimeSeconds: Math.round((Date.now() - this.startedAt) / 1000),
-      podCidr: this.cfg.podCidr,
-      podCidrSource: this.cfg.podCidrFromPool ? 'cluster-pool' : 'pod-cidr',
-      router: this.routerAddress(),
-      devices: { host: this.cfg.hostDevice, net: this.cfg.netDevice },
-      bpfRoot: this.cfg.bpfRoot,
-      stateDir: this.cfg.stateDir,
-      endpoints: {
-        total: eps.length,
-        ready: eps.filter((e) => e.state === 'ready').length,
-        notReady: eps.filter((e) => e.state !== 'ready').map((e) => ({ id: e.id, state: e.state, problems: e.problems })),
-      },
-      identities: this.identities.list().length,
-      policy: {
-        revision: this.policy.revision,
-        enforcement: this.cfg.policyEnforcement,
-        policies: this.policy.repo.objects().length,
-        rules: this.policy.repo.rules().length,
-        endpointsBehind: eps.filter((e) => e.policy.revision < this.policy.revision).length,
-        failures: eps.filter((e) => e.policy.error).map((e) => ({ id: e.id, error: e.policy.error })),
-      },
-      ipam: { allocated: this.endpoints.ipam.list().length - 1 },
-      maps: this.dp.reconciler.status(),
-      reconciler: { resyncIntervalSeconds: this.cfg.resyncInterval, ...this.dp.reconciler.counters },
-      conntrackGc: this.ctGc.last,
-      proxy: this.proxy.status(),
-      gateways: this.gateways.status(),
-      fqdn: this.fqdn.status(),
-      cluster: this.cluster?.status() ?? { mode: 'embedded' },
-      services: {
-        serviceCidr: this.cfg.serviceCidr,
-        frontends: this.services.frontends.length,
-        lbAlgorithm: this.cfg.lbAlgorithm,
-        nodePortDevices: this.cfg.devices,
-        socketLbCgroup: this.cfg.socketLbCgroup ?? null,
-        errors: this.services.errors,
-      },
-      monitor: { aggregation: this.cfg.monitorAggregation, ...this.monitor.status(), metricsAddress: this.cfg.metricsAddress ?? null },
-      endpointCreateMs: { count: d.length, p50: pct(50), p99: pct(99) },
-      apiRequests: Object.fromEntries([...this.apiLatency].map(([k, v]) => [k, { count: v.count, meanMs: Math.round((v.sumMs / v.count) * 100) / 100 }])),
-    };
+    return agentStatus(this);
   }
 
   async stop(): Promise<void> {
@@ -403,37 +352,4 @@ export class Agent {
     this.dp.close();
     this.log.info('agent stopped; endpoints keep their datapath');
   }
-}
-
-/** Cluster pool: serve `membrane status` (waiting, and why) until the operator allocated this node's pod CIDR. */
-async function waitForPodCidr(cfg: AgentConfig, cluster: ClusterNode): Promise<string> {
-  const started = Date.now();
-  const api = buildWaitingApi(() => ({
-    version: VERSION,
-    node: cfg.nodeName,
-    state: 'waiting-for-pod-cidr',
-    uptimeSeconds: Math.round((Date.now() - started) / 1000),
-    podCidr: null,
-    cluster: cluster.status(),
-  }));
-  await listenUnix(api, cfg.socket);
-  try {
-    return await cluster.waitForPodCidr();
-  } finally {
-    await api.close();
-  }
-}
-
-/** Refuse to start when another agent already answers on the socket. */
-async function assertSocketFree(sock: string): Promise<void> {
-  if (!fs.existsSync(sock)) return;
-  const alive = await new Promise<boolean>((resolve) => {
-    const c = net.connect(sock);
-    c.once('connect', () => {
-      c.destroy();
-      resolve(true);
-    });
-    c.once('error', () => resolve(false));
-  });
-  if (alive) throw new Error(`socket ${sock}: another agent is already serving on it`);
 }

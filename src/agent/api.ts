@@ -6,8 +6,12 @@
  * field path and the value. Paths and shapes follow the reference system's API.
  */
 import * as fs from 'node:fs';
+import * as net from 'node:net';
 import Fastify, { FastifyError, FastifyInstance } from 'fastify';
 import type { Agent } from './agent';
+import type { AgentConfig } from './config';
+import type { ClusterNode } from '../node/cluster';
+import { VERSION } from './status';
 import { MAP_NAMES, dumpMap, dumpPolicyMap, flushConntrack } from '../datapath/dump';
 import { PolicyTraceError } from '../policy/trace';
 import { EndpointError } from '../endpoint/manager';
@@ -482,4 +486,37 @@ export async function listenUnix(app: FastifyInstance, socket: string): Promise<
     process.umask(old);
   }
   fs.chmodSync(socket, 0o600);
+}
+
+/** Cluster pool: serve `membrane status` (waiting, and why) until the operator allocated this node's pod CIDR. */
+export async function waitForPodCidr(cfg: AgentConfig, cluster: ClusterNode): Promise<string> {
+  const started = Date.now();
+  const api = buildWaitingApi(() => ({
+    version: VERSION,
+    node: cfg.nodeName,
+    state: 'waiting-for-pod-cidr',
+    uptimeSeconds: Math.round((Date.now() - started) / 1000),
+    podCidr: null,
+    cluster: cluster.status(),
+  }));
+  await listenUnix(api, cfg.socket);
+  try {
+    return await cluster.waitForPodCidr();
+  } finally {
+    await api.close();
+  }
+}
+
+/** Refuse to start when another agent already answers on the socket. */
+export async function assertSocketFree(sock: string): Promise<void> {
+  if (!fs.existsSync(sock)) return;
+  const alive = await new Promise<boolean>((resolve) => {
+    const c = net.connect(sock);
+    c.once('connect', () => {
+      c.destroy();
+      resolve(true);
+    });
+    c.once('error', () => resolve(false));
+  });
+  if (alive) throw new Error(`socket ${sock}: another agent is already serving on it`);
 }
