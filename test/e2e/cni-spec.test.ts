@@ -119,7 +119,8 @@ describe('CNI spec behaviour', () => {
       });
       let out = '';
       add.stdout.on('data', (d) => (out += d));
-      const exited = new Promise<number>((r) => add.on('exit', (c) => r(c ?? -1)));
+      // 'close', not 'exit': the exit can be reported before the last of stdout is read.
+      const exited = new Promise<number>((r) => add.on('close', (c) => r(c ?? -1)));
       add.stdin.end(JSON.stringify(node.conf));
       const ipamFile = path.join(node.stateDir, 'ipam.json');
       const deadline = Date.now() + 20_000;
@@ -136,8 +137,10 @@ describe('CNI spec behaviour', () => {
       assert.match(res.msg, /try again/);
     } finally {
       strace.kill('SIGKILL');
+      // Whatever failed above, the next tests need an agent.
+      await node.stopAgent('SIGKILL');
+      await node.startAgent();
     }
-    await node.startAgent();
     const owners = allocations().map((a: any) => a.owner);
     assert.ok(!owners.includes('c-midadd/eth0'), `interrupted ADD's address reclaimed: ${owners}`);
     assert.deepEqual(allocations().map((a: any) => a.ip), [keep.ip], 'the existing endpoint keeps its address');
