@@ -23,41 +23,11 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { TestNode, hasCmd } from '../test/helpers/node';
 import { REPO } from '../test/helpers/sys';
-import { argValue, background, fmt, hasArg, median, mustRoot, onCleanup, run, runBench, sleep, spread, stopBackground, table } from './lib';
+import { argValue, background, fmt, hasArg, median, mustRoot, onCleanup, run, runBench, sleep, spread, stopBackground, table, wrk } from './lib';
+import type { Wrk } from './lib';
 
 const HTTPD = path.join(REPO, 'dist/test/helpers/httpd.js');
 const HTTPC = path.join(REPO, 'dist/test/helpers/httpc.js');
-
-interface Wrk {
-  rps: number;
-  p50us: number;
-  p99us: number;
-  non2xx: number;
-  errors: number;
-}
-
-function us(v: string, unit: string): number {
-  const n = Number(v);
-  return unit === 'us' ? n : unit === 'ms' ? n * 1000 : unit === 's' ? n * 1e6 : n;
-}
-
-async function wrk(ns: string, url: string, conns: number, seconds: number): Promise<Wrk> {
-  const r = await run('ip', ['netns', 'exec', ns, 'wrk', '-t1', `-c${conns}`, `-d${seconds}s`, '--latency', url], { timeoutMs: (seconds + 30) * 1000 });
-  const out = r.stdout + r.stderr;
-  const rps = /Requests\/sec:\s+([\d.]+)/.exec(out);
-  const p50 = /\s50%\s+([\d.]+)(us|ms|s)/.exec(out);
-  const p99 = /\s99%\s+([\d.]+)(us|ms|s)/.exec(out);
-  if (r.code !== 0 || !rps || !p50 || !p99) throw new Error(`wrk ${url} failed (exit ${r.code}):\n${out.slice(-1500)}`);
-  const non2xx = Number(/Non-2xx or 3xx responses:\s+(\d+)/.exec(out)?.[1] ?? 0);
-  const errs = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(out);
-  return {
-    rps: Number(rps[1]),
-    p50us: us(p50[1], p50[2]),
-    p99us: us(p99[1], p99[2]),
-    non2xx,
-    errors: errs ? errs.slice(1).reduce((s, x) => s + Number(x), 0) : 0,
-  };
-}
 
 function rssBytes(pid: number): number {
   const m = /VmRSS:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
